@@ -1,0 +1,2 @@
+//! The `agentspace` command (in progress).
+fn main() {}

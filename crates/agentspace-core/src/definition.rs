@@ -1,0 +1,501 @@
+//! The agent definition format, `apiVersion: agentspace/v1`.
+//!
+//! Two layers, resolved in one step: [`AgentDefinition`] is the file as written (serde
+//! model, strict: unknown fields are errors), [`Definition`] is the validated form every
+//! other crate uses (absolute paths, limits in bytes and durations, a digest of the file).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Component, Path, PathBuf};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::ids::Name;
+use crate::quantity::{Cpu, Duration, Size};
+
+/// An agent definition as written in YAML.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schemars(title = "Agent Space agent definition (agentspace/v1)")]
+pub struct AgentDefinition {
+    /// The format version; must be `agentspace/v1`.
+    pub api_version: ApiVersion,
+    /// The kind of object; must be `Agent`.
+    pub kind: Kind,
+    /// Who the agent is and which tenant owns it.
+    pub metadata: Metadata,
+    /// What the agent may use.
+    pub spec: Spec,
+}
+
+/// The only supported format version.
+#[derive(Clone, Copy, Debug, Deserialize, JsonSchema, PartialEq, Eq)]
+pub enum ApiVersion {
+    /// Version 1 of the definition format.
+    #[serde(rename = "agentspace/v1")]
+    V1,
+}
+
+/// The kind of object a definition file describes.
+#[derive(Clone, Copy, Debug, Deserialize, JsonSchema, PartialEq, Eq)]
+pub enum Kind {
+    /// An agent.
+    Agent,
+}
+
+/// Identity of the agent definition.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Metadata {
+    /// The agent's name: the hostname inside its cell and part of every task's identity.
+    pub name: Name,
+    /// The tenant (organisation) that owns the agent; nothing is shared across tenants.
+    pub tenant: Name,
+    /// Free-form labels for search and display.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// What the agent may use.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Spec {
+    /// Host directory (relative to the definition file) mounted read-write at /workspace.
+    /// The cell writes to an overlay: the host directory is never modified during the run.
+    #[serde(default)]
+    pub workspace: Option<String>,
+    /// Environment variables set in the cell. Nothing from the host environment is passed.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Extra filesystem access.
+    #[serde(default)]
+    pub filesystem: Filesystem,
+    /// Resource limits for the whole task.
+    #[serde(default)]
+    pub resources: Resources,
+    /// Outbound network rules: not supported yet (arrives with the control boundary).
+    #[serde(default)]
+    #[schemars(skip)]
+    pub egress: Option<Unsupported>,
+    /// Task budgets: not supported yet.
+    #[serde(default)]
+    #[schemars(skip)]
+    pub budgets: Option<Unsupported>,
+    /// Extra Cedar policies: not supported yet.
+    #[serde(default)]
+    #[schemars(skip)]
+    pub policies: Option<Unsupported>,
+    /// MCP tool servers: not supported yet.
+    #[serde(default)]
+    #[schemars(skip)]
+    pub tools: Option<Unsupported>,
+    /// Data-flow rules: not supported yet.
+    #[serde(default)]
+    #[schemars(skip)]
+    pub flows: Option<Unsupported>,
+    /// Loop breaker threshold: not supported yet.
+    #[serde(default)]
+    #[schemars(skip)]
+    pub loop_limit: Option<Unsupported>,
+    /// Agents this agent may start: not supported yet.
+    #[serde(default)]
+    #[schemars(skip)]
+    pub spawn: Option<Unsupported>,
+}
+
+/// Extra filesystem access.
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Filesystem {
+    /// Host directories (relative to the definition file) bound read-only at
+    /// `/mnt/<basename>`. Basenames must be distinct.
+    #[serde(default)]
+    pub read_only: Vec<String>,
+}
+
+/// Resource limits. Each has a default, so a definition without `resources` is still
+/// bounded.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Resources {
+    /// Memory for every process in the cell together (default 512Mi). The out-of-memory
+    /// killer acts inside the cell only.
+    #[serde(default = "default_memory")]
+    pub memory: Size,
+    /// Most processes and threads alive at once (default 256).
+    #[serde(default = "default_pids")]
+    pub pids: u32,
+    /// CPU time in cores (default 1.0).
+    #[serde(default = "default_cpu")]
+    pub cpu: Cpu,
+    /// Wall-clock limit for the whole task (default 1h); the cell is killed after it.
+    #[serde(default = "default_timeout")]
+    pub timeout: Duration,
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Self {
+            memory: default_memory(),
+            pids: default_pids(),
+            cpu: default_cpu(),
+            timeout: default_timeout(),
+        }
+    }
+}
+
+fn default_memory() -> Size {
+    Size::from_bytes(512 << 20)
+}
+fn default_pids() -> u32 {
+    256
+}
+fn default_cpu() -> Cpu {
+    Cpu::new(1.0).unwrap_or_else(|_| unreachable_cpu())
+}
+fn default_timeout() -> Duration {
+    Duration::from_std(std::time::Duration::from_secs(3600))
+}
+#[expect(clippy::panic, reason = "1.0 is a valid cpu value; this cannot be reached")]
+fn unreachable_cpu() -> Cpu {
+    panic!("1.0 cores is valid")
+}
+
+/// A field that a later version will enforce. Accepting it now and ignoring it would be a
+/// silent downgrade, so any value is an error.
+#[derive(Clone, Debug)]
+pub struct Unsupported;
+
+impl<'de> Deserialize<'de> for Unsupported {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        serde::de::IgnoredAny::deserialize(d)?;
+        Err(serde::de::Error::custom(
+            "this field is not supported yet: this version of Agent Space cannot enforce it, so it refuses the definition rather than ignore it; remove the field",
+        ))
+    }
+}
+
+/// A validated agent definition.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Definition {
+    /// The file it came from (as given), for messages.
+    pub source: PathBuf,
+    /// `sha256:<hex>` of the file's bytes.
+    pub digest: String,
+    /// The agent's name.
+    pub name: Name,
+    /// The owning tenant.
+    pub tenant: Name,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// The workspace directory on the host, if any (absolute when `source` is).
+    pub workspace: Option<PathBuf>,
+    /// Environment set in the cell.
+    pub env: BTreeMap<String, String>,
+    /// Read-only binds: host path and the path inside the cell.
+    pub read_only: Vec<(PathBuf, PathBuf)>,
+    /// Limits.
+    pub limits: Limits,
+}
+
+/// Resource limits in plain units.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Limits {
+    /// Memory in bytes.
+    pub memory_bytes: u64,
+    /// Most processes.
+    pub pids: u32,
+    /// CPU cores.
+    pub cpu: f64,
+    /// Wall clock.
+    pub timeout: std::time::Duration,
+}
+
+/// Why a definition was refused: the file, where, which field and what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct DefinitionError {
+    /// The file.
+    pub file: String,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// 1-based column, when known.
+    pub column: Option<usize>,
+    /// Dotted path of the field, when known (`spec.resources.memory`).
+    pub field: Option<String>,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl fmt::Display for DefinitionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid definition `{}`", self.file)?;
+        if let Some(line) = self.line {
+            write!(f, " at line {line}")?;
+            if let Some(col) = self.column {
+                write!(f, " column {col}")?;
+            }
+        }
+        if let Some(field) = &self.field {
+            write!(f, ": field `{field}`")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Environment names the cell manages itself; a definition may not override them.
+const RESERVED_ENV: &[&str] = &["HOME", "USER", "LOGNAME", "HOSTNAME", "AGENTSPACE_TASK_ID"];
+
+impl Definition {
+    /// Parses and validates the text of a definition file. `source` names the file in
+    /// errors and anchors relative paths; no file is read here.
+    pub fn parse(source: &Path, text: &str) -> Result<Self, DefinitionError> {
+        let file = source.display().to_string();
+        let raw: AgentDefinition =
+            serde_path_to_error::deserialize(serde_yaml_ng::Deserializer::from_str(text))
+                .map_err(|e| yaml_error(&file, &e))?;
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(text.as_bytes())));
+        let base = source.parent().unwrap_or(Path::new("."));
+        let error = |field: &str, message: String| DefinitionError {
+            file: file.clone(),
+            line: find_line(text, field),
+            column: None,
+            field: Some(field.to_owned()),
+            message,
+        };
+
+        let workspace = match &raw.spec.workspace {
+            Some(w) => Some(resolve_path(base, w).map_err(|m| error("spec.workspace", m))?),
+            None => None,
+        };
+
+        for key in raw.spec.env.keys() {
+            let valid = !key.is_empty()
+                && !key.starts_with(|c: char| c.is_ascii_digit())
+                && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !valid {
+                return Err(error(
+                    "spec.env",
+                    format!("`{key}` is not a valid environment variable name (use letters, digits and `_`, not starting with a digit)"),
+                ));
+            }
+            if RESERVED_ENV.contains(&key.as_str()) {
+                return Err(error(
+                    "spec.env",
+                    format!("`{key}` is set by Agent Space inside the cell and cannot be overridden; remove it"),
+                ));
+            }
+        }
+        if let Some((key, _)) = raw.spec.env.iter().find(|(_, v)| v.contains('\0')) {
+            return Err(error("spec.env", format!("the value of `{key}` contains a NUL byte")));
+        }
+
+        let mut read_only = Vec::new();
+        for entry in &raw.spec.filesystem.read_only {
+            let host = resolve_path(base, entry).map_err(|m| error("spec.filesystem.readOnly", m))?;
+            let Some(basename) = host.file_name() else {
+                return Err(error("spec.filesystem.readOnly", format!("`{entry}` has no final path component to name its mount point")));
+            };
+            let inside = Path::new("/mnt").join(basename);
+            if read_only.iter().any(|(_, existing)| *existing == inside) {
+                return Err(error(
+                    "spec.filesystem.readOnly",
+                    format!("two entries would both mount at `{}`; give the directories distinct names", inside.display()),
+                ));
+            }
+            read_only.push((host, inside));
+        }
+
+        let resources = &raw.spec.resources;
+        if resources.memory.bytes() < 8 << 20 {
+            return Err(error("spec.resources.memory", format!("`{}` is too small to start a process; use at least 8Mi", resources.memory)));
+        }
+        if resources.pids < 2 {
+            return Err(error("spec.resources.pids", "must be at least 2 (the cell's init and the agent)".to_owned()));
+        }
+        if resources.timeout.get().is_zero() {
+            return Err(error("spec.resources.timeout", "must be longer than zero".to_owned()));
+        }
+
+        Ok(Self {
+            source: source.to_path_buf(),
+            digest,
+            name: raw.metadata.name,
+            tenant: raw.metadata.tenant,
+            labels: raw.metadata.labels,
+            workspace,
+            env: raw.spec.env,
+            read_only,
+            limits: Limits {
+                memory_bytes: resources.memory.bytes(),
+                pids: resources.pids,
+                cpu: resources.cpu.cores(),
+                timeout: resources.timeout.get(),
+            },
+        })
+    }
+}
+
+/// Resolves a path written in a definition against the definition's directory, lexically.
+/// `..` is allowed (a workspace beside the definitions folder is common) but the result is
+/// normalised so messages and manifests show the real location.
+fn resolve_path(base: &Path, written: &str) -> Result<PathBuf, String> {
+    if written.is_empty() {
+        return Err("the path is empty".to_owned());
+    }
+    if written.contains('\0') {
+        return Err("the path contains a NUL byte".to_owned());
+    }
+    let joined = base.join(written);
+    let mut out = PathBuf::new();
+    for part in joined.components() {
+        match part {
+            Component::ParentDir => {
+                if !out.pop() {
+                    return Err(format!("`{written}` climbs above the filesystem root"));
+                }
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    Ok(out)
+}
+
+fn yaml_error(file: &str, e: &serde_path_to_error::Error<serde_yaml_ng::Error>) -> DefinitionError {
+    let inner = e.inner();
+    let location = inner.location();
+    let mut message = inner.to_string();
+    // serde_yaml formats errors as "path: message at line L column C"; keep the message
+    // only, since the field path (exact, from serde_path_to_error) and location are
+    // structured.
+    if let Some(idx) = message.rfind(" at line ") {
+        message.truncate(idx);
+    }
+    if let Some((prefix, rest)) = message.split_once(": ") {
+        if !prefix.contains(' ') && prefix.contains(|c: char| c.is_ascii_alphabetic()) {
+            message = rest.to_owned();
+        }
+    }
+    let path = e.path().to_string();
+    DefinitionError {
+        file: file.to_owned(),
+        line: location.as_ref().map(|l| l.line()),
+        column: location.as_ref().map(|l| l.column()),
+        field: (path != "." && !path.is_empty()).then_some(path),
+        message,
+    }
+}
+
+/// Finds the line of the last key of a dotted field path, for errors found after parsing.
+/// Best effort: a key spelled the same elsewhere may be found first.
+fn find_line(text: &str, field: &str) -> Option<usize> {
+    let key = field.rsplit('.').next()?;
+    text.lines()
+        .position(|l| {
+            let t = l.trim_start().trim_start_matches("- ");
+            t.starts_with(key) && t[key.len()..].trim_start().starts_with(':')
+        })
+        .map(|i| i + 1)
+}
+
+/// The JSON Schema of the definition format, as published in
+/// `docs/agent-definition.schema.json`.
+pub fn definition_json_schema() -> serde_json::Value {
+    let schema = schemars::schema_for!(AgentDefinition);
+    serde_json::to_value(&schema).unwrap_or(serde_json::Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pretty_assertions::assert_eq;
+
+    fn parse(text: &str) -> Result<Definition, DefinitionError> {
+        Definition::parse(Path::new("/defs/agent.yaml"), text)
+    }
+
+    const HELLO: &str = "apiVersion: agentspace/v1
+kind: Agent
+metadata:
+  name: hello
+  tenant: acme
+spec:
+  workspace: ./workspace
+  resources:
+    memory: 256Mi
+    pids: 64
+    cpu: 1.0
+    timeout: 60s
+";
+
+    #[test]
+    fn hello_resolves_paths_and_limits() {
+        let d = parse(HELLO).unwrap();
+        assert_eq!(d.name.as_str(), "hello");
+        assert_eq!(d.workspace, Some(PathBuf::from("/defs/workspace")));
+        assert_eq!(d.limits.memory_bytes, 256 << 20);
+        assert_eq!(d.limits.pids, 64);
+        assert_eq!(d.limits.timeout.as_secs(), 60);
+        assert!(d.digest.starts_with("sha256:"));
+    }
+
+    #[test]
+    fn bad_size_names_field_line_and_expectation() {
+        let e = parse(&HELLO.replace("256Mi", "lots")).unwrap_err();
+        assert_eq!(e.line, Some(9));
+        assert_eq!(e.field.as_deref(), Some("spec.resources.memory"));
+        assert!(e.message.contains("expected a size such as 256Mi"), "{e}");
+        assert!(e.to_string().starts_with("invalid definition `/defs/agent.yaml` at line 9"), "{e}");
+    }
+
+    #[test]
+    fn unknown_fields_are_errors() {
+        let e = parse(&HELLO.replace("    pids: 64", "    pid: 64")).unwrap_err();
+        assert_eq!(e.line, Some(10));
+        assert!(e.message.contains("unknown field `pid`"), "{e}");
+    }
+
+    #[test]
+    fn fields_of_later_versions_are_refused_not_ignored() {
+        let text = format!("{HELLO}  egress:\n    - name: x\n      hosts: [a.example]\n");
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("spec.egress"));
+        assert!(e.message.contains("not supported yet"), "{e}");
+    }
+
+    #[test]
+    fn wrong_version_and_kind_are_refused() {
+        assert!(parse(&HELLO.replace("agentspace/v1", "agentspace/v2")).is_err());
+        assert!(parse(&HELLO.replace("kind: Agent", "kind: Pod")).is_err());
+    }
+
+    #[test]
+    fn reserved_and_invalid_env_are_refused() {
+        let e = parse(&format!("{HELLO}  env: {{HOME: /root}}\n")).unwrap_err();
+        assert!(e.message.contains("`HOME`"), "{e}");
+        let e = parse(&format!("{HELLO}  env: {{\"A-B\": x}}\n")).unwrap_err();
+        assert!(e.message.contains("`A-B`"), "{e}");
+    }
+
+    #[test]
+    fn read_only_binds_mount_under_mnt_with_distinct_names() {
+        let d = parse(&format!("{HELLO}  filesystem: {{readOnly: [./ref, ../data/ref2]}}\n")).unwrap();
+        assert_eq!(
+            d.read_only,
+            vec![
+                (PathBuf::from("/defs/ref"), PathBuf::from("/mnt/ref")),
+                (PathBuf::from("/data/ref2"), PathBuf::from("/mnt/ref2")),
+            ]
+        );
+        assert!(parse(&format!("{HELLO}  filesystem: {{readOnly: [./a/ref, ./b/ref]}}\n")).is_err());
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        for text in ["", "[", "apiVersion: [", "\0", "spec: {resources: {cpu: .nan}}", "- - -"] {
+            assert!(parse(text).is_err());
+        }
+    }
+}

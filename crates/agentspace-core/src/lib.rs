@@ -1,0 +1,17 @@
+//! Domain types shared by every part of Agent Space: names and ids, the agent
+//! definition format (`agentspace/v1`) and its validation.
+//!
+//! This crate does no I/O: callers read files and hand the text in, so the same
+//! validation runs in the CLI, the control plane and tests.
+#![forbid(unsafe_code)]
+
+mod definition;
+mod ids;
+mod quantity;
+
+pub use definition::{
+    AgentDefinition, Definition, DefinitionError, Filesystem, Kind, Limits, Metadata, Resources,
+    Spec, definition_json_schema,
+};
+pub use ids::{InvalidName, Name, TaskId};
+pub use quantity::{Cpu, Duration, Size};

@@ -1,2 +1,60 @@
-//! The `agentspace` command (in progress).
-fn main() {}
+//! The `agentspace` command: argument parsing and wiring only. Each area's subcommands
+//! live in their own `cmd_*.rs` module; the work itself lives in the library crates.
+
+mod cmd_doctor;
+mod cmd_run;
+mod cmd_tasks;
+mod state;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit code when Agent Space itself failed (like `docker run`).
+pub(crate) const EXIT_AGENTSPACE_FAILED: u8 = 125;
+
+/// Agent Space: run AI agents in isolated cells behind a governed boundary.
+#[derive(Parser)]
+#[command(name = "agentspace", version, about)]
+struct Cli {
+    /// State directory (default: $AGENTSPACE_HOME or ~/.local/share/agentspace).
+    #[arg(long, global = true, env = "AGENTSPACE_HOME", value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one task: an agent program in a new cell.
+    Run(cmd_run::Args),
+    /// List and inspect tasks.
+    #[command(subcommand)]
+    Tasks(cmd_tasks::Command),
+    /// Report what this host supports for cells.
+    Doctor(cmd_doctor::Args),
+}
+
+fn main() -> ExitCode {
+    // The cell supervisor is this same binary re-executed: a fresh single-threaded process
+    // that may fork safely. It never returns to argument parsing.
+    if std::env::args_os().nth(1).as_deref() == Some(agentspace_cell::SUPERVISOR_ARG.as_ref()) {
+        return ExitCode::from(agentspace_cell::supervisor_main());
+    }
+    let cli = Cli::parse();
+    let state = state::StateDir::resolve(cli.state_dir);
+    let result = match cli.command {
+        Command::Run(args) => cmd_run::run(&state, args),
+        Command::Tasks(cmd) => cmd_tasks::run(&state, cmd),
+        Command::Doctor(args) => cmd_doctor::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("agentspace: {e:#}");
+            ExitCode::from(EXIT_AGENTSPACE_FAILED)
+        }
+    }
+}

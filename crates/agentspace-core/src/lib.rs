@@ -7,6 +7,7 @@
 
 mod definition;
 mod ids;
+mod principal;
 mod quantity;
 
 pub use definition::{
@@ -14,4 +15,7 @@ pub use definition::{
     Spec, definition_json_schema,
 };
 pub use ids::{InvalidName, Name, TaskId};
+pub use principal::{
+    Actor, MAX_DELEGATION_DEPTH, Principal, PrincipalError, SpiffeId, TaskRef, UserId,
+};
 pub use quantity::{Cpu, Duration, Size};

@@ -5,11 +5,15 @@
 //! validation runs in the CLI, the control plane and tests.
 #![forbid(unsafe_code)]
 
+mod audit_event;
 mod definition;
 mod ids;
 mod principal;
 mod quantity;
 
+pub use audit_event::{
+    AUDIT_SCHEMA_VERSION, AuditDecision, AuditEvent, AuditKind, format_audit_time, parse_audit_time,
+};
 pub use definition::{
     AgentDefinition, Definition, DefinitionError, Filesystem, Kind, Limits, Metadata, Resources,
     Spec, definition_json_schema,

@@ -21,3 +21,25 @@ impl StateDir {
         &self.0
     }
 }
+
+impl StateDir {
+    /// `<state>/tasks`, created (with the state directory, mode 0700) if missing.
+    pub(crate) fn tasks_dir(&self) -> anyhow::Result<PathBuf> {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = self.0.join("tasks");
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| anyhow::anyhow!("cannot create state directory `{}`: {e}", dir.display()))?;
+        Ok(dir)
+    }
+}
+
+/// Now, in nanoseconds since the Unix epoch.
+pub(crate) fn unix_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}

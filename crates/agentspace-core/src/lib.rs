@@ -7,9 +7,11 @@
 
 mod audit_event;
 mod definition;
+mod governance;
 mod ids;
 mod principal;
 mod quantity;
+mod task;
 
 pub use audit_event::{
     AUDIT_SCHEMA_VERSION, AuditDecision, AuditEvent, AuditKind, format_audit_time, parse_audit_time,
@@ -18,8 +20,14 @@ pub use definition::{
     AgentDefinition, Definition, DefinitionError, Filesystem, Kind, Limits, Metadata, Resources,
     Spec, definition_json_schema,
 };
+pub use governance::{
+    Approval, Budgets, DEFAULT_APPROVAL_TIMEOUT, DEFAULT_LOOP_LIMIT, EgressRule, Governance,
+    HTTP_METHODS, Quota, RawApproval, RawBudgets, RawCapabilityBudget, RawEgressRule,
+    RawWindowBudget, WindowBudget,
+};
 pub use ids::{InvalidName, Name, TaskId};
 pub use principal::{
     Actor, MAX_DELEGATION_DEPTH, Principal, PrincipalError, SpiffeId, TaskRef, UserId,
 };
 pub use quantity::{Cpu, Duration, Size};
+pub use task::{LimitHit, ManifestLimits, TaskManifest, TaskState};

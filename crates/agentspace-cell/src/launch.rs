@@ -1,0 +1,156 @@
+//! The launcher side: prepares the task directory and starts the supervisor.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{PermissionsExt, chown};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use crate::spec::{CellReport, CellSpec};
+
+/// The hidden first argument that turns the `agentspace` binary into the supervisor.
+pub const SUPERVISOR_ARG: &str = "__cell-supervisor";
+
+/// Why a cell could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum CellError {
+    /// A task directory entry could not be created.
+    #[error("cannot prepare `{path}`: {source}")]
+    Prepare {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// The supervisor could not be started.
+    #[error("cannot start the cell supervisor `{exe}`: {source}")]
+    Spawn {
+        /// The executable.
+        exe: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// Waiting for the supervisor failed.
+    #[error("lost the cell supervisor: {0}")]
+    Wait(io::Error),
+    /// Cells need root for now.
+    #[error("running a cell needs root (uid 0); rootless cells are not supported yet — run with sudo, or see docs/operations.md")]
+    NotRoot,
+    /// The workspace given does not exist or is not a directory.
+    #[error("workspace `{0}` is not a directory; create it or fix spec.workspace")]
+    Workspace(PathBuf),
+}
+
+fn prep(path: &Path) -> impl FnOnce(io::Error) -> CellError + '_ {
+    move |source| CellError::Prepare { path: path.to_path_buf(), source }
+}
+
+/// Creates the task directory layout: `upper/` (the workspace's writes, owned by the
+/// agent's host uid), `work/` (overlay scratch), `rootfs/` and `lower/` (mount points).
+pub fn prepare_task_dir(task_dir: &Path, host_id: u32) -> Result<(), CellError> {
+    for sub in ["", "upper", "work", "rootfs", "lower"] {
+        let p = task_dir.join(sub);
+        fs::create_dir_all(&p).map_err(prep(&p))?;
+    }
+    fs::set_permissions(task_dir, fs::Permissions::from_mode(0o711)).map_err(prep(task_dir))?;
+    let upper = task_dir.join("upper");
+    chown(&upper, Some(host_id), Some(host_id)).map_err(prep(&upper))?;
+    fs::set_permissions(&upper, fs::Permissions::from_mode(0o755)).map_err(prep(&upper))?;
+    let work = task_dir.join("work");
+    fs::set_permissions(&work, fs::Permissions::from_mode(0o700)).map_err(prep(&work))?;
+    Ok(())
+}
+
+/// Starts cells by re-executing an `agentspace` binary as the supervisor.
+#[derive(Clone, Debug)]
+pub struct Launcher {
+    exe: PathBuf,
+}
+
+impl Launcher {
+    /// A launcher that re-executes the running binary (which must call
+    /// [`crate::supervisor_main`] when its first argument is [`SUPERVISOR_ARG`]).
+    pub fn current_exe() -> Self {
+        Self { exe: PathBuf::from("/proc/self/exe") }
+    }
+
+    /// Starts the cell described by `spec`. The agent's stdin is this process's stdin;
+    /// its stdout and stderr are pipes the caller reads from [`RunningCell`].
+    pub fn start(&self, spec: &CellSpec) -> Result<RunningCell, CellError> {
+        if !nix::unistd::geteuid().is_root() {
+            return Err(CellError::NotRoot);
+        }
+        if let Some(ws) = &spec.workspace {
+            if !ws.is_dir() {
+                return Err(CellError::Workspace(ws.clone()));
+            }
+        }
+        let spec_path = spec.task_dir.join("cell.json");
+        let json = serde_json::to_vec_pretty(spec).map_err(|e| CellError::Prepare { path: spec_path.clone(), source: io::Error::other(e) })?;
+        fs::write(&spec_path, json).map_err(prep(&spec_path))?;
+        let mut cmd = Command::new(&self.exe);
+        cmd.arg(SUPERVISOR_ARG)
+            .arg(&spec_path)
+            .env_clear()
+            .stdin(Stdio::inherit())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // SAFETY: the closure runs in the forked child before exec and only makes
+        // async-signal-safe system calls (setpgid, prctl).
+        #[allow(unsafe_code)]
+        unsafe {
+            cmd.pre_exec(|| {
+                // Own process group: the terminal's Ctrl-C reaches `agentspace run`, which
+                // forwards it, rather than every process at once.
+                if libc::setpgid(0, 0) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|source| CellError::Spawn { exe: self.exe.clone(), source })?;
+        Ok(RunningCell { child, report_path: spec.task_dir.join("cell-report.json") })
+    }
+}
+
+/// A started cell.
+#[derive(Debug)]
+pub struct RunningCell {
+    child: Child,
+    report_path: PathBuf,
+}
+
+impl RunningCell {
+    /// The supervisor's pid (signals sent to it reach the agent: one SIGINT is forwarded,
+    /// a second kills the cell; SIGTERM, SIGHUP and SIGQUIT are forwarded).
+    pub fn supervisor_pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The agent's stdout.
+    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.stdout.take()
+    }
+
+    /// The agent's stderr.
+    pub fn take_stderr(&mut self) -> Option<std::process::ChildStderr> {
+        self.child.stderr.take()
+    }
+
+    /// Waits for the cell to end and returns the supervisor's report.
+    pub fn wait(mut self) -> Result<CellReport, CellError> {
+        let status = self.child.wait().map_err(CellError::Wait)?;
+        let report = fs::read(&self.report_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<CellReport>(&b).ok());
+        Ok(report.unwrap_or_else(|| CellReport {
+            exit_code: 125,
+            error: Some(format!("the cell supervisor ended without a report ({status})")),
+            ..Default::default()
+        }))
+    }
+}

@@ -1,0 +1,291 @@
+//! `agentspace run -f DEFINITION [--user U] -- COMMAND ARGS...`
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::thread;
+
+use agentspace_cell::{CellCgroup, CgroupLimits, CellSpec, ChangeKind, Launcher, apply_changes, prepare_task_dir, workspace_changes};
+use agentspace_core::{Definition, LimitHit, ManifestLimits, TaskId, TaskManifest, TaskState};
+use anyhow::{Context, Result, bail};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
+use nix::unistd::Pid;
+
+use crate::state::StateDir;
+
+/// Arguments of `agentspace run`.
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    /// The agent definition (YAML, apiVersion agentspace/v1).
+    #[arg(short = 'f', long = "file", value_name = "DEFINITION")]
+    definition: PathBuf,
+    /// The user the agent acts for (default: $SUDO_USER, else $USER).
+    #[arg(long)]
+    user: Option<String>,
+    /// After the run, apply the task's workspace changes to the host workspace.
+    #[arg(long)]
+    commit_workspace: bool,
+    /// The program to run in the cell and its arguments.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    command: Vec<String>,
+}
+
+/// Most bytes of each stream kept in the task's log files; the terminal gets everything.
+const LOG_LIMIT: u64 = 64 << 20;
+
+pub(crate) fn run(state: &StateDir, args: Args) -> Result<ExitCode> {
+    let definition = load_definition(&args.definition)?;
+    let user = resolve_user(args.user)?;
+    let now = crate::state::unix_nanos();
+    let mut random = [0u8; 16];
+    getrandom::fill(&mut random).map_err(|e| anyhow::anyhow!("cannot read random bytes for the task id: {e}"))?;
+    let task = TaskId::from_parts(now / 1_000_000, u128::from_le_bytes(random));
+    // A host uid no host account uses; distinct per task so two cells never share one.
+    let host_id = 0x4000_0000 + (u32::from_le_bytes([random[0], random[1], random[2], random[3]]) % 0x3000_0000);
+
+    let task_dir = state.tasks_dir()?.join(task.as_str());
+    prepare_task_dir(&task_dir, host_id)?;
+    let limits = definition.limits;
+    let mut manifest = TaskManifest {
+        version: 1,
+        task: task.to_string(),
+        tenant: definition.tenant.to_string(),
+        agent: definition.name.to_string(),
+        user: user.clone(),
+        definition: definition.source.display().to_string(),
+        definition_digest: definition.digest.clone(),
+        command: args.command.clone(),
+        limits: ManifestLimits {
+            memory_bytes: limits.memory_bytes,
+            pids: limits.pids,
+            cpu: limits.cpu,
+            timeout_secs: limits.timeout.as_secs(),
+        },
+        state: TaskState::Running,
+        started_at: agentspace_core::format_audit_time(now),
+        ended_at: None,
+        exit_code: None,
+        limits_hit: Vec::new(),
+        error: None,
+        host_uid: host_id,
+        landlock: None,
+        memory_peak_bytes: None,
+        workspace_changes_dir: task_dir.join("upper").display().to_string(),
+        workspace_changes: BTreeMap::new(),
+        workspace_committed: false,
+    };
+    write_manifest(&task_dir, &manifest)?;
+
+    let outcome = run_cell(&definition, &task, &user, host_id, &task_dir, &args.command);
+    let code = finish(&mut manifest, &definition, &task_dir, outcome, args.commit_workspace);
+    write_manifest(&task_dir, &manifest)?;
+    cleanup(&task_dir);
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(crate::EXIT_AGENTSPACE_FAILED)))
+}
+
+fn load_definition(path: &Path) -> Result<Definition> {
+    let text = fs::read_to_string(path).with_context(|| format!("cannot read definition `{}`", path.display()))?;
+    let abs = std::path::absolute(path).with_context(|| format!("cannot resolve `{}`", path.display()))?;
+    Ok(Definition::parse(&abs, &text)?)
+}
+
+fn resolve_user(given: Option<String>) -> Result<String> {
+    let user = given
+        .or_else(|| std::env::var("SUDO_USER").ok())
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "root".to_owned());
+    let valid = !user.is_empty()
+        && user.len() <= 128
+        && user.bytes().all(|b| b.is_ascii_alphanumeric() || b"._@-".contains(&b));
+    if !valid {
+        bail!("invalid --user `{user}`: use 1-128 letters, digits and `._@-`");
+    }
+    Ok(user)
+}
+
+struct Outcome {
+    report: agentspace_cell::CellReport,
+    stats: agentspace_cell::CgroupStats,
+}
+
+fn run_cell(definition: &Definition, task: &TaskId, user: &str, host_id: u32, task_dir: &Path, command: &[String]) -> Result<Outcome> {
+    let limits = definition.limits;
+    let cgroup = CellCgroup::create(
+        task.as_str(),
+        CgroupLimits { memory_bytes: limits.memory_bytes, pids: limits.pids, cpu: limits.cpu },
+    )?;
+    let spec = CellSpec {
+        task_dir: task_dir.to_path_buf(),
+        hostname: definition.name.to_string(),
+        argv: command.to_vec(),
+        env: cell_env(definition, task, user),
+        workspace: definition.workspace.clone(),
+        read_only: definition.read_only.clone(),
+        host_id,
+        tmp_bytes: (limits.memory_bytes / 4).max(16 << 20),
+        cgroup_procs: cgroup.procs_files(),
+        timeout_ms: u64::try_from(limits.timeout.as_millis()).unwrap_or(u64::MAX),
+    };
+
+    // Ctrl-C and friends are taken by a forwarding thread, not by default handlers: the
+    // first SIGINT reaches the agent, a second kills the cell (the supervisor counts).
+    let mut forwarded = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT] {
+        forwarded.add(s);
+    }
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&forwarded), None).context("cannot block signals")?;
+
+    let mut cell = Launcher::current_exe().start(&spec)?;
+    let supervisor = Pid::from_raw(i32::try_from(cell.supervisor_pid()).unwrap_or(0));
+    thread::spawn(move || {
+        while let Ok(sig) = forwarded.wait() {
+            let _ = kill(supervisor, sig);
+        }
+    });
+    let out = cell.take_stdout().map(|s| tee(s, std::io::stdout(), task_dir.join("stdout.log")));
+    let err = cell.take_stderr().map(|s| tee(s, std::io::stderr(), task_dir.join("stderr.log")));
+    let report = cell.wait()?;
+    for t in [out, err].into_iter().flatten() {
+        let _ = t.join();
+    }
+    let stats = cgroup.stats();
+    drop(cgroup);
+    Ok(Outcome { report, stats })
+}
+
+/// The agent's environment: nothing from the host but TERM; the definition's `env` last.
+fn cell_env(definition: &Definition, task: &TaskId, user: &str) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    env.insert("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    env.insert("HOME".into(), "/home/agent".into());
+    env.insert("USER".into(), "agent".into());
+    env.insert("LOGNAME".into(), "agent".into());
+    env.insert("HOSTNAME".into(), definition.name.to_string());
+    env.insert("LANG".into(), "C.UTF-8".into());
+    env.insert("AGENTSPACE_TASK_ID".into(), task.to_string());
+    env.insert("AGENTSPACE_AGENT".into(), definition.name.to_string());
+    env.insert("AGENTSPACE_USER".into(), user.to_owned());
+    if let Ok(term) = std::env::var("TERM") {
+        env.insert("TERM".into(), term);
+    }
+    env.extend(definition.env.clone());
+    env
+}
+
+/// Copies a stream to the terminal as it arrives and to a log file (up to LOG_LIMIT).
+fn tee<R: Read + Send + 'static, W: Write + Send + 'static>(mut from: R, mut to: W, log: PathBuf) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        let mut file = fs::File::create(&log).ok();
+        let mut logged = 0u64;
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut terminal_ok = true;
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let chunk = buf.get(..n).unwrap_or_default();
+            if terminal_ok {
+                terminal_ok = to.write_all(chunk).and_then(|()| to.flush()).is_ok();
+            }
+            if let Some(f) = file.as_mut() {
+                let room = LOG_LIMIT.saturating_sub(logged) as usize;
+                let part = chunk.get(..n.min(room)).unwrap_or_default();
+                if f.write_all(part).is_err() || part.len() < n {
+                    let _ = f.write_all(b"\n[agentspace: log truncated]\n");
+                    file = None;
+                }
+                logged += part.len() as u64;
+            }
+        }
+    })
+}
+
+fn finish(manifest: &mut TaskManifest, definition: &Definition, task_dir: &Path, outcome: Result<Outcome>, commit: bool) -> i32 {
+    manifest.ended_at = Some(agentspace_core::format_audit_time(crate::state::unix_nanos()));
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("agentspace: {e:#}");
+            manifest.state = TaskState::Failed;
+            manifest.error = Some(format!("{e:#}"));
+            manifest.exit_code = Some(125);
+            return 125;
+        }
+    };
+    let report = outcome.report;
+    manifest.landlock = report.landlock.clone();
+    manifest.memory_peak_bytes = outcome.stats.memory_peak_bytes;
+    if report.timed_out {
+        manifest.limits_hit.push(LimitHit::Timeout);
+        eprintln!("agentspace: task {} timed out after {}; the cell was killed", manifest.task, humantime(definition.limits.timeout));
+    }
+    if outcome.stats.oom_kills > 0 {
+        manifest.limits_hit.push(LimitHit::Memory);
+        eprintln!("agentspace: task {}: out of memory (limit {} bytes); the kernel killed a process in the cell", manifest.task, definition.limits.memory_bytes);
+    }
+    if outcome.stats.pids_max_hits > 0 {
+        manifest.limits_hit.push(LimitHit::Pids);
+        eprintln!("agentspace: task {}: reached the limit of {} processes", manifest.task, definition.limits.pids);
+    }
+    if report.interrupted {
+        manifest.limits_hit.push(LimitHit::Interrupted);
+    }
+    if let Some(error) = &report.error {
+        eprintln!("agentspace: cannot run the cell: {error}");
+        manifest.state = TaskState::Failed;
+        manifest.error = Some(error.clone());
+    } else {
+        manifest.state = TaskState::Exited;
+    }
+    manifest.exit_code = Some(report.exit_code);
+
+    let upper = task_dir.join("upper");
+    match workspace_changes(&upper, definition.workspace.as_deref()) {
+        Ok(changes) if !changes.is_empty() => {
+            for kind in [ChangeKind::Added, ChangeKind::Modified, ChangeKind::Deleted] {
+                let n = changes.iter().filter(|c| c.kind == kind).count() as u64;
+                manifest.workspace_changes.insert(format!("{kind:?}").to_lowercase(), n);
+            }
+            let summary: Vec<String> = manifest.workspace_changes.iter().map(|(k, v)| format!("{v} {k}")).collect();
+            match (&definition.workspace, commit) {
+                (Some(lower), true) => match apply_changes(&upper, lower) {
+                    Ok(_) => {
+                        manifest.workspace_committed = true;
+                        eprintln!("agentspace: workspace changes ({}) applied to {}", summary.join(", "), lower.display());
+                    }
+                    Err(e) => eprintln!("agentspace: workspace changes were NOT applied: {e}; they remain in {}", upper.display()),
+                },
+                _ => eprintln!(
+                    "agentspace: workspace changes ({}) kept in {}{}",
+                    summary.join(", "),
+                    upper.display(),
+                    if definition.workspace.is_some() { " (apply them with --commit-workspace)" } else { "" }
+                ),
+            }
+        }
+        Ok(_) => {}
+        Err(e) => eprintln!("agentspace: cannot list workspace changes: {e}"),
+    }
+    report.exit_code
+}
+
+fn humantime(d: std::time::Duration) -> String {
+    agentspace_core::Duration::from_std(d).to_string()
+}
+
+fn write_manifest(task_dir: &Path, manifest: &TaskManifest) -> Result<()> {
+    let path = task_dir.join("manifest.json");
+    let tmp = task_dir.join("manifest.json.tmp");
+    fs::write(&tmp, serde_json::to_vec_pretty(manifest)?).with_context(|| format!("cannot write `{}`", tmp.display()))?;
+    fs::rename(&tmp, &path).with_context(|| format!("cannot write `{}`", path.display()))
+}
+
+/// Removes the mount points and overlay scratch; keeps the manifest, logs and changes.
+fn cleanup(task_dir: &Path) {
+    for sub in ["rootfs", "lower", "work"] {
+        let _ = fs::remove_dir_all(task_dir.join(sub));
+    }
+}

@@ -1,0 +1,642 @@
+//! [`AuditLog`]: the handle every part of Agent Space appends through.
+//!
+//! Each handle owns one writer thread with one database connection. `append` hands the
+//! event to that thread and blocks until the transaction that holds it has committed
+//! durably (group commit: every append waiting at that moment shares one transaction
+//! and one fsync). Several handles, threads and processes may write to the same store;
+//! each transaction holds the tenant's chain lock while it reads the head and inserts.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use agentspace_core::{AUDIT_SCHEMA_VERSION, AuditEvent, AuditKind, Name, format_audit_time};
+use ed25519_dalek::VerifyingKey;
+
+use crate::canonical::canonicalize;
+use crate::chain::{Checkpoint, GENESIS, SignedCheckpoint, chain_hash, sign_event};
+use crate::error::AuditError;
+use crate::keys::{KeyStore, TenantKey, TrustedKeys, jwks};
+use crate::merkle::{CompactRange, leaf_hash};
+use crate::store::postgres::PostgresStore;
+use crate::store::sqlite::SqliteStore;
+use crate::store::{CheckpointRow, Row, Store, WriteTx};
+
+/// Tuning for an [`AuditLog`]; the defaults suit a single host.
+#[derive(Clone, Debug)]
+pub struct AuditOptions {
+    /// Write a signed checkpoint at least every this many events of a tenant.
+    pub checkpoint_every: u64,
+    /// ... and at least this often while a tenant has events no checkpoint covers.
+    pub checkpoint_interval: Duration,
+    /// The most events one group commit holds.
+    pub max_batch: usize,
+}
+
+impl Default for AuditOptions {
+    fn default() -> Self {
+        Self {
+            checkpoint_every: 1024,
+            checkpoint_interval: Duration::from_secs(10),
+            max_batch: 8192,
+        }
+    }
+}
+
+/// Proof that an event is in the log: returned by [`AuditLog::append`] only after the
+/// event is durable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Receipt {
+    /// The tenant whose chain holds the event.
+    pub tenant: String,
+    /// The event's sequence number in that chain.
+    pub seq: u64,
+    /// The chain hash after the event, hex.
+    pub hash: String,
+    /// The time the log gave the event.
+    pub time: String,
+}
+
+#[derive(Clone, Debug)]
+enum Backend {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl Backend {
+    fn connect(&self) -> Result<Box<dyn Store>, AuditError> {
+        Ok(match self {
+            Backend::Sqlite(path) => Box::new(SqliteStore::open(path)?),
+            Backend::Postgres(url) => Box::new(PostgresStore::open(url)?),
+        })
+    }
+}
+
+type Reply<T> = mpsc::SyncSender<Result<T, AuditError>>;
+
+enum Job {
+    Append {
+        events: Vec<AuditEvent>,
+        reply: Reply<Vec<Receipt>>,
+    },
+    Checkpoint {
+        tenant: String,
+        reply: Reply<SignedCheckpoint>,
+    },
+    RotateKey {
+        tenant: String,
+        reply: Reply<Receipt>,
+    },
+}
+
+/// An append-only, hash-chained, signed audit log with one chain per tenant.
+///
+/// Cloning is cheap and shares the writer. Every error from a write means nothing was
+/// recorded: treat it as a deny.
+#[derive(Clone)]
+pub struct AuditLog {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    backend: Backend,
+    keys: Arc<KeyStore>,
+    jobs: Option<mpsc::Sender<Job>>,
+    writer: Option<JoinHandle<()>>,
+    reader: Mutex<Option<Box<dyn Store>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the queue lets the writer finish what it holds, then stop.
+        self.jobs.take();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn io_err(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> AuditError {
+    let (what, path) = (what.to_owned(), path.to_owned());
+    move |e| AuditError::io(&what, &path, &e)
+}
+
+impl AuditLog {
+    /// Opens the default SQLite log under `<state_dir>/audit/`, creating it if needed.
+    pub fn open(state_dir: &Path) -> Result<Self, AuditError> {
+        Self::open_with(state_dir, None, AuditOptions::default())
+    }
+
+    /// Opens the log named by `url`: `postgres://...` (or `postgresql://...`) for
+    /// PostgreSQL, `sqlite:PATH` for a SQLite file elsewhere. Keys stay under
+    /// `<state_dir>/audit/keys/` either way.
+    pub fn open_url(state_dir: &Path, url: &str) -> Result<Self, AuditError> {
+        Self::open_with(state_dir, Some(url), AuditOptions::default())
+    }
+
+    /// [`Self::open`] or [`Self::open_url`] with explicit options.
+    pub fn open_with(
+        state_dir: &Path,
+        url: Option<&str>,
+        options: AuditOptions,
+    ) -> Result<Self, AuditError> {
+        let audit_dir = state_dir.join("audit");
+        std::fs::create_dir_all(&audit_dir).map_err(io_err("create directory", &audit_dir))?;
+        let backend = match url {
+            None => Backend::Sqlite(audit_dir.join("audit.db")),
+            Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
+                Backend::Postgres(u.to_owned())
+            }
+            Some(u) => match u.strip_prefix("sqlite:") {
+                Some(path) => Backend::Sqlite(PathBuf::from(path)),
+                None => {
+                    return Err(AuditError::Request(format!(
+                        "audit url `{u}` is neither `postgres://...` nor `sqlite:PATH`"
+                    )));
+                }
+            },
+        };
+        let keys = Arc::new(KeyStore::new(audit_dir.join("keys")));
+        // Connect here so that a bad store fails the open, not the first append.
+        let store = backend.connect()?;
+        let (tx, rx) = mpsc::channel();
+        let writer = Writer {
+            store,
+            keys: keys.clone(),
+            options,
+            dirty: HashMap::new(),
+        };
+        let handle = std::thread::Builder::new()
+            .name("agentspace-audit-writer".to_owned())
+            .spawn(move || writer.run(&rx))
+            .map_err(|e| AuditError::WriterStopped(format!("cannot start writer thread: {e}")))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                backend,
+                keys,
+                jobs: Some(tx),
+                writer: Some(handle),
+                reader: Mutex::new(None),
+            }),
+        })
+    }
+
+    fn submit<T>(&self, make: impl FnOnce(Reply<T>) -> Job) -> Result<T, AuditError> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        let stopped = || AuditError::WriterStopped("the writer thread exited".to_owned());
+        let jobs = self.inner.jobs.as_ref().ok_or_else(stopped)?;
+        jobs.send(make(reply)).map_err(|_| stopped())?;
+        answer.recv().map_err(|_| stopped())?
+    }
+
+    /// Appends one event to its tenant's chain and returns once it is durable. The log
+    /// sets `v`, `seq`, `time` and `kid`. An error means the event was not recorded.
+    pub fn append(&self, event: AuditEvent) -> Result<Receipt, AuditError> {
+        let mut receipts = self.append_batch(vec![event])?;
+        receipts
+            .pop()
+            .ok_or_else(|| AuditError::WriterStopped("no receipt returned".to_owned()))
+    }
+
+    /// Appends events in order, all or none, and returns once they are durable.
+    pub fn append_batch(&self, events: Vec<AuditEvent>) -> Result<Vec<Receipt>, AuditError> {
+        for e in &events {
+            Name::new(&e.tenant).map_err(|err| AuditError::InvalidEvent(err.to_string()))?;
+        }
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.submit(|reply| Job::Append { events, reply })
+    }
+
+    /// Writes a signed checkpoint over everything `tenant` has now (or returns the
+    /// latest one if nothing was added since), for export to an outside party.
+    pub fn checkpoint(&self, tenant: &Name) -> Result<SignedCheckpoint, AuditError> {
+        let tenant = tenant.as_str().to_owned();
+        self.submit(|reply| Job::Checkpoint { tenant, reply })
+    }
+
+    /// Rotates `tenant`'s audit key: writes a `key_rotation` event signed with the old
+    /// key that names the new one, then signs everything after it with the new key.
+    pub fn rotate_key(&self, tenant: &Name) -> Result<Receipt, AuditError> {
+        let tenant = tenant.as_str().to_owned();
+        self.submit(|reply| Job::RotateKey { tenant, reply })
+    }
+
+    /// `tenant`'s public audit keys as a JWKS document, for an outside verifier.
+    pub fn public_jwks(&self, tenant: &Name) -> Result<serde_json::Value, AuditError> {
+        let keys: Vec<VerifyingKey> = self.inner.keys.public_keys(tenant.as_str())?;
+        Ok(jwks(tenant.as_str(), &keys))
+    }
+
+    /// The public keys in this state directory's key store, for every tenant.
+    pub fn local_trusted_keys(&self) -> Result<TrustedKeys, AuditError> {
+        self.inner.keys.trusted()
+    }
+
+    /// Runs `f` with this handle's read connection (opened on first use).
+    pub(crate) fn with_reader<T>(
+        &self,
+        f: impl FnOnce(&mut dyn Store) -> Result<T, AuditError>,
+    ) -> Result<T, AuditError> {
+        let mut guard = self
+            .inner
+            .reader
+            .lock()
+            .map_err(|_| AuditError::WriterStopped("reader lock poisoned".to_owned()))?;
+        if guard.is_none() {
+            *guard = Some(self.inner.backend.connect()?);
+        }
+        match guard.as_mut() {
+            Some(store) => f(store.as_mut()),
+            None => Err(AuditError::WriterStopped("no reader connection".to_owned())),
+        }
+    }
+
+    /// Every tenant with events or checkpoints in the store.
+    pub fn tenants(&self) -> Result<Vec<String>, AuditError> {
+        self.with_reader(|s| s.tenants())
+    }
+}
+
+/// An event sealed into its chain, waiting for its signature and insert.
+struct Sealed {
+    row: Row,
+    hash: [u8; 32],
+    key: Arc<TenantKey>,
+    receipt: Receipt,
+}
+
+struct Writer {
+    store: Box<dyn Store>,
+    keys: Arc<KeyStore>,
+    options: AuditOptions,
+    /// Tenants this writer appended to since their last checkpoint, and when.
+    dirty: HashMap<String, Instant>,
+}
+
+impl Writer {
+    fn run(mut self, jobs: &mpsc::Receiver<Job>) {
+        let tick = (self.options.checkpoint_interval / 2).max(Duration::from_millis(10));
+        loop {
+            let first = match jobs.recv_timeout(tick) {
+                Ok(job) => job,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    self.checkpoint_idle();
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    self.checkpoint_idle();
+                    return;
+                }
+            };
+            let mut appends = Vec::new();
+            let mut count = 0;
+            let mut next = Some(first);
+            while let Some(job) = next.take() {
+                match job {
+                    Job::Append { events, reply } => {
+                        count += events.len();
+                        appends.push((events, reply));
+                    }
+                    Job::Checkpoint { tenant, reply } => {
+                        let _ = reply.send(self.checkpoint(&tenant, true).and_then(|cp| {
+                            cp.ok_or_else(|| {
+                                AuditError::Request("no checkpoint was written".to_owned())
+                            })
+                        }));
+                    }
+                    Job::RotateKey { tenant, reply } => {
+                        let _ = reply.send(self.rotate_key(&tenant));
+                    }
+                }
+                if count < self.options.max_batch {
+                    next = jobs.try_recv().ok();
+                }
+            }
+            if !appends.is_empty() {
+                self.commit(appends);
+            }
+        }
+    }
+
+    /// Writes every waiting append in one transaction, then answers each caller.
+    fn commit(&mut self, jobs: Vec<(Vec<AuditEvent>, Reply<Vec<Receipt>>)>) {
+        let tenants: Vec<String> = jobs
+            .iter()
+            .flat_map(|(events, _)| events.iter().map(|e| e.tenant.clone()))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let mut results: Vec<Option<Result<Vec<Receipt>, AuditError>>> = vec![None; jobs.len()];
+        let mut keys: HashMap<String, Arc<TenantKey>> = HashMap::new();
+        for t in &tenants {
+            match self.keys.signing_key(t) {
+                Ok(k) => {
+                    keys.insert(t.clone(), k);
+                }
+                Err(e) => {
+                    for ((events, _), slot) in jobs.iter().zip(results.iter_mut()) {
+                        if events.iter().any(|ev| &ev.tenant == t) {
+                            *slot = Some(Err(e.clone()));
+                        }
+                    }
+                }
+            }
+        }
+        let options = self.options.clone();
+        let mut checkpointed = Vec::new();
+        let outcome = self.store.write(&tenants, &mut |tx| {
+            checkpointed.clear();
+            let now = now_ns();
+            let mut heads: HashMap<String, ([u8; 32], u64, u64)> = HashMap::new();
+            let mut sealed: Vec<Sealed> = Vec::new();
+            let mut per_job: Vec<std::ops::Range<usize>> = Vec::with_capacity(jobs.len());
+            for (i, (events, _)) in jobs.iter().enumerate() {
+                let start = sealed.len();
+                if results.get(i).is_some_and(Option::is_some) {
+                    per_job.push(start..start);
+                    continue;
+                }
+                let snapshot = heads.clone();
+                let mut failed = None;
+                for ev in events {
+                    let Some(key) = keys.get(&ev.tenant) else {
+                        continue;
+                    };
+                    match seal(tx, &mut heads, ev.clone(), key, now) {
+                        Ok(s) => sealed.push(s),
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
+                }
+                if let Some(e) = failed {
+                    sealed.truncate(start);
+                    heads = snapshot;
+                    if let Some(slot) = results.get_mut(i) {
+                        *slot = Some(Err(e));
+                    }
+                }
+                per_job.push(start..sealed.len());
+            }
+            sign_all(&mut sealed);
+            let rows: Vec<Row> = sealed.iter().map(|s| s.row.clone()).collect();
+            if !rows.is_empty() {
+                tx.insert_events(&rows)?;
+            }
+            for (t, key) in &keys {
+                if heads.contains_key(t)
+                    && maybe_checkpoint(tx, t, key, now, &options, false)?.is_some()
+                {
+                    checkpointed.push(t.clone());
+                }
+            }
+            for (i, range) in per_job.into_iter().enumerate() {
+                if let Some(slot) = results.get_mut(i)
+                    && slot.is_none()
+                {
+                    let receipts = sealed
+                        .get(range)
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|s| s.receipt.clone());
+                    *slot = Some(Ok(receipts.collect()));
+                }
+            }
+            Ok(())
+        });
+        let now = Instant::now();
+        for t in &tenants {
+            if checkpointed.contains(t) {
+                self.dirty.remove(t);
+            } else {
+                self.dirty.entry(t.clone()).or_insert(now);
+            }
+        }
+        for ((_, reply), result) in jobs.into_iter().zip(results) {
+            let answer = match (&outcome, result) {
+                (_, Some(Err(e))) => Err(e),
+                (Err(e), _) => Err(e.clone()),
+                (Ok(()), Some(ok)) => ok,
+                (Ok(()), None) => Err(AuditError::WriterStopped("event was not sealed".to_owned())),
+            };
+            let _ = reply.send(answer);
+        }
+    }
+
+    /// Checkpoints tenants whose un-checkpointed events have waited long enough.
+    fn checkpoint_idle(&mut self) {
+        let due: Vec<String> = self
+            .dirty
+            .iter()
+            .filter(|(_, since)| since.elapsed() >= self.options.checkpoint_interval)
+            .map(|(t, _)| t.clone())
+            .collect();
+        for t in due {
+            // A failure here loses nothing: the events are stored, and the next append
+            // or tick tries again.
+            if self.checkpoint(&t, false).is_ok() {
+                self.dirty.remove(&t);
+            }
+        }
+    }
+
+    fn checkpoint(
+        &mut self,
+        tenant: &str,
+        force: bool,
+    ) -> Result<Option<SignedCheckpoint>, AuditError> {
+        let key = self.keys.signing_key(tenant)?;
+        let options = self.options.clone();
+        let mut out = None;
+        self.store.write(&[tenant.to_owned()], &mut |tx| {
+            out = maybe_checkpoint(tx, tenant, &key, now_ns(), &options, force)?;
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    fn rotate_key(&mut self, tenant: &str) -> Result<Receipt, AuditError> {
+        let old = self.keys.signing_key(tenant)?;
+        let new = self.keys.new_key(tenant)?;
+        let name = Name::new(tenant).map_err(|e| AuditError::InvalidEvent(e.to_string()))?;
+        let mut event = AuditEvent::new(&name, AuditKind::KeyRotation, "rotate");
+        event.resource = Some("audit-key".to_owned());
+        event
+            .details
+            .insert("old_kid".to_owned(), old.kid.clone().into());
+        event
+            .details
+            .insert("new_kid".to_owned(), new.kid.clone().into());
+        event.details.insert(
+            "new_public_key".to_owned(),
+            hex::encode(new.signing.verifying_key().as_bytes()).into(),
+        );
+        let mut receipt = None;
+        self.store.write(&[tenant.to_owned()], &mut |tx| {
+            let mut heads = HashMap::new();
+            let mut sealed = vec![seal(tx, &mut heads, event.clone(), &old, now_ns())?];
+            sign_all(&mut sealed);
+            let rows: Vec<Row> = sealed.iter().map(|s| s.row.clone()).collect();
+            tx.insert_events(&rows)?;
+            receipt = sealed.pop().map(|s| s.receipt);
+            Ok(())
+        })?;
+        // Only once the rotation is on record does the new key start signing.
+        self.keys.make_current(tenant, &new)?;
+        receipt.ok_or_else(|| AuditError::WriterStopped("no receipt returned".to_owned()))
+    }
+}
+
+/// Gives `event` its place in the chain: sequence number, time, key id, canonical
+/// bytes and chain hash. The signature is added by [`sign_all`].
+fn seal(
+    tx: &mut dyn WriteTx,
+    heads: &mut HashMap<String, ([u8; 32], u64, u64)>,
+    mut event: AuditEvent,
+    key: &Arc<TenantKey>,
+    now: u64,
+) -> Result<Sealed, AuditError> {
+    let (prev, next_seq, prev_time) = match heads.get(&event.tenant) {
+        Some(h) => *h,
+        None => match tx.head(&event.tenant)? {
+            Some(h) => (h.hash, h.seq + 1, h.time_ns),
+            None => (GENESIS, 0, 0),
+        },
+    };
+    // Time never goes backwards along a chain, even if the clock does.
+    let time_ns = now.max(prev_time);
+    event.v = AUDIT_SCHEMA_VERSION;
+    event.seq = next_seq;
+    event.time = format_audit_time(time_ns);
+    event.kid.clone_from(&key.kid);
+    let value =
+        serde_json::to_value(&event).map_err(|e| AuditError::InvalidEvent(e.to_string()))?;
+    let bytes = canonicalize(&value).map_err(|e| AuditError::InvalidEvent(e.to_string()))?;
+    let hash = chain_hash(&prev, &bytes);
+    heads.insert(event.tenant.clone(), (hash, next_seq + 1, time_ns));
+    let receipt = Receipt {
+        tenant: event.tenant.clone(),
+        seq: next_seq,
+        hash: hex::encode(hash),
+        time: event.time.clone(),
+    };
+    Ok(Sealed {
+        row: Row {
+            tenant: event.tenant,
+            seq: next_seq,
+            time_ns,
+            kind: event.kind.as_str().to_owned(),
+            task: event.task,
+            event: bytes,
+            hash: hash.to_vec(),
+            sig: Vec::new(),
+        },
+        hash,
+        key: key.clone(),
+        receipt,
+    })
+}
+
+/// Signs every sealed event; large batches are split across two threads, since
+/// signing is most of an append's CPU cost.
+fn sign_all(sealed: &mut [Sealed]) {
+    fn sign(chunk: &mut [Sealed]) {
+        for s in chunk {
+            s.row.sig = sign_event(&s.key.signing, &s.hash).to_vec();
+        }
+    }
+    if sealed.len() < 64 {
+        sign(sealed);
+        return;
+    }
+    let mid = sealed.len() / 2;
+    let (a, b) = sealed.split_at_mut(mid);
+    std::thread::scope(|scope| {
+        scope.spawn(|| sign(a));
+        sign(b);
+    });
+}
+
+/// Writes a checkpoint for `tenant` if one is due (or `force`), inside `tx`.
+fn maybe_checkpoint(
+    tx: &mut dyn WriteTx,
+    tenant: &str,
+    key: &TenantKey,
+    now: u64,
+    options: &AuditOptions,
+    force: bool,
+) -> Result<Option<SignedCheckpoint>, AuditError> {
+    let head = tx.head(tenant)?;
+    let size = head.map_or(0, |h| h.seq + 1);
+    let last = tx.last_checkpoint(tenant)?;
+    let corrupt = |why: &str| AuditError::Store {
+        store: "audit_checkpoints".to_owned(),
+        message: format!(
+            "stored checkpoint of tenant `{tenant}` is unreadable ({why}); run `agentspace audit verify`"
+        ),
+    };
+    let (mut range, last_time, last_signed) = match &last {
+        Some(cp) => {
+            let range = CompactRange::from_bytes(cp.size, &cp.frontier)
+                .ok_or_else(|| corrupt("frontier"))?;
+            let body: Checkpoint = serde_json::from_slice(&cp.body).map_err(|_| corrupt("body"))?;
+            let time =
+                agentspace_core::parse_audit_time(&body.time).ok_or_else(|| corrupt("time"))?;
+            let signed = SignedCheckpoint {
+                checkpoint: body,
+                sig: hex::encode(&cp.sig),
+            };
+            (range, Some(time), Some(signed))
+        }
+        None => (CompactRange::default(), None, None),
+    };
+    if size <= range.size() {
+        return Ok(if force { last_signed } else { None });
+    }
+    let every = options.checkpoint_every.max(1);
+    let interval = u64::try_from(options.checkpoint_interval.as_nanos()).unwrap_or(u64::MAX);
+    let due = force
+        || size / every > range.size() / every
+        || last_time.is_none_or(|t| now.saturating_sub(t) >= interval);
+    if !due {
+        return Ok(None);
+    }
+    for bytes in tx.event_bytes(tenant, range.size(), size)? {
+        range.push(leaf_hash(&bytes));
+    }
+    if range.size() != size {
+        return Err(corrupt("events missing below the head"));
+    }
+    let checkpoint = Checkpoint {
+        v: 1,
+        tenant: tenant.to_owned(),
+        size,
+        root: hex::encode(range.root()),
+        head: hex::encode(head.map_or(GENESIS, |h| h.hash)),
+        time: format_audit_time(now.max(head.map_or(0, |h| h.time_ns))),
+        kid: key.kid.clone(),
+    };
+    let body = checkpoint.canonical()?;
+    let signed = checkpoint.sign(&key.signing)?;
+    let sig = hex::decode(&signed.sig).map_err(|e| AuditError::InvalidEvent(e.to_string()))?;
+    tx.insert_checkpoint(&CheckpointRow {
+        tenant: tenant.to_owned(),
+        size,
+        body,
+        sig,
+        frontier: range.to_bytes(),
+    })?;
+    Ok(Some(signed))
+}

@@ -152,6 +152,7 @@ impl CellCgroup {
             } else if !parent.exists() {
                 fs::create_dir_all(&parent).map_err(io_err("create", &parent))?;
             }
+            sweep_stale(&parent);
             let dir = parent.join(name);
             if !dir.exists() {
                 fs::create_dir(&dir).map_err(io_err("create", &dir))?;
@@ -252,6 +253,24 @@ impl Drop for CellCgroup {
                     Err(_) => {}
                 }
             }
+        }
+    }
+}
+
+/// Removes cells' cgroups left behind when `agentspace` was killed: empty ones older than
+/// a minute (a live cell joins its cgroup within milliseconds of its creation, so an old
+/// empty one belongs to nobody; rmdir refuses any cgroup that still has processes).
+fn sweep_stale(parent: &Path) {
+    let Ok(entries) = fs::read_dir(parent) else { return };
+    for entry in entries.flatten() {
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > std::time::Duration::from_secs(60));
+        if old && entry.path().is_dir() {
+            let _ = fs::remove_dir(entry.path());
         }
     }
 }

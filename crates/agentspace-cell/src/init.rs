@@ -105,10 +105,24 @@ fn setup(
     filter.load().map_err(|e| format!("load seccomp filter: {e}"))?;
     setsid().map_err(|e| format!("new session: {e}"))?;
 
+    // Changing credentials cleared the parent-death signal: set it again, then make sure
+    // the supervisor did not die in between (its end of the pipe would be closed).
+    sys::set_parent_death_signal(libc::SIGKILL).map_err(|e| format!("set parent-death signal: {e}"))?;
+    if supervisor_gone(from_supervisor) {
+        std::process::exit(125);
+    }
     let agent = start_agent(spec)?;
     let line = format!("started {} {}\n", enforced.abi, enforced.summary);
     status.write_all(line.as_bytes()).map_err(|e| format!("talk to supervisor: {e}"))?;
     Ok(agent)
+}
+
+fn supervisor_gone(fd: &OwnedFd) -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+        && fds[0].revents().is_some_and(|r| r.contains(PollFlags::POLLHUP))
 }
 
 /// Finds the program like a shell would, using the cell's PATH.
@@ -142,6 +156,14 @@ fn start_agent(spec: &CellSpec) -> Result<Pid, String> {
     match fork_single_threaded()? {
         ForkResult::Child => {
             drop(exec_r);
+            // A fresh start: default dispositions (ignored signals survive exec) and an
+            // empty mask.
+            for sig in Signal::iterator() {
+                if sig != Signal::SIGKILL && sig != Signal::SIGSTOP {
+                    // SAFETY-free: resetting to SIG_DFL installs no handler.
+                    let _ = reset_signal(sig);
+                }
+            }
             let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
             let err = execve(&path_c, &argv, &envp).err().map(|e| e as i32).unwrap_or(0);
             let _ = nix::unistd::write(&exec_w, &err.to_ne_bytes());
@@ -168,6 +190,15 @@ fn start_agent(spec: &CellSpec) -> Result<Pid, String> {
 fn fork_single_threaded() -> Result<ForkResult, String> {
     // SAFETY: the init is single-threaded (forked from the single-threaded supervisor).
     unsafe { nix::unistd::fork() }.map_err(|e| format!("fork the agent: {e}"))
+}
+
+/// Restores the default disposition of `sig` (an inherited "ignore" would discard it
+/// even while blocked).
+#[allow(unsafe_code)]
+pub fn reset_signal(sig: Signal) -> nix::Result<()> {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, sigaction};
+    // SAFETY: SIG_DFL is not a Rust handler, so no handler code can run unsafely.
+    unsafe { sigaction(sig, &SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty())) }.map(|_| ())
 }
 
 #[allow(unsafe_code)]

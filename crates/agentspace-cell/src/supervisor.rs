@@ -5,7 +5,7 @@
 
 use std::fs;
 use std::io::{BufRead, BufReader};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -61,6 +61,11 @@ fn supervise(spec: &CellSpec) -> CellReport {
     let mut signals = SigSet::empty();
     for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT, Signal::SIGCHLD] {
         signals.add(s);
+    }
+    // Ignored signals are discarded even when blocked: take them back to the default
+    // first, so an interrupt always reaches us (and, through us, the agent).
+    for s in signals.iter() {
+        let _ = crate::init::reset_signal(s);
     }
     if let Err(e) = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&signals), None) {
         return failed(format!("block signals: {e}"));
@@ -185,8 +190,9 @@ fn handle_status(line: &str, init_pid: Pid, spec: &CellSpec, down: &mut Option<s
             .and_then(|()| fs::write(format!("/proc/{init_pid}/gid_map"), format!("{AGENT_ID} {id} 1\n")));
         match written {
             Ok(()) => {
-                if let Some(fd) = down.take() {
-                    let _ = nix::unistd::write(&fd, b"1");
+                // Keep our end open: the init treats its closing as our death.
+                if let Some(fd) = down.as_ref() {
+                    let _ = nix::unistd::write(fd, b"1");
                 }
             }
             Err(e) => {
@@ -201,7 +207,6 @@ fn handle_status(line: &str, init_pid: Pid, spec: &CellSpec, down: &mut Option<s
     } else if let Some(message) = line.strip_prefix("error ") {
         report.error = Some(message.to_owned());
     }
-    let _ = down.as_ref().map(|fd| fd.as_raw_fd());
 }
 
 #[allow(unsafe_code)]

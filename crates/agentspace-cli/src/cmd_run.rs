@@ -135,6 +135,11 @@ fn run_cell(definition: &Definition, task: &TaskId, user: &str, host_id: u32, ta
     for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT] {
         forwarded.add(s);
     }
+    // An inherited "ignore" (a background job of a non-interactive shell ignores SIGINT)
+    // would discard the signal even while blocked: restore the default first.
+    for s in forwarded.iter() {
+        agentspace_cell::reset_signal(s).with_context(|| format!("cannot reset {s}"))?;
+    }
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&forwarded), None).context("cannot block signals")?;
 
     let mut cell = Launcher::current_exe().start(&spec)?;

@@ -1,0 +1,10 @@
+//! The integration tests of agentspace-identity: one binary, modules under `suite/`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test helpers outside #[test] functions fail loudly by design"
+)]
+
+mod suite;

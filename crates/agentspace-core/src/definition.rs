@@ -12,6 +12,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::governance::{
+    Governance, RawBudgets, RawEgressRule, validate_budgets, validate_egress, validate_loop_limit,
+    validate_spawn,
+};
 use crate::ids::Name;
 use crate::quantity::{Cpu, Duration, Size};
 
@@ -75,18 +79,17 @@ pub struct Spec {
     /// Resource limits for the whole task.
     #[serde(default)]
     pub resources: Resources,
-    /// Outbound network rules: not supported yet (arrives with the control boundary).
+    /// Outbound capabilities: what the agent may reach through the control boundary.
+    /// Everything not listed is denied.
     #[serde(default)]
-    #[schemars(skip)]
-    pub egress: Option<Unsupported>,
-    /// Task budgets: not supported yet.
+    pub egress: Vec<RawEgressRule>,
+    /// Limits on requests, bytes, LLM tokens and time.
     #[serde(default)]
-    #[schemars(skip)]
-    pub budgets: Option<Unsupported>,
-    /// Extra Cedar policies: not supported yet.
+    pub budgets: Option<RawBudgets>,
+    /// Extra Cedar policy files (relative to this file), validated against the Agent
+    /// Space schema when the definition is loaded.
     #[serde(default)]
-    #[schemars(skip)]
-    pub policies: Option<Unsupported>,
+    pub policies: Vec<String>,
     /// MCP tool servers: not supported yet.
     #[serde(default)]
     #[schemars(skip)]
@@ -95,14 +98,15 @@ pub struct Spec {
     #[serde(default)]
     #[schemars(skip)]
     pub flows: Option<Unsupported>,
-    /// Loop breaker threshold: not supported yet.
+    /// The same request (action, resource and arguments) more than this many times in a
+    /// row is denied with reason `loop` (default 3).
     #[serde(default)]
-    #[schemars(skip)]
-    pub loop_limit: Option<Unsupported>,
-    /// Agents this agent may start: not supported yet.
+    #[schemars(range(min = 1))]
+    pub loop_limit: Option<u32>,
+    /// Agents of the same tenant this agent may start. The started agent gets the user's
+    /// identity and its own definition's authority, never this agent's.
     #[serde(default)]
-    #[schemars(skip)]
-    pub spawn: Option<Unsupported>,
+    pub spawn: Vec<Name>,
 }
 
 /// Extra filesystem access.
@@ -158,7 +162,10 @@ fn default_cpu() -> Cpu {
 fn default_timeout() -> Duration {
     Duration::from_std(std::time::Duration::from_secs(3600))
 }
-#[expect(clippy::panic, reason = "1.0 is a valid cpu value; this cannot be reached")]
+#[expect(
+    clippy::panic,
+    reason = "1.0 is a valid cpu value; this cannot be reached"
+)]
 fn unreachable_cpu() -> Cpu {
     panic!("1.0 cores is valid")
 }
@@ -198,6 +205,8 @@ pub struct Definition {
     pub read_only: Vec<(PathBuf, PathBuf)>,
     /// Limits.
     pub limits: Limits,
+    /// Egress capabilities, budgets, extra policies, loop limit and spawn list.
+    pub governance: Governance,
 }
 
 /// Resource limits in plain units.
@@ -277,31 +286,45 @@ impl Definition {
             if !valid {
                 return Err(error(
                     "spec.env",
-                    format!("`{key}` is not a valid environment variable name (use letters, digits and `_`, not starting with a digit)"),
+                    format!(
+                        "`{key}` is not a valid environment variable name (use letters, digits and `_`, not starting with a digit)"
+                    ),
                 ));
             }
             if RESERVED_ENV.contains(&key.as_str()) {
                 return Err(error(
                     "spec.env",
-                    format!("`{key}` is set by Agent Space inside the cell and cannot be overridden; remove it"),
+                    format!(
+                        "`{key}` is set by Agent Space inside the cell and cannot be overridden; remove it"
+                    ),
                 ));
             }
         }
         if let Some((key, _)) = raw.spec.env.iter().find(|(_, v)| v.contains('\0')) {
-            return Err(error("spec.env", format!("the value of `{key}` contains a NUL byte")));
+            return Err(error(
+                "spec.env",
+                format!("the value of `{key}` contains a NUL byte"),
+            ));
         }
 
         let mut read_only = Vec::new();
         for entry in &raw.spec.filesystem.read_only {
-            let host = resolve_path(base, entry).map_err(|m| error("spec.filesystem.readOnly", m))?;
+            let host =
+                resolve_path(base, entry).map_err(|m| error("spec.filesystem.readOnly", m))?;
             let Some(basename) = host.file_name() else {
-                return Err(error("spec.filesystem.readOnly", format!("`{entry}` has no final path component to name its mount point")));
+                return Err(error(
+                    "spec.filesystem.readOnly",
+                    format!("`{entry}` has no final path component to name its mount point"),
+                ));
             };
             let inside = Path::new("/mnt").join(basename);
             if read_only.iter().any(|(_, existing)| *existing == inside) {
                 return Err(error(
                     "spec.filesystem.readOnly",
-                    format!("two entries would both mount at `{}`; give the directories distinct names", inside.display()),
+                    format!(
+                        "two entries would both mount at `{}`; give the directories distinct names",
+                        inside.display()
+                    ),
                 ));
             }
             read_only.push((host, inside));
@@ -309,14 +332,59 @@ impl Definition {
 
         let resources = &raw.spec.resources;
         if resources.memory.bytes() < 8 << 20 {
-            return Err(error("spec.resources.memory", format!("`{}` is too small to start a process; use at least 8Mi", resources.memory)));
+            return Err(error(
+                "spec.resources.memory",
+                format!(
+                    "`{}` is too small to start a process; use at least 8Mi",
+                    resources.memory
+                ),
+            ));
         }
         if resources.pids < 2 {
-            return Err(error("spec.resources.pids", "must be at least 2 (the cell's init and the agent)".to_owned()));
+            return Err(error(
+                "spec.resources.pids",
+                "must be at least 2 (the cell's init and the agent)".to_owned(),
+            ));
         }
         if resources.timeout.get().is_zero() {
-            return Err(error("spec.resources.timeout", "must be longer than zero".to_owned()));
+            return Err(error(
+                "spec.resources.timeout",
+                "must be longer than zero".to_owned(),
+            ));
         }
+
+        let governed = |(field, message): (String, String)| DefinitionError {
+            file: file.clone(),
+            line: find_line(text, &field),
+            column: None,
+            field: Some(field),
+            message,
+        };
+        let egress = validate_egress(&raw.spec.egress).map_err(governed)?;
+        let budgets =
+            validate_budgets(&raw.spec.budgets.clone().unwrap_or_default()).map_err(governed)?;
+        let mut policies: Vec<PathBuf> = Vec::new();
+        for (i, written) in raw.spec.policies.iter().enumerate() {
+            let field = format!("spec.policies[{i}]");
+            if !written.ends_with(".cedar") {
+                return Err(governed((
+                    field,
+                    format!("`{written}` is not a `.cedar` file"),
+                )));
+            }
+            let path = resolve_path(base, written).map_err(|m| governed((field.clone(), m)))?;
+            if policies.contains(&path) {
+                return Err(governed((field, format!("`{written}` is listed twice"))));
+            }
+            policies.push(path);
+        }
+        let governance = Governance {
+            egress,
+            budgets,
+            policies,
+            loop_limit: validate_loop_limit(raw.spec.loop_limit).map_err(governed)?,
+            spawn: validate_spawn(&raw.spec.spawn).map_err(governed)?,
+        };
 
         Ok(Self {
             source: source.to_path_buf(),
@@ -333,6 +401,7 @@ impl Definition {
                 cpu: resources.cpu.cores(),
                 timeout: resources.timeout.get(),
             },
+            governance,
         })
     }
 }
@@ -388,16 +457,47 @@ fn yaml_error(file: &str, e: &serde_path_to_error::Error<serde_yaml_ng::Error>) 
     }
 }
 
-/// Finds the line of the last key of a dotted field path, for errors found after parsing.
-/// Best effort: a key spelled the same elsewhere may be found first.
+/// Finds the line of a dotted field path (`spec.egress[1].approval.when`), for errors
+/// found after parsing: each key is searched after the previous one, and `[i]` picks the
+/// i-th `- ` item of a block list. Best effort: a flow list (`[a, b]`) yields the line of
+/// its key.
 fn find_line(text: &str, field: &str) -> Option<usize> {
-    let key = field.rsplit('.').next()?;
-    text.lines()
-        .position(|l| {
-            let t = l.trim_start().trim_start_matches("- ");
-            t.starts_with(key) && t[key.len()..].trim_start().starts_with(':')
-        })
-        .map(|i| i + 1)
+    let lines: Vec<&str> = text.lines().collect();
+    let is_key = |line: &str, key: &str| {
+        let t = line.trim_start().trim_start_matches("- ");
+        t.strip_prefix(key)
+            .is_some_and(|rest| rest.trim_start().starts_with(':'))
+    };
+    let mut start = 0;
+    let mut found = None;
+    for segment in field.split('.') {
+        let (key, index) = match segment.split_once('[') {
+            Some((k, rest)) => (k, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (segment, None),
+        };
+        let pos = start + lines.iter().skip(start).position(|l| is_key(l, key))?;
+        found = Some(pos);
+        start = pos + 1;
+        if let Some(i) = index {
+            let items: Vec<(usize, usize)> = lines
+                .iter()
+                .enumerate()
+                .skip(start)
+                .filter(|(_, l)| l.trim_start().starts_with("- "))
+                .map(|(n, l)| (n, l.len() - l.trim_start().len()))
+                .collect();
+            let indent = items.first().map(|(_, indent)| *indent);
+            let item = items.iter().filter(|(_, ind)| Some(*ind) == indent).nth(i);
+            match item {
+                Some((n, _)) => {
+                    found = Some(*n);
+                    start = *n;
+                }
+                None => break,
+            }
+        }
+    }
+    found.map(|i| i + 1)
 }
 
 /// The JSON Schema of the definition format, as published in
@@ -447,7 +547,11 @@ spec:
         assert_eq!(e.line, Some(9));
         assert_eq!(e.field.as_deref(), Some("spec.resources.memory"));
         assert!(e.message.contains("expected a size such as 256Mi"), "{e}");
-        assert!(e.to_string().starts_with("invalid definition `/defs/agent.yaml` at line 9"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("invalid definition `/defs/agent.yaml` at line 9"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -459,10 +563,163 @@ spec:
 
     #[test]
     fn fields_of_later_versions_are_refused_not_ignored() {
-        let text = format!("{HELLO}  egress:\n    - name: x\n      hosts: [a.example]\n");
-        let e = parse(&text).unwrap_err();
-        assert_eq!(e.field.as_deref(), Some("spec.egress"));
-        assert!(e.message.contains("not supported yet"), "{e}");
+        for field in ["tools", "flows"] {
+            let text = format!("{HELLO}  {field}:\n    - name: x\n");
+            let e = parse(&text).unwrap_err();
+            assert_eq!(e.field.as_deref(), Some(format!("spec.{field}").as_str()));
+            assert!(e.message.contains("not supported yet"), "{e}");
+        }
+    }
+
+    /// The `spec` of issue 3, as written, under the metadata of the credit officer.
+    const GOVERNED: &str = r#"apiVersion: agentspace/v1
+kind: Agent
+metadata:
+  name: credit-officer
+  tenant: acme
+spec:
+  egress:
+    - name: scoring                      # a capability: budgets and audit name it
+      hosts: [scoring.internal.example]
+      methods: [POST]
+      paths: ["/v1/score", "/v1/score/*"]
+      budget: {requests: 100}
+    - name: payments
+      hosts: [api.stripe.com]
+      methods: [GET, POST]
+      paths: ["/v1/charges*"]
+      approval:
+        when: 'context.body.amount > 1000'   # Cedar expression over the request context
+        timeout: 10m
+  budgets: {requests: 1000, timeout: 15m}
+  policies: [./policies/credit-officer.cedar]  # extra permit/forbid policies, validated against the schema
+"#;
+
+    #[test]
+    fn issue_3_governed_sections_are_accepted_as_written() {
+        let d = parse(GOVERNED).unwrap();
+        let g = &d.governance;
+        assert_eq!(g.egress.len(), 2);
+        let scoring = &g.egress[0];
+        assert_eq!(scoring.name.as_str(), "scoring");
+        assert_eq!(scoring.hosts, vec!["scoring.internal.example"]);
+        assert_eq!(scoring.methods, vec!["POST"]);
+        assert_eq!(scoring.paths, vec!["/v1/score", "/v1/score/*"]);
+        assert_eq!(scoring.budget.requests, Some(100));
+        assert!(scoring.approval.is_none());
+        let payments = &g.egress[1];
+        let approval = payments.approval.as_ref().unwrap();
+        assert_eq!(approval.when.as_deref(), Some("context.body.amount > 1000"));
+        assert_eq!(approval.timeout.as_secs(), 600);
+        assert_eq!(g.budgets.task.requests, Some(1000));
+        assert_eq!(g.budgets.task_time.map(|t| t.as_secs()), Some(900));
+        assert_eq!(
+            g.policies,
+            vec![PathBuf::from("/defs/policies/credit-officer.cedar")]
+        );
+        assert_eq!(g.loop_limit, 3);
+        assert!(g.spawn.is_empty());
+    }
+
+    #[test]
+    fn loop_limit_spawn_and_per_user_budgets_parse() {
+        let text = format!(
+            "{HELLO}  loopLimit: 5\n  spawn: [scorer, summarizer]\n  budgets:\n    tokens: 50000\n    bytes: 10Mi\n    perUser: {{window: 24h, requests: 500}}\n"
+        );
+        let d = parse(&text).unwrap();
+        let g = &d.governance;
+        assert_eq!(g.loop_limit, 5);
+        assert_eq!(
+            g.spawn.iter().map(Name::as_str).collect::<Vec<_>>(),
+            ["scorer", "summarizer"]
+        );
+        assert_eq!(g.budgets.task.tokens, Some(50000));
+        assert_eq!(g.budgets.task.bytes, Some(10 << 20));
+        let w = g.budgets.per_user.unwrap();
+        assert_eq!(w.window.as_secs(), 86_400);
+        assert_eq!(w.quota.requests, Some(500));
+    }
+
+    #[test]
+    fn bad_governed_fields_name_the_field_and_line() {
+        let cases: &[(&str, &str, &str, usize)] = &[
+            (
+                "hosts: [api.stripe.com]",
+                "hosts: [\"api.stripe.com:443\"]",
+                "spec.egress[1].hosts",
+                14,
+            ),
+            (
+                "methods: [GET, POST]",
+                "methods: [GET, FETCH]",
+                "spec.egress[1].methods",
+                15,
+            ),
+            (
+                "paths: [\"/v1/charges*\"]",
+                "paths: [\"v1/charges\"]",
+                "spec.egress[1].paths",
+                16,
+            ),
+            (
+                "budget: {requests: 100}",
+                "budget: {requests: 0}",
+                "spec.egress[0].budget",
+                12,
+            ),
+            (
+                "- name: payments",
+                "- name: scoring",
+                "spec.egress[1].name",
+                13,
+            ),
+            (
+                "timeout: 10m\n  budgets",
+                "timeout: 0s\n  budgets",
+                "spec.egress[1].approval.timeout",
+                19,
+            ),
+            (
+                "credit-officer.cedar]",
+                "credit-officer.txt]",
+                "spec.policies[0]",
+                21,
+            ),
+        ];
+        for (from, to, field, line) in cases {
+            assert!(GOVERNED.contains(from), "{from}");
+            let e = parse(&GOVERNED.replace(from, to)).unwrap_err();
+            assert_eq!(e.field.as_deref(), Some(*field), "{e}");
+            assert_eq!(e.line, Some(*line), "{e}");
+        }
+        let e = parse(&GOVERNED.replace("timeout: 10m", "timeout: 10m\n        whenever: x"))
+            .unwrap_err();
+        assert!(e.message.contains("unknown field `whenever`"), "{e}");
+        let e = parse(&format!("{HELLO}  loopLimit: 0\n")).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("spec.loopLimit"));
+        let e = parse(&format!("{HELLO}  spawn: [a, a]\n")).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("spec.spawn"));
+        let e = parse(&format!("{HELLO}  spawn: [Bad_Name]\n")).unwrap_err();
+        assert!(e.message.contains("not a valid name"), "{e}");
+    }
+
+    #[test]
+    fn schema_documents_the_governed_fields() {
+        let schema = definition_json_schema().to_string();
+        for field in [
+            "egress",
+            "budgets",
+            "policies",
+            "loopLimit",
+            "spawn",
+            "perUser",
+            "approval",
+        ] {
+            assert!(
+                schema.contains(&format!("\"{field}\"")),
+                "{field} missing from the schema"
+            );
+        }
     }
 
     #[test]
@@ -481,7 +738,10 @@ spec:
 
     #[test]
     fn read_only_binds_mount_under_mnt_with_distinct_names() {
-        let d = parse(&format!("{HELLO}  filesystem: {{readOnly: [./ref, ../data/ref2]}}\n")).unwrap();
+        let d = parse(&format!(
+            "{HELLO}  filesystem: {{readOnly: [./ref, ../data/ref2]}}\n"
+        ))
+        .unwrap();
         assert_eq!(
             d.read_only,
             vec![
@@ -489,12 +749,24 @@ spec:
                 (PathBuf::from("/data/ref2"), PathBuf::from("/mnt/ref2")),
             ]
         );
-        assert!(parse(&format!("{HELLO}  filesystem: {{readOnly: [./a/ref, ./b/ref]}}\n")).is_err());
+        assert!(
+            parse(&format!(
+                "{HELLO}  filesystem: {{readOnly: [./a/ref, ./b/ref]}}\n"
+            ))
+            .is_err()
+        );
     }
 
     #[test]
     fn garbage_never_panics() {
-        for text in ["", "[", "apiVersion: [", "\0", "spec: {resources: {cpu: .nan}}", "- - -"] {
+        for text in [
+            "",
+            "[",
+            "apiVersion: [",
+            "\0",
+            "spec: {resources: {cpu: .nan}}",
+            "- - -",
+        ] {
             assert!(parse(text).is_err());
         }
     }

@@ -1,0 +1,487 @@
+//! The governed sections of an agent definition: egress capabilities, budgets, extra
+//! policies, the loop limit and the agents this one may start.
+//!
+//! As in [`crate::definition`], two layers: the `Raw*` serde model as written (strict,
+//! with a JSON Schema) and the validated form ([`Governance`]) that `agentspace-policy`
+//! compiles to Cedar. Nothing here reads files or parses Cedar: expressions and policy
+//! files are checked by the policy crate, which has the engine.
+
+use std::collections::BTreeSet;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::ids::Name;
+use crate::quantity::{Duration, Size};
+
+/// HTTP methods an egress rule may name. `CONNECT` and `TRACE` are deliberately absent:
+/// the gateway terminates TLS itself and never forwards either.
+pub const HTTP_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+
+/// Default for `spec.loopLimit`: the same request more than this many times in a row is
+/// denied with reason `loop`.
+pub const DEFAULT_LOOP_LIMIT: u32 = 3;
+
+/// Default for `approval.timeout`: how long a held request waits for a human.
+pub const DEFAULT_APPROVAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// One outbound capability as written under `spec.egress`.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawEgressRule {
+    /// The capability's name: budgets, revocation and the audit log refer to it.
+    pub name: Name,
+    /// Host names it may reach, e.g. `api.stripe.com`, or `*.example.com` for any
+    /// subdomain (not the domain itself). Case-insensitive.
+    pub hosts: Vec<String>,
+    /// HTTP methods (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS). Omitted: all of them.
+    #[serde(default)]
+    pub methods: Option<Vec<String>>,
+    /// URL paths, starting with `/`; `*` matches any run of characters, `/` included
+    /// (`/v1/charges*`). The query string is not part of the path. Omitted: every path.
+    #[serde(default)]
+    pub paths: Option<Vec<String>>,
+    /// Limits on this capability within one task.
+    #[serde(default)]
+    pub budget: Option<RawCapabilityBudget>,
+    /// Hold matching requests for a human's approval.
+    #[serde(default)]
+    pub approval: Option<RawApproval>,
+}
+
+/// When a request needs a human's approval.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawApproval {
+    /// A Cedar expression over the request (`context.body.amount > 1000`). Omitted: every
+    /// matching request needs approval.
+    #[serde(default)]
+    pub when: Option<String>,
+    /// How long the request is held before it is denied (default 10m).
+    #[serde(default)]
+    pub timeout: Option<Duration>,
+}
+
+/// Limits on one capability within one task.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawCapabilityBudget {
+    /// Most requests.
+    #[serde(default)]
+    pub requests: Option<u64>,
+    /// Most bytes sent and received, e.g. `10Mi`.
+    #[serde(default)]
+    pub bytes: Option<Size>,
+    /// Most LLM tokens (input and output) reported by the gateway.
+    #[serde(default)]
+    pub tokens: Option<u64>,
+}
+
+/// `spec.budgets` as written.
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawBudgets {
+    /// Most outbound requests in one task, all capabilities together.
+    #[serde(default)]
+    pub requests: Option<u64>,
+    /// Most bytes sent and received in one task.
+    #[serde(default)]
+    pub bytes: Option<Size>,
+    /// Most LLM tokens in one task.
+    #[serde(default)]
+    pub tokens: Option<u64>,
+    /// Wall-clock time after the task's first decision during which outbound actions
+    /// are allowed, e.g. `15m`.
+    #[serde(default)]
+    pub timeout: Option<Duration>,
+    /// Limits for each user of this agent, summed over all of that user's tasks in a
+    /// fixed window.
+    #[serde(default)]
+    pub per_user: Option<RawWindowBudget>,
+}
+
+/// Limits per user of an agent over a window of time.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawWindowBudget {
+    /// The window, e.g. `24h`. Windows are fixed (aligned to the Unix epoch), not sliding.
+    pub window: Duration,
+    /// Most requests per window.
+    #[serde(default)]
+    pub requests: Option<u64>,
+    /// Most bytes per window.
+    #[serde(default)]
+    pub bytes: Option<Size>,
+    /// Most LLM tokens per window.
+    #[serde(default)]
+    pub tokens: Option<u64>,
+}
+
+/// Limits on requests, bytes and tokens; `None` is unlimited.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Quota {
+    /// Most requests.
+    pub requests: Option<u64>,
+    /// Most bytes.
+    pub bytes: Option<u64>,
+    /// Most LLM tokens.
+    pub tokens: Option<u64>,
+}
+
+impl Quota {
+    /// Whether no limit is set.
+    pub fn is_unlimited(&self) -> bool {
+        self.requests.is_none() && self.bytes.is_none() && self.tokens.is_none()
+    }
+}
+
+/// A validated egress capability.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EgressRule {
+    /// The capability's name.
+    pub name: Name,
+    /// Lowercase host names or `*.domain` patterns.
+    pub hosts: Vec<String>,
+    /// Uppercase methods; empty means every method.
+    pub methods: Vec<String>,
+    /// Path patterns (`*` wildcard); empty means every path.
+    pub paths: Vec<String>,
+    /// Per-task limits on this capability.
+    pub budget: Quota,
+    /// The approval requirement, if any.
+    pub approval: Option<Approval>,
+}
+
+/// A validated approval requirement.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Approval {
+    /// The Cedar condition, as written; `None` means always.
+    pub when: Option<String>,
+    /// How long to hold the request.
+    pub timeout: std::time::Duration,
+}
+
+/// Validated `spec.budgets`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Budgets {
+    /// Per task.
+    pub task: Quota,
+    /// Wall-clock limit per task, from its first decision.
+    pub task_time: Option<std::time::Duration>,
+    /// Per user of this agent per window.
+    pub per_user: Option<WindowBudget>,
+}
+
+/// Validated per-user window budget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct WindowBudget {
+    /// The window length.
+    pub window: std::time::Duration,
+    /// The limits in each window.
+    pub quota: Quota,
+}
+
+/// The validated governed sections of a definition.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Governance {
+    /// Outbound capabilities, in file order.
+    pub egress: Vec<EgressRule>,
+    /// Budgets.
+    pub budgets: Budgets,
+    /// Extra Cedar policy files, resolved against the definition's directory.
+    pub policies: Vec<std::path::PathBuf>,
+    /// The loop breaker threshold.
+    pub loop_limit: u32,
+    /// Agents (same tenant) this agent may start.
+    pub spawn: Vec<Name>,
+}
+
+/// A problem in the governed sections: the dotted field and the message.
+pub(crate) type FieldError = (String, String);
+
+pub(crate) fn validate_egress(raw: &[RawEgressRule]) -> Result<Vec<EgressRule>, FieldError> {
+    let mut names = BTreeSet::new();
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, rule) in raw.iter().enumerate() {
+        let field = |sub: &str| format!("spec.egress[{i}].{sub}");
+        if !names.insert(rule.name.clone()) {
+            return Err((
+                field("name"),
+                format!(
+                    "capability `{}` is defined twice; give each rule its own name",
+                    rule.name
+                ),
+            ));
+        }
+        if rule.hosts.is_empty() {
+            return Err((field("hosts"), "list at least one host".to_owned()));
+        }
+        let mut hosts = Vec::new();
+        for host in &rule.hosts {
+            let host = host.to_ascii_lowercase();
+            check_host(&host).map_err(|m| (field("hosts"), m))?;
+            if !hosts.contains(&host) {
+                hosts.push(host);
+            }
+        }
+        let mut methods = Vec::new();
+        if let Some(list) = &rule.methods {
+            if list.is_empty() {
+                return Err((
+                    field("methods"),
+                    "an empty list allows nothing; list methods or omit the field for all"
+                        .to_owned(),
+                ));
+            }
+            for m in list {
+                let upper = m.to_ascii_uppercase();
+                if !HTTP_METHODS.contains(&upper.as_str()) {
+                    return Err((
+                        field("methods"),
+                        format!(
+                            "`{m}` is not a method Agent Space forwards; use one of {}",
+                            HTTP_METHODS.join(", ")
+                        ),
+                    ));
+                }
+                if !methods.contains(&upper) {
+                    methods.push(upper);
+                }
+            }
+        }
+        let mut paths = Vec::new();
+        if let Some(list) = &rule.paths {
+            if list.is_empty() {
+                return Err((
+                    field("paths"),
+                    "an empty list allows nothing; list paths or omit the field for all".to_owned(),
+                ));
+            }
+            for p in list {
+                check_path(p).map_err(|m| (field("paths"), m))?;
+                if !paths.contains(p) {
+                    paths.push(p.clone());
+                }
+            }
+        }
+        let budget = match &rule.budget {
+            Some(b) => quota(b.requests, b.bytes, b.tokens).map_err(|m| (field("budget"), m))?,
+            None => Quota::default(),
+        };
+        let approval = match &rule.approval {
+            Some(a) => {
+                if let Some(when) = &a.when {
+                    if when.trim().is_empty() {
+                        return Err((
+                            field("approval.when"),
+                            "the condition is empty; write a Cedar expression or omit `when` to always require approval".to_owned(),
+                        ));
+                    }
+                    if when.len() > 4096 {
+                        return Err((
+                            field("approval.when"),
+                            "the condition is longer than 4096 characters".to_owned(),
+                        ));
+                    }
+                }
+                let timeout = a.timeout.map_or(DEFAULT_APPROVAL_TIMEOUT, Duration::get);
+                if timeout.is_zero() {
+                    return Err((
+                        field("approval.timeout"),
+                        "must be longer than zero".to_owned(),
+                    ));
+                }
+                Some(Approval {
+                    when: a.when.clone(),
+                    timeout,
+                })
+            }
+            None => None,
+        };
+        out.push(EgressRule {
+            name: rule.name.clone(),
+            hosts,
+            methods,
+            paths,
+            budget,
+            approval,
+        });
+    }
+    Ok(out)
+}
+
+pub(crate) fn validate_budgets(raw: &RawBudgets) -> Result<Budgets, FieldError> {
+    let task =
+        quota(raw.requests, raw.bytes, raw.tokens).map_err(|m| ("spec.budgets".to_owned(), m))?;
+    let task_time = match raw.timeout {
+        Some(t) if t.get().is_zero() => {
+            return Err((
+                "spec.budgets.timeout".to_owned(),
+                "must be longer than zero".to_owned(),
+            ));
+        }
+        Some(t) => Some(t.get()),
+        None => None,
+    };
+    let per_user = match &raw.per_user {
+        Some(w) => {
+            if w.window.get().as_secs() == 0 {
+                return Err((
+                    "spec.budgets.perUser.window".to_owned(),
+                    "must be at least one second".to_owned(),
+                ));
+            }
+            let quota = quota(w.requests, w.bytes, w.tokens)
+                .map_err(|m| ("spec.budgets.perUser".to_owned(), m))?;
+            if quota.is_unlimited() {
+                return Err((
+                    "spec.budgets.perUser".to_owned(),
+                    "set at least one of `requests`, `bytes` or `tokens`, or remove `perUser`"
+                        .to_owned(),
+                ));
+            }
+            Some(WindowBudget {
+                window: w.window.get(),
+                quota,
+            })
+        }
+        None => None,
+    };
+    Ok(Budgets {
+        task,
+        task_time,
+        per_user,
+    })
+}
+
+pub(crate) fn validate_loop_limit(raw: Option<u32>) -> Result<u32, FieldError> {
+    match raw {
+        None => Ok(DEFAULT_LOOP_LIMIT),
+        Some(0) => Err((
+            "spec.loopLimit".to_owned(),
+            "must be at least 1 (the number of identical requests in a row that are still allowed)"
+                .to_owned(),
+        )),
+        Some(n) => Ok(n),
+    }
+}
+
+pub(crate) fn validate_spawn(raw: &[Name]) -> Result<Vec<Name>, FieldError> {
+    let mut seen = BTreeSet::new();
+    for name in raw {
+        if !seen.insert(name) {
+            return Err(("spec.spawn".to_owned(), format!("`{name}` is listed twice")));
+        }
+    }
+    Ok(raw.to_vec())
+}
+
+fn quota(requests: Option<u64>, bytes: Option<Size>, tokens: Option<u64>) -> Result<Quota, String> {
+    if requests == Some(0) || tokens == Some(0) || bytes.is_some_and(|b| b.bytes() == 0) {
+        return Err(
+            "a limit of 0 allows nothing; use a positive number, or remove the capability"
+                .to_owned(),
+        );
+    }
+    Ok(Quota {
+        requests,
+        bytes: bytes.map(Size::bytes),
+        tokens,
+    })
+}
+
+/// A DNS name (lowercase labels of letters, digits and `-`), optionally prefixed `*.`.
+fn check_host(host: &str) -> Result<(), String> {
+    let bare = host.strip_prefix("*.").unwrap_or(host);
+    let bad = |why: &str| {
+        Err(format!(
+            "`{host}` is not a host name: {why} (write `api.example.com` or `*.example.com`)"
+        ))
+    };
+    if bare.is_empty() || bare.len() > 253 {
+        return bad("it is empty or longer than 253 characters");
+    }
+    if bare.contains('*') {
+        return bad("`*` is only allowed as the whole first label");
+    }
+    for label in bare.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return bad("a label is empty or longer than 63 characters");
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return bad(
+                "it has a character other than letters, digits, `-` and `.`; ports and schemes do not belong here",
+            );
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return bad("a label starts or ends with `-`");
+        }
+    }
+    Ok(())
+}
+
+/// A path pattern: starts with `/`, printable ASCII without space, `"`, `\`, `?` or `#`.
+fn check_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') && path != "*" {
+        return Err(format!("`{path}` does not start with `/`"));
+    }
+    if path.contains(['?', '#']) {
+        return Err(format!(
+            "`{path}` has a query or fragment; paths match the path only, the query is `context.query`"
+        ));
+    }
+    if !path
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+    {
+        return Err(format!(
+            "`{path}` has a space, quote, backslash or non-ASCII character; percent-encode it"
+        ));
+    }
+    if path.len() > 2048 {
+        return Err("a path pattern is longer than 2048 characters".to_owned());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_accept_names_and_leading_wildcards_only() {
+        for ok in ["api.stripe.com", "*.example.com", "localhost", "10.0.0.1"] {
+            assert!(check_host(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "*",
+            "a.*.com",
+            "api.stripe.com:443",
+            "https://x",
+            "a..b",
+            "-a.com",
+            "a b",
+        ] {
+            assert!(check_host(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn paths_must_be_absolute_and_plain() {
+        assert!(check_path("/v1/charges*").is_ok());
+        for bad in ["v1", "/a?b=1", "/a b", "/a\"", "/a\\b", "/é"] {
+            assert!(check_path(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn zero_limits_are_refused() {
+        assert!(quota(Some(0), None, None).is_err());
+        assert!(quota(None, Some(Size::from_bytes(0)), None).is_err());
+        assert_eq!(quota(Some(5), None, None).map(|q| q.requests), Ok(Some(5)));
+    }
+}

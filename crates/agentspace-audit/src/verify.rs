@@ -177,7 +177,7 @@ impl AuditLog {
                 break;
             }
             let mut batch = Vec::with_capacity(rows.len());
-            for row in rows {
+            let mut step = |row: Row, batch: &mut Vec<SigItem>| -> Result<(), ScanError> {
                 // Checkpoints covering exactly the events seen so far.
                 while let Some((cp, stored)) =
                     next_cp.next_if(|(cp, _)| cp.checkpoint.size == expected)
@@ -225,9 +225,14 @@ impl AuditLog {
                 prev = hash;
                 prev_time = fields.time_ns;
                 expected += 1;
-            }
-            // A closed channel means the workers are gone; the scan result still stands.
+                Ok(())
+            };
+            let outcome = rows.into_iter().try_for_each(|row| step(row, &mut batch));
+            // Signatures before a structural problem are still checked, so the first
+            // bad event is reported whichever kind of problem it has. A closed channel
+            // means the workers are gone; the scan result still stands.
             let _ = sigs.send(batch);
+            outcome?;
         }
         for (cp, stored) in next_cp {
             if cp.checkpoint.size == expected {

@@ -96,19 +96,28 @@ fn row_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
         time_ns: to_u64(r.get(2)?),
         kind: r.get(3)?,
         task: r.get(4)?,
-        event: r.get(5)?,
-        hash: r.get(6)?,
-        sig: r.get(7)?,
+        event: bytes(r, 5)?,
+        hash: bytes(r, 6)?,
+        sig: bytes(r, 7)?,
     })
+}
+
+/// A BLOB column's bytes; TEXT is accepted too, so that a value whose type was changed
+/// by hand reaches verify (and fails there) instead of failing the read.
+fn bytes(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Vec<u8>> {
+    let v = r.get_ref(i)?;
+    v.as_bytes()
+        .map(<[u8]>::to_vec)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, v.data_type(), Box::new(e)))
 }
 
 fn checkpoint_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<CheckpointRow> {
     Ok(CheckpointRow {
         tenant: r.get(0)?,
         size: to_u64(r.get(1)?),
-        body: r.get(2)?,
-        sig: r.get(3)?,
-        frontier: r.get(4)?,
+        body: bytes(r, 2)?,
+        sig: bytes(r, 3)?,
+        frontier: bytes(r, 4)?,
     })
 }
 
@@ -179,7 +188,7 @@ impl WriteTx for Tx<'_> {
             )
             .map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map(params![tenant, to_i64(from), to_i64(to)], |r| r.get(0))
+            .query_map(params![tenant, to_i64(from), to_i64(to)], |r| bytes(r, 0))
             .and_then(|rows| rows.collect::<Result<Vec<Vec<u8>>, _>>())
             .map_err(|e| store_error(self.path, &e))?;
         Ok(rows)

@@ -1,0 +1,10 @@
+mod append;
+mod children;
+mod crash;
+mod format;
+mod postgres;
+mod proofs;
+mod props;
+mod query_export;
+mod support;
+mod tamper;

@@ -1,0 +1,618 @@
+//! Compiling an agent definition to Cedar, loading its extra `.cedar` files and
+//! validating everything against the Agent Space schema.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use agentspace_core::{DEFAULT_APPROVAL_TIMEOUT, Definition, EgressRule};
+use cedar_policy::{
+    Effect, Expression, Policy, PolicyId, PolicySet, Schema, ValidationMode, Validator,
+};
+use miette::Diagnostic;
+
+use crate::error::PolicyError;
+
+/// The Agent Space Cedar schema (human-readable Cedar schema syntax).
+pub const SCHEMA: &str = include_str!("schema.cedarschema");
+
+/// Records whose attributes are whatever the request carried: the schema cannot type
+/// them, so attribute accesses under them are accepted by validation and checked at
+/// evaluation time (a missing attribute is an error, and errors never allow).
+const OPEN_RECORDS: &[&str] = &["context.body", "context.headers", "context.arguments"];
+
+pub(crate) fn schema() -> Result<&'static Schema, PolicyError> {
+    static SCHEMA_CELL: OnceLock<Result<Schema, String>> = OnceLock::new();
+    SCHEMA_CELL
+        .get_or_init(|| {
+            Schema::from_cedarschema_str(SCHEMA)
+                .map(|(s, _)| s)
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| PolicyError::Schema(e.clone()))
+}
+
+/// What the engine needs to know about each policy beyond its Cedar meaning.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct PolicyMeta {
+    /// The capability (egress rule) a permit grants; budgets are charged to it.
+    pub(crate) capability: Option<String>,
+    /// `@approval("...")`: the prompt, for forbid policies that mean "not without approval".
+    pub(crate) approval: Option<String>,
+    /// `@timeout("10m")` of an approval policy.
+    pub(crate) timeout: Duration,
+    /// `@reason("...")` of a forbid: the sentence a denial shows.
+    pub(crate) reason: Option<String>,
+    /// Whether the policy is a forbid.
+    pub(crate) forbid: bool,
+}
+
+/// An agent definition compiled to Cedar and validated, with its extra policies.
+#[derive(Clone, Debug)]
+pub struct CompiledPolicies {
+    pub(crate) tenant: String,
+    pub(crate) agent: String,
+    /// Permits and plain forbids.
+    pub(crate) base: PolicySet,
+    /// Forbids annotated `@approval`: evaluated only once `base` allows.
+    pub(crate) approvals: PolicySet,
+    pub(crate) meta: HashMap<PolicyId, PolicyMeta>,
+    generated: String,
+    files: Vec<(String, String)>,
+    warnings: Vec<String>,
+}
+
+/// Where a policy came from, for error locations.
+enum Origin<'a> {
+    /// Generated from a definition field; `text` is the policy text.
+    Generated { field: String, text: String },
+    /// From a `.cedar` file; `text` is the whole file.
+    File { name: String, text: &'a str },
+}
+
+impl CompiledPolicies {
+    /// Compiles `definition` and reads, parses and validates its `spec.policies` files.
+    pub fn compile(definition: &Definition) -> Result<Self, PolicyError> {
+        let mut files = Vec::new();
+        for path in &definition.governance.policies {
+            let text =
+                std::fs::read_to_string(path).map_err(|source| PolicyError::ReadPolicyFile {
+                    path: path.clone(),
+                    source,
+                })?;
+            files.push((path.display().to_string(), text));
+        }
+        Self::compile_with_files(definition, files)
+    }
+
+    /// Compiles `definition` with the given extra policy files (name, text) instead of
+    /// reading `spec.policies`: for tests and tools that hold the text already.
+    pub fn compile_with_files(
+        definition: &Definition,
+        files: Vec<(String, String)>,
+    ) -> Result<Self, PolicyError> {
+        let schema = schema()?;
+        let def_file = definition.source.display().to_string();
+        let generated = generate(definition, &def_file)?;
+
+        let mut all = PolicySet::new();
+        let mut origins: HashMap<PolicyId, Origin<'_>> = HashMap::new();
+        let mut meta = HashMap::new();
+        for g in &generated.policies {
+            let id = PolicyId::new(&g.id);
+            let policy =
+                Policy::parse(Some(id.clone()), &g.text).map_err(|e| PolicyError::Field {
+                    file: def_file.clone(),
+                    field: g.field.clone(),
+                    message: format!(
+                        "does not compile to a valid Cedar policy: {}",
+                        diagnostic_text(&e)
+                    ),
+                })?;
+            let m = policy_meta(&policy).map_err(|message| PolicyError::Field {
+                file: def_file.clone(),
+                field: g.field.clone(),
+                message,
+            })?;
+            meta.insert(id.clone(), m);
+            all.add(policy).map_err(|e| PolicyError::Field {
+                file: def_file.clone(),
+                field: g.field.clone(),
+                message: e.to_string(),
+            })?;
+            origins.insert(
+                id,
+                Origin::Generated {
+                    field: g.field.clone(),
+                    text: g.text.clone(),
+                },
+            );
+        }
+
+        for (name, text) in &files {
+            let set = PolicySet::from_str(text).map_err(|e| located(name, text, &e))?;
+            let mut policies: Vec<&Policy> = set.policies().collect();
+            // Keep file order: ids `policy0`, `policy1`, ... sort by number.
+            policies.sort_by_key(|p| {
+                p.id()
+                    .to_string()
+                    .trim_start_matches("policy")
+                    .parse::<usize>()
+                    .unwrap_or(0)
+            });
+            let mut search_from = 0;
+            for (n, policy) in policies.into_iter().enumerate() {
+                // A policy displays as its original text; find it to name its line.
+                let source = policy.to_string();
+                let offset = text
+                    .get(search_from..)
+                    .and_then(|rest| rest.find(&source))
+                    .map(|o| o + search_from);
+                if let Some(o) = offset {
+                    search_from = o + source.len();
+                }
+                let (line, column) = line_col(text, offset.unwrap_or(0));
+                let base = Path::new(name)
+                    .file_name()
+                    .map_or_else(|| name.clone(), |f| f.to_string_lossy().into_owned());
+                let id_text = match (policy.annotation("id"), offset) {
+                    (Some(id), _) => id.to_owned(),
+                    (None, Some(_)) => format!("{base}:{line}"),
+                    (None, None) => format!("{base}#{}", n + 1),
+                };
+                let id = PolicyId::new(&id_text);
+                let here = |message: String| PolicyError::Policy {
+                    file: name.clone(),
+                    line,
+                    column,
+                    message,
+                };
+                if origins.contains_key(&id) {
+                    return Err(here(format!(
+                        "policy id `{id_text}` is already used; give this policy a distinct `@id(\"...\")`"
+                    )));
+                }
+                let policy = policy.new_id(id.clone());
+                let m = policy_meta(&policy).map_err(here)?;
+                meta.insert(id.clone(), m);
+                all.add(policy).map_err(|e| here(e.to_string()))?;
+                origins.insert(
+                    id,
+                    Origin::File {
+                        name: name.clone(),
+                        text,
+                    },
+                );
+            }
+        }
+
+        let validator = Validator::new(schema.clone());
+        let result = validator.validate(&all, ValidationMode::Strict);
+        for error in result.validation_errors() {
+            let Some(origin) = origins.get(error.policy_id()) else {
+                return Err(PolicyError::Field {
+                    file: def_file.clone(),
+                    field: "spec".to_owned(),
+                    message: error.to_string(),
+                });
+            };
+            let (text, offset) = match origin {
+                Origin::Generated { text, .. } => (text.as_str(), label_offset(error)),
+                Origin::File { text, .. } => (*text, label_offset(error)),
+            };
+            if is_open_record_access(error, text) {
+                continue;
+            }
+            let message = format!("{}{}", error, help_text(error));
+            return Err(match origin {
+                Origin::Generated { field, .. } => PolicyError::Field {
+                    file: def_file.clone(),
+                    field: field.clone(),
+                    message,
+                },
+                Origin::File { name, text } => {
+                    let (line, column) = line_col(text, offset.unwrap_or(0));
+                    PolicyError::Policy {
+                        file: name.clone(),
+                        line,
+                        column,
+                        message,
+                    }
+                }
+            });
+        }
+        let warnings = result
+            .validation_warnings()
+            .map(|w| w.to_string())
+            .collect();
+
+        let mut base = PolicySet::new();
+        let mut approvals = PolicySet::new();
+        for policy in all.policies() {
+            let is_approval = meta.get(policy.id()).is_some_and(|m| m.approval.is_some());
+            let target = if is_approval {
+                &mut approvals
+            } else {
+                &mut base
+            };
+            target.add(policy.clone()).map_err(|e| PolicyError::Field {
+                file: def_file.clone(),
+                field: "spec".to_owned(),
+                message: e.to_string(),
+            })?;
+        }
+
+        Ok(Self {
+            tenant: definition.tenant.to_string(),
+            agent: definition.name.to_string(),
+            base,
+            approvals,
+            meta,
+            generated: generated.text,
+            files,
+            warnings,
+        })
+    }
+
+    /// The Cedar generated from the definition (with budgets and limits as comments),
+    /// followed by the extra policy files, as `policy check --show` prints it.
+    pub fn cedar_text(&self) -> String {
+        let mut out = self.generated.clone();
+        for (name, text) in &self.files {
+            let _ = write!(out, "\n// ---- {name} ----\n{text}");
+            if !text.ends_with('\n') {
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// How many policies there are in all.
+    pub fn len(&self) -> usize {
+        self.base.num_of_policies() + self.approvals.num_of_policies()
+    }
+
+    /// Whether there are no policies (then everything is denied).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The ids of every policy, sorted.
+    pub fn policy_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.meta.keys().map(ToString::to_string).collect();
+        ids.sort();
+        ids
+    }
+
+    /// Schema validation warnings (for example a policy that can never apply).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+}
+
+/// Reads the annotations the engine gives meaning to.
+fn policy_meta(policy: &Policy) -> Result<PolicyMeta, String> {
+    let forbid = policy.effect() == Effect::Forbid;
+    let approval = policy.annotation("approval").map(str::to_owned);
+    if approval.is_some() && !forbid {
+        return Err(
+            "`@approval` belongs on a `forbid` policy (it means: forbidden unless a human approves); change `permit` to `forbid` or remove the annotation"
+                .to_owned(),
+        );
+    }
+    let timeout = match policy.annotation("timeout") {
+        Some(t) => agentspace_core::Duration::parse(t)
+            .map(agentspace_core::Duration::get)
+            .map_err(|e| format!("`@timeout`: {e}"))?,
+        None => DEFAULT_APPROVAL_TIMEOUT,
+    };
+    if timeout.is_zero() {
+        return Err("`@timeout` must be longer than zero".to_owned());
+    }
+    Ok(PolicyMeta {
+        capability: policy.annotation("capability").map(str::to_owned),
+        approval,
+        timeout,
+        reason: policy.annotation("reason").map(str::to_owned),
+        forbid,
+    })
+}
+
+struct Generated {
+    text: String,
+    policies: Vec<GeneratedPolicy>,
+}
+
+struct GeneratedPolicy {
+    id: String,
+    field: String,
+    text: String,
+}
+
+/// Writes the Cedar for a definition. Every value interpolated here was validated by
+/// `agentspace-core` (names, hosts, methods, paths) or is quoted with [`quote`]; the
+/// approval condition is parsed as one expression before it is inserted.
+fn generate(def: &Definition, def_file: &str) -> Result<Generated, PolicyError> {
+    let agent = format!("AgentSpace::Agent::{}", quote(def.name.as_str()));
+    let tenant = format!("AgentSpace::Tenant::{}", quote(def.tenant.as_str()));
+    let mut policies = Vec::new();
+    let g = &def.governance;
+
+    policies.push(GeneratedPolicy {
+        id: "tenant".to_owned(),
+        field: "metadata.tenant".to_owned(),
+        text: format!(
+            "@id(\"tenant\")\n@reason({})\nforbid (principal, action, resource)\nunless {{ principal in {tenant} && principal in {agent} }};\n",
+            quote(&format!(
+                "only tasks of agent `{}` in tenant `{}` are governed by this definition",
+                def.name, def.tenant
+            )),
+        ),
+    });
+
+    for (i, rule) in g.egress.iter().enumerate() {
+        let field = format!("spec.egress[{i}]");
+        let hosts = host_condition(rule);
+        let actions = if rule.methods.is_empty() {
+            "action in AgentSpace::Action::\"http\"".to_owned()
+        } else {
+            let list: Vec<String> = rule
+                .methods
+                .iter()
+                .map(|m| format!("AgentSpace::Action::{}", quote(m)))
+                .collect();
+            format!("action in [{}]", list.join(", "))
+        };
+        let paths = if rule.paths.is_empty() {
+            String::new()
+        } else {
+            let list: Vec<String> = rule
+                .paths
+                .iter()
+                .map(|p| format!("context.path like {}", quote(p)))
+                .collect();
+            format!("\nwhen {{ {} }}", list.join(" || "))
+        };
+        let name = rule.name.as_str();
+        policies.push(GeneratedPolicy {
+            id: format!("egress.{name}"),
+            field: field.clone(),
+            text: format!(
+                "@id({id})\n@capability({cap})\npermit (\n  principal in {agent},\n  {actions},\n  resource\n)\nwhen {{ {hosts} }}{paths};\n",
+                id = quote(&format!("egress.{name}")),
+                cap = quote(name),
+            ),
+        });
+        policies.push(GeneratedPolicy {
+            id: format!("egress.{name}.dns"),
+            field: format!("{field}.hosts"),
+            text: format!(
+                "@id({id})\npermit (\n  principal in {agent},\n  action == AgentSpace::Action::\"dns\",\n  resource\n)\nwhen {{ {hosts} }};\n",
+                id = quote(&format!("egress.{name}.dns")),
+            ),
+        });
+        if let Some(approval) = &rule.approval {
+            let when_field = format!("{field}.approval.when");
+            let condition = match &approval.when {
+                Some(expr) => {
+                    Expression::from_str(expr).map_err(|e| PolicyError::Field {
+                        file: def_file.to_owned(),
+                        field: when_field.clone(),
+                        message: format!(
+                            "`{expr}` is not a Cedar expression: {}",
+                            diagnostic_text(&e)
+                        ),
+                    })?;
+                    // On its own lines so a trailing `//` comment cannot swallow the brace.
+                    format!("\nwhen {{\n  ({expr}\n  )\n}}")
+                }
+                None => String::new(),
+            };
+            let prompt = match &approval.when {
+                Some(expr) => format!("capability `{name}` when {expr}"),
+                None => format!("capability `{name}`"),
+            };
+            policies.push(GeneratedPolicy {
+                id: format!("egress.{name}.approval"),
+                field: when_field,
+                text: format!(
+                    "@id({id})\n@capability({cap})\n@approval({prompt})\n@timeout({timeout})\nforbid (\n  principal in {agent},\n  {actions},\n  resource\n)\nwhen {{ {hosts} }}{paths}{condition};\n",
+                    id = quote(&format!("egress.{name}.approval")),
+                    cap = quote(name),
+                    prompt = quote(&prompt),
+                    timeout = quote(&format!("{}s", approval.timeout.as_secs())),
+                ),
+            });
+        }
+    }
+
+    for (i, target) in g.spawn.iter().enumerate() {
+        let id = format!("spawn.{target}");
+        policies.push(GeneratedPolicy {
+            text: format!(
+                "@id({})\npermit (\n  principal in {agent},\n  action == AgentSpace::Action::\"spawn\",\n  resource == AgentSpace::Agent::{}\n);\n",
+                quote(&id),
+                quote(target.as_str()),
+            ),
+            id,
+            field: format!("spec.spawn[{i}]"),
+        });
+    }
+
+    let mut text = format!(
+        "// Generated by Agent Space from `{def_file}` ({digest}).\n// Agent `{name}` of tenant `{tenant_name}`; default deny, forbid overrides permit.\n",
+        digest = def.digest,
+        name = def.name,
+        tenant_name = def.tenant,
+    );
+    let _ = writeln!(text, "// loopLimit: {}", g.loop_limit);
+    let b = &g.budgets;
+    let mut budget_lines = BTreeMap::new();
+    if let Some(r) = b.task.requests {
+        budget_lines.insert("task requests", r.to_string());
+    }
+    if let Some(r) = b.task.bytes {
+        budget_lines.insert("task bytes", r.to_string());
+    }
+    if let Some(r) = b.task.tokens {
+        budget_lines.insert("task tokens", r.to_string());
+    }
+    if let Some(t) = b.task_time {
+        budget_lines.insert("task time", format!("{}s", t.as_secs()));
+    }
+    for (what, value) in budget_lines {
+        let _ = writeln!(text, "// budget: {what} <= {value}");
+    }
+    if let Some(w) = &b.per_user {
+        let _ = writeln!(
+            text,
+            "// budget: per user per {}s: {:?}",
+            w.window.as_secs(),
+            w.quota
+        );
+    }
+    for rule in &g.egress {
+        if !rule.budget.is_unlimited() {
+            let _ = writeln!(
+                text,
+                "// budget: capability `{}`: {:?}",
+                rule.name, rule.budget
+            );
+        }
+    }
+    for p in &policies {
+        text.push('\n');
+        text.push_str(&p.text);
+    }
+    Ok(Generated { text, policies })
+}
+
+fn host_condition(rule: &EgressRule) -> String {
+    let parts: Vec<String> = rule
+        .hosts
+        .iter()
+        .map(|h| {
+            if h.starts_with("*.") {
+                format!("context.host like {}", quote(h))
+            } else {
+                format!("resource == AgentSpace::Host::{}", quote(h))
+            }
+        })
+        .collect();
+    parts.join(" || ")
+}
+
+/// A Cedar string literal.
+pub(crate) fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\0' => out.push_str("\\0"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Whether a validation error is an attribute access under an open record
+/// (`context.body.amount`), which the schema cannot type.
+fn is_open_record_access(error: &cedar_policy::ValidationError, text: &str) -> bool {
+    use cedar_policy::ValidationError as V;
+    if !matches!(error, V::UnsafeAttributeAccess(_)) {
+        return false;
+    }
+    let Some(span) = error.labels().and_then(|mut l| l.next()) else {
+        return false;
+    };
+    let snippet = text
+        .get(span.offset()..span.offset() + span.len())
+        .unwrap_or("");
+    let compact: String = snippet.chars().filter(|c| !c.is_whitespace()).collect();
+    OPEN_RECORDS.iter().any(|open| {
+        compact
+            .strip_prefix(open)
+            .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
+    })
+}
+
+fn label_offset(error: &dyn Diagnostic) -> Option<usize> {
+    error
+        .labels()
+        .and_then(|mut l| l.next())
+        .map(|s| s.offset())
+}
+
+/// A parse error located in a file.
+fn located(name: &str, text: &str, e: &cedar_policy::ParseErrors) -> PolicyError {
+    let offset = label_offset(e).unwrap_or(0);
+    let (line, column) = line_col(text, offset);
+    PolicyError::Policy {
+        file: name.to_owned(),
+        line,
+        column,
+        message: diagnostic_text(e),
+    }
+}
+
+/// The error's message with its first label and help, on one line.
+fn diagnostic_text(e: &dyn Diagnostic) -> String {
+    let mut out = e.to_string();
+    if let Some(label) = e
+        .labels()
+        .and_then(|mut l| l.next())
+        .and_then(|l| l.label().map(str::to_owned))
+    {
+        let _ = write!(out, " ({label})");
+    }
+    out.push_str(&help_text(e));
+    out
+}
+
+fn help_text(e: &dyn Diagnostic) -> String {
+    e.help().map(|h| format!("; {h}")).unwrap_or_default()
+}
+
+/// 1-based line and column of a byte offset.
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or("");
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quote_escapes_everything_cedar_would_read_as_syntax() {
+        assert_eq!(quote("a\"b\\c\n"), "\"a\\\"b\\\\c\\n\"");
+    }
+
+    #[test]
+    fn line_col_counts_from_one() {
+        assert_eq!(line_col("ab\ncd", 0), (1, 1));
+        assert_eq!(line_col("ab\ncd", 4), (2, 2));
+        assert_eq!(line_col("ab", 99), (1, 3));
+    }
+
+    #[test]
+    fn schema_parses() {
+        assert!(schema().is_ok(), "{:?}", schema().err());
+    }
+}

@@ -1,0 +1,9 @@
+mod budgets;
+mod compile;
+mod decide;
+mod delegation;
+mod helpers;
+mod loops;
+mod props;
+mod revocation;
+mod testcases;

@@ -12,6 +12,9 @@ use crate::spec::{CellReport, CellSpec};
 /// The hidden first argument that turns the `agentspace` binary into the supervisor.
 pub const SUPERVISOR_ARG: &str = "__cell-supervisor";
 
+/// The environment variable that carries the spec path to the supervisor.
+pub(crate) const SPEC_ENV: &str = "AGENTSPACE_CELL_SPEC";
+
 /// Why a cell could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum CellError {
@@ -90,9 +93,12 @@ impl Launcher {
         let json = serde_json::to_vec_pretty(spec).map_err(|e| CellError::Prepare { path: spec_path.clone(), source: io::Error::other(e) })?;
         fs::write(&spec_path, json).map_err(prep(&spec_path))?;
         let mut cmd = Command::new(&self.exe);
+        // The spec path goes in the environment, not argv: the cell's pid 1 is this process
+        // forked, and its argv is world-readable in the cell's /proc while its environment
+        // is not (the init is non-dumpable).
         cmd.arg(SUPERVISOR_ARG)
-            .arg(&spec_path)
             .env_clear()
+            .env(SPEC_ENV, &spec_path)
             .stdin(Stdio::inherit())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

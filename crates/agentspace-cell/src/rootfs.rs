@@ -268,21 +268,13 @@ fn mount_workspace(spec: &CellSpec, root: &Path) -> Result<(), RootfsError> {
     sys::idmapped_bind(host, &lower, userns.as_fd()).map_err(|e| {
         fail("idmapped bind (needs Linux 5.19+ and a filesystem that supports idmapped mounts) of", host, e)
     })?;
-    let work = spec.task_dir.join("work");
-    let options = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        escape_overlay(&lower),
-        escape_overlay(&upper),
-        escape_overlay(&work)
-    );
-    mount(Some("overlay"), &target, Some("overlay"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(options.as_str()))
+    // Relative layer paths (from the task directory): the options are visible in the
+    // cell's /proc/self/mountinfo and must not name host paths.
+    nix::unistd::chdir(&spec.task_dir).map_err(|e| fail("chdir", &spec.task_dir, e))?;
+    mount(Some("overlay"), &target, Some("overlay"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("lowerdir=lower,upperdir=upper,workdir=work"))
         .map_err(|e| fail("mount overlay on", &target, e))?;
     // The overlay holds its own reference to the lower layer.
     umount2(&lower, MntFlags::MNT_DETACH).map_err(|e| fail("detach", &lower, e))
-}
-
-fn escape_overlay(p: &Path) -> String {
-    p.display().to_string().replace('\\', "\\\\").replace(',', "\\,").replace(':', "\\:")
 }
 
 /// A user namespace whose only mapping is `uid -> agent`, `gid -> agent`: used as the id

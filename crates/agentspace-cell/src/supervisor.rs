@@ -20,10 +20,11 @@ use crate::init::{self, InitPipes};
 use crate::spec::{AGENT_ID, CellReport, CellSpec};
 use crate::{seccomp, sys};
 
-/// Entry point of the supervisor process. Reads the spec from the path in argv[2],
+/// Entry point of the supervisor process. Reads the spec from the path in
+/// `$AGENTSPACE_CELL_SPEC`,
 /// writes `cell-report.json` beside it and returns the exit code for `agentspace run`.
 pub fn supervisor_main() -> u8 {
-    let Some(spec_path) = std::env::args_os().nth(2) else {
+    let Some(spec_path) = std::env::var_os(crate::launch::SPEC_ENV) else {
         sys::write_stderr(b"agentspace: the cell supervisor needs a spec path\n");
         return 125;
     };

@@ -85,7 +85,7 @@ pub(crate) fn run(state: &StateDir, args: Args) -> Result<ExitCode> {
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(crate::EXIT_AGENTSPACE_FAILED)))
 }
 
-fn load_definition(path: &Path) -> Result<Definition> {
+pub(crate) fn load_definition(path: &Path) -> Result<Definition> {
     let text = fs::read_to_string(path).with_context(|| format!("cannot read definition `{}`", path.display()))?;
     let abs = std::path::absolute(path).with_context(|| format!("cannot resolve `{}`", path.display()))?;
     Ok(Definition::parse(&abs, &text)?)

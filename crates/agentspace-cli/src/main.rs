@@ -1,7 +1,10 @@
 //! The `agentspace` command: argument parsing and wiring only. Each area's subcommands
 //! live in their own `cmd_*.rs` module; the work itself lives in the library crates.
 
+mod cmd_audit;
+mod cmd_definition;
 mod cmd_doctor;
+mod cmd_keys;
 mod cmd_run;
 mod cmd_tasks;
 mod state;
@@ -30,11 +33,19 @@ struct Cli {
 enum Command {
     /// Run one task: an agent program in a new cell.
     Run(cmd_run::Args),
+    /// Verify, query, follow, export and prove the audit log.
+    Audit(cmd_audit::Args),
     /// List and inspect tasks.
     #[command(subcommand)]
     Tasks(cmd_tasks::Command),
     /// Report what this host supports for cells.
     Doctor(cmd_doctor::Args),
+    /// Validate agent definitions; print the definition JSON Schema.
+    #[command(subcommand)]
+    Definition(cmd_definition::Command),
+    /// A tenant's token signing keys: JWKS export and rotation.
+    #[command(subcommand)]
+    Keys(cmd_keys::Command),
 }
 
 fn main() -> ExitCode {
@@ -47,8 +58,11 @@ fn main() -> ExitCode {
     let state = state::StateDir::resolve(cli.state_dir);
     let result = match cli.command {
         Command::Run(args) => cmd_run::run(&state, args),
+        Command::Audit(args) => cmd_audit::run(&state, args),
         Command::Tasks(cmd) => cmd_tasks::run(&state, cmd),
         Command::Doctor(args) => cmd_doctor::run(args),
+        Command::Keys(cmd) => cmd_keys::run(&state, cmd),
+        Command::Definition(cmd) => cmd_definition::run(cmd),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,5 @@
+pub mod support;
+
+mod definitions;
+mod escape;
+mod run;

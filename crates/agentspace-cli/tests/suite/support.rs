@@ -1,0 +1,125 @@
+//! Shared fixtures: a temporary state directory, definitions, and running the binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+pub fn agentspace_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_agentspace")
+}
+
+/// Privileged tests need root. In CI (CI=true) they must never skip.
+pub fn privileged() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("privileged tests must run as root in CI (they need namespaces, mounts and cgroups)");
+    }
+    eprintln!("skipping: this test needs root (namespaces, mounts, cgroups); run the suite with sudo");
+    false
+}
+
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+}
+
+pub struct Ran {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl std::fmt::Debug for Ran {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {}\n--- stdout\n{}\n--- stderr\n{}", self.code, self.stdout, self.stderr)
+    }
+}
+
+impl From<Output> for Ran {
+    fn from(o: Output) -> Self {
+        Ran {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+pub const HELLO: &str = "apiVersion: agentspace/v1
+kind: Agent
+metadata:
+  name: hello
+  tenant: acme
+spec:
+  workspace: ./workspace
+  resources:
+    memory: 256Mi
+    pids: 64
+    cpu: 1.0
+    timeout: 60s
+";
+
+impl Sandbox {
+    /// A temp dir with `workspace/notes.txt` and `hello.yaml`.
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new().prefix("agentspace-test-").tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("workspace")).unwrap();
+        std::fs::write(dir.path().join("workspace/notes.txt"), "hello from the host\n").unwrap();
+        std::fs::write(dir.path().join("hello.yaml"), HELLO).unwrap();
+        Sandbox { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// Writes a definition file and returns its path.
+    pub fn definition(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(agentspace_bin());
+        c.arg("--state-dir").arg(self.state());
+        c.stdin(Stdio::null());
+        c
+    }
+
+    /// `agentspace run -f DEF -- ARGS...`
+    pub fn run(&self, def: &Path, args: &[&str]) -> Ran {
+        let mut c = self.command();
+        c.arg("run").arg("-f").arg(def).arg("--").args(args);
+        c.output().unwrap().into()
+    }
+
+    /// Runs a shell script in a hello cell.
+    pub fn sh(&self, script: &str) -> Ran {
+        self.run(&self.path().join("hello.yaml"), &["sh", "-c", script])
+    }
+
+    /// Runs a Python program in a hello cell.
+    pub fn py(&self, program: &str) -> Ran {
+        self.run(&self.path().join("hello.yaml"), &["python3", "-c", program])
+    }
+
+    /// The manifests of all tasks run in this sandbox.
+    pub fn manifests(&self) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(self.state().join("tasks")).unwrap().flatten() {
+            let text = std::fs::read_to_string(e.path().join("manifest.json")).unwrap();
+            out.push(serde_json::from_str(&text).unwrap());
+        }
+        out.sort_by(|a: &serde_json::Value, b| a["task"].as_str().cmp(&b["task"].as_str()));
+        out
+    }
+
+    pub fn last_manifest(&self) -> serde_json::Value {
+        self.manifests().pop().expect("a task ran")
+    }
+}

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use agentspace_audit::{AuditError, AuditLog, Entry, Filter, SignedCheckpoint, TrustedKeys, VerifyOptions};
+use agentspace_audit::{
+    AuditError, AuditLog, Entry, Filter, SignedCheckpoint, TrustedKeys, VerifyOptions,
+};
 use agentspace_core::{AuditDecision, AuditKind, Name, parse_audit_time};
 use anyhow::{Context, Result, bail};
 
@@ -188,8 +190,16 @@ impl FilterArgs {
             kind,
             decision,
             resource_contains: self.resource,
-            since_ns: self.since.as_deref().map(|t| parse_time("since", t)).transpose()?,
-            until_ns: self.until.as_deref().map(|t| parse_time("until", t)).transpose()?,
+            since_ns: self
+                .since
+                .as_deref()
+                .map(|t| parse_time("since", t))
+                .transpose()?,
+            until_ns: self
+                .until
+                .as_deref()
+                .map(|t| parse_time("until", t))
+                .transpose()?,
         })
     }
 }
@@ -207,14 +217,22 @@ fn open(state: &StateDir, url: Option<&str>) -> Result<AuditLog> {
 }
 
 fn table_header(out: &mut impl Write) -> Result<()> {
-    writeln!(out, "{:<10} {:<30} {:<12} {:<18} {:<8} {:<9} RESOURCE", "SEQ", "TIME", "TENANT", "KIND", "ACTION", "DECISION")?;
+    writeln!(
+        out,
+        "{:<10} {:<30} {:<12} {:<18} {:<8} {:<9} RESOURCE",
+        "SEQ", "TIME", "TENANT", "KIND", "ACTION", "DECISION"
+    )?;
     Ok(())
 }
 
 fn print_entry(out: &mut impl Write, entry: &Entry, format: Format) -> Result<()> {
     let e = &entry.event;
     match format {
-        Format::Jsonl => writeln!(out, "{}", serde_json::to_string(&agentspace_audit::to_jsonl(entry))?)?,
+        Format::Jsonl => writeln!(
+            out,
+            "{}",
+            serde_json::to_string(&agentspace_audit::to_jsonl(entry))?
+        )?,
         Format::Table => writeln!(
             out,
             "{:<10} {:<30} {:<12} {:<18} {:<8} {:<9} {}",
@@ -236,18 +254,31 @@ pub(crate) fn run(state: &StateDir, args: Args) -> Result<ExitCode> {
     let mut out = stdout.lock();
     match args.command {
         Command::Migrate => {
-            let Some(url) = url else { bail!("`audit migrate` needs `--audit-url postgres://...`") };
+            let Some(url) = url else {
+                bail!("`audit migrate` needs `--audit-url postgres://...`")
+            };
             agentspace_audit::migrate_postgres(url)?;
-            writeln!(out, "audit tables and role `{}` are ready", agentspace_audit::WRITER_ROLE)?;
+            writeln!(
+                out,
+                "audit tables and role `{}` are ready",
+                agentspace_audit::WRITER_ROLE
+            )?;
         }
-        Command::Verify { tenant, checkpoint, keys } => {
+        Command::Verify {
+            tenant,
+            checkpoint,
+            keys,
+        } => {
             let log = open(state, url)?;
             let checkpoint: Option<SignedCheckpoint> = match checkpoint {
                 Some(path) => {
                     let text = std::fs::read_to_string(&path)
                         .with_context(|| format!("cannot read checkpoint `{}`", path.display()))?;
                     Some(serde_json::from_str(&text).with_context(|| {
-                        format!("`{}` is not a checkpoint written by `agentspace audit checkpoint`", path.display())
+                        format!(
+                            "`{}` is not a checkpoint written by `agentspace audit checkpoint`",
+                            path.display()
+                        )
                     })?)
                 }
                 None => None,
@@ -260,7 +291,11 @@ pub(crate) fn run(state: &StateDir, args: Args) -> Result<ExitCode> {
                 }
                 None => None,
             };
-            let options = VerifyOptions { tenant, checkpoint, trusted_keys };
+            let options = VerifyOptions {
+                tenant,
+                checkpoint,
+                trusted_keys,
+            };
             match log.verify(&options) {
                 Ok(report) => {
                     for t in &report {
@@ -284,7 +319,11 @@ pub(crate) fn run(state: &StateDir, args: Args) -> Result<ExitCode> {
                 Err(e) => return Err(e.into()),
             }
         }
-        Command::Query { filter, limit, format } => {
+        Command::Query {
+            filter,
+            limit,
+            format,
+        } => {
             let log = open(state, url)?;
             let filter = filter.resolve()?;
             if matches!(format, Format::Table) {
@@ -307,7 +346,12 @@ pub(crate) fn run(state: &StateDir, args: Args) -> Result<ExitCode> {
                 return Err(e);
             }
         }
-        Command::Tail { tenant, lines, follow, format } => {
+        Command::Tail {
+            tenant,
+            lines,
+            follow,
+            format,
+        } => {
             let log = open(state, url)?;
             if matches!(format, Format::Table) {
                 table_header(&mut out)?;
@@ -352,12 +396,17 @@ pub(crate) fn run(state: &StateDir, args: Args) -> Result<ExitCode> {
                 std::thread::sleep(Duration::from_millis(250));
             }
         }
-        Command::Export { format, filter, out: path } => {
+        Command::Export {
+            format,
+            filter,
+            out: path,
+        } => {
             let log = open(state, url)?;
             let filter = filter.resolve()?;
             let mut sink: Box<dyn Write> = match &path {
                 Some(p) => Box::new(std::io::BufWriter::new(
-                    std::fs::File::create(p).with_context(|| format!("cannot create `{}`", p.display()))?,
+                    std::fs::File::create(p)
+                        .with_context(|| format!("cannot create `{}`", p.display()))?,
                 )),
                 None => Box::new(std::io::BufWriter::new(&mut out)),
             };
@@ -381,11 +430,18 @@ pub(crate) fn run(state: &StateDir, args: Args) -> Result<ExitCode> {
             }
             sink.flush()?;
         }
-        Command::Prove { tenant, seq, from, to } => {
+        Command::Prove {
+            tenant,
+            seq,
+            from,
+            to,
+        } => {
             let log = open(state, url)?;
             let tenant = tenant_name(&tenant)?;
             let json = match (seq, from, to) {
-                (Some(seq), _, _) => serde_json::to_string_pretty(&log.prove_inclusion(&tenant, seq)?)?,
+                (Some(seq), _, _) => {
+                    serde_json::to_string_pretty(&log.prove_inclusion(&tenant, seq)?)?
+                }
                 (None, Some(from), Some(to)) => {
                     serde_json::to_string_pretty(&log.prove_consistency(&tenant, from, to)?)?
                 }

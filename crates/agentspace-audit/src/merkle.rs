@@ -64,7 +64,7 @@ pub(crate) struct CompactRange {
 impl CompactRange {
     /// Rebuilds a compact range from its stored form (the peaks concatenated).
     pub(crate) fn from_bytes(size: u64, bytes: &[u8]) -> Option<Self> {
-        if bytes.len() % 32 != 0 || bytes.len() / 32 != size.count_ones() as usize {
+        if !bytes.len().is_multiple_of(32) || bytes.len() / 32 != size.count_ones() as usize {
             return None;
         }
         let peaks = bytes

@@ -17,7 +17,7 @@ fn sigkill_during_a_burst_loses_no_acknowledged_event() {
         let mut acked: BTreeMap<u64, String> = BTreeMap::new();
         // The reader stays open until after the kill, so the child never sees a closed pipe.
         let mut lines = BufReader::new(stdout).lines();
-        while let Some(line) = lines.next() {
+        for line in lines.by_ref() {
             let line = line.unwrap();
             let Some(rest) = line.strip_prefix("ACK ") else {
                 continue;

@@ -5,6 +5,8 @@ mod cmd_audit;
 mod cmd_definition;
 mod cmd_doctor;
 mod cmd_keys;
+mod cmd_policy;
+mod cmd_revoke;
 mod cmd_run;
 mod cmd_tasks;
 mod state;
@@ -46,6 +48,12 @@ enum Command {
     /// A tenant's token signing keys: JWKS export and rotation.
     #[command(subcommand)]
     Keys(cmd_keys::Command),
+    /// Compile, validate and test policies; explain decisions.
+    #[command(subcommand)]
+    Policy(cmd_policy::Command),
+    /// Revoke (or lift) a task, an agent, a user's use of an agent, or a capability.
+    #[command(subcommand)]
+    Revoke(cmd_revoke::Command),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +70,8 @@ fn main() -> ExitCode {
         Command::Tasks(cmd) => cmd_tasks::run(&state, cmd),
         Command::Doctor(args) => cmd_doctor::run(args),
         Command::Keys(cmd) => cmd_keys::run(&state, cmd),
+        Command::Policy(cmd) => cmd_policy::run(cmd),
+        Command::Revoke(cmd) => cmd_revoke::run(&state, cmd),
         Command::Definition(cmd) => cmd_definition::run(cmd),
     };
     match result {

@@ -442,10 +442,11 @@ fn yaml_error(file: &str, e: &serde_path_to_error::Error<serde_yaml_ng::Error>) 
     if let Some(idx) = message.rfind(" at line ") {
         message.truncate(idx);
     }
-    if let Some((prefix, rest)) = message.split_once(": ") {
-        if !prefix.contains(' ') && prefix.contains(|c: char| c.is_ascii_alphabetic()) {
-            message = rest.to_owned();
-        }
+    if let Some((prefix, rest)) = message.split_once(": ")
+        && !prefix.contains(' ')
+        && prefix.contains(|c: char| c.is_ascii_alphabetic())
+    {
+        message = rest.to_owned();
     }
     let path = e.path().to_string();
     DefinitionError {

@@ -130,14 +130,14 @@ impl BudgetStore {
                         .query_row(params![k.scope, k.bucket, k.metric], |r| r.get(0))
                         .optional()?;
                     let used = used.map_or(0, |u| u64::try_from(u).unwrap_or(u64::MAX));
-                    if let Some(limit) = charge.limit {
-                        if used.saturating_add(charge.amount) > limit {
-                            return Ok(Some(Exhausted {
-                                counter: k.clone(),
-                                used,
-                                limit,
-                            }));
-                        }
+                    if let Some(limit) = charge.limit
+                        && used.saturating_add(charge.amount) > limit
+                    {
+                        return Ok(Some(Exhausted {
+                            counter: k.clone(),
+                            used,
+                            limit,
+                        }));
                     }
                     let amount = i64::try_from(charge.amount).unwrap_or(i64::MAX);
                     write.execute(params![k.scope, k.bucket, k.metric, amount])?;

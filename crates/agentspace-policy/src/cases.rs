@@ -32,6 +32,13 @@ pub struct TestCases {
     pub cases: Vec<TestCase>,
 }
 
+impl TestCases {
+    /// Parses a YAML file of cases; the error names the line and field.
+    pub fn from_yaml(text: &str) -> Result<Self, String> {
+        serde_yaml_ng::from_str(text).map_err(|e| e.to_string())
+    }
+}
+
 /// One case.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -72,13 +79,13 @@ pub fn run_cases(policies: &CompiledPolicies, cases: &TestCases) -> TestReport {
     let mut report = TestReport::default();
     for case in &cases.cases {
         let mut value = case.request.clone();
-        if let (Some(p), Some(obj)) = (&cases.principal, value.as_object_mut()) {
-            if !obj.contains_key("principal") {
-                obj.insert(
-                    "principal".to_owned(),
-                    serde_json::to_value(p).unwrap_or_default(),
-                );
-            }
+        if let (Some(p), Some(obj)) = (&cases.principal, value.as_object_mut())
+            && !obj.contains_key("principal")
+        {
+            obj.insert(
+                "principal".to_owned(),
+                serde_json::to_value(p).unwrap_or_default(),
+            );
         }
         let request: Request = match serde_json::from_value(value) {
             Ok(r) => r,

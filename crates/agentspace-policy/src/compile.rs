@@ -470,17 +470,18 @@ fn generate(def: &Definition, def_file: &str) -> Result<Generated, PolicyError> 
     if let Some(w) = &b.per_user {
         let _ = writeln!(
             text,
-            "// budget: per user per {}s: {:?}",
+            "// budget: per user per {}s: {}",
             w.window.as_secs(),
-            w.quota
+            quota_text(&w.quota)
         );
     }
     for rule in &g.egress {
         if !rule.budget.is_unlimited() {
             let _ = writeln!(
                 text,
-                "// budget: capability `{}`: {:?}",
-                rule.name, rule.budget
+                "// budget: capability `{}`: {}",
+                rule.name,
+                quota_text(&rule.budget)
             );
         }
     }
@@ -489,6 +490,18 @@ fn generate(def: &Definition, def_file: &str) -> Result<Generated, PolicyError> 
         text.push_str(&p.text);
     }
     Ok(Generated { text, policies })
+}
+
+fn quota_text(q: &agentspace_core::Quota) -> String {
+    let parts: Vec<String> = [
+        ("requests", q.requests),
+        ("bytes", q.bytes),
+        ("tokens", q.tokens),
+    ]
+    .into_iter()
+    .filter_map(|(what, v)| v.map(|v| format!("{what} <= {v}")))
+    .collect();
+    parts.join(", ")
 }
 
 fn host_condition(rule: &EgressRule) -> String {

@@ -107,17 +107,17 @@ impl PolicyEngine {
         let started = self.budgets.task_started(&task_scope, now_ms)?;
         let seconds = u64::try_from((now_ms - started).max(0) / 1000).unwrap_or(0);
         let gov = &self.definition.governance;
-        if let Some(limit) = gov.budgets.task_time {
-            if now_ms - started >= i64::try_from(limit.as_millis()).unwrap_or(i64::MAX) {
-                return Ok(Decision::deny(
-                    DenyReason::Budget,
-                    format!(
-                        "{} is denied: the task's time budget of {}s is spent",
-                        describe(request),
-                        limit.as_secs()
-                    ),
-                ));
-            }
+        if let Some(limit) = gov.budgets.task_time
+            && now_ms - started >= i64::try_from(limit.as_millis()).unwrap_or(i64::MAX)
+        {
+            return Ok(Decision::deny(
+                DenyReason::Budget,
+                format!(
+                    "{} is denied: the task's time budget of {}s is spent",
+                    describe(request),
+                    limit.as_secs()
+                ),
+            ));
         }
         let task_counters = counters(&task_scope, 0);
         let usage = budget::usage_from(&self.budgets.read(&task_counters)?, seconds);

@@ -127,13 +127,14 @@ impl CompiledPolicies {
             .collect();
         let policies: Vec<String> = determining.iter().map(ToString::to_string).collect();
 
-        if !approved && !self.approvals.is_empty() {
-            if let Some(decision) = self.approval(&cedar_request, &entities, &what) {
-                return Evaluated {
-                    decision,
-                    capabilities,
-                };
-            }
+        if !approved
+            && !self.approvals.is_empty()
+            && let Some(decision) = self.approval(&cedar_request, &entities, &what)
+        {
+            return Evaluated {
+                decision,
+                capabilities,
+            };
         }
         let under = if capabilities.is_empty() {
             String::new()

@@ -356,7 +356,7 @@ impl Revocations {
                 let via = if acting {
                     String::new()
                 } else {
-                    format!(" (which started this task)")
+                    " (which started this task)".to_string()
                 };
                 if has("task", actor.task.as_str(), "") {
                     return Ok(Some(format!("task `{}`{via} was revoked", actor.task)));

@@ -3,7 +3,7 @@
 
 use agentspace_core::{MAX_DELEGATION_DEPTH, Principal, PrincipalError};
 use agentspace_identity::{
-    Expected, IdentityError, NothingRevoked, Rejection, RevocationCheckFailed, TaskTokenRequest,
+    Expected, IdentityError, NothingRevoked, Rejection, RevocationCheckFailed,
 };
 use pretty_assertions::assert_eq;
 use serde_json::json;
@@ -20,10 +20,7 @@ fn a_and_b(f: &Fixture) -> (Principal, Principal) {
 fn b_acts_for_a_with_the_users_identity() {
     let f = Fixture::new();
     let (_, b) = a_and_b(&f);
-    let token = f
-        .identity
-        .mint_task_token(&b, &TaskTokenRequest::new(GATEWAY))
-        .unwrap();
+    let token = f.mint(&b);
     let claims = decode_part(token.as_str(), 1);
     assert_eq!(claims["sub"], "alice@acme.example");
     assert_eq!(
@@ -33,14 +30,7 @@ fn b_acts_for_a_with_the_users_identity() {
             "act": {"sub": "spiffe://acme/agent/credit-officer/task/42"}
         })
     );
-    let verified = f
-        .identity
-        .verify(
-            token.as_str(),
-            &Expected::task(&f.tenant, GATEWAY),
-            &NothingRevoked,
-        )
-        .unwrap();
+    let verified = f.verify(token.as_str()).unwrap();
     assert_eq!(verified.principal().current(), &actor("scorer", "43"));
     assert_eq!(
         verified.principal().delegators(),
@@ -54,14 +44,8 @@ fn bs_token_carries_no_authority_of_as() {
     // token names who acts; it has no scope, role or capability claim to inherit.
     let f = Fixture::new();
     let (a, b) = a_and_b(&f);
-    let a_token = f
-        .identity
-        .mint_task_token(&a, &TaskTokenRequest::new(GATEWAY))
-        .unwrap();
-    let b_token = f
-        .identity
-        .mint_task_token(&b, &TaskTokenRequest::new(GATEWAY))
-        .unwrap();
+    let a_token = f.mint(&a);
+    let b_token = f.mint(&b);
     let keys = |t: &str| -> Vec<String> {
         let mut k: Vec<String> = decode_part(t, 1)
             .as_object()
@@ -97,10 +81,7 @@ fn bs_token_carries_no_authority_of_as() {
 fn a_b_token_cannot_be_used_as_a() {
     let f = Fixture::new();
     let (a, b) = a_and_b(&f);
-    let b_token = f
-        .identity
-        .mint_task_token(&b, &TaskTokenRequest::new(GATEWAY))
-        .unwrap();
+    let b_token = f.mint(&b);
     let a_id = a.spiffe_id();
     assert_eq!(
         f.identity.verify(
@@ -129,10 +110,7 @@ fn a_b_token_cannot_be_used_as_a() {
 fn b_cannot_drop_itself_from_the_chain_to_become_a() {
     let f = Fixture::new();
     let (_, b) = a_and_b(&f);
-    let b_token = f
-        .identity
-        .mint_task_token(&b, &TaskTokenRequest::new(GATEWAY))
-        .unwrap();
+    let b_token = f.mint(&b);
     let mut claims = decode_part(b_token.as_str(), 1);
     claims["act"] = claims["act"]["act"].clone();
     assert_eq!(
@@ -167,14 +145,8 @@ fn revoking_a_stops_bs_chain_where_the_policy_says_so() {
     let f = Fixture::new();
     let (a, b) = a_and_b(&f);
     let expected = Expected::task(&f.tenant, GATEWAY);
-    let a_token = f
-        .identity
-        .mint_task_token(&a, &TaskTokenRequest::new(GATEWAY))
-        .unwrap();
-    let b_token = f
-        .identity
-        .mint_task_token(&b, &TaskTokenRequest::new(GATEWAY))
-        .unwrap();
+    let a_token = f.mint(&a);
+    let b_token = f.mint(&b);
 
     let cascading = a_revoked(true);
     assert!(matches!(
@@ -210,10 +182,7 @@ fn revoking_a_stops_bs_chain_where_the_policy_says_so() {
 fn revoking_b_never_touches_a() {
     let f = Fixture::new();
     let (a, _) = a_and_b(&f);
-    let a_token = f
-        .identity
-        .mint_task_token(&a, &TaskTokenRequest::new(GATEWAY))
-        .unwrap();
+    let a_token = f.mint(&a);
     let b_revoked = |p: &Principal| {
         Ok(p.actors()
             .any(|x| x == &actor("scorer", "43"))
@@ -237,18 +206,8 @@ fn delegation_depth_is_bounded_on_the_token_side_too() {
     for i in 1..MAX_DELEGATION_DEPTH {
         p = p.delegate(actor("a", &i.to_string())).unwrap();
     }
-    let token = f
-        .identity
-        .mint_task_token(&p, &TaskTokenRequest::new(GATEWAY))
-        .unwrap();
-    let verified = f
-        .identity
-        .verify(
-            token.as_str(),
-            &Expected::task(&f.tenant, GATEWAY),
-            &NothingRevoked,
-        )
-        .unwrap();
+    let token = f.mint(&p);
+    let verified = f.verify(token.as_str()).unwrap();
     assert_eq!(verified.principal(), &p);
     assert_eq!(
         p.delegate(actor("a", "x")),

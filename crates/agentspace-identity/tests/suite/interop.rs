@@ -1,7 +1,7 @@
 //! Services behind the gateway verify our tokens with an ordinary JWT library (here the
 //! `jsonwebtoken` crate, which shares no code with ours) against the tenant's JWKS.
 
-use agentspace_identity::{CallTarget, TaskTokenRequest};
+use agentspace_identity::CallTarget;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde_json::Value;
@@ -95,15 +95,9 @@ fn a_per_call_token_verifies_with_jsonwebtoken_against_the_jwks() {
 fn task_tokens_and_tokens_of_a_rotated_key_verify_with_jsonwebtoken() {
     let f = Fixture::new();
     let p = f.principal("a", "1");
-    let old = f
-        .identity
-        .mint_task_token(&p, &TaskTokenRequest::new(GATEWAY))
-        .unwrap();
+    let old = f.mint(&p);
     f.identity.rotate(&f.tenant).unwrap();
-    let new = f
-        .identity
-        .mint_task_token(&p, &TaskTokenRequest::new(GATEWAY))
-        .unwrap();
+    let new = f.mint(&p);
     let jwks = serde_json::to_string(&f.identity.jwks(&f.tenant).unwrap()).unwrap();
     for token in [&old, &new] {
         let claims = verify_like_a_service(&jwks, token.as_str(), "acme", GATEWAY, T0).unwrap();

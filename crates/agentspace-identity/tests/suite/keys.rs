@@ -22,9 +22,7 @@ fn keys_are_created_on_first_use_private_to_the_user() {
         !f.dir.path().join("identity").exists(),
         "opening creates nothing"
     );
-    f.identity
-        .mint_task_token(&f.principal("a", "1"), &TaskTokenRequest::new(GATEWAY))
-        .unwrap();
+    f.mint(&f.principal("a", "1"));
     assert_eq!(mode(&f.dir.path().join("identity")), 0o700);
     assert_eq!(mode(&dir), 0o700);
     assert_eq!(mode(&dir.join("signing-key.pem")), 0o600);
@@ -150,10 +148,7 @@ fn rotation_keeps_old_tokens_valid_until_they_expire() {
 fn a_rotation_by_another_process_is_picked_up_without_restart() {
     let f = Fixture::new();
     let p = f.principal("a", "1");
-    let before = f
-        .identity
-        .mint_task_token(&p, &TaskTokenRequest::new(GATEWAY))
-        .unwrap();
+    let before = f.mint(&p);
     let verifier = f.another_process();
     assert!(
         verifier
@@ -166,10 +161,7 @@ fn a_rotation_by_another_process_is_picked_up_without_restart() {
     );
 
     let rotation = f.another_process().rotate(&f.tenant).unwrap();
-    let after = f
-        .identity
-        .mint_task_token(&p, &TaskTokenRequest::new(GATEWAY))
-        .unwrap();
+    let after = f.mint(&p);
     assert_eq!(
         decode_part(after.as_str(), 0)["kid"],
         rotation.new_kid.as_str(),
@@ -215,10 +207,7 @@ fn a_key_file_open_to_others_is_refused() {
 #[test]
 fn a_damaged_keyring_is_reported_and_verification_fails_closed() {
     let f = Fixture::new();
-    let token = f
-        .identity
-        .mint_task_token(&f.principal("a", "1"), &TaskTokenRequest::new(GATEWAY))
-        .unwrap();
+    let token = f.mint(&f.principal("a", "1"));
     std::fs::write(
         f.dir.path().join("identity/tenants/acme/keyring.json"),
         b"{not json",
@@ -242,10 +231,7 @@ fn a_damaged_keyring_is_reported_and_verification_fails_closed() {
 #[test]
 fn verifying_for_a_tenant_without_keys_creates_nothing() {
     let f = Fixture::new();
-    let token = f
-        .identity
-        .mint_task_token(&f.principal("a", "1"), &TaskTokenRequest::new(GATEWAY))
-        .unwrap();
+    let token = f.mint(&f.principal("a", "1"));
     let nobody = name("nobody");
     assert!(matches!(
         f.identity.verify(

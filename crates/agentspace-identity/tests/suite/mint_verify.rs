@@ -15,10 +15,7 @@ use super::support::{Fixture, GATEWAY, T0, decode_part, forge, name, with_claims
 fn a_task_token_carries_the_documented_claims_and_verifies() {
     let f = Fixture::new();
     let principal = f.principal("credit-officer", "42");
-    let token = f
-        .identity
-        .mint_task_token(&principal, &TaskTokenRequest::new(GATEWAY))
-        .unwrap();
+    let token = f.mint(&principal);
 
     let header = decode_part(token.as_str(), 0);
     let kid = f.identity.jwks(&f.tenant).unwrap().keys[0].kid.clone();
@@ -41,14 +38,7 @@ fn a_task_token_carries_the_documented_claims_and_verifies() {
         })
     );
 
-    let verified = f
-        .identity
-        .verify(
-            token.as_str(),
-            &Expected::task(&f.tenant, GATEWAY),
-            &NothingRevoked,
-        )
-        .unwrap();
+    let verified = f.verify(token.as_str()).unwrap();
     assert_eq!(verified.principal(), &principal);
     assert_eq!(verified.kid(), kid);
     assert_eq!(verified.claims().token_use, TokenUse::Task);
@@ -57,10 +47,7 @@ fn a_task_token_carries_the_documented_claims_and_verifies() {
 #[test]
 fn expiry_is_enforced_with_the_bounded_clock_skew() {
     let f = Fixture::new();
-    let token = f
-        .identity
-        .mint_task_token(&f.principal("a", "1"), &TaskTokenRequest::new(GATEWAY))
-        .unwrap();
+    let token = f.mint(&f.principal("a", "1"));
     let expected = Expected::task(&f.tenant, GATEWAY);
     f.clock.set(T0 + 60 + 5);
     assert!(
@@ -84,10 +71,7 @@ fn expiry_is_enforced_with_the_bounded_clock_skew() {
 #[test]
 fn a_token_from_the_future_is_refused_beyond_the_skew() {
     let f = Fixture::new();
-    let token = f
-        .identity
-        .mint_task_token(&f.principal("a", "1"), &TaskTokenRequest::new(GATEWAY))
-        .unwrap();
+    let token = f.mint(&f.principal("a", "1"));
     let expected = Expected::task(&f.tenant, GATEWAY);
     f.clock.set(T0 - 5);
     assert!(
@@ -141,10 +125,7 @@ fn the_clock_skew_allowance_is_bounded() {
 #[test]
 fn audience_tenant_and_use_must_match() {
     let f = Fixture::new();
-    let token = f
-        .identity
-        .mint_task_token(&f.principal("a", "1"), &TaskTokenRequest::new(GATEWAY))
-        .unwrap();
+    let token = f.mint(&f.principal("a", "1"));
     assert_eq!(
         f.identity.verify(
             token.as_str(),
@@ -188,10 +169,7 @@ fn audience_tenant_and_use_must_match() {
 #[test]
 fn the_issuer_claim_must_be_the_expected_tenant_even_when_signed_with_its_key() {
     let f = Fixture::new();
-    let token = f
-        .identity
-        .mint_task_token(&f.principal("a", "1"), &TaskTokenRequest::new(GATEWAY))
-        .unwrap();
+    let token = f.mint(&f.principal("a", "1"));
     let mut claims = decode_part(token.as_str(), 1);
     claims["iss"] = json!("globex");
     let forged = forge(
@@ -201,11 +179,7 @@ fn the_issuer_claim_must_be_the_expected_tenant_even_when_signed_with_its_key() 
         &claims,
     );
     assert_eq!(
-        f.identity.verify(
-            &forged,
-            &Expected::task(&f.tenant, GATEWAY),
-            &NothingRevoked
-        ),
+        f.verify(&forged),
         Err(Rejection::WrongTenant {
             expected: "acme".into(),
             found: "globex".into()
@@ -216,10 +190,7 @@ fn the_issuer_claim_must_be_the_expected_tenant_even_when_signed_with_its_key() 
 #[test]
 fn signed_claims_are_still_checked() {
     let f = Fixture::new();
-    let token = f
-        .identity
-        .mint_task_token(&f.principal("a", "1"), &TaskTokenRequest::new(GATEWAY))
-        .unwrap();
+    let token = f.mint(&f.principal("a", "1"));
     let header = decode_part(token.as_str(), 0);
     let claims = decode_part(token.as_str(), 1);
     let expected = Expected::task(&f.tenant, GATEWAY);
@@ -305,10 +276,7 @@ fn signed_claims_are_still_checked() {
 #[test]
 fn other_algorithms_and_malformed_tokens_are_refused() {
     let f = Fixture::new();
-    let token = f
-        .identity
-        .mint_task_token(&f.principal("a", "1"), &TaskTokenRequest::new(GATEWAY))
-        .unwrap();
+    let token = f.mint(&f.principal("a", "1"));
     let expected = Expected::task(&f.tenant, GATEWAY);
     let claims = decode_part(token.as_str(), 1);
     let kid = decode_part(token.as_str(), 0)["kid"].clone();
@@ -357,21 +325,11 @@ fn other_algorithms_and_malformed_tokens_are_refused() {
 #[test]
 fn a_changed_claim_breaks_the_signature() {
     let f = Fixture::new();
-    let token = f
-        .identity
-        .mint_task_token(&f.principal("a", "1"), &TaskTokenRequest::new(GATEWAY))
-        .unwrap();
+    let token = f.mint(&f.principal("a", "1"));
     let mut claims = decode_part(token.as_str(), 1);
     claims["exp"] = json!(T0 + 600);
     let tampered = with_claims(token.as_str(), &claims);
-    assert_eq!(
-        f.identity.verify(
-            &tampered,
-            &Expected::task(&f.tenant, GATEWAY),
-            &NothingRevoked
-        ),
-        Err(Rejection::BadSignature)
-    );
+    assert_eq!(f.verify(&tampered), Err(Rejection::BadSignature));
 }
 
 #[test]
@@ -399,10 +357,7 @@ fn lifetimes_are_bounded() {
 #[test]
 fn the_boundary_refreshes_before_expiry_and_never_for_a_revoked_principal() {
     let f = Fixture::new();
-    let token = f
-        .identity
-        .mint_task_token(&f.principal("a", "1"), &TaskTokenRequest::new(GATEWAY))
-        .unwrap();
+    let token = f.mint(&f.principal("a", "1"));
     assert!(!token.needs_refresh(T0 + 39));
     assert!(token.needs_refresh(T0 + 41));
     f.clock.set(T0 + 41);
@@ -413,15 +368,7 @@ fn the_boundary_refreshes_before_expiry_and_never_for_a_revoked_principal() {
     assert_eq!(fresh.principal(), token.principal());
     assert_eq!(fresh.claims().aud, GATEWAY);
     f.clock.set(T0 + 90);
-    assert!(
-        f.identity
-            .verify(
-                fresh.as_str(),
-                &Expected::task(&f.tenant, GATEWAY),
-                &NothingRevoked
-            )
-            .is_ok()
-    );
+    assert!(f.verify(fresh.as_str()).is_ok());
 
     let revoked = |_: &agentspace_core::Principal| Ok(Some("task revoked by admin".to_owned()));
     assert!(matches!(
@@ -439,10 +386,7 @@ fn the_boundary_refreshes_before_expiry_and_never_for_a_revoked_principal() {
 #[test]
 fn verification_fails_closed_when_the_revocation_store_cannot_answer() {
     let f = Fixture::new();
-    let token = f
-        .identity
-        .mint_task_token(&f.principal("a", "1"), &TaskTokenRequest::new(GATEWAY))
-        .unwrap();
+    let token = f.mint(&f.principal("a", "1"));
     let down =
         |_: &agentspace_core::Principal| Err(RevocationCheckFailed("database is locked".into()));
     assert_eq!(
@@ -457,10 +401,7 @@ fn verification_fails_closed_when_the_revocation_store_cannot_answer() {
 #[test]
 fn debug_output_never_shows_a_token_or_key() {
     let f = Fixture::new();
-    let token = f
-        .identity
-        .mint_task_token(&f.principal("a", "1"), &TaskTokenRequest::new(GATEWAY))
-        .unwrap();
+    let token = f.mint(&f.principal("a", "1"));
     let shown = format!("{token:?} {:?}", f.identity);
     let signature = token.as_str().rsplit_once('.').unwrap().1;
     assert!(!shown.contains(signature) && !shown.contains(token.as_str()));

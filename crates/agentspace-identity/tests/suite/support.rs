@@ -5,7 +5,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use agentspace_core::{Actor, Name, Principal, TaskRef, UserId};
-use agentspace_identity::{Identity, ManualClock};
+use agentspace_identity::{
+    Expected, Identity, ManualClock, MintedToken, NothingRevoked, Rejection, TaskTokenRequest,
+    VerifiedToken,
+};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ed25519_dalek::Signer as _;
@@ -37,6 +40,22 @@ impl Fixture {
     /// Another authority over the same state directory and clock: another process.
     pub(crate) fn another_process(&self) -> Identity {
         Identity::open(self.dir.path()).with_clock(self.clock.clone())
+    }
+
+    /// A reusable task token for the gateway audience.
+    pub(crate) fn mint(&self, principal: &Principal) -> MintedToken {
+        self.identity
+            .mint_task_token(principal, &TaskTokenRequest::new(GATEWAY))
+            .unwrap()
+    }
+
+    /// Verifies a task token for the gateway audience of this tenant, nothing revoked.
+    pub(crate) fn verify(&self, token: &str) -> Result<VerifiedToken, Rejection> {
+        self.identity.verify(
+            token,
+            &Expected::task(&self.tenant, GATEWAY),
+            &NothingRevoked,
+        )
     }
 
     pub(crate) fn principal(&self, agent: &str, task: &str) -> Principal {

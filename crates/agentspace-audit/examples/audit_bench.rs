@@ -191,15 +191,23 @@ fn main() {
         "| writers | batch | plain SQLite | audit log | audit / plain |\n| ---: | ---: | ---: | ---: | ---: |"
     );
     let mut biggest: Option<(f64, AuditLog)> = None;
+    // AUDIT_BENCH_ONLY=WRITERS:BATCH runs one case (for profiling).
+    let only = std::env::var("AUDIT_BENCH_ONLY").ok();
     for &writers in &[1usize, 2, 4, 8] {
         for &batch in &[1usize, 10, 100, 1000] {
+            if only
+                .as_ref()
+                .is_some_and(|o| *o != format!("{writers}:{batch}"))
+            {
+                continue;
+            }
             let plain = plain_sqlite(dir.path(), writers, batch);
             let (rate, log) = audit(dir.path(), writers, batch);
             println!(
                 "| {writers} | {batch} | {plain:.0} | {rate:.0} | {:.2} |",
                 rate / plain
             );
-            if batch == 1000 && writers == 2 {
+            if batch == 1000 && (writers == 2 || only.is_some()) {
                 biggest = Some((rate, log));
             }
         }

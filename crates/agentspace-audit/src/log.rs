@@ -358,37 +358,16 @@ impl Writer {
         let outcome = self.store.write(&tenants, &mut |tx| {
             checkpointed.clear();
             let now = now_ns();
-            let mut heads: HashMap<String, ([u8; 32], u64, u64)> = HashMap::new();
-            let mut sealed: Vec<Sealed> = Vec::new();
-            let mut per_job: Vec<std::ops::Range<usize>> = Vec::with_capacity(jobs.len());
-            for (i, (events, _)) in jobs.iter().enumerate() {
-                let start = sealed.len();
-                if results.get(i).is_some_and(Option::is_some) {
-                    per_job.push(start..start);
-                    continue;
+            let events: Vec<&[AuditEvent]> = jobs.iter().map(|(e, _)| e.as_slice()).collect();
+            let mut failed: Vec<Option<AuditError>> = results
+                .iter()
+                .map(|r| r.as_ref().and_then(|r| r.as_ref().err().cloned()))
+                .collect();
+            let (mut sealed, per_job) = seal_jobs(tx, &events, &mut failed, &keys, now)?;
+            for (slot, f) in results.iter_mut().zip(failed) {
+                if let Some(e) = f {
+                    *slot = Some(Err(e));
                 }
-                let snapshot = heads.clone();
-                let mut failed = None;
-                for ev in events {
-                    let Some(key) = keys.get(&ev.tenant) else {
-                        continue;
-                    };
-                    match seal(tx, &mut heads, ev.clone(), key, now) {
-                        Ok(s) => sealed.push(s),
-                        Err(e) => {
-                            failed = Some(e);
-                            break;
-                        }
-                    }
-                }
-                if let Some(e) = failed {
-                    sealed.truncate(start);
-                    heads = snapshot;
-                    if let Some(slot) = results.get_mut(i) {
-                        *slot = Some(Err(e));
-                    }
-                }
-                per_job.push(start..sealed.len());
             }
             sign_all(&mut sealed);
             let rows: Vec<Row> = sealed.iter().map(|s| s.row.clone()).collect();
@@ -396,7 +375,7 @@ impl Writer {
                 tx.insert_events(&rows)?;
             }
             for (t, key) in &keys {
-                if heads.contains_key(t)
+                if sealed.iter().any(|x| &x.row.tenant == t)
                     && maybe_checkpoint(tx, t, key, now, &options, false)?.is_some()
                 {
                     checkpointed.push(t.clone());
@@ -485,8 +464,18 @@ impl Writer {
         );
         let mut receipt = None;
         self.store.write(&[tenant.to_owned()], &mut |tx| {
-            let mut heads = HashMap::new();
-            let mut sealed = vec![seal(tx, &mut heads, event.clone(), &old, now_ns())?];
+            let keys = HashMap::from([(tenant.to_owned(), old.clone())]);
+            let mut failed = vec![None];
+            let (mut sealed, _) = seal_jobs(
+                tx,
+                &[std::slice::from_ref(&event)],
+                &mut failed,
+                &keys,
+                now_ns(),
+            )?;
+            if let Some(Some(e)) = failed.pop() {
+                return Err(e);
+            }
             sign_all(&mut sealed);
             let rows: Vec<Row> = sealed.iter().map(|s| s.row.clone()).collect();
             tx.insert_events(&rows)?;
@@ -499,74 +488,125 @@ impl Writer {
     }
 }
 
-/// Gives `event` its place in the chain: sequence number, time, key id, canonical
-/// bytes and chain hash. The signature is added by [`sign_all`].
-fn seal(
+/// Seals the events of every job not already failed, in order: places them in their
+/// chains (sequence number, time, key id), encodes them (in parallel), then chains the
+/// hashes. A job with an event that cannot be encoded fails alone, and the others are
+/// placed again without it, so that no sequence number is skipped.
+fn seal_jobs(
     tx: &mut dyn WriteTx,
-    heads: &mut HashMap<String, ([u8; 32], u64, u64)>,
-    mut event: AuditEvent,
-    key: &Arc<TenantKey>,
+    jobs: &[&[AuditEvent]],
+    failed: &mut [Option<AuditError>],
+    keys: &HashMap<String, Arc<TenantKey>>,
     now: u64,
-) -> Result<Sealed, AuditError> {
-    let (prev, next_seq, prev_time) = match heads.get(&event.tenant) {
-        Some(h) => *h,
-        None => match tx.head(&event.tenant)? {
-            Some(h) => (h.hash, h.seq + 1, h.time_ns),
-            None => (GENESIS, 0, 0),
-        },
-    };
-    // Time never goes backwards along a chain, even if the clock does.
-    let time_ns = now.max(prev_time);
-    event.v = AUDIT_SCHEMA_VERSION;
-    event.seq = next_seq;
-    event.time = format_audit_time(time_ns);
-    event.kid.clone_from(&key.kid);
-    let value =
-        serde_json::to_value(&event).map_err(|e| AuditError::InvalidEvent(e.to_string()))?;
-    let bytes = canonicalize(&value).map_err(|e| AuditError::InvalidEvent(e.to_string()))?;
-    let hash = chain_hash(&prev, &bytes);
-    heads.insert(event.tenant.clone(), (hash, next_seq + 1, time_ns));
-    let receipt = Receipt {
-        tenant: event.tenant.clone(),
-        seq: next_seq,
-        hash: hex::encode(hash),
-        time: event.time.clone(),
-    };
-    Ok(Sealed {
-        row: Row {
-            tenant: event.tenant,
-            seq: next_seq,
-            time_ns,
-            kind: event.kind.as_str().to_owned(),
-            task: event.task,
-            event: bytes,
-            hash: hash.to_vec(),
-            sig: Vec::new(),
-        },
-        hash,
-        key: key.clone(),
-        receipt,
+) -> Result<(Vec<Sealed>, Vec<std::ops::Range<usize>>), AuditError> {
+    // Each tenant's chain head as stored: (hash, next seq, time of the last event).
+    let mut heads: HashMap<String, ([u8; 32], u64, u64)> = HashMap::new();
+    loop {
+        let mut next: HashMap<&str, (u64, u64)> = HashMap::new();
+        let mut placed: Vec<(usize, AuditEvent, u64, Arc<TenantKey>)> = Vec::new();
+        let mut ranges = Vec::with_capacity(jobs.len());
+        for (i, events) in jobs.iter().enumerate() {
+            let start = placed.len();
+            if failed.get(i).is_some_and(Option::is_none) {
+                for ev in events.iter() {
+                    let Some(key) = keys.get(&ev.tenant) else {
+                        continue;
+                    };
+                    if !heads.contains_key(&ev.tenant) {
+                        let head = tx
+                            .head(&ev.tenant)?
+                            .map_or((GENESIS, 0, 0), |h| (h.hash, h.seq + 1, h.time_ns));
+                        heads.insert(ev.tenant.clone(), head);
+                    }
+                    let (_, first_seq, last_time) =
+                        heads.get(&ev.tenant).copied().unwrap_or((GENESIS, 0, 0));
+                    let pos = next
+                        .entry(ev.tenant.as_str())
+                        .or_insert((first_seq, last_time));
+                    // Time never goes backwards along a chain, even if the clock does.
+                    let time_ns = now.max(pos.1);
+                    let mut event = ev.clone();
+                    event.v = AUDIT_SCHEMA_VERSION;
+                    event.seq = pos.0;
+                    event.time = format_audit_time(time_ns);
+                    event.kid.clone_from(&key.kid);
+                    *pos = (pos.0 + 1, time_ns);
+                    placed.push((i, event, time_ns, key.clone()));
+                }
+            }
+            ranges.push(start..placed.len());
+        }
+        let encoded = par_map(&placed, |(_, event, _, _)| {
+            let value =
+                serde_json::to_value(event).map_err(|e| AuditError::InvalidEvent(e.to_string()))?;
+            canonicalize(&value).map_err(|e| AuditError::InvalidEvent(e.to_string()))
+        });
+        let mut retry = false;
+        for ((i, ..), bytes) in placed.iter().zip(&encoded) {
+            if let (Err(e), Some(slot)) = (bytes, failed.get_mut(*i)) {
+                slot.get_or_insert_with(|| e.clone());
+                retry = true;
+            }
+        }
+        if retry {
+            continue;
+        }
+        let mut prev: HashMap<String, [u8; 32]> =
+            heads.iter().map(|(t, h)| (t.clone(), h.0)).collect();
+        let mut sealed = Vec::with_capacity(placed.len());
+        for ((_, event, time_ns, key), bytes) in placed.into_iter().zip(encoded) {
+            let bytes = bytes?;
+            let link = prev.entry(event.tenant.clone()).or_insert(GENESIS);
+            let hash = chain_hash(link, &bytes);
+            *link = hash;
+            let receipt = Receipt {
+                tenant: event.tenant.clone(),
+                seq: event.seq,
+                hash: hex::encode(hash),
+                time: event.time,
+            };
+            sealed.push(Sealed {
+                row: Row {
+                    tenant: event.tenant,
+                    seq: event.seq,
+                    time_ns,
+                    kind: event.kind.as_str().to_owned(),
+                    task: event.task,
+                    event: bytes,
+                    hash: hash.to_vec(),
+                    sig: Vec::new(),
+                },
+                hash,
+                key,
+                receipt,
+            });
+        }
+        return Ok((sealed, ranges));
+    }
+}
+
+/// Maps `f` over `items` on two threads when there are enough of them to pay for it:
+/// encoding and signing are most of an append's CPU cost.
+fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    if items.len() < 64 {
+        return items.iter().map(&f).collect();
+    }
+    let (a, b) = items.split_at(items.len() / 2);
+    std::thread::scope(|scope| {
+        let left = scope.spawn(|| a.iter().map(&f).collect::<Vec<R>>());
+        let right: Vec<R> = b.iter().map(&f).collect();
+        let mut out = left.join().unwrap_or_else(|_| a.iter().map(&f).collect());
+        out.extend(right);
+        out
     })
 }
 
-/// Signs every sealed event; large batches are split across two threads, since
-/// signing is most of an append's CPU cost.
+/// Signs every sealed event.
 fn sign_all(sealed: &mut [Sealed]) {
-    fn sign(chunk: &mut [Sealed]) {
-        for s in chunk {
-            s.row.sig = sign_event(&s.key.signing, &s.hash).to_vec();
-        }
+    let sigs = par_map(sealed, |s| sign_event(&s.key.signing, &s.hash));
+    for (s, sig) in sealed.iter_mut().zip(sigs) {
+        s.row.sig = sig.to_vec();
     }
-    if sealed.len() < 64 {
-        sign(sealed);
-        return;
-    }
-    let mid = sealed.len() / 2;
-    let (a, b) = sealed.split_at_mut(mid);
-    std::thread::scope(|scope| {
-        scope.spawn(|| sign(a));
-        sign(b);
-    });
 }
 
 /// Writes a checkpoint for `tenant` if one is due (or `force`), inside `tx`.

@@ -4,7 +4,7 @@
 use std::sync::{Mutex, mpsc};
 
 use agentspace_core::parse_audit_time;
-use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, Verifier};
 use serde_json::Value;
 
 use crate::canonical::canonicalize;
@@ -120,7 +120,7 @@ impl AuditLog {
         }
         checkpoints.sort_by_key(|(cp, _)| cp.checkpoint.size);
 
-        let (sig_tx, sig_rx) = mpsc::channel::<Vec<SigItem>>();
+        let (sig_tx, sig_rx) = mpsc::channel::<Vec<Item>>();
         let sig_rx = Mutex::new(sig_rx);
         let first_bad_sig: Mutex<Option<(u64, String)>> = Mutex::new(None);
         let workers = std::thread::available_parallelism()
@@ -128,9 +128,9 @@ impl AuditLog {
             .clamp(1, 4);
         let scanned = std::thread::scope(|scope| {
             for _ in 0..workers {
-                scope.spawn(|| check_signatures(&sig_rx, &first_bad_sig));
+                scope.spawn(|| check_items(tenant, trusted, &sig_rx, &first_bad_sig));
             }
-            let result = self.scan_chain(tenant, trusted, &checkpoints, &sig_tx);
+            let result = self.scan_chain(tenant, &checkpoints, &sig_tx, &first_bad_sig);
             drop(sig_tx);
             result
         });
@@ -139,10 +139,11 @@ impl AuditLog {
             Ok(summary) => (None, Some(summary)),
             Err(ScanError::Tampered(seq, problem)) => (Some((seq, problem)), None),
             Err(ScanError::Store(e)) => return Err(e),
+            Err(ScanError::Stopped) => (None, None),
         };
         // Report whichever problem comes first in the chain.
         let first = match (scan_error, bad_sig) {
-            (Some(a), Some(b)) => Some(if b.0 < a.0.unwrap_or(u64::MAX) {
+            (Some(a), Some(b)) => Some(if b.0 <= a.0.unwrap_or(u64::MAX) {
                 (Some(b.0), b.1)
             } else {
                 a
@@ -157,12 +158,15 @@ impl AuditLog {
         summary.ok_or_else(|| fail(None, "verification did not finish".to_owned()))
     }
 
+    /// The sequential part: sequence numbers, time order, the hash chain, the Merkle
+    /// tree and checkpoints. Everything that can run in parallel (parsing, field checks,
+    /// signatures) goes to the workers in chunks.
     fn scan_chain(
         &self,
         tenant: &str,
-        trusted: &TrustedKeys,
         checkpoints: &[(SignedCheckpoint, Option<CheckpointRow>)],
-        sigs: &mpsc::Sender<Vec<SigItem>>,
+        items: &mpsc::Sender<Vec<Item>>,
+        worker_failed: &Mutex<Option<(u64, String)>>,
     ) -> Result<VerifiedTenant, ScanError> {
         let mut prev: Hash = GENESIS;
         let mut prev_time = 0u64;
@@ -176,8 +180,8 @@ impl AuditLog {
             if rows.is_empty() {
                 break;
             }
-            let mut batch = Vec::with_capacity(rows.len());
-            let mut step = |row: Row, batch: &mut Vec<SigItem>| -> Result<(), ScanError> {
+            let mut chunk = Vec::with_capacity(rows.len());
+            let mut step = |row: Row, chunk: &mut Vec<Item>| -> Result<(), ScanError> {
                 // Checkpoints covering exactly the events seen so far.
                 while let Some((cp, stored)) =
                     next_cp.next_if(|(cp, _)| cp.checkpoint.size == expected)
@@ -186,53 +190,42 @@ impl AuditLog {
                         .map_err(|p| ScanError::Tampered(None, p))?;
                 }
                 let seq = expected;
-                let bad = |p: String| ScanError::Tampered(Some(seq), p);
+                let bad = |p: &str| ScanError::Tampered(Some(seq), p.to_owned());
                 if row.seq != seq {
                     return Err(bad(
-                        "event is missing (the next stored event has a later sequence number)"
-                            .to_owned(),
+                        "event is missing (the next stored event has a later sequence number)",
                     ));
                 }
-                let fields = check_event(tenant, &row).map_err(bad)?;
-                if fields.time_ns < prev_time {
-                    return Err(bad("time is earlier than the previous event's".to_owned()));
+                if row.time_ns < prev_time {
+                    return Err(bad("time is earlier than the previous event's"));
                 }
                 let hash = chain_hash(&prev, &row.event);
                 if row.hash != hash {
-                    return Err(bad(
+                    // Say what is wrong with the event itself when that is visible.
+                    let why = check_event(tenant, &row).err().unwrap_or_else(|| {
                         "chain hash does not match SHA-256(previous hash ‖ canonical event)"
-                            .to_owned(),
-                    ));
+                            .to_owned()
+                    });
+                    return Err(bad(&why));
                 }
-                let key = trusted.get(tenant, &fields.kid).ok_or_else(|| {
-                    bad(format!(
-                        "signed with key `{}`, which is not a trusted key of this tenant",
-                        fields.kid
-                    ))
-                })?;
-                let sig_bytes: [u8; 64] = row
-                    .sig
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| bad("signature is not 64 bytes".to_owned()))?;
-                batch.push(SigItem {
-                    seq,
-                    message: event_signing_input(&hash),
-                    sig: Signature::from_bytes(&sig_bytes),
-                    key: *key,
-                });
                 range.push(leaf_hash(&row.event));
                 prev = hash;
-                prev_time = fields.time_ns;
+                prev_time = row.time_ns;
                 expected += 1;
+                chunk.push(Item { hash, row });
                 Ok(())
             };
-            let outcome = rows.into_iter().try_for_each(|row| step(row, &mut batch));
-            // Signatures before a structural problem are still checked, so the first
-            // bad event is reported whichever kind of problem it has. A closed channel
-            // means the workers are gone; the scan result still stands.
-            let _ = sigs.send(batch);
+            let outcome = rows.into_iter().try_for_each(|row| step(row, &mut chunk));
+            // Events before a chain problem still get their other checks, so the first
+            // bad event is reported whatever is wrong with it. A closed channel means
+            // the workers are gone; the scan result still stands.
+            let _ = items.send(chunk);
             outcome?;
+            if worker_failed.lock().map_or(true, |f| f.is_some()) {
+                // A worker found a bad event already; it is earlier than anything
+                // further on, so stop reading.
+                return Err(ScanError::Stopped);
+            }
         }
         for (cp, stored) in next_cp {
             if cp.checkpoint.size == expected {
@@ -263,53 +256,88 @@ impl AuditLog {
 enum ScanError {
     Tampered(Option<u64>, String),
     Store(AuditError),
+    /// Stopped early because a worker found a bad event.
+    Stopped,
 }
 
-struct SigItem {
-    seq: u64,
-    message: Vec<u8>,
-    sig: Signature,
-    key: VerifyingKey,
+/// An event whose chain hash checked out, for a worker's checks.
+struct Item {
+    hash: Hash,
+    row: Row,
 }
 
-/// Worker: batch-verifies chunks of signatures; on a failed batch, finds the first bad one.
-fn check_signatures(
-    chunks: &Mutex<mpsc::Receiver<Vec<SigItem>>>,
+/// Worker: per chunk, checks each event against its row (canonical form, fields,
+/// index columns, trusted key id), then batch-verifies the chunk's signatures; on a
+/// failed batch, finds the first bad signature. Records the earliest failure.
+fn check_items(
+    tenant: &str,
+    trusted: &TrustedKeys,
+    chunks: &Mutex<mpsc::Receiver<Vec<Item>>>,
     first_bad: &Mutex<Option<(u64, String)>>,
 ) {
+    let record = |seq: u64, problem: String| {
+        if let Ok(mut slot) = first_bad.lock()
+            && slot.as_ref().is_none_or(|(s, _)| seq < *s)
+        {
+            *slot = Some((seq, problem));
+        }
+    };
     loop {
         let next = match chunks.lock() {
             Ok(rx) => rx.recv(),
             Err(_) => return,
         };
         let Ok(items) = next else { return };
-        let messages: Vec<&[u8]> = items.iter().map(|i| i.message.as_slice()).collect();
-        let sigs: Vec<Signature> = items.iter().map(|i| i.sig).collect();
-        let keys: Vec<VerifyingKey> = items.iter().map(|i| i.key).collect();
-        if ed25519_dalek::verify_batch(&messages, &sigs, &keys).is_ok() {
+        let mut messages = Vec::with_capacity(items.len());
+        let mut sigs = Vec::with_capacity(items.len());
+        let mut keys = Vec::with_capacity(items.len());
+        let mut seqs = Vec::with_capacity(items.len());
+        for item in &items {
+            let seq = item.row.seq;
+            let checked = check_event(tenant, &item.row).and_then(|kid| {
+                let key = trusted.get(tenant, &kid).ok_or_else(|| {
+                    format!("signed with key `{kid}`, which is not a trusted key of this tenant")
+                })?;
+                let sig: [u8; 64] = item
+                    .row
+                    .sig
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| "signature is not 64 bytes".to_owned())?;
+                Ok((*key, Signature::from_bytes(&sig)))
+            });
+            match checked {
+                Ok((key, sig)) => {
+                    messages.push(event_signing_input(&item.hash));
+                    sigs.push(sig);
+                    keys.push(key);
+                    seqs.push(seq);
+                }
+                Err(problem) => {
+                    record(seq, problem);
+                    break;
+                }
+            }
+        }
+        let refs: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+        if ed25519_dalek::verify_batch(&refs, &sigs, &keys).is_ok() {
             continue;
         }
-        if let Some(bad) = items
-            .iter()
-            .find(|i| i.key.verify(&i.message, &i.sig).is_err())
-            && let Ok(mut slot) = first_bad.lock()
-            && slot.as_ref().is_none_or(|(s, _)| bad.seq < *s)
-        {
-            *slot = Some((
-                bad.seq,
+        let bad = (0..seqs.len()).find(|&i| match (keys.get(i), refs.get(i), sigs.get(i)) {
+            (Some(k), Some(m), Some(s)) => k.verify(m, s).is_err(),
+            _ => false,
+        });
+        if let Some(seq) = bad.and_then(|i| seqs.get(i)) {
+            record(
+                *seq,
                 "signature does not verify with the event's key".to_owned(),
-            ));
+            );
         }
     }
 }
 
-/// The fields verify needs from an event, after checking it against its row.
-struct EventFields {
-    time_ns: u64,
-    kid: String,
-}
-
-fn check_event(tenant: &str, row: &Row) -> Result<EventFields, String> {
+/// Checks an event against its row; returns the id of the key that signed it.
+fn check_event(tenant: &str, row: &Row) -> Result<String, String> {
     let value: Value =
         serde_json::from_slice(&row.event).map_err(|e| format!("stored event is not JSON: {e}"))?;
     let canonical =
@@ -342,8 +370,7 @@ fn check_event(tenant: &str, row: &Row) -> Result<EventFields, String> {
     if s("task") != row.task.as_deref() {
         return Err("the `task` column does not match the event".to_owned());
     }
-    let kid = s("kid").ok_or("the event has no `kid`")?.to_owned();
-    Ok(EventFields { time_ns, kid })
+    Ok(s("kid").ok_or("the event has no `kid`")?.to_owned())
 }
 
 fn stored_checkpoint(row: &CheckpointRow) -> Result<SignedCheckpoint, String> {

@@ -1,10 +1,9 @@
 //! RFC 8785 (JSON Canonicalization Scheme) for the values audit records use.
 //!
-//! Audit records carry only strings, integers, booleans, null, arrays and objects.
-//! Integers are written in plain decimal, which is what RFC 8785's ECMAScript number
-//! formatting gives for every integer of magnitude below 2^53. Numbers that are not
-//! integers, or are outside that range, are refused rather than rounded: a value that
-//! has no exact canonical spelling must not be hashed.
+//! Numbers follow RFC 8785 section 3.2.2.3: the ECMAScript `Number.prototype.toString`
+//! form of the IEEE 754 double (shortest round-trip digits). Integers that a double
+//! cannot hold exactly (magnitude 2^53 or more) are refused rather than rounded: a value
+//! whose canonical form would differ from what the caller wrote must not be hashed.
 
 use std::cmp::Ordering;
 
@@ -16,10 +15,8 @@ pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
 /// Why a value has no canonical form.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CanonicalError {
-    /// A number with a fraction, or beyond ±(2^53 - 1).
-    #[error(
-        "number `{0}` is not an integer between -(2^53-1) and 2^53-1; audit records carry integers only (write it as a string)"
-    )]
+    /// An integer beyond ±(2^53 - 1), which a JSON number cannot carry exactly.
+    #[error("integer `{0}` is outside ±(2^53-1) and would be rounded; write it as a string")]
     UnsupportedNumber(String),
 }
 
@@ -83,10 +80,53 @@ fn write_number(n: &serde_json::Number, out: &mut Vec<u8>) -> Result<(), Canonic
             return Err(unsupported());
         }
         out.extend_from_slice(i.to_string().as_bytes());
+    } else if let Some(f) = n.as_f64() {
+        out.extend_from_slice(es_number(f).as_bytes());
     } else {
         return Err(unsupported());
     }
     Ok(())
+}
+
+/// ECMAScript `Number.prototype.toString` for a finite double (ECMA-262 section
+/// 6.1.6.1.20). The digits come from serde_json's formatting (Ryu: the shortest digits
+/// that round-trip, and of those the closest, as ECMAScript requires); only the layout
+/// is ECMAScript's.
+fn es_number(f: f64) -> String {
+    if f == 0.0 || !f.is_finite() {
+        // JSON has no NaN or infinity; -0 prints as 0.
+        return "0".to_owned();
+    }
+    let sign = if f < 0.0 { "-" } else { "" };
+    let text =
+        serde_json::Number::from_f64(f.abs()).map_or_else(|| "0".to_owned(), |n| n.to_string());
+    let (mantissa, exp) = text.split_once(['e', 'E']).unwrap_or((text.as_str(), "0"));
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let all = format!("{int}{frac}");
+    let trimmed = all.trim_start_matches('0');
+    // The decimal point sits after `n` of the significant digits.
+    let n = i32::try_from(int.len()).unwrap_or(0) + exp
+        - i32::try_from(all.len() - trimmed.len()).unwrap_or(0);
+    let digits = trimmed.trim_end_matches('0').to_owned();
+    let k = i32::try_from(digits.len()).unwrap_or(i32::MAX);
+    let zeros = |count: i32| "0".repeat(usize::try_from(count).unwrap_or(0));
+    let split = |at: i32| digits.split_at(usize::try_from(at).unwrap_or(0).min(digits.len()));
+    let body = if k <= n && n <= 21 {
+        format!("{digits}{}", zeros(n - k))
+    } else if 0 < n && n <= 21 {
+        let (int, frac) = split(n);
+        format!("{int}.{frac}")
+    } else if -6 < n && n <= 0 {
+        format!("0.{}{digits}", zeros(-n))
+    } else {
+        let (first, rest) = split(1);
+        let e = n - 1;
+        let e_sign = if e < 0 { "-" } else { "+" };
+        let dot = if rest.is_empty() { "" } else { "." };
+        format!("{first}{dot}{rest}e{e_sign}{}", e.abs())
+    };
+    format!("{sign}{body}")
 }
 
 /// ECMAScript `JSON.stringify` string escaping, as RFC 8785 section 3.2.2.2 requires.
@@ -155,12 +195,52 @@ mod tests {
     }
 
     #[test]
-    fn integers_only_within_the_safe_range() {
+    fn integers_beyond_the_safe_range_are_refused() {
         assert_eq!(canon("9007199254740991"), "9007199254740991");
         assert_eq!(canon("-9007199254740991"), "-9007199254740991");
-        for bad in ["9007199254740992", "1.5", "1e3", "-9007199254740992"] {
+        for bad in [
+            "9007199254740992",
+            "-9007199254740992",
+            "18446744073709551615",
+        ] {
             let v: Value = serde_json::from_str(bad).unwrap();
             assert!(canonicalize(&v).is_err(), "{bad} must be refused");
         }
+    }
+
+    #[test]
+    fn rfc8785_number_examples() {
+        // RFC 8785 appendix B (IEEE 754 bit patterns and their canonical form),
+        // checked against Node.js `String(x)` as well.
+        let cases = [
+            (0x0000000000000000_u64, "0"),
+            (0x8000000000000000, "0"),
+            (0x0000000000000001, "5e-324"),
+            (0x8000000000000001, "-5e-324"),
+            (0x7fefffffffffffff, "1.7976931348623157e+308"),
+            (0xffefffffffffffff, "-1.7976931348623157e+308"),
+            (0x4340000000000000, "9007199254740992"),
+            (0xc340000000000000, "-9007199254740992"),
+            (0x4430000000000000, "295147905179352830000"),
+            (0x44b52d02c7e14af5, "9.999999999999997e+22"),
+            (0x44b52d02c7e14af6, "1e+23"),
+            (0x44b52d02c7e14af7, "1.0000000000000001e+23"),
+            (0x444b1ae4d6e2ef4e, "999999999999999700000"),
+            (0x444b1ae4d6e2ef4f, "999999999999999900000"),
+            (0x444b1ae4d6e2ef50, "1e+21"),
+            (0x3eb0c6f7a0b5ed8c, "9.999999999999997e-7"),
+            (0x3eb0c6f7a0b5ed8d, "0.000001"),
+            (0x41b3de4355555553, "333333333.3333332"),
+            (0x41b3de4355555554, "333333333.33333325"),
+            (0x41b3de4355555555, "333333333.3333333"),
+            (0x41b3de4355555556, "333333333.3333334"),
+            (0x41b3de4355555557, "333333333.33333343"),
+            (0xbecbf647612f3696, "-0.0000033333333333333333"),
+            (0x43143ff3c1cb0959, "1424953923781206.2"),
+        ];
+        for (bits, want) in cases {
+            assert_eq!(es_number(f64::from_bits(bits)), want, "{bits:016x}");
+        }
+        assert_eq!(canon("[1.0, 0.5, -2.5e-7, 1e21]"), "[1,0.5,-2.5e-7,1e+21]");
     }
 }

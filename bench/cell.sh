@@ -2,11 +2,14 @@
 # Cell start and idle cost: `agentspace run -- true` in a full cell against bubblewrap
 # (`bwrap --unshare-all`) in the same run. Needs root, hyperfine and bubblewrap
 # (scripts/install-deps). Usage: sudo bench/cell.sh [RUNS]   (default 200)
+# AGENTSPACE_BIN=path uses a prebuilt binary instead of building a release one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs="${1:-200}"
-cargo build -q --release -p agentspace-cli
-bin="$PWD/target/release/agentspace"
+if [ -z "${AGENTSPACE_BIN:-}" ]; then
+  cargo build -q --release -p agentspace-cli
+fi
+bin="${AGENTSPACE_BIN:-$PWD/target/release/agentspace}"
 out="$PWD/target/bench"; mkdir -p "$out"
 state="$(mktemp -d)"; trap 'rm -rf "$state"' EXIT
 

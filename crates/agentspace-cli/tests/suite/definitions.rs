@@ -49,3 +49,11 @@ fn the_cli_reports_a_bad_definition_with_file_line_and_field() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("typo.yaml") && err.contains("line 10") && err.contains("unknown field `pid`"), "{err}");
 }
+
+#[test]
+fn the_threat_model_lists_every_denied_system_call() {
+    let doc = std::fs::read_to_string(repo().join("docs/threat-model.md")).unwrap();
+    for (name, _) in agentspace_cell::seccomp_denied() {
+        assert!(doc.contains(&format!("| `{name}` |")), "docs/threat-model.md does not list `{name}`");
+    }
+}

@@ -467,3 +467,69 @@ pub(crate) fn run(state: &StateDir, args: Args) -> Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// The audit records of one `agentspace run` task: `task_start` (durable before the
+/// cell starts; if it cannot be written the task must not run) and `task_exit`.
+pub(crate) struct TaskAudit {
+    log: AuditLog,
+    base: agentspace_core::AuditEvent,
+}
+
+impl TaskAudit {
+    /// Records the task start from the task manifest's JSON (tenant, task, user, agent,
+    /// definition digest, limits, command). Uses `AGENTSPACE_AUDIT_URL` when set.
+    pub(crate) fn start(state: &StateDir, manifest: &serde_json::Value) -> Result<Self> {
+        let field = |name: &str| {
+            manifest
+                .get(name)
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+        };
+        let tenant = tenant_name(&field("tenant").unwrap_or_default())?;
+        let url = std::env::var("AGENTSPACE_AUDIT_URL").ok();
+        let log = open(state, url.as_deref())?;
+        let mut base = agentspace_core::AuditEvent::new(&tenant, AuditKind::TaskStart, "start");
+        base.task = field("task");
+        base.user = field("user");
+        base.agent = field("agent");
+        base.resource = field("definition");
+        let mut start = base.clone();
+        for key in ["definition_digest", "limits", "command"] {
+            if let Some(v) = manifest.get(key) {
+                start.details.insert(key.to_owned(), v.clone());
+            }
+        }
+        log.append(start)
+            .context("cannot record the task start in the audit log")?;
+        Ok(Self { log, base })
+    }
+
+    /// Records the task exit from the finished manifest's JSON (exit code, state,
+    /// limits hit, error).
+    pub(crate) fn exit(&self, manifest: &serde_json::Value) -> Result<()> {
+        let mut exit = self.base.clone();
+        exit.kind = AuditKind::TaskExit;
+        exit.action = "exit".to_owned();
+        exit.status = manifest
+            .get("exit_code")
+            .and_then(serde_json::Value::as_i64);
+        for key in ["state", "limits_hit", "error", "exit_code"] {
+            if let Some(v) = manifest.get(key).filter(|v| !v.is_null()) {
+                let name = if key == "exit_code" {
+                    "exit_status"
+                } else {
+                    key
+                };
+                exit.details.insert(name.to_owned(), v.clone());
+            }
+        }
+        exit.reason = manifest
+            .get("error")
+            .and_then(|v| v.as_str())
+            .map(str::to_owned);
+        self.log
+            .append(exit)
+            .context("cannot record the task exit in the audit log")?;
+        Ok(())
+    }
+}

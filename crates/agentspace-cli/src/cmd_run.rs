@@ -78,8 +78,25 @@ pub(crate) fn run(state: &StateDir, args: Args) -> Result<ExitCode> {
     };
     write_manifest(&task_dir, &manifest)?;
 
+    // Audit before action: the start is durable before the cell starts; no record, no run.
+    let audit = match crate::cmd_audit::TaskAudit::start(state, &serde_json::to_value(&manifest)?) {
+        Ok(audit) => audit,
+        Err(e) => {
+            eprintln!("agentspace: refusing to run: {e:#}");
+            manifest.state = TaskState::Failed;
+            manifest.error = Some(format!("{e:#}"));
+            manifest.exit_code = Some(125);
+            write_manifest(&task_dir, &manifest)?;
+            cleanup(&task_dir);
+            return Ok(ExitCode::from(crate::EXIT_AGENTSPACE_FAILED));
+        }
+    };
     let outcome = run_cell(&definition, &task, &user, host_id, &task_dir, &args.command);
-    let code = finish(&mut manifest, &definition, &task_dir, outcome, args.commit_workspace);
+    let mut code = finish(&mut manifest, &definition, &task_dir, outcome, args.commit_workspace);
+    if let Err(e) = audit.exit(&serde_json::to_value(&manifest)?) {
+        eprintln!("agentspace: {e:#}");
+        code = 125;
+    }
     write_manifest(&task_dir, &manifest)?;
     cleanup(&task_dir);
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(crate::EXIT_AGENTSPACE_FAILED)))

@@ -248,6 +248,23 @@ fn print_entry(out: &mut impl Write, entry: &Entry, format: Format) -> Result<()
     Ok(())
 }
 
+/// Runs `each` on every event that passes `filter` until it returns `Ok(false)` or fails.
+fn for_each_entry(
+    log: &AuditLog,
+    filter: &Filter,
+    mut each: impl FnMut(Entry) -> Result<bool>,
+) -> Result<()> {
+    let mut failed = None;
+    log.query(filter, |entry| match each(entry) {
+        Ok(go_on) => Ok(go_on),
+        Err(e) => {
+            failed = Some(e);
+            Ok(false)
+        }
+    })?;
+    failed.map_or(Ok(()), Err)
+}
+
 pub(crate) fn run(state: &StateDir, args: Args) -> Result<ExitCode> {
     let url = args.audit_url.as_deref();
     let stdout = std::io::stdout();
@@ -330,21 +347,14 @@ pub(crate) fn run(state: &StateDir, args: Args) -> Result<ExitCode> {
                 table_header(&mut out)?;
             }
             let mut left = limit.unwrap_or(u64::MAX);
-            let mut failed = None;
-            log.query(&filter, |entry| {
+            for_each_entry(&log, &filter, |entry| {
                 if left == 0 {
                     return Ok(false);
                 }
                 left -= 1;
-                if let Err(e) = print_entry(&mut out, &entry, format) {
-                    failed = Some(e);
-                    return Ok(false);
-                }
+                print_entry(&mut out, &entry, format)?;
                 Ok(true)
             })?;
-            if let Some(e) = failed {
-                return Err(e);
-            }
         }
         Command::Tail {
             tenant,
@@ -410,24 +420,15 @@ pub(crate) fn run(state: &StateDir, args: Args) -> Result<ExitCode> {
                 )),
                 None => Box::new(std::io::BufWriter::new(&mut out)),
             };
-            let mut failed = None;
-            log.query(&filter, |entry| {
+            for_each_entry(&log, &filter, |entry| {
                 let value = match format {
                     ExportFormat::Jsonl => agentspace_audit::to_jsonl(&entry),
                     ExportFormat::Ocsf => agentspace_audit::to_ocsf(&entry),
                 };
-                let written = serde_json::to_writer(&mut sink, &value)
-                    .map_err(anyhow::Error::from)
-                    .and_then(|()| sink.write_all(b"\n").map_err(anyhow::Error::from));
-                if let Err(e) = written {
-                    failed = Some(e);
-                    return Ok(false);
-                }
+                serde_json::to_writer(&mut sink, &value)?;
+                sink.write_all(b"\n")?;
                 Ok(true)
             })?;
-            if let Some(e) = failed {
-                return Err(e);
-            }
             sink.flush()?;
         }
         Command::Prove {

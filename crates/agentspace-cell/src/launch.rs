@@ -3,11 +3,13 @@
 use std::fs;
 use std::io;
 use std::os::unix::fs::{PermissionsExt, chown};
+use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use crate::spec::{CellReport, CellSpec};
+use crate::sys;
 
 /// The hidden first argument that turns the `agentspace` binary into the supervisor.
 pub const SUPERVISOR_ARG: &str = "__cell-supervisor";
@@ -92,6 +94,9 @@ impl Launcher {
         let spec_path = spec.task_dir.join("cell.json");
         let json = serde_json::to_vec_pretty(spec).map_err(|e| CellError::Prepare { path: spec_path.clone(), source: io::Error::other(e) })?;
         fs::write(&spec_path, json).map_err(prep(&spec_path))?;
+        if sys::thread_count() == Some(1) {
+            return start_forked(&spec_path, &spec.task_dir);
+        }
         let mut cmd = Command::new(&self.exe);
         // The spec path goes in the environment, not argv: the cell's pid 1 is this process
         // forked, and its argv is world-readable in the cell's /proc while its environment
@@ -118,15 +123,66 @@ impl Launcher {
                 Ok(())
             });
         }
-        let child = cmd.spawn().map_err(|source| CellError::Spawn { exe: self.exe.clone(), source })?;
-        Ok(RunningCell { child, report_path: spec.task_dir.join("cell-report.json") })
+        let mut child = cmd.spawn().map_err(|source| CellError::Spawn { exe: self.exe.clone(), source })?;
+        Ok(RunningCell {
+            pid: child.id(),
+            stdout: child.stdout.take().map(|o| fs::File::from(OwnedFd::from(o))),
+            stderr: child.stderr.take().map(|o| fs::File::from(OwnedFd::from(o))),
+            child: Some(child),
+            report_path: spec.task_dir.join("cell-report.json"),
+        })
+    }
+}
+
+/// A single-threaded launcher (the `agentspace run` case) forks the supervisor instead
+/// of re-executing itself: same process tree and guarantees, one exec fewer per cell.
+fn start_forked(spec_path: &Path, task_dir: &Path) -> Result<RunningCell, CellError> {
+    use nix::unistd::{ForkResult, dup2_stderr, dup2_stdout, pipe2};
+    let pipe = || pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| CellError::Spawn { exe: PathBuf::from("fork"), source: e.into() });
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    // SAFETY: the caller checked this process is single-threaded, so the child may run
+    // ordinary Rust code after fork.
+    #[allow(unsafe_code)]
+    let forked = unsafe { nix::unistd::fork() };
+    match forked.map_err(|e| CellError::Spawn { exe: PathBuf::from("fork"), source: e.into() })? {
+        ForkResult::Child => {
+            let setup = (|| -> io::Result<()> {
+                nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0))?;
+                sys::set_parent_death_signal(libc::SIGKILL)?;
+                dup2_stdout(&out_w)?;
+                dup2_stderr(&err_w)?;
+                sys::close_fds_from_3()?;
+                nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(&nix::sys::signal::SigSet::empty()), None)?;
+                Ok(())
+            })();
+            let code = match setup {
+                Ok(()) => crate::supervisor::run_and_report(spec_path),
+                Err(e) => {
+                    sys::write_stderr(format!("agentspace: cannot start the cell supervisor: {e}\n").as_bytes());
+                    125
+                }
+            };
+            sys::exit_now(i32::from(code))
+        }
+        ForkResult::Parent { child } => Ok(RunningCell {
+            pid: child.as_raw() as u32,
+            stdout: Some(fs::File::from(out_r)),
+            stderr: Some(fs::File::from(err_r)),
+            child: None,
+            report_path: task_dir.join("cell-report.json"),
+        }),
     }
 }
 
 /// A started cell.
 #[derive(Debug)]
 pub struct RunningCell {
-    child: Child,
+    pid: u32,
+    stdout: Option<fs::File>,
+    stderr: Option<fs::File>,
+    /// Set when the supervisor was spawned by exec rather than fork.
+    child: Option<Child>,
     report_path: PathBuf,
 }
 
@@ -134,22 +190,28 @@ impl RunningCell {
     /// The supervisor's pid (signals sent to it reach the agent: one SIGINT is forwarded,
     /// a second kills the cell; SIGTERM, SIGHUP and SIGQUIT are forwarded).
     pub fn supervisor_pid(&self) -> u32 {
-        self.child.id()
+        self.pid
     }
 
     /// The agent's stdout.
-    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
-        self.child.stdout.take()
+    pub fn take_stdout(&mut self) -> Option<fs::File> {
+        self.stdout.take()
     }
 
     /// The agent's stderr.
-    pub fn take_stderr(&mut self) -> Option<std::process::ChildStderr> {
-        self.child.stderr.take()
+    pub fn take_stderr(&mut self) -> Option<fs::File> {
+        self.stderr.take()
     }
 
     /// Waits for the cell to end and returns the supervisor's report.
     pub fn wait(mut self) -> Result<CellReport, CellError> {
-        let status = self.child.wait().map_err(CellError::Wait)?;
+        let status = match self.child.as_mut() {
+            Some(child) => child.wait().map_err(CellError::Wait)?.to_string(),
+            None => {
+                let pid = nix::unistd::Pid::from_raw(self.pid as i32);
+                format!("{:?}", nix::sys::wait::waitpid(pid, None).map_err(|e| CellError::Wait(e.into()))?)
+            }
+        };
         let report = fs::read(&self.report_path)
             .ok()
             .and_then(|b| serde_json::from_slice::<CellReport>(&b).ok());

@@ -24,11 +24,21 @@ use crate::{seccomp, sys};
 /// `$AGENTSPACE_CELL_SPEC`,
 /// writes `cell-report.json` beside it and returns the exit code for `agentspace run`.
 pub fn supervisor_main() -> u8 {
+    if let Err(e) = sys::close_fds_from_3() {
+        sys::write_stderr(format!("agentspace: cannot close inherited descriptors: {e}\n").as_bytes());
+        return 125;
+    }
     let Some(spec_path) = std::env::var_os(crate::launch::SPEC_ENV) else {
         sys::write_stderr(b"agentspace: the cell supervisor needs a spec path\n");
         return 125;
     };
     let spec_path = Path::new(&spec_path);
+    run_and_report(spec_path)
+}
+
+/// Reads the spec at `spec_path`, runs the cell, writes `cell-report.json` beside it and
+/// returns the exit code.
+pub(crate) fn run_and_report(spec_path: &Path) -> u8 {
     let report = match fs::read(spec_path).map_err(|e| e.to_string()).and_then(|b| {
         serde_json::from_slice::<CellSpec>(&b).map_err(|e| e.to_string())
     }) {

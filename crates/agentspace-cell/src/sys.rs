@@ -187,6 +187,13 @@ pub(crate) fn lgetxattr(path: &Path, name: &str) -> Option<Vec<u8>> {
     Some(buf)
 }
 
+/// Ends this process at once, without running destructors or atexit handlers (a forked
+/// child must not flush or free the parent's state).
+pub(crate) fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns.
+    unsafe { libc::_exit(code) }
+}
+
 /// Writes `value` to fd 2 without allocating: usable right before `_exit`.
 pub(crate) fn write_stderr(value: &[u8]) {
     // SAFETY: fd 2 may be closed; write then fails harmlessly. The buffer is valid.
@@ -201,4 +208,19 @@ pub(crate) fn landlock_abi() -> io::Result<i32> {
         libc::syscall(libc::SYS_landlock_create_ruleset, std::ptr::null::<u8>(), 0usize, LANDLOCK_CREATE_RULESET_VERSION)
     })?;
     Ok(v as i32)
+}
+
+/// Closes every file descriptor from 3 up, so nothing the caller inherited (a shell's
+/// `3<secret`, a library's descriptor without close-on-exec) can reach the cell.
+pub(crate) fn close_fds_from_3() -> io::Result<()> {
+    // SAFETY: close_range takes integers only; closing fds this process does not rely on
+    // is the point (called before any fd of ours exists).
+    check(unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) })?;
+    Ok(())
+}
+
+/// The number of threads of this process.
+pub(crate) fn thread_count() -> Option<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status.lines().find_map(|l| l.strip_prefix("Threads:")).and_then(|v| v.trim().parse().ok())
 }

@@ -36,6 +36,10 @@ pub(crate) struct Args {
 const LOG_LIMIT: u64 = 64 << 20;
 
 pub(crate) fn run(state: &StateDir, args: Args) -> Result<ExitCode> {
+    // Ctrl-C and friends are taken by a forwarding thread, not by default handlers: the
+    // first SIGINT reaches the agent, a second kills the cell (the supervisor counts).
+    // Blocked first thing, so every thread started later (the audit log's) inherits it.
+    let forwarded = block_forwarded_signals()?;
     let definition = load_definition(&args.definition)?;
     let user = resolve_user(args.user)?;
     let now = crate::state::unix_nanos();
@@ -91,7 +95,7 @@ pub(crate) fn run(state: &StateDir, args: Args) -> Result<ExitCode> {
             return Ok(ExitCode::from(crate::EXIT_AGENTSPACE_FAILED));
         }
     };
-    let outcome = run_cell(&definition, &task, &user, host_id, &task_dir, &args.command);
+    let outcome = run_cell(forwarded, &definition, &task, &user, host_id, &task_dir, &args.command);
     let mut code = finish(&mut manifest, &definition, &task_dir, outcome, args.commit_workspace);
     if let Err(e) = audit.exit(&serde_json::to_value(&manifest)?) {
         eprintln!("agentspace: {e:#}");
@@ -127,7 +131,21 @@ struct Outcome {
     stats: agentspace_cell::CgroupStats,
 }
 
-fn run_cell(definition: &Definition, task: &TaskId, user: &str, host_id: u32, task_dir: &Path, command: &[String]) -> Result<Outcome> {
+fn block_forwarded_signals() -> Result<SigSet> {
+    let mut forwarded = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT] {
+        forwarded.add(s);
+    }
+    // An inherited "ignore" (a background job of a non-interactive shell ignores SIGINT)
+    // would discard the signal even while blocked: restore the default first.
+    for s in forwarded.iter() {
+        agentspace_cell::reset_signal(s).with_context(|| format!("cannot reset {s}"))?;
+    }
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&forwarded), None).context("cannot block signals")?;
+    Ok(forwarded)
+}
+
+fn run_cell(forwarded: SigSet, definition: &Definition, task: &TaskId, user: &str, host_id: u32, task_dir: &Path, command: &[String]) -> Result<Outcome> {
     let limits = definition.limits;
     let cgroup = CellCgroup::create(
         task.as_str(),
@@ -145,19 +163,6 @@ fn run_cell(definition: &Definition, task: &TaskId, user: &str, host_id: u32, ta
         cgroup_procs: cgroup.procs_files(),
         timeout_ms: u64::try_from(limits.timeout.as_millis()).unwrap_or(u64::MAX),
     };
-
-    // Ctrl-C and friends are taken by a forwarding thread, not by default handlers: the
-    // first SIGINT reaches the agent, a second kills the cell (the supervisor counts).
-    let mut forwarded = SigSet::empty();
-    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT] {
-        forwarded.add(s);
-    }
-    // An inherited "ignore" (a background job of a non-interactive shell ignores SIGINT)
-    // would discard the signal even while blocked: restore the default first.
-    for s in forwarded.iter() {
-        agentspace_cell::reset_signal(s).with_context(|| format!("cannot reset {s}"))?;
-    }
-    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&forwarded), None).context("cannot block signals")?;
 
     let mut cell = Launcher::current_exe().start(&spec)?;
     let supervisor = Pid::from_raw(i32::try_from(cell.supervisor_pid()).unwrap_or(0));

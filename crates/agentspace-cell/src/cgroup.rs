@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
     /// A controller is not mounted anywhere.
-    #[error("the `{0}` cgroup controller is not available on this host (neither a v1 hierarchy nor enabled in cgroup v2); enable it (e.g. boot with systemd.unified_cgroup_hierarchy=1 or mount the v1 controller) — `agentspace doctor` shows what is there")]
+    #[error(
+        "the `{0}` cgroup controller is not available on this host (neither a v1 hierarchy nor enabled in cgroup v2); enable it (e.g. boot with systemd.unified_cgroup_hierarchy=1 or mount the v1 controller) — `agentspace doctor` shows what is there"
+    )]
     Missing(&'static str),
     /// Reading or writing a cgroup file failed.
     #[error("cannot {action} `{path}`: {source}")]
@@ -28,7 +30,11 @@ pub enum CgroupError {
 }
 
 fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CgroupError + 'a {
-    move |source| CgroupError::Io { action, path: path.to_path_buf(), source }
+    move |source| CgroupError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Where one controller lives.
@@ -53,7 +59,9 @@ pub(crate) fn locate() -> Result<Vec<ControllerPlace>, CgroupError> {
     let mut v1_mounts: Vec<(Vec<String>, PathBuf)> = Vec::new();
     for line in mountinfo.lines() {
         // fields: id parent major:minor root mountpoint options ... - fstype source superopts
-        let Some((left, right)) = line.split_once(" - ") else { continue };
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
         let mut rf = right.split_whitespace();
         let fstype = rf.next().unwrap_or("");
         let _source = rf.next();
@@ -68,22 +76,40 @@ pub(crate) fn locate() -> Result<Vec<ControllerPlace>, CgroupError> {
     }
     let mut places = Vec::new();
     for controller in CONTROLLERS {
-        if let Some((_, mount)) = v1_mounts.iter().find(|(opts, _)| opts.iter().any(|o| o == controller)) {
+        if let Some((_, mount)) = v1_mounts
+            .iter()
+            .find(|(opts, _)| opts.iter().any(|o| o == controller))
+        {
             // /proc/self/cgroup: "N:ctrl1,ctrl2:/path"
             let rel = own
                 .lines()
-                .filter_map(|l| l.splitn(3, ':').nth(1).zip(l.splitn(3, ':').nth(2)))
+                .filter_map(|l| {
+                    let mut parts = l.splitn(3, ':').skip(1);
+                    parts.next().zip(parts.next())
+                })
                 .find(|(ctrls, _)| ctrls.split(',').any(|c| c == controller))
                 .map(|(_, p)| p.to_owned())
                 .unwrap_or_else(|| "/".to_owned());
-            places.push(ControllerPlace { controller, v2: false, own_dir: join_rel(mount, &rel) });
+            places.push(ControllerPlace {
+                controller,
+                v2: false,
+                own_dir: join_rel(mount, &rel),
+            });
             continue;
         }
         if let Some(mount) = &v2_mount {
             let available = read(mount.join("cgroup.controllers"))?;
             if available.split_whitespace().any(|c| c == controller) {
-                let rel = own.lines().find_map(|l| l.strip_prefix("0::")).unwrap_or("/").to_owned();
-                places.push(ControllerPlace { controller, v2: true, own_dir: join_rel(mount, &rel) });
+                let rel = own
+                    .lines()
+                    .find_map(|l| l.strip_prefix("0::"))
+                    .unwrap_or("/")
+                    .to_owned();
+                places.push(ControllerPlace {
+                    controller,
+                    v2: true,
+                    own_dir: join_rel(mount, &rel),
+                });
                 continue;
             }
         }
@@ -94,11 +120,18 @@ pub(crate) fn locate() -> Result<Vec<ControllerPlace>, CgroupError> {
 
 fn join_rel(mount: &Path, rel: &str) -> PathBuf {
     let rel = rel.trim_start_matches('/');
-    if rel.is_empty() { mount.to_path_buf() } else { mount.join(rel) }
+    if rel.is_empty() {
+        mount.to_path_buf()
+    } else {
+        mount.join(rel)
+    }
 }
 
 fn unescape(s: &str) -> String {
-    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
 }
 
 fn read(path: impl AsRef<Path>) -> Result<String, CgroupError> {
@@ -162,7 +195,10 @@ impl CellCgroup {
         for (place, dir) in &cg.dirs {
             match (place.controller, place.v2) {
                 ("memory", false) => {
-                    write(&dir.join("memory.limit_in_bytes"), &limits.memory_bytes.to_string())?;
+                    write(
+                        &dir.join("memory.limit_in_bytes"),
+                        &limits.memory_bytes.to_string(),
+                    )?;
                     let memsw = dir.join("memory.memsw.limit_in_bytes");
                     if memsw.exists() {
                         write(&memsw, &limits.memory_bytes.to_string())?;
@@ -194,7 +230,11 @@ impl CellCgroup {
 
     /// The `cgroup.procs` file of each hierarchy, for the cell's init to join.
     pub fn procs_files(&self) -> Vec<PathBuf> {
-        let mut files: Vec<PathBuf> = self.dirs.iter().map(|(_, d)| d.join("cgroup.procs")).collect();
+        let mut files: Vec<PathBuf> = self
+            .dirs
+            .iter()
+            .map(|(_, d)| d.join("cgroup.procs"))
+            .collect();
         files.sort();
         files.dedup();
         files
@@ -206,17 +246,22 @@ impl CellCgroup {
         for (place, dir) in &self.dirs {
             match (place.controller, place.v2) {
                 ("memory", false) => {
-                    stats.oom_kills = keyed(&dir.join("memory.oom_control"), "oom_kill").unwrap_or(0);
-                    stats.memory_peak_bytes = fs::read_to_string(dir.join("memory.max_usage_in_bytes"))
-                        .ok()
-                        .and_then(|s| s.trim().parse().ok());
+                    stats.oom_kills =
+                        keyed(&dir.join("memory.oom_control"), "oom_kill").unwrap_or(0);
+                    stats.memory_peak_bytes =
+                        fs::read_to_string(dir.join("memory.max_usage_in_bytes"))
+                            .ok()
+                            .and_then(|s| s.trim().parse().ok());
                 }
                 ("memory", true) => {
                     stats.oom_kills = keyed(&dir.join("memory.events"), "oom_kill").unwrap_or(0);
-                    stats.memory_peak_bytes =
-                        fs::read_to_string(dir.join("memory.peak")).ok().and_then(|s| s.trim().parse().ok());
+                    stats.memory_peak_bytes = fs::read_to_string(dir.join("memory.peak"))
+                        .ok()
+                        .and_then(|s| s.trim().parse().ok());
                 }
-                ("pids", _) => stats.pids_max_hits = keyed(&dir.join("pids.events"), "max").unwrap_or(0),
+                ("pids", _) => {
+                    stats.pids_max_hits = keyed(&dir.join("pids.events"), "max").unwrap_or(0)
+                }
                 _ => {}
             }
         }
@@ -231,7 +276,10 @@ impl CellCgroup {
             }
             if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
                 for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::SIGKILL,
+                    );
                 }
             }
         }
@@ -261,7 +309,9 @@ impl Drop for CellCgroup {
 /// a minute (a live cell joins its cgroup within milliseconds of its creation, so an old
 /// empty one belongs to nobody; rmdir refuses any cgroup that still has processes).
 fn sweep_stale(parent: &Path) {
-    let Ok(entries) = fs::read_dir(parent) else { return };
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
     for entry in entries.flatten() {
         let old = entry
             .metadata()

@@ -35,18 +35,37 @@ impl HostReport {
 }
 
 fn check(name: &'static str, ok: bool, detail: String, fix: &'static str) -> Check {
-    Check { name, ok, detail, fix: (!ok).then_some(fix) }
+    Check {
+        name,
+        ok,
+        detail,
+        fix: (!ok).then_some(fix),
+    }
 }
 
 /// Probes the host.
 pub fn host_report() -> HostReport {
-    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned();
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
     let mut checks = Vec::new();
 
     let root = nix::unistd::geteuid().is_root();
-    checks.push(check("root", root, if root { "running as uid 0".into() } else { "not root".into() }, "run agentspace as root (rootless cells are not supported yet)"));
+    checks.push(check(
+        "root",
+        root,
+        if root {
+            "running as uid 0".into()
+        } else {
+            "not root".into()
+        },
+        "run agentspace as root (rootless cells are not supported yet)",
+    ));
 
-    let max_userns = fs::read_to_string("/proc/sys/user/max_user_namespaces").ok().and_then(|s| s.trim().parse::<u64>().ok());
+    let max_userns = fs::read_to_string("/proc/sys/user/max_user_namespaces")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
     checks.push(check(
         "user namespaces",
         max_userns.is_some_and(|n| n > 0),
@@ -55,47 +74,116 @@ pub fn host_report() -> HostReport {
     ));
 
     let ns_files = ["pid", "net", "mnt", "ipc", "uts", "cgroup", "user"];
-    let missing: Vec<_> = ns_files.iter().filter(|n| fs::metadata(format!("/proc/self/ns/{n}")).is_err()).collect();
-    checks.push(check("namespaces", missing.is_empty(), if missing.is_empty() { "pid net mnt ipc uts cgroup user".into() } else { format!("missing: {missing:?}") }, "use a kernel built with CONFIG_*_NS for each namespace"));
+    let missing: Vec<_> = ns_files
+        .iter()
+        .filter(|n| fs::metadata(format!("/proc/self/ns/{n}")).is_err())
+        .collect();
+    checks.push(check(
+        "namespaces",
+        missing.is_empty(),
+        if missing.is_empty() {
+            "pid net mnt ipc uts cgroup user".into()
+        } else {
+            format!("missing: {missing:?}")
+        },
+        "use a kernel built with CONFIG_*_NS for each namespace",
+    ));
 
     match sys::landlock_abi() {
         Ok(abi) => checks.push(check(
             "landlock",
             true,
-            format!("ABI {abi}{}{}", if abi >= 4 { ", tcp rules" } else { ", no tcp rules (needs ABI 4)" }, if abi >= 6 { ", scoping" } else { ", no scoping (needs ABI 6)" }),
+            format!(
+                "ABI {abi}{}{}",
+                if abi >= 4 {
+                    ", tcp rules"
+                } else {
+                    ", no tcp rules (needs ABI 4)"
+                },
+                if abi >= 6 {
+                    ", scoping"
+                } else {
+                    ", no scoping (needs ABI 6)"
+                }
+            ),
             "",
         )),
-        Err(e) => checks.push(check("landlock", false, format!("unavailable: {e}"), "boot with `lsm=landlock,...` on Linux 5.13+")),
+        Err(e) => checks.push(check(
+            "landlock",
+            false,
+            format!("unavailable: {e}"),
+            "boot with `lsm=landlock,...` on Linux 5.13+",
+        )),
     }
 
-    let seccomp = fs::read_to_string("/proc/self/status").ok().and_then(|s| s.lines().find(|l| l.starts_with("Seccomp:")).map(str::to_owned));
-    checks.push(check("seccomp", seccomp.is_some(), seccomp.unwrap_or_else(|| "no Seccomp field in /proc/self/status".into()), "use a kernel with CONFIG_SECCOMP_FILTER"));
+    let seccomp = fs::read_to_string("/proc/self/status").ok().and_then(|s| {
+        s.lines()
+            .find(|l| l.starts_with("Seccomp:"))
+            .map(str::to_owned)
+    });
+    checks.push(check(
+        "seccomp",
+        seccomp.is_some(),
+        seccomp.unwrap_or_else(|| "no Seccomp field in /proc/self/status".into()),
+        "use a kernel with CONFIG_SECCOMP_FILTER",
+    ));
 
     let filesystems = fs::read_to_string("/proc/filesystems").unwrap_or_default();
-    let overlay = filesystems.lines().any(|l| l.trim_end().ends_with("overlay"));
-    checks.push(check("overlayfs", overlay, if overlay { "available".into() } else { "not in /proc/filesystems".into() }, "modprobe overlay"));
+    let overlay = filesystems
+        .lines()
+        .any(|l| l.trim_end().ends_with("overlay"));
+    checks.push(check(
+        "overlayfs",
+        overlay,
+        if overlay {
+            "available".into()
+        } else {
+            "not in /proc/filesystems".into()
+        },
+        "modprobe overlay",
+    ));
 
     let idmap = kernel_at_least(&kernel, 5, 19);
-    checks.push(check("idmapped mounts", idmap, format!("kernel {kernel}"), "Linux 5.19 or newer is needed for overlayfs on idmapped layers"));
+    checks.push(check(
+        "idmapped mounts",
+        idmap,
+        format!("kernel {kernel}"),
+        "Linux 5.19 or newer is needed for overlayfs on idmapped layers",
+    ));
 
     match cgroup::locate() {
         Ok(places) => {
             for p in places {
                 checks.push(check(
-                    match p.controller { "memory" => "cgroup memory", "pids" => "cgroup pids", _ => "cgroup cpu" },
+                    match p.controller {
+                        "memory" => "cgroup memory",
+                        "pids" => "cgroup pids",
+                        _ => "cgroup cpu",
+                    },
                     true,
-                    format!("{} at {}", if p.v2 { "v2" } else { "v1" }, p.own_dir.display()),
+                    format!(
+                        "{} at {}",
+                        if p.v2 { "v2" } else { "v1" },
+                        p.own_dir.display()
+                    ),
                     "",
                 ));
             }
         }
-        Err(e) => checks.push(check("cgroups", false, e.to_string(), "mount the memory, pids and cpu controllers (v1 or v2)")),
+        Err(e) => checks.push(check(
+            "cgroups",
+            false,
+            e.to_string(),
+            "mount the memory, pids and cpu controllers (v1 or v2)",
+        )),
     }
     HostReport { kernel, checks }
 }
 
 fn kernel_at_least(release: &str, major: u32, minor: u32) -> bool {
-    let mut parts = release.split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse::<u32>().ok());
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
     match (parts.next(), parts.next()) {
         (Some(a), Some(b)) => (a, b) >= (major, minor),
         _ => false,

@@ -41,8 +41,16 @@ pub(crate) struct InitPipes {
 }
 
 /// Runs the init. Never returns: the process exits with the agent's status.
-pub(crate) fn main(spec: &CellSpec, pipes: InitPipes, filter: &libseccomp::ScmpFilterContext, landlock_abi: i32) -> ! {
-    let InitPipes { from_supervisor, to_supervisor } = pipes;
+pub(crate) fn main(
+    spec: &CellSpec,
+    pipes: InitPipes,
+    filter: &libseccomp::ScmpFilterContext,
+    landlock_abi: i32,
+) -> ! {
+    let InitPipes {
+        from_supervisor,
+        to_supervisor,
+    } = pipes;
     let mut status = fs::File::from(to_supervisor);
     match setup(spec, &from_supervisor, &mut status, filter, landlock_abi) {
         Ok(agent) => {
@@ -64,7 +72,8 @@ fn setup(
     filter: &libseccomp::ScmpFilterContext,
     landlock_abi: i32,
 ) -> Result<Pid, String> {
-    sys::set_parent_death_signal(libc::SIGKILL).map_err(|e| format!("set parent-death signal: {e}"))?;
+    sys::set_parent_death_signal(libc::SIGKILL)
+        .map_err(|e| format!("set parent-death signal: {e}"))?;
 
     // Cgroups first, so everything below (and every child) is limited and accounted.
     for procs in &spec.cgroup_procs {
@@ -84,8 +93,12 @@ fn setup(
 
     // No supplementary groups survive (the host's root group above all).
     nix::unistd::setgroups(&[]).map_err(|e| format!("clear supplementary groups: {e}"))?;
-    unshare(CloneFlags::CLONE_NEWUSER).map_err(|e| format!("create user namespace: {e} (are user namespaces enabled? see `agentspace doctor`)"))?;
-    status.write_all(b"userns\n").map_err(|e| format!("talk to supervisor: {e}"))?;
+    unshare(CloneFlags::CLONE_NEWUSER).map_err(|e| {
+        format!("create user namespace: {e} (are user namespaces enabled? see `agentspace doctor`)")
+    })?;
+    status
+        .write_all(b"userns\n")
+        .map_err(|e| format!("talk to supervisor: {e}"))?;
     let mut byte = [0u8; 1];
     match read(from_supervisor, &mut byte) {
         Ok(1) => {}
@@ -93,7 +106,8 @@ fn setup(
     }
 
     // From here on: an unprivileged user with no capabilities, for good.
-    sys::drop_bounding_and_lock_securebits().map_err(|e| format!("drop capability bounding set: {e}"))?;
+    sys::drop_bounding_and_lock_securebits()
+        .map_err(|e| format!("drop capability bounding set: {e}"))?;
     let id = Gid::from_raw(AGENT_ID);
     setresgid(id, id, id).map_err(|e| format!("set gid: {e}"))?;
     let id = Uid::from_raw(AGENT_ID);
@@ -102,18 +116,23 @@ fn setup(
     sys::set_non_dumpable().map_err(|e| format!("set non-dumpable: {e}"))?;
 
     let enforced = landlock::restrict(landlock_abi)?;
-    filter.load().map_err(|e| format!("load seccomp filter: {e}"))?;
+    filter
+        .load()
+        .map_err(|e| format!("load seccomp filter: {e}"))?;
     setsid().map_err(|e| format!("new session: {e}"))?;
 
     // Changing credentials cleared the parent-death signal: set it again, then make sure
     // the supervisor did not die in between (its end of the pipe would be closed).
-    sys::set_parent_death_signal(libc::SIGKILL).map_err(|e| format!("set parent-death signal: {e}"))?;
+    sys::set_parent_death_signal(libc::SIGKILL)
+        .map_err(|e| format!("set parent-death signal: {e}"))?;
     if supervisor_gone(from_supervisor) {
         std::process::exit(125);
     }
     let agent = start_agent(spec)?;
     let line = format!("started {} {}\n", enforced.abi, enforced.summary);
-    status.write_all(line.as_bytes()).map_err(|e| format!("talk to supervisor: {e}"))?;
+    status
+        .write_all(line.as_bytes())
+        .map_err(|e| format!("talk to supervisor: {e}"))?;
     Ok(agent)
 }
 
@@ -122,7 +141,9 @@ fn supervisor_gone(fd: &OwnedFd) -> bool {
     use std::os::fd::AsFd;
     let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
     matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
-        && fds[0].revents().is_some_and(|r| r.contains(PollFlags::POLLHUP))
+        && fds[0]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLHUP))
 }
 
 /// Finds the program like a shell would, using the cell's PATH.
@@ -130,10 +151,16 @@ fn resolve(program: &str, env: &std::collections::BTreeMap<String, String>) -> O
     if program.contains('/') {
         return Some(PathBuf::from(program));
     }
-    let path = env.get("PATH").map(String::as_str).unwrap_or("/usr/local/bin:/usr/bin:/bin");
-    path.split(':').filter(|d| !d.is_empty()).map(|d| Path::new(d).join(program)).find(|p| {
-        nix::unistd::access(p.as_path(), nix::unistd::AccessFlags::X_OK).is_ok() && p.is_file()
-    })
+    let path = env
+        .get("PATH")
+        .map(String::as_str)
+        .unwrap_or("/usr/local/bin:/usr/bin:/bin");
+    path.split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| Path::new(d).join(program))
+        .find(|p| {
+            nix::unistd::access(p.as_path(), nix::unistd::AccessFlags::X_OK).is_ok() && p.is_file()
+        })
 }
 
 fn cstring(s: &str) -> Result<CString, String> {
@@ -145,12 +172,24 @@ fn cstring(s: &str) -> Result<CString, String> {
 fn start_agent(spec: &CellSpec) -> Result<Pid, String> {
     let program = spec.argv.first().ok_or("no command given")?;
     let Some(path) = resolve(program, &spec.env) else {
-        let _ = writeln!(std::io::stderr(), "agentspace: `{program}`: command not found in the cell");
+        let _ = writeln!(
+            std::io::stderr(),
+            "agentspace: `{program}`: command not found in the cell"
+        );
         std::process::exit(127);
     };
-    let path_c = CString::new(path.as_os_str().as_bytes()).map_err(|_| "program path contains a NUL byte".to_owned())?;
-    let argv: Vec<CString> = spec.argv.iter().map(|a| cstring(a)).collect::<Result<_, _>>()?;
-    let envp: Vec<CString> = spec.env.iter().map(|(k, v)| cstring(&format!("{k}={v}"))).collect::<Result<_, _>>()?;
+    let path_c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| "program path contains a NUL byte".to_owned())?;
+    let argv: Vec<CString> = spec
+        .argv
+        .iter()
+        .map(|a| cstring(a))
+        .collect::<Result<_, _>>()?;
+    let envp: Vec<CString> = spec
+        .env
+        .iter()
+        .map(|(k, v)| cstring(&format!("{k}={v}")))
+        .collect::<Result<_, _>>()?;
     let (exec_r, exec_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
 
     match fork_single_threaded()? {
@@ -165,7 +204,10 @@ fn start_agent(spec: &CellSpec) -> Result<Pid, String> {
                 }
             }
             let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
-            let err = execve(&path_c, &argv, &envp).err().map(|e| e as i32).unwrap_or(0);
+            let err = execve(&path_c, &argv, &envp)
+                .err()
+                .map(|e| e as i32)
+                .unwrap_or(0);
             let _ = nix::unistd::write(&exec_w, &err.to_ne_bytes());
             exit_now(if err == libc::ENOENT { 127 } else { 126 });
         }
@@ -175,9 +217,22 @@ fn start_agent(spec: &CellSpec) -> Result<Pid, String> {
             let n = read(&exec_r, &mut buf).unwrap_or(0);
             if n == 4 {
                 let errno = nix::errno::Errno::from_raw(i32::from_ne_bytes(buf));
-                let code = if errno == nix::errno::Errno::ENOENT { 127 } else { 126 };
-                let what = if code == 127 { "not found" } else { "cannot be executed" };
-                let _ = writeln!(std::io::stderr(), "agentspace: `{}` {what} in the cell: {}", path.display(), errno.desc());
+                let code = if errno == nix::errno::Errno::ENOENT {
+                    127
+                } else {
+                    126
+                };
+                let what = if code == 127 {
+                    "not found"
+                } else {
+                    "cannot be executed"
+                };
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "agentspace: `{}` {what} in the cell: {}",
+                    path.display(),
+                    errno.desc()
+                );
                 let _ = waitpid(child, None);
                 std::process::exit(code);
             }
@@ -198,7 +253,13 @@ fn fork_single_threaded() -> Result<ForkResult, String> {
 pub fn reset_signal(sig: Signal) -> nix::Result<()> {
     use nix::sys::signal::{SaFlags, SigAction, SigHandler, sigaction};
     // SAFETY: SIG_DFL is not a Rust handler, so no handler code can run unsafely.
-    unsafe { sigaction(sig, &SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty())) }.map(|_| ())
+    unsafe {
+        sigaction(
+            sig,
+            &SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty()),
+        )
+    }
+    .map(|_| ())
 }
 
 #[allow(unsafe_code)]
@@ -220,7 +281,9 @@ fn reap(agent: Pid) -> ! {
         loop {
             match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) if pid == agent => std::process::exit(code),
-                Ok(WaitStatus::Signaled(pid, sig, _)) if pid == agent => std::process::exit(128 + sig as i32),
+                Ok(WaitStatus::Signaled(pid, sig, _)) if pid == agent => {
+                    std::process::exit(128 + sig as i32)
+                }
                 Ok(WaitStatus::StillAlive) | Err(_) => break,
                 Ok(_) => continue,
             }
@@ -233,4 +296,3 @@ fn reap(agent: Pid) -> ! {
         }
     }
 }
-

@@ -39,7 +39,9 @@ pub(crate) fn restrict(abi_version: i32) -> Result<Enforced, String> {
         .map_err(err)?;
     let mut parts = vec![format!("filesystem (ABI {abi_version})")];
     if abi_version >= 4 {
-        ruleset = ruleset.handle_access(AccessNet::from_all(abi)).map_err(err)?;
+        ruleset = ruleset
+            .handle_access(AccessNet::from_all(abi))
+            .map_err(err)?;
         parts.push("tcp bind/connect denied".to_owned());
     }
     if abi_version >= 6 {
@@ -58,7 +60,10 @@ pub(crate) fn restrict(abi_version: i32) -> Result<Enforced, String> {
         .restrict_self()
         .map_err(err)?;
     match status.ruleset {
-        RulesetStatus::FullyEnforced => Ok(Enforced { abi: abi_version, summary: parts.join(", ") }),
+        RulesetStatus::FullyEnforced => Ok(Enforced {
+            abi: abi_version,
+            summary: parts.join(", "),
+        }),
         other => Err(format!("landlock ruleset not fully enforced ({other:?})")),
     }
 }

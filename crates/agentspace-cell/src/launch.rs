@@ -2,8 +2,8 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::{PermissionsExt, chown};
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::{PermissionsExt, chown};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -40,7 +40,9 @@ pub enum CellError {
     #[error("lost the cell supervisor: {0}")]
     Wait(io::Error),
     /// Cells need root for now.
-    #[error("running a cell needs root (uid 0); rootless cells are not supported yet — run with sudo, or see docs/operations.md")]
+    #[error(
+        "running a cell needs root (uid 0); rootless cells are not supported yet — run with sudo, or see docs/operations.md"
+    )]
     NotRoot,
     /// The workspace given does not exist or is not a directory.
     #[error("workspace `{0}` is not a directory; create it or fix spec.workspace")]
@@ -48,7 +50,10 @@ pub enum CellError {
 }
 
 fn prep(path: &Path) -> impl FnOnce(io::Error) -> CellError + '_ {
-    move |source| CellError::Prepare { path: path.to_path_buf(), source }
+    move |source| CellError::Prepare {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Creates the task directory layout: `upper/` (the workspace's writes, owned by the
@@ -77,7 +82,9 @@ impl Launcher {
     /// A launcher that re-executes the running binary (which must call
     /// [`crate::supervisor_main`] when its first argument is [`SUPERVISOR_ARG`]).
     pub fn current_exe() -> Self {
-        Self { exe: PathBuf::from("/proc/self/exe") }
+        Self {
+            exe: PathBuf::from("/proc/self/exe"),
+        }
     }
 
     /// Starts the cell described by `spec`. The agent's stdin is this process's stdin;
@@ -86,13 +93,16 @@ impl Launcher {
         if !nix::unistd::geteuid().is_root() {
             return Err(CellError::NotRoot);
         }
-        if let Some(ws) = &spec.workspace {
-            if !ws.is_dir() {
-                return Err(CellError::Workspace(ws.clone()));
-            }
+        if let Some(ws) = &spec.workspace
+            && !ws.is_dir()
+        {
+            return Err(CellError::Workspace(ws.clone()));
         }
         let spec_path = spec.task_dir.join("cell.json");
-        let json = serde_json::to_vec_pretty(spec).map_err(|e| CellError::Prepare { path: spec_path.clone(), source: io::Error::other(e) })?;
+        let json = serde_json::to_vec_pretty(spec).map_err(|e| CellError::Prepare {
+            path: spec_path.clone(),
+            source: io::Error::other(e),
+        })?;
         fs::write(&spec_path, json).map_err(prep(&spec_path))?;
         if sys::thread_count() == Some(1) {
             return start_forked(&spec_path, &spec.task_dir);
@@ -117,17 +127,33 @@ impl Launcher {
                 if libc::setpgid(0, 0) != 0 {
                     return Err(io::Error::last_os_error());
                 }
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                if libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                ) != 0
+                {
                     return Err(io::Error::last_os_error());
                 }
                 Ok(())
             });
         }
-        let mut child = cmd.spawn().map_err(|source| CellError::Spawn { exe: self.exe.clone(), source })?;
+        let mut child = cmd.spawn().map_err(|source| CellError::Spawn {
+            exe: self.exe.clone(),
+            source,
+        })?;
         Ok(RunningCell {
             pid: child.id(),
-            stdout: child.stdout.take().map(|o| fs::File::from(OwnedFd::from(o))),
-            stderr: child.stderr.take().map(|o| fs::File::from(OwnedFd::from(o))),
+            stdout: child
+                .stdout
+                .take()
+                .map(|o| fs::File::from(OwnedFd::from(o))),
+            stderr: child
+                .stderr
+                .take()
+                .map(|o| fs::File::from(OwnedFd::from(o))),
             child: Some(child),
             report_path: spec.task_dir.join("cell-report.json"),
         })
@@ -138,14 +164,22 @@ impl Launcher {
 /// of re-executing itself: same process tree and guarantees, one exec fewer per cell.
 fn start_forked(spec_path: &Path, task_dir: &Path) -> Result<RunningCell, CellError> {
     use nix::unistd::{ForkResult, dup2_stderr, dup2_stdout, pipe2};
-    let pipe = || pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| CellError::Spawn { exe: PathBuf::from("fork"), source: e.into() });
+    let pipe = || {
+        pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| CellError::Spawn {
+            exe: PathBuf::from("fork"),
+            source: e.into(),
+        })
+    };
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
     // SAFETY: the caller checked this process is single-threaded, so the child may run
     // ordinary Rust code after fork.
     #[allow(unsafe_code)]
     let forked = unsafe { nix::unistd::fork() };
-    match forked.map_err(|e| CellError::Spawn { exe: PathBuf::from("fork"), source: e.into() })? {
+    match forked.map_err(|e| CellError::Spawn {
+        exe: PathBuf::from("fork"),
+        source: e.into(),
+    })? {
         ForkResult::Child => {
             let setup = (|| -> io::Result<()> {
                 nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0))?;
@@ -153,13 +187,19 @@ fn start_forked(spec_path: &Path, task_dir: &Path) -> Result<RunningCell, CellEr
                 dup2_stdout(&out_w)?;
                 dup2_stderr(&err_w)?;
                 sys::close_fds_from_3()?;
-                nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(&nix::sys::signal::SigSet::empty()), None)?;
+                nix::sys::signal::sigprocmask(
+                    nix::sys::signal::SigmaskHow::SIG_SETMASK,
+                    Some(&nix::sys::signal::SigSet::empty()),
+                    None,
+                )?;
                 Ok(())
             })();
             let code = match setup {
                 Ok(()) => crate::supervisor::run_and_report(spec_path),
                 Err(e) => {
-                    sys::write_stderr(format!("agentspace: cannot start the cell supervisor: {e}\n").as_bytes());
+                    sys::write_stderr(
+                        format!("agentspace: cannot start the cell supervisor: {e}\n").as_bytes(),
+                    );
                     125
                 }
             };
@@ -209,7 +249,10 @@ impl RunningCell {
             Some(child) => child.wait().map_err(CellError::Wait)?.to_string(),
             None => {
                 let pid = nix::unistd::Pid::from_raw(self.pid as i32);
-                format!("{:?}", nix::sys::wait::waitpid(pid, None).map_err(|e| CellError::Wait(e.into()))?)
+                format!(
+                    "{:?}",
+                    nix::sys::wait::waitpid(pid, None).map_err(|e| CellError::Wait(e.into()))?
+                )
             }
         };
         let report = fs::read(&self.report_path)
@@ -217,7 +260,9 @@ impl RunningCell {
             .and_then(|b| serde_json::from_slice::<CellReport>(&b).ok());
         Ok(report.unwrap_or_else(|| CellReport {
             exit_code: 125,
-            error: Some(format!("the cell supervisor ended without a report ({status})")),
+            error: Some(format!(
+                "the cell supervisor ended without a report ({status})"
+            )),
             ..Default::default()
         }))
     }

@@ -25,9 +25,9 @@ mod workspace;
 
 pub use cgroup::{CellCgroup, CgroupError, CgroupLimits, CgroupStats};
 pub use doctor::{Check, HostReport, host_report};
+pub use init::reset_signal;
 pub use launch::{CellError, Launcher, RunningCell, SUPERVISOR_ARG, prepare_task_dir};
 pub use spec::{AGENT_ID, CellReport, CellSpec};
-pub use init::reset_signal;
 pub use supervisor::supervisor_main;
 pub use workspace::{Change, ChangeKind, WorkspaceError, apply_changes, workspace_changes};
 

@@ -31,7 +31,9 @@ fn fail(step: &str, path: &Path, e: impl std::fmt::Display) -> RootfsError {
     RootfsError(format!("{step} `{}`: {e}", path.display()))
 }
 
-const SYSTEM_DIRS: &[&str] = &["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"];
+const SYSTEM_DIRS: &[&str] = &[
+    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
+];
 
 /// /etc entries copied from the host: loader configuration, certificates, time zone and
 /// language data. Nothing that names users, keys or services of the host.
@@ -62,8 +64,18 @@ const ETC_COPY: &[&str] = &[
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 
 /// /proc files masked with /dev/null: kernel memory, host-wide triggers and timers.
-const PROC_MASKED: &[&str] =
-    &["kcore", "sysrq-trigger", "timer_list", "kallsyms", "keys", "latency_stats", "sched_debug", "kpageflags", "kpagecount", "kpagecgroup"];
+const PROC_MASKED: &[&str] = &[
+    "kcore",
+    "sysrq-trigger",
+    "timer_list",
+    "kallsyms",
+    "keys",
+    "latency_stats",
+    "sched_debug",
+    "kpageflags",
+    "kpagecount",
+    "kpagecgroup",
+];
 /// /proc directories made read-only.
 const PROC_READ_ONLY: &[&str] = &["sys", "bus", "fs", "irq", "asound", "acpi", "scsi"];
 
@@ -72,14 +84,27 @@ fn mkdir(path: &Path) -> Result<(), RootfsError> {
 }
 
 fn bind(src: &Path, dst: &Path, flags: MsFlags) -> Result<(), RootfsError> {
-    mount(Some(src), dst, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-        .map_err(|e| fail("bind", src, e))?;
-    mount(None::<&str>, dst, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags, None::<&str>)
-        .map_err(|e| fail("remount", dst, e))
+    mount(
+        Some(src),
+        dst,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| fail("bind", src, e))?;
+    mount(
+        None::<&str>,
+        dst,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags,
+        None::<&str>,
+    )
+    .map_err(|e| fail("remount", dst, e))
 }
 
 fn tmpfs(dst: &Path, options: &str, flags: MsFlags) -> Result<(), RootfsError> {
-    mount(Some("tmpfs"), dst, Some("tmpfs"), flags, Some(options)).map_err(|e| fail("mount tmpfs on", dst, e))
+    mount(Some("tmpfs"), dst, Some("tmpfs"), flags, Some(options))
+        .map_err(|e| fail("mount tmpfs on", dst, e))
 }
 
 /// Builds the root under `<task>/rootfs`, pivots into it and leaves the process in
@@ -87,12 +112,22 @@ fn tmpfs(dst: &Path, options: &str, flags: MsFlags) -> Result<(), RootfsError> {
 pub(crate) fn build_and_enter(spec: &CellSpec) -> Result<(), RootfsError> {
     let host_id = spec.host_id;
     // Nothing done here may propagate back to the host.
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-        .map_err(|e| fail("make private", Path::new("/"), e))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| fail("make private", Path::new("/"), e))?;
 
     let root = spec.task_dir.join("rootfs");
     mkdir(&root)?;
-    tmpfs(&root, "mode=0755,size=16m", MsFlags::MS_NOSUID | MsFlags::MS_NODEV)?;
+    tmpfs(
+        &root,
+        "mode=0755,size=16m",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+    )?;
 
     // System directories: the host's, read-only. Symlinks (merged /usr) stay symlinks.
     for dir in SYSTEM_DIRS {
@@ -105,7 +140,11 @@ pub(crate) fn build_and_enter(spec: &CellSpec) -> Result<(), RootfsError> {
             }
             Ok(m) if m.is_dir() => {
                 mkdir(&inside)?;
-                bind(host, &inside, MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV)?;
+                bind(
+                    host,
+                    &inside,
+                    MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                )?;
             }
             _ => {}
         }
@@ -117,19 +156,35 @@ pub(crate) fn build_and_enter(spec: &CellSpec) -> Result<(), RootfsError> {
     // /proc: fresh, for this pid namespace only, with host-wide files masked.
     let proc_dir = root.join("proc");
     mkdir(&proc_dir)?;
-    mount(Some("proc"), &proc_dir, Some("proc"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, None::<&str>)
-        .map_err(|e| fail("mount proc on", &proc_dir, e))?;
+    mount(
+        Some("proc"),
+        &proc_dir,
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(|e| fail("mount proc on", &proc_dir, e))?;
     for name in PROC_MASKED {
         let p = proc_dir.join(name);
         if p.exists() {
-            mount(Some(&root.join("dev/null")), &p, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-                .map_err(|e| fail("mask", &p, e))?;
+            mount(
+                Some(&root.join("dev/null")),
+                &p,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(|e| fail("mask", &p, e))?;
         }
     }
     for name in PROC_READ_ONLY {
         let p = proc_dir.join(name);
         if p.is_dir() {
-            bind(&p, &p, MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC)?;
+            bind(
+                &p,
+                &p,
+                MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            )?;
         }
     }
 
@@ -138,7 +193,11 @@ pub(crate) fn build_and_enter(spec: &CellSpec) -> Result<(), RootfsError> {
     for (dir, mode) in [("tmp", "1777"), ("home/agent", "0700")] {
         let p = root.join(dir);
         mkdir(&p)?;
-        tmpfs(&p, &format!("mode={mode},size={},{owner}", spec.tmp_bytes), MsFlags::MS_NOSUID | MsFlags::MS_NODEV)?;
+        tmpfs(
+            &p,
+            &format!("mode={mode},size={},{owner}", spec.tmp_bytes),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        )?;
     }
 
     mount_workspace(spec, &root)?;
@@ -147,10 +206,18 @@ pub(crate) fn build_and_enter(spec: &CellSpec) -> Result<(), RootfsError> {
         let rel = inside.strip_prefix("/").unwrap_or(inside);
         let p = root.join(rel);
         if !host.is_dir() {
-            return Err(fail("read-only bind: not a directory:", host, "check spec.filesystem.readOnly"));
+            return Err(fail(
+                "read-only bind: not a directory:",
+                host,
+                "check spec.filesystem.readOnly",
+            ));
         }
         mkdir(&p)?;
-        bind(host, &p, MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV)?;
+        bind(
+            host,
+            &p,
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        )?;
     }
 
     // Enter the new root and drop every trace of the old one.
@@ -158,11 +225,18 @@ pub(crate) fn build_and_enter(spec: &CellSpec) -> Result<(), RootfsError> {
     mkdir(&old)?;
     nix::unistd::pivot_root(&root, &old).map_err(|e| fail("pivot_root into", &root, e))?;
     nix::unistd::chdir("/").map_err(|e| fail("chdir", Path::new("/"), e))?;
-    umount2("/.oldroot", MntFlags::MNT_DETACH).map_err(|e| fail("detach old root", Path::new("/.oldroot"), e))?;
+    umount2("/.oldroot", MntFlags::MNT_DETACH)
+        .map_err(|e| fail("detach old root", Path::new("/.oldroot"), e))?;
     fs::remove_dir("/.oldroot").map_err(|e| fail("remove", Path::new("/.oldroot"), e))?;
     // The root tmpfs itself becomes read-only: only the mounts above are writable.
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV, None::<&str>)
-        .map_err(|e| fail("remount read-only", Path::new("/"), e))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        None::<&str>,
+    )
+    .map_err(|e| fail("remount read-only", Path::new("/"), e))?;
     nix::unistd::chdir("/workspace").map_err(|e| fail("chdir", Path::new("/workspace"), e))?;
     Ok(())
 }
@@ -174,13 +248,33 @@ fn build_etc(etc: &Path, spec: &CellSpec) -> Result<(), RootfsError> {
         fs::write(&p, text).map_err(|e| fail("write", &p, e))
     };
     let id = AGENT_ID;
-    write("passwd", &format!("root:x:0:0:root:/root:/usr/sbin/nologin\nagent:x:{id}:{id}:agent:/home/agent:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"))?;
-    write("group", &format!("root:x:0:\nagent:x:{id}:\nnogroup:x:65534:\n"))?;
+    write(
+        "passwd",
+        &format!(
+            "root:x:0:0:root:/root:/usr/sbin/nologin\nagent:x:{id}:{id}:agent:/home/agent:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+        ),
+    )?;
+    write(
+        "group",
+        &format!("root:x:0:\nagent:x:{id}:\nnogroup:x:65534:\n"),
+    )?;
     write("hostname", &format!("{}\n", spec.hostname))?;
-    write("hosts", &format!("127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{}\n", spec.hostname))?;
+    write(
+        "hosts",
+        &format!(
+            "127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{}\n",
+            spec.hostname
+        ),
+    )?;
     // No resolver is reachable: lookups of anything but /etc/hosts fail at once.
-    write("resolv.conf", "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")?;
-    write("nsswitch.conf", "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\nnetworks: files\nprotocols: files\nservices: files\n")?;
+    write(
+        "resolv.conf",
+        "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
+    )?;
+    write(
+        "nsswitch.conf",
+        "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\nnetworks: files\nprotocols: files\nservices: files\n",
+    )?;
     for name in ETC_COPY {
         let src = Path::new("/etc").join(name);
         let dst = etc.join(name);
@@ -191,14 +285,20 @@ fn build_etc(etc: &Path, spec: &CellSpec) -> Result<(), RootfsError> {
     if alt.is_dir() {
         let p = etc.join("alternatives");
         mkdir(&p)?;
-        bind(alt, &p, MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV)?;
+        bind(
+            alt,
+            &p,
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        )?;
     }
     Ok(())
 }
 
 /// Copies a file, a symlink or a directory tree if it exists on the host.
 fn copy_tree(src: &Path, dst: &Path) -> Result<(), RootfsError> {
-    let Ok(meta) = fs::symlink_metadata(src) else { return Ok(()) };
+    let Ok(meta) = fs::symlink_metadata(src) else {
+        return Ok(());
+    };
     if let Some(parent) = dst.parent() {
         mkdir(parent)?;
     }
@@ -214,7 +314,8 @@ fn copy_tree(src: &Path, dst: &Path) -> Result<(), RootfsError> {
         Ok(())
     } else if meta.is_file() {
         fs::copy(src, dst).map_err(|e| fail("copy", src, e))?;
-        fs::set_permissions(dst, fs::Permissions::from_mode(0o644)).map_err(|e| fail("chmod", dst, e))
+        fs::set_permissions(dst, fs::Permissions::from_mode(0o644))
+            .map_err(|e| fail("chmod", dst, e))
     } else {
         Ok(())
     }
@@ -222,27 +323,59 @@ fn copy_tree(src: &Path, dst: &Path) -> Result<(), RootfsError> {
 
 fn build_dev(dev: &Path) -> Result<(), RootfsError> {
     mkdir(dev)?;
-    tmpfs(dev, "mode=0755,size=64k", MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC)?;
+    tmpfs(
+        dev,
+        "mode=0755,size=64k",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+    )?;
     for name in DEVICES {
         let host = Path::new("/dev").join(name);
         let inside = dev.join(name);
         fs::write(&inside, b"").map_err(|e| fail("create", &inside, e))?;
-        mount(Some(&host), &inside, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(|e| fail("bind", &host, e))?;
+        mount(
+            Some(&host),
+            &inside,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| fail("bind", &host, e))?;
     }
     let pts = dev.join("pts");
     mkdir(&pts)?;
-    mount(Some("devpts"), &pts, Some("devpts"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("newinstance,ptmxmode=0666,mode=0620"))
-        .map_err(|e| fail("mount devpts on", &pts, e))?;
+    mount(
+        Some("devpts"),
+        &pts,
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620"),
+    )
+    .map_err(|e| fail("mount devpts on", &pts, e))?;
     symlink("pts/ptmx", dev.join("ptmx")).map_err(|e| fail("create link", &dev.join("ptmx"), e))?;
     let shm = dev.join("shm");
     mkdir(&shm)?;
-    tmpfs(&shm, "mode=1777,size=64m", MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC)?;
-    for (name, target) in [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")] {
+    tmpfs(
+        &shm,
+        "mode=1777,size=64m",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+    )?;
+    for (name, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
         symlink(target, dev.join(name)).map_err(|e| fail("create link", &dev.join(name), e))?;
     }
     // The tmpfs holding the nodes goes read-only; the bound nodes keep working.
-    mount(None::<&str>, dev, None::<&str>, MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, None::<&str>)
-        .map_err(|e| fail("remount read-only", dev, e))
+    mount(
+        None::<&str>,
+        dev,
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(|e| fail("remount read-only", dev, e))
 }
 
 /// /workspace: an overlay whose lower layer is the host directory seen through an
@@ -253,26 +386,49 @@ fn mount_workspace(spec: &CellSpec, root: &Path) -> Result<(), RootfsError> {
     mkdir(&target)?;
     let upper = spec.task_dir.join("upper");
     let Some(host) = &spec.workspace else {
-        return mount(Some(&upper), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .map_err(|e| fail("bind", &upper, e))
-            .and_then(|()| {
-                mount(None::<&str>, &target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV, None::<&str>)
-                    .map_err(|e| fail("remount", &target, e))
-            });
+        return mount(
+            Some(&upper),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| fail("bind", &upper, e))
+        .and_then(|()| {
+            mount(
+                None::<&str>,
+                &target,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                None::<&str>,
+            )
+            .map_err(|e| fail("remount", &target, e))
+        });
     };
     let lower = spec.task_dir.join("lower");
     mkdir(&lower)?;
     let meta = fs::metadata(host).map_err(|e| fail("stat workspace", host, e))?;
     use std::os::unix::fs::MetadataExt;
-    let userns = idmap_userns(&root.join("proc"), meta.uid(), meta.gid(), spec.host_id).map_err(|e| fail("create id mapping for", host, e))?;
+    let userns = idmap_userns(&root.join("proc"), meta.uid(), meta.gid(), spec.host_id)
+        .map_err(|e| fail("create id mapping for", host, e))?;
     sys::idmapped_bind(host, &lower, userns.as_fd()).map_err(|e| {
-        fail("idmapped bind (needs Linux 5.19+ and a filesystem that supports idmapped mounts) of", host, e)
+        fail(
+            "idmapped bind (needs Linux 5.19+ and a filesystem that supports idmapped mounts) of",
+            host,
+            e,
+        )
     })?;
     // Relative layer paths (from the task directory): the options are visible in the
     // cell's /proc/self/mountinfo and must not name host paths.
     nix::unistd::chdir(&spec.task_dir).map_err(|e| fail("chdir", &spec.task_dir, e))?;
-    mount(Some("overlay"), &target, Some("overlay"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("lowerdir=lower,upperdir=upper,workdir=work"))
-        .map_err(|e| fail("mount overlay on", &target, e))?;
+    mount(
+        Some("overlay"),
+        &target,
+        Some("overlay"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("lowerdir=lower,upperdir=upper,workdir=work"),
+    )
+    .map_err(|e| fail("mount overlay on", &target, e))?;
     // The overlay holds its own reference to the lower layer.
     umount2(&lower, MntFlags::MNT_DETACH).map_err(|e| fail("detach", &lower, e))
 }

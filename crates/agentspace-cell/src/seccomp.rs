@@ -14,7 +14,10 @@ pub(crate) const DENIED: &[(&str, &str)] = &[
     ("mount", "changes the mount table"),
     ("umount2", "uncovers masked paths"),
     ("pivot_root", "changes the root"),
-    ("chroot", "root games, with mount tricks a classic escape step"),
+    (
+        "chroot",
+        "root games, with mount tricks a classic escape step",
+    ),
     ("fsopen", "new mount API"),
     ("fsconfig", "new mount API"),
     ("fsmount", "new mount API"),
@@ -34,9 +37,18 @@ pub(crate) const DENIED: &[(&str, &str)] = &[
     ("kexec_file_load", "replaces the kernel"),
     // Powerful kernel interfaces with a long history of privilege-escalation bugs.
     ("bpf", "loads programs into the kernel"),
-    ("perf_event_open", "kernel profiling: side channels and escalation bugs"),
-    ("userfaultfd", "stalls kernel threads at will: race-exploit primitive"),
-    ("io_uring_setup", "io_uring operations bypass seccomp and had many escalation bugs"),
+    (
+        "perf_event_open",
+        "kernel profiling: side channels and escalation bugs",
+    ),
+    (
+        "userfaultfd",
+        "stalls kernel threads at will: race-exploit primitive",
+    ),
+    (
+        "io_uring_setup",
+        "io_uring operations bypass seccomp and had many escalation bugs",
+    ),
     ("io_uring_enter", "see io_uring_setup"),
     ("io_uring_register", "see io_uring_setup"),
     // Keyrings are not namespaced: keys could leak between cells and to the host.
@@ -44,7 +56,10 @@ pub(crate) const DENIED: &[(&str, &str)] = &[
     ("request_key", "kernel keyring, not namespaced"),
     ("keyctl", "kernel keyring, not namespaced"),
     // Handles bypass path-based checks (the "shocker" escape).
-    ("open_by_handle_at", "opens files by handle, bypassing path checks"),
+    (
+        "open_by_handle_at",
+        "opens files by handle, bypassing path checks",
+    ),
     ("name_to_handle_at", "companion of open_by_handle_at"),
     // Debugging other processes: inspection of anything outside is blocked by the pid
     // namespace; inside, ptrace is refused as well so no process can steer another.
@@ -73,7 +88,10 @@ pub(crate) const DENIED: &[(&str, &str)] = &[
     ("ustat", "obsolete"),
     ("sysfs", "obsolete"),
     ("_sysctl", "obsolete"),
-    ("personality", "can re-enable legacy layouts and READ_IMPLIES_EXEC"),
+    (
+        "personality",
+        "can re-enable legacy layouts and READ_IMPLIES_EXEC",
+    ),
     ("fanotify_init", "watches the whole filesystem"),
     ("mknod", "device nodes"),
     ("mknodat", "device nodes"),
@@ -110,22 +128,45 @@ pub(crate) fn build() -> Result<ScmpFilterContext, libseccomp::error::SeccompErr
         ctx.add_rule_conditional(
             eperm,
             ScmpSyscall::from_name("clone")?,
-            &[ScmpArgCompare::new(0, ScmpCompareOp::MaskedEqual(*flag), *flag)],
+            &[ScmpArgCompare::new(
+                0,
+                ScmpCompareOp::MaskedEqual(*flag),
+                *flag,
+            )],
         )?;
     }
-    ctx.add_rule(ScmpAction::Errno(libc::ENOSYS), ScmpSyscall::from_name("clone3")?)?;
+    ctx.add_rule(
+        ScmpAction::Errno(libc::ENOSYS),
+        ScmpSyscall::from_name("clone3")?,
+    )?;
     // Raw and packet sockets: forge traffic, sniff, and bypass the door's TCP/UDP view.
     let socket = ScmpSyscall::from_name("socket")?;
-    ctx.add_rule_conditional(eperm, socket, &[ScmpArgCompare::new(0, ScmpCompareOp::Equal, libc::AF_PACKET as u64)])?;
     ctx.add_rule_conditional(
         eperm,
         socket,
-        &[ScmpArgCompare::new(1, ScmpCompareOp::MaskedEqual(0xf), libc::SOCK_RAW as u64)],
+        &[ScmpArgCompare::new(
+            0,
+            ScmpCompareOp::Equal,
+            libc::AF_PACKET as u64,
+        )],
     )?;
     ctx.add_rule_conditional(
         eperm,
         socket,
-        &[ScmpArgCompare::new(1, ScmpCompareOp::MaskedEqual(0xf), 10 /* SOCK_PACKET, the obsolete packet socket type */)],
+        &[ScmpArgCompare::new(
+            1,
+            ScmpCompareOp::MaskedEqual(0xf),
+            libc::SOCK_RAW as u64,
+        )],
+    )?;
+    ctx.add_rule_conditional(
+        eperm,
+        socket,
+        &[ScmpArgCompare::new(
+            1,
+            ScmpCompareOp::MaskedEqual(0xf),
+            10, /* SOCK_PACKET, the obsolete packet socket type */
+        )],
     )?;
     // Terminal injection: TIOCSTI pushes keystrokes into the terminal the cell inherited,
     // which the user's shell would then run outside the cell.
@@ -134,7 +175,11 @@ pub(crate) fn build() -> Result<ScmpFilterContext, libseccomp::error::SeccompErr
         ctx.add_rule_conditional(
             eperm,
             ioctl,
-            &[ScmpArgCompare::new(1, ScmpCompareOp::MaskedEqual(0xffff_ffff), request as u64)],
+            &[ScmpArgCompare::new(
+                1,
+                ScmpCompareOp::MaskedEqual(0xffff_ffff),
+                request,
+            )],
         )?;
     }
     Ok(ctx)
@@ -154,7 +199,10 @@ mod tests {
             .collect();
         // Obsolete calls may be missing on x86_64; everything else must resolve.
         for name in unknown {
-            assert!(["nfsservctl", "uselib", "ustat", "sysfs", "_sysctl"].contains(&name), "{name}");
+            assert!(
+                ["nfsservctl", "uselib", "ustat", "sysfs", "_sysctl"].contains(&name),
+                "{name}"
+            );
         }
     }
 }

@@ -25,7 +25,9 @@ use crate::{seccomp, sys};
 /// writes `cell-report.json` beside it and returns the exit code for `agentspace run`.
 pub fn supervisor_main() -> u8 {
     if let Err(e) = sys::close_fds_from_3() {
-        sys::write_stderr(format!("agentspace: cannot close inherited descriptors: {e}\n").as_bytes());
+        sys::write_stderr(
+            format!("agentspace: cannot close inherited descriptors: {e}\n").as_bytes(),
+        );
         return 125;
     }
     let Some(spec_path) = std::env::var_os(crate::launch::SPEC_ENV) else {
@@ -39,11 +41,19 @@ pub fn supervisor_main() -> u8 {
 /// Reads the spec at `spec_path`, runs the cell, writes `cell-report.json` beside it and
 /// returns the exit code.
 pub(crate) fn run_and_report(spec_path: &Path) -> u8 {
-    let report = match fs::read(spec_path).map_err(|e| e.to_string()).and_then(|b| {
-        serde_json::from_slice::<CellSpec>(&b).map_err(|e| e.to_string())
-    }) {
+    let report = match fs::read(spec_path)
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice::<CellSpec>(&b).map_err(|e| e.to_string()))
+    {
         Ok(spec) => supervise(&spec),
-        Err(e) => CellReport { exit_code: 125, error: Some(format!("cannot read cell spec `{}`: {e}", spec_path.display())), ..Default::default() },
+        Err(e) => CellReport {
+            exit_code: 125,
+            error: Some(format!(
+                "cannot read cell spec `{}`: {e}",
+                spec_path.display()
+            )),
+            ..Default::default()
+        },
     };
     let out = spec_path.with_file_name("cell-report.json");
     if let Ok(json) = serde_json::to_vec_pretty(&report) {
@@ -53,7 +63,11 @@ pub(crate) fn run_and_report(spec_path: &Path) -> u8 {
 }
 
 fn failed(message: String) -> CellReport {
-    CellReport { exit_code: 125, error: Some(message), ..Default::default() }
+    CellReport {
+        exit_code: 125,
+        error: Some(message),
+        ..Default::default()
+    }
 }
 
 fn supervise(spec: &CellSpec) -> CellReport {
@@ -62,7 +76,11 @@ fn supervise(spec: &CellSpec) -> CellReport {
     }
     let landlock_abi = match sys::landlock_abi() {
         Ok(v) => v,
-        Err(e) => return failed(format!("landlock is not available ({e}); the cell needs it as an independent layer: enable it with `lsm=...,landlock` on the kernel command line (Linux 5.13+)")),
+        Err(e) => {
+            return failed(format!(
+                "landlock is not available ({e}); the cell needs it as an independent layer: enable it with `lsm=...,landlock` on the kernel command line (Linux 5.13+)"
+            ));
+        }
     };
     let filter = match seccomp::build() {
         Ok(f) => f,
@@ -70,7 +88,13 @@ fn supervise(spec: &CellSpec) -> CellReport {
     };
 
     let mut signals = SigSet::empty();
-    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT, Signal::SIGCHLD] {
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGCHLD,
+    ] {
         signals.add(s);
     }
     // Ignored signals are discarded even when blocked: take them back to the default
@@ -86,9 +110,14 @@ fn supervise(spec: &CellSpec) -> CellReport {
         Err(e) => return failed(format!("signalfd: {e}")),
     };
     if let Err(e) = unshare(CloneFlags::CLONE_NEWPID) {
-        return failed(format!("create pid namespace: {e} (agentspace run needs root; rootless cells are not supported yet)"));
+        return failed(format!(
+            "create pid namespace: {e} (agentspace run needs root; rootless cells are not supported yet)"
+        ));
     }
-    let pipes = (pipe2(nix::fcntl::OFlag::O_CLOEXEC), pipe2(nix::fcntl::OFlag::O_CLOEXEC));
+    let pipes = (
+        pipe2(nix::fcntl::OFlag::O_CLOEXEC),
+        pipe2(nix::fcntl::OFlag::O_CLOEXEC),
+    );
     let ((down_r, down_w), (up_r, up_w)) = match pipes {
         (Ok(a), Ok(b)) => (a, b),
         (Err(e), _) | (_, Err(e)) => return failed(format!("pipe: {e}")),
@@ -101,7 +130,15 @@ fn supervise(spec: &CellSpec) -> CellReport {
             drop(down_w);
             drop(up_r);
             drop(sfd);
-            init::main(spec, InitPipes { from_supervisor: down_r, to_supervisor: up_w }, &filter, landlock_abi)
+            init::main(
+                spec,
+                InitPipes {
+                    from_supervisor: down_r,
+                    to_supervisor: up_w,
+                },
+                &filter,
+                landlock_abi,
+            )
         }
         Ok(ForkResult::Parent { child }) => child,
     };
@@ -122,8 +159,13 @@ fn supervise(spec: &CellSpec) -> CellReport {
             report.timed_out = true;
             let _ = kill(init_pid, Signal::SIGKILL);
         }
-        let timeout = PollTimeout::try_from(remaining.as_millis().min(60_000) as i32).unwrap_or(PollTimeout::MAX);
-        let timeout = if report.timed_out { PollTimeout::from(100u16) } else { timeout };
+        let timeout = PollTimeout::try_from(remaining.as_millis().min(60_000) as i32)
+            .unwrap_or(PollTimeout::MAX);
+        let timeout = if report.timed_out {
+            PollTimeout::from(100u16)
+        } else {
+            timeout
+        };
         let sfd_raw = sfd.as_fd();
         let up_fd = lines.get_ref().as_fd();
         let mut fds = vec![PollFd::new(sfd_raw, PollFlags::POLLIN)];
@@ -131,7 +173,10 @@ fn supervise(spec: &CellSpec) -> CellReport {
             fds.push(PollFd::new(up_fd, PollFlags::POLLIN));
         }
         let _ = poll(&mut fds, timeout);
-        let status_ready = fds.get(1).and_then(|f| f.revents()).is_some_and(|r| !r.is_empty());
+        let status_ready = fds
+            .get(1)
+            .and_then(|f| f.revents())
+            .is_some_and(|r| !r.is_empty());
         drop(fds);
 
         if status_ready {
@@ -194,11 +239,25 @@ fn supervise(spec: &CellSpec) -> CellReport {
     report
 }
 
-fn handle_status(line: &str, init_pid: Pid, spec: &CellSpec, down: &mut Option<std::os::fd::OwnedFd>, report: &mut CellReport) {
+fn handle_status(
+    line: &str,
+    init_pid: Pid,
+    spec: &CellSpec,
+    down: &mut Option<std::os::fd::OwnedFd>,
+    report: &mut CellReport,
+) {
     if line == "userns" {
         let id = spec.host_id;
-        let written = fs::write(format!("/proc/{init_pid}/uid_map"), format!("{AGENT_ID} {id} 1\n"))
-            .and_then(|()| fs::write(format!("/proc/{init_pid}/gid_map"), format!("{AGENT_ID} {id} 1\n")));
+        let written = fs::write(
+            format!("/proc/{init_pid}/uid_map"),
+            format!("{AGENT_ID} {id} 1\n"),
+        )
+        .and_then(|()| {
+            fs::write(
+                format!("/proc/{init_pid}/gid_map"),
+                format!("{AGENT_ID} {id} 1\n"),
+            )
+        });
         match written {
             Ok(()) => {
                 // Keep our end open: the init treats its closing as our death.

@@ -9,11 +9,16 @@ use std::path::Path;
 
 fn cstr(path: &Path) -> io::Result<CString> {
     use std::os::unix::ffi::OsStrExt;
-    CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
 }
 
 fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
-    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret) }
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
 }
 
 const OPEN_TREE_CLONE: libc::c_uint = 1;
@@ -31,7 +36,11 @@ struct MountAttr {
 
 /// Clones the mount at `source` as a detached mount and applies the id mapping of the
 /// user namespace `userns`, then attaches it at `target` (an existing directory).
-pub(crate) fn idmapped_bind(source: &Path, target: &Path, userns: BorrowedFd<'_>) -> io::Result<()> {
+pub(crate) fn idmapped_bind(
+    source: &Path,
+    target: &Path,
+    userns: BorrowedFd<'_>,
+) -> io::Result<()> {
     let src = cstr(source)?;
     let dst = cstr(target)?;
     // SAFETY: open_tree reads a NUL-terminated path and returns a new fd we take ownership
@@ -123,8 +132,15 @@ pub(crate) fn clear_capabilities() -> io::Result<()> {
         inheritable: u32,
     }
     const VERSION_3: u32 = 0x2008_0522;
-    let mut header = Header { version: VERSION_3, pid: 0 };
-    let data = [Data { effective: 0, permitted: 0, inheritable: 0 }; 2];
+    let mut header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let data = [Data {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
     // SAFETY: header and data are the layouts capset(2) expects for version 3 (two data
     // elements); the kernel only reads them.
     check(unsafe { libc::syscall(libc::SYS_capset, &mut header as *mut Header, data.as_ptr()) })?;
@@ -149,7 +165,18 @@ pub(crate) fn drop_bounding_and_lock_securebits() -> io::Result<()> {
         }
     }
     // SAFETY: prctl with integer arguments only.
-    check(unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) }.into())?;
+    check(
+        unsafe {
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL,
+                0,
+                0,
+                0,
+            )
+        }
+        .into(),
+    )?;
     // SECBIT_NOROOT | _LOCKED, SECBIT_NO_SETUID_FIXUP_LOCKED, SECBIT_KEEP_CAPS_LOCKED,
     // SECBIT_NO_CAP_AMBIENT_RAISE | _LOCKED.
     let bits: libc::c_ulong = 0x01 | 0x02 | 0x08 | 0x20 | 0x40 | 0x80;
@@ -179,7 +206,8 @@ pub(crate) fn lgetxattr(path: &Path, name: &str) -> Option<Vec<u8>> {
     let n = CString::new(name).ok()?;
     let mut buf = vec![0u8; 256];
     // SAFETY: buf is valid for buf.len() bytes; the strings are NUL-terminated.
-    let len = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    let len =
+        unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
     if len < 0 {
         return None;
     }
@@ -205,7 +233,12 @@ pub(crate) fn landlock_abi() -> io::Result<i32> {
     const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
     // SAFETY: with the VERSION flag the kernel reads no pointer arguments.
     let v = check(unsafe {
-        libc::syscall(libc::SYS_landlock_create_ruleset, std::ptr::null::<u8>(), 0usize, LANDLOCK_CREATE_RULESET_VERSION)
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
     })?;
     Ok(v as i32)
 }
@@ -222,5 +255,8 @@ pub(crate) fn close_fds_from_3() -> io::Result<()> {
 /// The number of threads of this process.
 pub(crate) fn thread_count() -> Option<usize> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status.lines().find_map(|l| l.strip_prefix("Threads:")).and_then(|v| v.trim().parse().ok())
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
 }

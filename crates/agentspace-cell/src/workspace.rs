@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use crate::sys;
 
 /// What happened to one path.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ChangeKind {
     /// Created by the task.
@@ -51,8 +53,15 @@ pub enum WorkspaceError {
     Symlink(PathBuf),
 }
 
-fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> WorkspaceError + 'a {
-    move |source| WorkspaceError::Io { action, path: path.to_path_buf(), source }
+fn io_err<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> WorkspaceError + 'a {
+    move |source| WorkspaceError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn is_whiteout(meta: &fs::Metadata) -> bool {
@@ -65,14 +74,22 @@ fn is_opaque(dir: &Path) -> bool {
 
 /// Lists the changes the upper layer holds relative to `lower` (the host workspace, or
 /// `None` when the task had no workspace), sorted by path.
-pub fn workspace_changes(upper: &Path, lower: Option<&Path>) -> Result<Vec<Change>, WorkspaceError> {
+pub fn workspace_changes(
+    upper: &Path,
+    lower: Option<&Path>,
+) -> Result<Vec<Change>, WorkspaceError> {
     let mut out = Vec::new();
     walk(upper, lower, Path::new(""), &mut out)?;
     out.sort();
     Ok(out)
 }
 
-fn walk(upper: &Path, lower: Option<&Path>, rel: &Path, out: &mut Vec<Change>) -> Result<(), WorkspaceError> {
+fn walk(
+    upper: &Path,
+    lower: Option<&Path>,
+    rel: &Path,
+    out: &mut Vec<Change>,
+) -> Result<(), WorkspaceError> {
     let dir = upper.join(rel);
     let entries = fs::read_dir(&dir).map_err(io_err("read", &dir))?;
     let mut names = Vec::new();
@@ -82,12 +99,15 @@ fn walk(upper: &Path, lower: Option<&Path>, rel: &Path, out: &mut Vec<Change>) -
     }
     if !rel.as_os_str().is_empty() && is_opaque(&dir) {
         // The directory replaced a lower one: whatever the lower had is gone.
-        if let Some(l) = lower.map(|l| l.join(rel)) {
-            if let Ok(lower_entries) = fs::read_dir(&l) {
-                for e in lower_entries.flatten() {
-                    if !names.contains(&e.file_name()) {
-                        out.push(Change { path: rel.join(e.file_name()), kind: ChangeKind::Deleted });
-                    }
+        if let Some(l) = lower.map(|l| l.join(rel))
+            && let Ok(lower_entries) = fs::read_dir(&l)
+        {
+            for e in lower_entries.flatten() {
+                if !names.contains(&e.file_name()) {
+                    out.push(Change {
+                        path: rel.join(e.file_name()),
+                        kind: ChangeKind::Deleted,
+                    });
                 }
             }
         }
@@ -99,15 +119,25 @@ fn walk(upper: &Path, lower: Option<&Path>, rel: &Path, out: &mut Vec<Change>) -
         let in_lower = lower.is_some_and(|l| fs::symlink_metadata(l.join(&path)).is_ok());
         if is_whiteout(&meta) {
             if in_lower {
-                out.push(Change { path, kind: ChangeKind::Deleted });
+                out.push(Change {
+                    path,
+                    kind: ChangeKind::Deleted,
+                });
             }
         } else if meta.is_dir() {
             if !in_lower {
-                out.push(Change { path: path.clone(), kind: ChangeKind::Added });
+                out.push(Change {
+                    path: path.clone(),
+                    kind: ChangeKind::Added,
+                });
             }
             walk(upper, lower, &path, out)?;
         } else {
-            let kind = if in_lower { ChangeKind::Modified } else { ChangeKind::Added };
+            let kind = if in_lower {
+                ChangeKind::Modified
+            } else {
+                ChangeKind::Added
+            };
             out.push(Change { path, kind });
         }
     }
@@ -129,7 +159,9 @@ pub fn apply_changes(upper: &Path, lower: &Path) -> Result<Vec<Change>, Workspac
     for change in changes.iter().filter(|c| c.kind == ChangeKind::Deleted) {
         let target = safe_target(lower, &change.path)?;
         match fs::symlink_metadata(&target) {
-            Ok(m) if m.is_dir() => fs::remove_dir_all(&target).map_err(io_err("remove", &target))?,
+            Ok(m) if m.is_dir() => {
+                fs::remove_dir_all(&target).map_err(io_err("remove", &target))?
+            }
             Ok(_) => fs::remove_file(&target).map_err(io_err("remove", &target))?,
             Err(_) => {}
         }
@@ -138,13 +170,13 @@ pub fn apply_changes(upper: &Path, lower: &Path) -> Result<Vec<Change>, Workspac
         let src = upper.join(&change.path);
         let target = safe_target(lower, &change.path)?;
         let meta = fs::symlink_metadata(&src).map_err(io_err("inspect", &src))?;
-        if let Ok(existing) = fs::symlink_metadata(&target) {
-            if existing.file_type().is_symlink() || (existing.is_dir() != meta.is_dir()) {
-                if existing.is_dir() {
-                    fs::remove_dir_all(&target).map_err(io_err("replace", &target))?;
-                } else {
-                    fs::remove_file(&target).map_err(io_err("replace", &target))?;
-                }
+        if let Ok(existing) = fs::symlink_metadata(&target)
+            && (existing.file_type().is_symlink() || (existing.is_dir() != meta.is_dir()))
+        {
+            if existing.is_dir() {
+                fs::remove_dir_all(&target).map_err(io_err("replace", &target))?;
+            } else {
+                fs::remove_file(&target).map_err(io_err("replace", &target))?;
             }
         }
         let ft = meta.file_type();
@@ -162,7 +194,8 @@ pub fn apply_changes(upper: &Path, lower: &Path) -> Result<Vec<Change>, Workspac
         }
         if !ft.is_symlink() {
             let mode = meta.permissions().mode() & 0o777;
-            fs::set_permissions(&target, fs::Permissions::from_mode(mode)).map_err(io_err("chmod", &target))?;
+            fs::set_permissions(&target, fs::Permissions::from_mode(mode))
+                .map_err(io_err("chmod", &target))?;
         }
         lchown(&target, Some(uid), Some(gid)).map_err(io_err("chown", &target))?;
     }
@@ -175,12 +208,10 @@ fn safe_target(lower: &Path, rel: &Path) -> Result<PathBuf, WorkspaceError> {
     let mut components = rel.components().peekable();
     while let Some(c) = components.next() {
         cur.push(c);
-        if components.peek().is_some() {
-            if let Ok(m) = fs::symlink_metadata(&cur) {
-                if m.file_type().is_symlink() {
-                    return Err(WorkspaceError::Symlink(rel.to_path_buf()));
-                }
-            }
+        if components.peek().is_some()
+            && fs::symlink_metadata(&cur).is_ok_and(|m| m.file_type().is_symlink())
+        {
+            return Err(WorkspaceError::Symlink(rel.to_path_buf()));
         }
     }
     Ok(cur)
@@ -201,7 +232,10 @@ mod tests {
         fs::write(upper.join("newdir/a.txt"), "a").unwrap();
         symlink("/etc/passwd", upper.join("link")).unwrap();
         let changes = workspace_changes(&upper, Some(&lower)).unwrap();
-        let kinds: Vec<_> = changes.iter().map(|c| (c.path.to_str().unwrap().to_owned(), c.kind)).collect();
+        let kinds: Vec<_> = changes
+            .iter()
+            .map(|c| (c.path.to_str().unwrap().to_owned(), c.kind))
+            .collect();
         assert_eq!(
             kinds,
             vec![
@@ -214,13 +248,20 @@ mod tests {
         apply_changes(&upper, &lower).unwrap();
         assert_eq!(fs::read_to_string(lower.join("notes.txt")).unwrap(), "new");
         assert_eq!(fs::read_to_string(lower.join("newdir/a.txt")).unwrap(), "a");
-        assert_eq!(fs::read_link(lower.join("link")).unwrap(), Path::new("/etc/passwd"));
+        assert_eq!(
+            fs::read_link(lower.join("link")).unwrap(),
+            Path::new("/etc/passwd")
+        );
     }
 
     #[test]
     fn a_symlinked_parent_in_the_host_workspace_is_refused() {
         let t = tempfile::tempdir().unwrap();
-        let (upper, lower, outside) = (t.path().join("upper"), t.path().join("lower"), t.path().join("outside"));
+        let (upper, lower, outside) = (
+            t.path().join("upper"),
+            t.path().join("lower"),
+            t.path().join("outside"),
+        );
         fs::create_dir_all(upper.join("sub")).unwrap();
         fs::create_dir_all(&lower).unwrap();
         fs::create_dir_all(&outside).unwrap();
@@ -228,7 +269,10 @@ mod tests {
         fs::write(upper.join("sub/x"), "x").unwrap();
         fs::write(upper.join("ok.txt"), "ok").unwrap();
         // `sub` is a symlink in the host workspace: writing `sub/x` would land outside.
-        assert!(matches!(apply_changes(&upper, &lower), Err(WorkspaceError::Symlink(_))));
+        assert!(matches!(
+            apply_changes(&upper, &lower),
+            Err(WorkspaceError::Symlink(_))
+        ));
         assert!(!outside.join("x").exists());
         assert!(!lower.join("ok.txt").exists(), "a refusal applies nothing");
     }

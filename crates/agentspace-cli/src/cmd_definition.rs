@@ -31,7 +31,10 @@ pub(crate) fn run(cmd: Command) -> Result<ExitCode> {
             }
         },
         Command::Schema => {
-            println!("{}", serde_json::to_string_pretty(&agentspace_core::definition_json_schema())?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&agentspace_core::definition_json_schema())?
+            );
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -19,12 +19,28 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
     } else {
         println!("kernel {}", report.kernel);
         for c in &report.checks {
-            println!("{:<4} {:<16} {}", if c.ok { "ok" } else { "MISSING" }, c.name, c.detail);
+            println!(
+                "{:<4} {:<16} {}",
+                if c.ok { "ok" } else { "MISSING" },
+                c.name,
+                c.detail
+            );
             if let Some(fix) = c.fix {
                 println!("     {:<16} fix: {fix}", "");
             }
         }
-        println!("{}", if report.ready() { "this host can run cells" } else { "this host cannot run cells until the items marked MISSING are fixed" });
+        println!(
+            "{}",
+            if report.ready() {
+                "this host can run cells"
+            } else {
+                "this host cannot run cells until the items marked MISSING are fixed"
+            }
+        );
     }
-    Ok(if report.ready() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if report.ready() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::thread;
 
-use agentspace_cell::{CellCgroup, CgroupLimits, CellSpec, ChangeKind, Launcher, apply_changes, prepare_task_dir, workspace_changes};
+use agentspace_cell::{
+    CellCgroup, CellSpec, CgroupLimits, ChangeKind, Launcher, apply_changes, prepare_task_dir,
+    workspace_changes,
+};
 use agentspace_core::{Definition, LimitHit, ManifestLimits, TaskId, TaskManifest, TaskState};
 use anyhow::{Context, Result, bail};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
@@ -44,10 +47,12 @@ pub(crate) fn run(state: &StateDir, args: Args) -> Result<ExitCode> {
     let user = resolve_user(args.user)?;
     let now = crate::state::unix_nanos();
     let mut random = [0u8; 16];
-    getrandom::fill(&mut random).map_err(|e| anyhow::anyhow!("cannot read random bytes for the task id: {e}"))?;
+    getrandom::fill(&mut random)
+        .map_err(|e| anyhow::anyhow!("cannot read random bytes for the task id: {e}"))?;
     let task = TaskId::from_parts(now / 1_000_000, u128::from_le_bytes(random));
     // A host uid no host account uses; distinct per task so two cells never share one.
-    let host_id = 0x4000_0000 + (u32::from_le_bytes([random[0], random[1], random[2], random[3]]) % 0x3000_0000);
+    let host_id = 0x4000_0000
+        + (u32::from_le_bytes([random[0], random[1], random[2], random[3]]) % 0x3000_0000);
 
     let task_dir = state.tasks_dir()?.join(task.as_str());
     prepare_task_dir(&task_dir, host_id)?;
@@ -95,20 +100,38 @@ pub(crate) fn run(state: &StateDir, args: Args) -> Result<ExitCode> {
             return Ok(ExitCode::from(crate::EXIT_AGENTSPACE_FAILED));
         }
     };
-    let outcome = run_cell(forwarded, &definition, &task, &user, host_id, &task_dir, &args.command);
-    let mut code = finish(&mut manifest, &definition, &task_dir, outcome, args.commit_workspace);
+    let outcome = run_cell(
+        forwarded,
+        &definition,
+        &task,
+        &user,
+        host_id,
+        &task_dir,
+        &args.command,
+    );
+    let mut code = finish(
+        &mut manifest,
+        &definition,
+        &task_dir,
+        outcome,
+        args.commit_workspace,
+    );
     if let Err(e) = audit.exit(&serde_json::to_value(&manifest)?) {
         eprintln!("agentspace: {e:#}");
         code = 125;
     }
     write_manifest(&task_dir, &manifest)?;
     cleanup(&task_dir);
-    Ok(ExitCode::from(u8::try_from(code).unwrap_or(crate::EXIT_AGENTSPACE_FAILED)))
+    Ok(ExitCode::from(
+        u8::try_from(code).unwrap_or(crate::EXIT_AGENTSPACE_FAILED),
+    ))
 }
 
 pub(crate) fn load_definition(path: &Path) -> Result<Definition> {
-    let text = fs::read_to_string(path).with_context(|| format!("cannot read definition `{}`", path.display()))?;
-    let abs = std::path::absolute(path).with_context(|| format!("cannot resolve `{}`", path.display()))?;
+    let text = fs::read_to_string(path)
+        .with_context(|| format!("cannot read definition `{}`", path.display()))?;
+    let abs = std::path::absolute(path)
+        .with_context(|| format!("cannot resolve `{}`", path.display()))?;
     Ok(Definition::parse(&abs, &text)?)
 }
 
@@ -119,7 +142,9 @@ fn resolve_user(given: Option<String>) -> Result<String> {
         .unwrap_or_else(|| "root".to_owned());
     let valid = !user.is_empty()
         && user.len() <= 128
-        && user.bytes().all(|b| b.is_ascii_alphanumeric() || b"._@-".contains(&b));
+        && user
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._@-".contains(&b));
     if !valid {
         bail!("invalid --user `{user}`: use 1-128 letters, digits and `._@-`");
     }
@@ -133,7 +158,12 @@ struct Outcome {
 
 fn block_forwarded_signals() -> Result<SigSet> {
     let mut forwarded = SigSet::empty();
-    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT] {
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+    ] {
         forwarded.add(s);
     }
     // An inherited "ignore" (a background job of a non-interactive shell ignores SIGINT)
@@ -145,11 +175,23 @@ fn block_forwarded_signals() -> Result<SigSet> {
     Ok(forwarded)
 }
 
-fn run_cell(forwarded: SigSet, definition: &Definition, task: &TaskId, user: &str, host_id: u32, task_dir: &Path, command: &[String]) -> Result<Outcome> {
+fn run_cell(
+    forwarded: SigSet,
+    definition: &Definition,
+    task: &TaskId,
+    user: &str,
+    host_id: u32,
+    task_dir: &Path,
+    command: &[String],
+) -> Result<Outcome> {
     let limits = definition.limits;
     let cgroup = CellCgroup::create(
         task.as_str(),
-        CgroupLimits { memory_bytes: limits.memory_bytes, pids: limits.pids, cpu: limits.cpu },
+        CgroupLimits {
+            memory_bytes: limits.memory_bytes,
+            pids: limits.pids,
+            cpu: limits.cpu,
+        },
     )?;
     let spec = CellSpec {
         task_dir: task_dir.to_path_buf(),
@@ -171,8 +213,12 @@ fn run_cell(forwarded: SigSet, definition: &Definition, task: &TaskId, user: &st
             let _ = kill(supervisor, sig);
         }
     });
-    let out = cell.take_stdout().map(|s| tee(s, std::io::stdout(), task_dir.join("stdout.log")));
-    let err = cell.take_stderr().map(|s| tee(s, std::io::stderr(), task_dir.join("stderr.log")));
+    let out = cell
+        .take_stdout()
+        .map(|s| tee(s, std::io::stdout(), task_dir.join("stdout.log")));
+    let err = cell
+        .take_stderr()
+        .map(|s| tee(s, std::io::stderr(), task_dir.join("stderr.log")));
     let report = cell.wait()?;
     for t in [out, err].into_iter().flatten() {
         let _ = t.join();
@@ -185,7 +231,10 @@ fn run_cell(forwarded: SigSet, definition: &Definition, task: &TaskId, user: &st
 /// The agent's environment: nothing from the host but TERM; the definition's `env` last.
 fn cell_env(definition: &Definition, task: &TaskId, user: &str) -> BTreeMap<String, String> {
     let mut env = BTreeMap::new();
-    env.insert("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    env.insert(
+        "PATH".into(),
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+    );
     env.insert("HOME".into(), "/home/agent".into());
     env.insert("USER".into(), "agent".into());
     env.insert("LOGNAME".into(), "agent".into());
@@ -202,7 +251,11 @@ fn cell_env(definition: &Definition, task: &TaskId, user: &str) -> BTreeMap<Stri
 }
 
 /// Copies a stream to the terminal as it arrives and to a log file (up to LOG_LIMIT).
-fn tee<R: Read + Send + 'static, W: Write + Send + 'static>(mut from: R, mut to: W, log: PathBuf) -> thread::JoinHandle<()> {
+fn tee<R: Read + Send + 'static, W: Write + Send + 'static>(
+    mut from: R,
+    mut to: W,
+    log: PathBuf,
+) -> thread::JoinHandle<()> {
     thread::spawn(move || {
         let mut file = fs::File::create(&log).ok();
         let mut logged = 0u64;
@@ -230,8 +283,16 @@ fn tee<R: Read + Send + 'static, W: Write + Send + 'static>(mut from: R, mut to:
     })
 }
 
-fn finish(manifest: &mut TaskManifest, definition: &Definition, task_dir: &Path, outcome: Result<Outcome>, commit: bool) -> i32 {
-    manifest.ended_at = Some(agentspace_core::format_audit_time(crate::state::unix_nanos()));
+fn finish(
+    manifest: &mut TaskManifest,
+    definition: &Definition,
+    task_dir: &Path,
+    outcome: Result<Outcome>,
+    commit: bool,
+) -> i32 {
+    manifest.ended_at = Some(agentspace_core::format_audit_time(
+        crate::state::unix_nanos(),
+    ));
     let outcome = match outcome {
         Ok(o) => o,
         Err(e) => {
@@ -247,15 +308,25 @@ fn finish(manifest: &mut TaskManifest, definition: &Definition, task_dir: &Path,
     manifest.memory_peak_bytes = outcome.stats.memory_peak_bytes;
     if report.timed_out {
         manifest.limits_hit.push(LimitHit::Timeout);
-        eprintln!("agentspace: task {} timed out after {}; the cell was killed", manifest.task, humantime(definition.limits.timeout));
+        eprintln!(
+            "agentspace: task {} timed out after {}; the cell was killed",
+            manifest.task,
+            humantime(definition.limits.timeout)
+        );
     }
     if outcome.stats.oom_kills > 0 {
         manifest.limits_hit.push(LimitHit::Memory);
-        eprintln!("agentspace: task {}: out of memory (limit {} bytes); the kernel killed a process in the cell", manifest.task, definition.limits.memory_bytes);
+        eprintln!(
+            "agentspace: task {}: out of memory (limit {} bytes); the kernel killed a process in the cell",
+            manifest.task, definition.limits.memory_bytes
+        );
     }
     if outcome.stats.pids_max_hits > 0 {
         manifest.limits_hit.push(LimitHit::Pids);
-        eprintln!("agentspace: task {}: reached the limit of {} processes", manifest.task, definition.limits.pids);
+        eprintln!(
+            "agentspace: task {}: reached the limit of {} processes",
+            manifest.task, definition.limits.pids
+        );
     }
     if report.interrupted {
         manifest.limits_hit.push(LimitHit::Interrupted);
@@ -274,22 +345,39 @@ fn finish(manifest: &mut TaskManifest, definition: &Definition, task_dir: &Path,
         Ok(changes) if !changes.is_empty() => {
             for kind in [ChangeKind::Added, ChangeKind::Modified, ChangeKind::Deleted] {
                 let n = changes.iter().filter(|c| c.kind == kind).count() as u64;
-                manifest.workspace_changes.insert(format!("{kind:?}").to_lowercase(), n);
+                manifest
+                    .workspace_changes
+                    .insert(format!("{kind:?}").to_lowercase(), n);
             }
-            let summary: Vec<String> = manifest.workspace_changes.iter().map(|(k, v)| format!("{v} {k}")).collect();
+            let summary: Vec<String> = manifest
+                .workspace_changes
+                .iter()
+                .map(|(k, v)| format!("{v} {k}"))
+                .collect();
             match (&definition.workspace, commit) {
                 (Some(lower), true) => match apply_changes(&upper, lower) {
                     Ok(_) => {
                         manifest.workspace_committed = true;
-                        eprintln!("agentspace: workspace changes ({}) applied to {}", summary.join(", "), lower.display());
+                        eprintln!(
+                            "agentspace: workspace changes ({}) applied to {}",
+                            summary.join(", "),
+                            lower.display()
+                        );
                     }
-                    Err(e) => eprintln!("agentspace: workspace changes were NOT applied: {e}; they remain in {}", upper.display()),
+                    Err(e) => eprintln!(
+                        "agentspace: workspace changes were NOT applied: {e}; they remain in {}",
+                        upper.display()
+                    ),
                 },
                 _ => eprintln!(
                     "agentspace: workspace changes ({}) kept in {}{}",
                     summary.join(", "),
                     upper.display(),
-                    if definition.workspace.is_some() { " (apply them with --commit-workspace)" } else { "" }
+                    if definition.workspace.is_some() {
+                        " (apply them with --commit-workspace)"
+                    } else {
+                        ""
+                    }
                 ),
             }
         }
@@ -306,7 +394,8 @@ fn humantime(d: std::time::Duration) -> String {
 fn write_manifest(task_dir: &Path, manifest: &TaskManifest) -> Result<()> {
     let path = task_dir.join("manifest.json");
     let tmp = task_dir.join("manifest.json.tmp");
-    fs::write(&tmp, serde_json::to_vec_pretty(manifest)?).with_context(|| format!("cannot write `{}`", tmp.display()))?;
+    fs::write(&tmp, serde_json::to_vec_pretty(manifest)?)
+        .with_context(|| format!("cannot write `{}`", tmp.display()))?;
     fs::rename(&tmp, &path).with_context(|| format!("cannot write `{}`", path.display()))
 }
 

@@ -38,22 +38,33 @@ pub(crate) fn run(state: &StateDir, cmd: Command) -> Result<ExitCode> {
             }
             manifests.sort_by(|a, b| b.task.cmp(&a.task));
             if !json {
-                println!("{:<26}  {:<8}  {:<16}  {:<12}  {:>4}  STARTED", "TASK", "TENANT", "AGENT", "USER", "EXIT");
+                println!(
+                    "{:<26}  {:<8}  {:<16}  {:<12}  {:>4}  STARTED",
+                    "TASK", "TENANT", "AGENT", "USER", "EXIT"
+                );
             }
             for m in manifests {
                 if json {
                     println!("{}", serde_json::to_string(&m)?);
                 } else {
                     let exit = m.exit_code.map_or("-".to_owned(), |c| c.to_string());
-                    println!("{:<26}  {:<8}  {:<16}  {:<12}  {:>4}  {}", m.task, m.tenant, m.agent, m.user, exit, m.started_at);
+                    println!(
+                        "{:<26}  {:<8}  {:<16}  {:<12}  {:>4}  {}",
+                        m.task, m.tenant, m.agent, m.user, exit, m.started_at
+                    );
                 }
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Show { id } => {
             let id = TaskId::parse(&id)?;
-            let path = state.path().join("tasks").join(id.as_str()).join("manifest.json");
-            let m = read_manifest(&path).with_context(|| format!("no task `{id}` in {}", state.path().display()))?;
+            let path = state
+                .path()
+                .join("tasks")
+                .join(id.as_str())
+                .join("manifest.json");
+            let m = read_manifest(&path)
+                .with_context(|| format!("no task `{id}` in {}", state.path().display()))?;
             println!("{}", serde_json::to_string_pretty(&m)?);
             Ok(ExitCode::SUCCESS)
         }

@@ -11,7 +11,9 @@ pub(crate) struct StateDir(PathBuf);
 impl StateDir {
     pub(crate) fn resolve(given: Option<PathBuf>) -> Self {
         let path = given.unwrap_or_else(|| {
-            let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/root"));
             home.join(".local/share/agentspace")
         });
         Self(path)
@@ -31,7 +33,9 @@ impl StateDir {
             .recursive(true)
             .mode(0o700)
             .create(&dir)
-            .map_err(|e| anyhow::anyhow!("cannot create state directory `{}`: {e}", dir.display()))?;
+            .map_err(|e| {
+                anyhow::anyhow!("cannot create state directory `{}`: {e}", dir.display())
+            })?;
         Ok(dir)
     }
 }

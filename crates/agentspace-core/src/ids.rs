@@ -13,7 +13,9 @@ pub struct Name(String);
 
 /// Why a string is not a valid [`Name`].
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("`{value}` is not a valid name: {why} (use 1-63 lowercase letters, digits and `-`, starting and ending with a letter or digit)")]
+#[error(
+    "`{value}` is not a valid name: {why} (use 1-63 lowercase letters, digits and `-`, starting and ending with a letter or digit)"
+)]
 pub struct InvalidName {
     value: String,
     why: &'static str,
@@ -22,14 +24,20 @@ pub struct InvalidName {
 impl Name {
     /// Checks `value` against the name rule.
     pub fn new(value: &str) -> Result<Self, InvalidName> {
-        let fail = |why| InvalidName { value: value.to_owned(), why };
+        let fail = |why| InvalidName {
+            value: value.to_owned(),
+            why,
+        };
         if value.is_empty() {
             return Err(fail("it is empty"));
         }
         if value.len() > 63 {
             return Err(fail("it is longer than 63 characters"));
         }
-        if !value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+        if !value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
             return Err(fail("it has a character other than a-z, 0-9 and `-`"));
         }
         if value.starts_with('-') || value.ends_with('-') {
@@ -81,8 +89,8 @@ impl TaskId {
     /// random bits; the caller supplies both so this crate stays free of I/O.
     pub fn from_parts(unix_millis: u64, random: u128) -> Self {
         const ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
-        let value: u128 = (u128::from(unix_millis & 0xffff_ffff_ffff) << 80)
-            | (random & ((1u128 << 80) - 1));
+        let value: u128 =
+            (u128::from(unix_millis & 0xffff_ffff_ffff) << 80) | (random & ((1u128 << 80) - 1));
         let mut out = String::with_capacity(26);
         for i in (0..26).rev() {
             let digit = ((value >> (i * 5)) & 31) as usize;
@@ -95,11 +103,16 @@ impl TaskId {
     /// 26 base32 characters so an id can never name a path outside the state directory.
     pub fn parse(value: &str) -> Result<Self, InvalidName> {
         let ok = value.len() == 26
-            && value.bytes().all(|b| b"0123456789abcdefghjkmnpqrstvwxyz".contains(&b));
+            && value
+                .bytes()
+                .all(|b| b"0123456789abcdefghjkmnpqrstvwxyz".contains(&b));
         if ok {
             Ok(Self(value.to_owned()))
         } else {
-            Err(InvalidName { value: value.to_owned(), why: "a task id is 26 characters of 0-9 and a-z (without i, l, o, u)" })
+            Err(InvalidName {
+                value: value.to_owned(),
+                why: "a task id is 26 characters of 0-9 and a-z (without i, l, o, u)",
+            })
         }
     }
 

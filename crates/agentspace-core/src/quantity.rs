@@ -23,7 +23,9 @@ impl Size {
     /// Parses `256Mi`, `1Gi`, `2G`, `512k` or a plain number of bytes.
     pub fn parse(text: &str) -> Result<Self, String> {
         let text = text.trim();
-        let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
         let (digits, unit) = text.split_at(split);
         let expected = || format!("expected a size such as 256Mi or 1Gi, found `{text}`");
         let number: u64 = digits.parse().map_err(|_| expected())?;
@@ -39,14 +41,22 @@ impl Size {
             "Ti" => 1 << 40,
             _ => return Err(expected()),
         };
-        number.checked_mul(factor).map(Self).ok_or_else(|| format!("size `{text}` is too large"))
+        number
+            .checked_mul(factor)
+            .map(Self)
+            .ok_or_else(|| format!("size `{text}` is too large"))
     }
 }
 
 impl fmt::Display for Size {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
-        for (unit, factor) in [("Ti", 1u64 << 40), ("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)] {
+        for (unit, factor) in [
+            ("Ti", 1u64 << 40),
+            ("Gi", 1 << 30),
+            ("Mi", 1 << 20),
+            ("Ki", 1 << 10),
+        ] {
             if b >= factor && b.is_multiple_of(factor) {
                 return write!(f, "{}{unit}", b / factor);
             }
@@ -154,7 +164,9 @@ impl Cpu {
         if cores.is_finite() && (0.01..=1024.0).contains(&cores) {
             Ok(Self(cores))
         } else {
-            Err(format!("expected a number of cores between 0.01 and 1024, such as 1.0, found `{cores}`"))
+            Err(format!(
+                "expected a number of cores between 0.01 and 1024, such as 1.0, found `{cores}`"
+            ))
         }
     }
 }

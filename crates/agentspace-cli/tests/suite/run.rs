@@ -30,10 +30,16 @@ fn exit_codes_follow_docker_run() {
     assert!(r.stderr.contains("command not found"), "{r:?}");
     let r = s.run(&s.path().join("hello.yaml"), &["/workspace/notes.txt"]);
     assert_eq!(r.code, 126, "{r:?}");
-    let bad = s.definition("bad.yaml", &super::support::HELLO.replace("pids: 64", "pids: lots"));
+    let bad = s.definition(
+        "bad.yaml",
+        &super::support::HELLO.replace("pids: 64", "pids: lots"),
+    );
     let r = s.run(&bad, &["true"]);
     assert_eq!(r.code, 125, "{r:?}");
-    assert!(r.stderr.contains("line 10") && r.stderr.contains("spec.resources.pids"), "{r:?}");
+    assert!(
+        r.stderr.contains("line 10") && r.stderr.contains("spec.resources.pids"),
+        "{r:?}"
+    );
     // A signal ends the agent: 128 + signal number.
     assert_eq!(s.sh("kill -TERM $$").code, 128 + 15);
 }
@@ -48,7 +54,12 @@ fn stdin_passes_through_and_output_is_streamed_and_logged() {
         .command()
         .args(["run", "-f"])
         .arg(s.path().join("hello.yaml"))
-        .args(["--", "sh", "-c", "read line; echo got:$line; echo err:$line >&2"])
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "read line; echo got:$line; echo err:$line >&2",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -60,8 +71,14 @@ fn stdin_passes_through_and_output_is_streamed_and_logged() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("err:ping"));
     let m = s.last_manifest();
     let task_dir = s.state().join("tasks").join(m["task"].as_str().unwrap());
-    assert_eq!(std::fs::read_to_string(task_dir.join("stdout.log")).unwrap(), "got:ping\n");
-    assert_eq!(std::fs::read_to_string(task_dir.join("stderr.log")).unwrap(), "err:ping\n");
+    assert_eq!(
+        std::fs::read_to_string(task_dir.join("stdout.log")).unwrap(),
+        "got:ping\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(task_dir.join("stderr.log")).unwrap(),
+        "err:ping\n"
+    );
 }
 
 #[test]
@@ -71,7 +88,9 @@ fn the_manifest_records_the_task_and_tasks_show_prints_it() {
     }
     let s = Sandbox::new();
     let mut c = s.command();
-    c.args(["run", "--user", "alice", "-f"]).arg(s.path().join("hello.yaml")).args(["--", "sh", "-c", "exit 7"]);
+    c.args(["run", "--user", "alice", "-f"])
+        .arg(s.path().join("hello.yaml"))
+        .args(["--", "sh", "-c", "exit 7"]);
     let r: super::support::Ran = c.output().unwrap().into();
     assert_eq!(r.code, 7);
     let m = s.last_manifest();
@@ -81,8 +100,16 @@ fn the_manifest_records_the_task_and_tasks_show_prints_it() {
     assert_eq!(m["state"], "exited");
     assert_eq!(m["exit_code"], 7);
     assert_eq!(m["limits"]["memory_bytes"], 256 << 20);
-    assert!(m["definition_digest"].as_str().unwrap().starts_with("sha256:"));
-    assert!(m["landlock"].as_str().unwrap().contains("filesystem"), "{m}");
+    assert!(
+        m["definition_digest"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
+    assert!(
+        m["landlock"].as_str().unwrap().contains("filesystem"),
+        "{m}"
+    );
     assert!(m["host_uid"].as_u64().unwrap() >= 0x4000_0000);
 
     let id = m["task"].as_str().unwrap();
@@ -92,7 +119,11 @@ fn the_manifest_records_the_task_and_tasks_show_prints_it() {
     assert_eq!(shown, m);
     let out = s.command().args(["tasks", "list"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains(id));
-    let out = s.command().args(["tasks", "show", "../../etc"]).output().unwrap();
+    let out = s
+        .command()
+        .args(["tasks", "show", "../../etc"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
 }
 
@@ -107,23 +138,38 @@ fn the_host_workspace_is_untouched_until_the_user_commits() {
     assert_eq!(r.code, 0, "{r:?}");
     // Inside, the agent owns the workspace files (uid 1000).
     assert!(r.stdout.contains(" 1000 1000 "), "{r:?}");
-    assert_eq!(std::fs::read_to_string(s.path().join("workspace/notes.txt")).unwrap(), "hello from the host\n");
+    assert_eq!(
+        std::fs::read_to_string(s.path().join("workspace/notes.txt")).unwrap(),
+        "hello from the host\n"
+    );
     assert!(!s.path().join("workspace/new.txt").exists());
     assert!(r.stderr.contains("--commit-workspace"), "{r:?}");
     let m = s.last_manifest();
     assert_eq!(m["workspace_changes"]["added"], 3);
     assert_eq!(m["workspace_changes"]["modified"], 1);
     let upper = std::path::PathBuf::from(m["workspace_changes_dir"].as_str().unwrap());
-    assert_eq!(std::fs::read_to_string(upper.join("new.txt")).unwrap(), "new\n");
+    assert_eq!(
+        std::fs::read_to_string(upper.join("new.txt")).unwrap(),
+        "new\n"
+    );
 
     let mut c = s.command();
     c.args(["run", "--commit-workspace", "-f"]).arg(s.path().join("hello.yaml")).args(["--", "sh", "-c", "echo committed > /workspace/notes.txt; rm /workspace/notes.txt; echo n > /workspace/n.txt"]);
     let r: super::support::Ran = c.output().unwrap().into();
     assert_eq!(r.code, 0, "{r:?}");
     assert!(!s.path().join("workspace/notes.txt").exists());
-    assert_eq!(std::fs::read_to_string(s.path().join("workspace/n.txt")).unwrap(), "n\n");
+    assert_eq!(
+        std::fs::read_to_string(s.path().join("workspace/n.txt")).unwrap(),
+        "n\n"
+    );
     use std::os::unix::fs::MetadataExt;
-    assert_eq!(std::fs::metadata(s.path().join("workspace/n.txt")).unwrap().uid(), 0, "committed files belong to the workspace owner");
+    assert_eq!(
+        std::fs::metadata(s.path().join("workspace/n.txt"))
+            .unwrap()
+            .uid(),
+        0,
+        "committed files belong to the workspace owner"
+    );
 }
 
 #[test]
@@ -149,16 +195,31 @@ fn the_cell_sees_its_own_world_only() {
     let r: super::support::Ran = c.output().unwrap().into();
     assert_eq!(r.code, 0, "{r:?}");
     let lines: Vec<&str> = r.stdout.lines().collect();
-    let root_entries: Vec<&str> = r.stdout.split("\n1000\n").nth(1).unwrap_or("").lines().collect();
+    let root_entries: Vec<&str> = r
+        .stdout
+        .split("\n1000\n")
+        .nth(1)
+        .unwrap_or("")
+        .lines()
+        .collect();
     assert_eq!(lines[0], "hello");
     assert_eq!(lines[1], "hi");
-    assert!(!r.stdout.contains("s3cr3t"), "host environment leaked: {r:?}");
+    assert!(
+        !r.stdout.contains("s3cr3t"),
+        "host environment leaked: {r:?}"
+    );
     assert!(r.stdout.contains("rate,1"));
     assert!(r.stdout.contains("ro-ok"));
     assert!(r.stdout.contains("\n1000\n"));
-    assert!(root_entries.contains(&"workspace") && root_entries.contains(&"usr"), "{r:?}");
+    assert!(
+        root_entries.contains(&"workspace") && root_entries.contains(&"usr"),
+        "{r:?}"
+    );
     for absent in ["root", "sys", "boot", "var", "srv", "opt"] {
-        assert!(!root_entries.contains(&absent), "/{absent} should not exist in the cell: {r:?}");
+        assert!(
+            !root_entries.contains(&absent),
+            "/{absent} should not exist in the cell: {r:?}"
+        );
     }
 }
 
@@ -170,7 +231,10 @@ fn real_programs_run_inside() {
     let s = Sandbox::new();
     let r = s.sh("python3 -c 'import ssl, json, sqlite3; print(\"py-ok\")' && git --version && curl --version | head -1 && cd /workspace && git init -q . && git add . && git -c user.email=a@b -c user.name=a commit -qm x && echo git-ok");
     assert_eq!(r.code, 0, "{r:?}");
-    assert!(r.stdout.contains("py-ok") && r.stdout.contains("git-ok"), "{r:?}");
+    assert!(
+        r.stdout.contains("py-ok") && r.stdout.contains("git-ok"),
+        "{r:?}"
+    );
 }
 
 #[test]
@@ -189,14 +253,23 @@ fn one_interrupt_reaches_the_agent_and_a_second_kills_the_cell() {
         .spawn()
         .unwrap();
     wait_for_line(child.stdout.as_mut().unwrap(), "ready");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::SIGINT).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::SIGINT,
+    )
+    .unwrap();
     assert_eq!(child.wait().unwrap().code(), Some(42));
 
     let mut child = s
         .command()
         .args(["run", "-f"])
         .arg(s.path().join("hello.yaml"))
-        .args(["--", "sh", "-c", "trap '' INT; echo ready; while :; do sleep 0.1; done"])
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "trap '' INT; echo ready; while :; do sleep 0.1; done",
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -206,7 +279,12 @@ fn one_interrupt_reaches_the_agent_and_a_second_kills_the_cell() {
     std::thread::sleep(Duration::from_millis(200));
     nix::sys::signal::kill(pid, nix::sys::signal::SIGINT).unwrap();
     assert_eq!(child.wait().unwrap().code(), Some(137));
-    assert!(s.last_manifest()["limits_hit"].as_array().unwrap().contains(&"interrupted".into()));
+    assert!(
+        s.last_manifest()["limits_hit"]
+            .as_array()
+            .unwrap()
+            .contains(&"interrupted".into())
+    );
 }
 
 #[test]
@@ -220,21 +298,32 @@ fn killing_agentspace_leaves_no_process_behind() {
         .command()
         .args(["run", "-f"])
         .arg(s.path().join("hello.yaml"))
-        .args(["--", "sh", "-c", &format!("sleep {marker} & echo ready; sleep {marker}")])
+        .args([
+            "--",
+            "sh",
+            "-c",
+            &format!("sleep {marker} & echo ready; sleep {marker}"),
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     wait_for_line(child.stdout.as_mut().unwrap(), "ready");
     let deadline = Instant::now() + Duration::from_secs(10);
     while processes_with(&format!("sleep {marker}")) < 2 {
-        assert!(Instant::now() < deadline, "the cell's sleep processes never appeared");
+        assert!(
+            Instant::now() < deadline,
+            "the cell's sleep processes never appeared"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     child.kill().unwrap();
     child.wait().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while processes_with(&format!("sleep {marker}")) > 0 {
-        assert!(Instant::now() < deadline, "cell processes outlived agentspace");
+        assert!(
+            Instant::now() < deadline,
+            "cell processes outlived agentspace"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -248,7 +337,10 @@ pub fn wait_for_line(from: &mut impl std::io::Read, want: &str) {
             return;
         }
     }
-    panic!("stream ended before `{want}`: {}", String::from_utf8_lossy(&seen));
+    panic!(
+        "stream ended before `{want}`: {}",
+        String::from_utf8_lossy(&seen)
+    );
 }
 
 /// Counts host processes whose command line is exactly `cmdline` (words joined by spaces).

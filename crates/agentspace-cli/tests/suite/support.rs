@@ -13,9 +13,13 @@ pub fn privileged() -> bool {
         return true;
     }
     if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-        panic!("privileged tests must run as root in CI (they need namespaces, mounts and cgroups)");
+        panic!(
+            "privileged tests must run as root in CI (they need namespaces, mounts and cgroups)"
+        );
     }
-    eprintln!("skipping: this test needs root (namespaces, mounts, cgroups); run the suite with sudo");
+    eprintln!(
+        "skipping: this test needs root (namespaces, mounts, cgroups); run the suite with sudo"
+    );
     false
 }
 
@@ -31,7 +35,11 @@ pub struct Ran {
 
 impl std::fmt::Debug for Ran {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "exit {}\n--- stdout\n{}\n--- stderr\n{}", self.code, self.stdout, self.stderr)
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
     }
 }
 
@@ -62,9 +70,16 @@ spec:
 impl Sandbox {
     /// A temp dir with `workspace/notes.txt` and `hello.yaml`.
     pub fn new() -> Self {
-        let dir = tempfile::Builder::new().prefix("agentspace-test-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("agentspace-test-")
+            .tempdir()
+            .unwrap();
         std::fs::create_dir_all(dir.path().join("workspace")).unwrap();
-        std::fs::write(dir.path().join("workspace/notes.txt"), "hello from the host\n").unwrap();
+        std::fs::write(
+            dir.path().join("workspace/notes.txt"),
+            "hello from the host\n",
+        )
+        .unwrap();
         std::fs::write(dir.path().join("hello.yaml"), HELLO).unwrap();
         Sandbox { dir }
     }
@@ -111,7 +126,10 @@ impl Sandbox {
     /// The manifests of all tasks run in this sandbox.
     pub fn manifests(&self) -> Vec<serde_json::Value> {
         let mut out = Vec::new();
-        for e in std::fs::read_dir(self.state().join("tasks")).unwrap().flatten() {
+        for e in std::fs::read_dir(self.state().join("tasks"))
+            .unwrap()
+            .flatten()
+        {
             let text = std::fs::read_to_string(e.path().join("manifest.json")).unwrap();
             out.push(serde_json::from_str(&text).unwrap());
         }

@@ -63,7 +63,9 @@ fn definition_yaml(def: usize) -> String {
             rule_methods(r).join(", ")
         );
         if r % 5 == 0 {
-            y.push_str("      approval: {when: 'context.body has amount && context.body.amount > 1000'}\n");
+            y.push_str(
+                "      approval: {when: 'context.body has amount && context.body.amount > 1000'}\n",
+            );
         }
     }
     y
@@ -77,22 +79,34 @@ fn extra_policies() -> (String, serde_json::Value) {
         match k % 4 {
             0 => {
                 let h = host(k * 2 % DEFINITIONS, k % RULES);
-                let _ = writeln!(cedar, "@id(\"x{k}\")\nforbid (principal, action in AgentSpace::Action::\"http\", resource == AgentSpace::Host::\"{h}\");");
+                let _ = writeln!(
+                    cedar,
+                    "@id(\"x{k}\")\nforbid (principal, action in AgentSpace::Action::\"http\", resource == AgentSpace::Host::\"{h}\");"
+                );
                 hosts.push(h);
             }
             1 => {
                 let l = format!("label{k}");
-                let _ = writeln!(cedar, "@id(\"x{k}\")\nforbid (principal, action == AgentSpace::Action::\"POST\", resource) when {{ context.labels.contains(\"{l}\") }};");
+                let _ = writeln!(
+                    cedar,
+                    "@id(\"x{k}\")\nforbid (principal, action == AgentSpace::Action::\"POST\", resource) when {{ context.labels.contains(\"{l}\") }};"
+                );
                 labels.push(l);
             }
             2 => {
                 let (h, p) = (k % 24, format!("/api/v{}/admin", k % RULES));
-                let _ = writeln!(cedar, "@id(\"x{k}\")\nforbid (principal, action in AgentSpace::Action::\"http\", resource) when {{ context.time.hour == {h} && context.path like \"{p}*\" }};");
+                let _ = writeln!(
+                    cedar,
+                    "@id(\"x{k}\")\nforbid (principal, action in AgentSpace::Action::\"http\", resource) when {{ context.time.hour == {h} && context.path like \"{p}*\" }};"
+                );
                 hours.push(serde_json::json!({"hour": h, "prefix": p}));
             }
             _ => {
                 let e = format!("prod{k}");
-                let _ = writeln!(cedar, "@id(\"x{k}\")\nforbid (principal, action in AgentSpace::Action::\"http\", resource) when {{ context.headers has \"x-env\" && context.headers[\"x-env\"] == \"{e}\" }};");
+                let _ = writeln!(
+                    cedar,
+                    "@id(\"x{k}\")\nforbid (principal, action in AgentSpace::Action::\"http\", resource) when {{ context.headers has \"x-env\" && context.headers[\"x-env\"] == \"{e}\" }};"
+                );
                 envs.push(e);
             }
         }
@@ -181,14 +195,22 @@ fn request(rng: &mut Rng, unix: u64) -> (usize, Request, String) {
         };
         (host(d, r), m, p)
     } else {
-        (format!("other{}.example", rng.below(50)), METHODS[rng.below(4)], format!("/x/{}", rng.below(100)))
+        (
+            format!("other{}.example", rng.below(50)),
+            METHODS[rng.below(4)],
+            format!("/x/{}", rng.below(100)),
+        )
     };
-    let mut ctx = RequestContext { time: Some(unix + 3600 * rng.below(24) as u64), ..RequestContext::default() };
+    let mut ctx = RequestContext {
+        time: Some(unix + 3600 * rng.below(24) as u64),
+        ..RequestContext::default()
+    };
     if rng.below(4) == 0 {
         ctx.labels.insert(format!("label{}", 1 + 4 * rng.below(13)));
     }
     if rng.below(4) == 0 {
-        ctx.headers.insert("x-env".into(), format!("prod{}", 3 + 4 * rng.below(13)));
+        ctx.headers
+            .insert("x-env".into(), format!("prod{}", 3 + 4 * rng.below(13)));
     }
     if rng.below(2) == 0 {
         ctx.body = Some(serde_json::json!({"amount": rng.below(2000), "memo": "invoice 7"}));
@@ -196,7 +218,10 @@ fn request(rng: &mut Rng, unix: u64) -> (usize, Request, String) {
     let principal = Principal::new(
         Name::new("acme").unwrap(),
         UserId::new("alice@acme.example").unwrap(),
-        Actor::new(Name::new(&format!("agent{d}")).unwrap(), TaskRef::new(&format!("t{d}")).unwrap()),
+        Actor::new(
+            Name::new(&format!("agent{d}")).unwrap(),
+            TaskRef::new(&format!("t{d}")).unwrap(),
+        ),
     );
     let hour = (ctx.time.unwrap() % 86_400) / 3600;
     let input = serde_json::json!({
@@ -206,8 +231,15 @@ fn request(rng: &mut Rng, unix: u64) -> (usize, Request, String) {
     });
     let req = Request {
         principal,
-        action: Action::Http { method: method.to_owned() },
-        resource: Resource { host: Some(h), port: Some(443), path: Some(path), ..Resource::default() },
+        action: Action::Http {
+            method: method.to_owned(),
+        },
+        resource: Resource {
+            host: Some(h),
+            port: Some(443),
+            path: Some(path),
+            ..Resource::default()
+        },
         context: ctx,
     };
     (d, req, input.to_string())
@@ -241,13 +273,17 @@ fn main() {
 
     let load_start = Instant::now();
     let mut rego = regorus::Engine::new();
-    rego.add_policy("agentspace.rego".into(), REGO.into()).unwrap();
-    rego.add_data_json(&rego_data(extra_data).to_string()).unwrap();
+    rego.add_policy("agentspace.rego".into(), REGO.into())
+        .unwrap();
+    rego.add_data_json(&rego_data(extra_data).to_string())
+        .unwrap();
     let rego_load = load_start.elapsed();
 
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let base_unix = 1_767_571_200; // 2026-01-05 00:00 UTC
-    let requests: Vec<(usize, Request, String)> = (0..REQUESTS).map(|_| request(&mut rng, base_unix)).collect();
+    let requests: Vec<(usize, Request, String)> = (0..REQUESTS)
+        .map(|_| request(&mut rng, base_unix))
+        .collect();
 
     // Warm up both, and check that they agree on every request.
     let mut counts = std::collections::BTreeMap::new();
@@ -295,17 +331,36 @@ fn main() {
         v.sort();
     }
     let row = |name: &str, v: &[Duration]| {
-        println!("| {name} | {} | {:.1} | {:.1} | {:.1} |", v.len(), us(percentile(v, 0.5)), us(percentile(v, 0.99)), us(*v.last().unwrap()));
+        println!(
+            "| {name} | {} | {:.1} | {:.1} | {:.1} |",
+            v.len(),
+            us(percentile(v, 0.5)),
+            us(percentile(v, 0.99)),
+            us(*v.last().unwrap())
+        );
     };
-    println!("load: {DEFINITIONS} definitions x {RULES} rules + {EXTRA} shared policies; Cedar compile+validate {:.0} ms, Rego load {:.0} ms", cedar_load.as_secs_f64() * 1000.0, rego_load.as_secs_f64() * 1000.0);
+    println!(
+        "load: {DEFINITIONS} definitions x {RULES} rules + {EXTRA} shared policies; Cedar compile+validate {:.0} ms, Rego load {:.0} ms",
+        cedar_load.as_secs_f64() * 1000.0,
+        rego_load.as_secs_f64() * 1000.0
+    );
     println!("outcomes: {counts:?} (both engines agree on all {REQUESTS})");
     println!("policies per Cedar definition: {}", compiled[0].len());
     println!();
     println!("| engine | decisions | p50 µs | p99 µs | max µs |");
     println!("| --- | ---: | ---: | ---: | ---: |");
-    row("Agent Space, Cedar evaluation (`CompiledPolicies::evaluate`)", &cedar_times);
-    row("Rego, regorus (`set_input_json` + `eval_rule`)", &rego_times);
-    row("Agent Space, full decision (`PolicyEngine::decide`: + revocation, loop, SQLite budgets)", &engine_times);
+    row(
+        "Agent Space, Cedar evaluation (`CompiledPolicies::evaluate`)",
+        &cedar_times,
+    );
+    row(
+        "Rego, regorus (`set_input_json` + `eval_rule`)",
+        &rego_times,
+    );
+    row(
+        "Agent Space, full decision (`PolicyEngine::decide`: + revocation, loop, SQLite budgets)",
+        &engine_times,
+    );
     println!();
     println!(
         "ratio Rego / Cedar: p50 {:.2}x, p99 {:.2}x",

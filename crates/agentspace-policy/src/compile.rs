@@ -61,9 +61,117 @@ pub struct CompiledPolicies {
     /// Forbids annotated `@approval`: evaluated only once `base` allows.
     pub(crate) approvals: PolicySet,
     pub(crate) meta: HashMap<PolicyId, PolicyMeta>,
+    /// `base` and `approvals` cut by action and resource scope, so that a decision only
+    /// evaluates the policies whose scope can match (Cedar evaluates every policy it is
+    /// given; this index keeps latency flat as policies grow).
+    pub(crate) index: HashMap<String, Slice>,
     generated: String,
     files: Vec<(String, String)>,
     warnings: Vec<String>,
+}
+
+/// The policies that can apply to one action: by the resource their scope names
+/// (`resource == X`), and those whose scope names no single resource.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Slice {
+    by_resource: HashMap<String, (PolicySet, PolicySet)>,
+    any: (PolicySet, PolicySet),
+}
+
+impl CompiledPolicies {
+    /// The (base, approval) policies that can apply to `action` on `resource` (both
+    /// Cedar uids as strings); `None` when no policy can.
+    pub(crate) fn slice(&self, action: &str, resource: &str) -> Option<&(PolicySet, PolicySet)> {
+        let slice = self.index.get(action)?;
+        Some(slice.by_resource.get(resource).unwrap_or(&slice.any))
+    }
+}
+
+/// Every action of the schema, with whether it is an HTTP method.
+const ACTIONS: &[(&str, bool)] = &[
+    ("GET", true),
+    ("HEAD", true),
+    ("POST", true),
+    ("PUT", true),
+    ("PATCH", true),
+    ("DELETE", true),
+    ("OPTIONS", true),
+    ("dns", false),
+    ("mcp", false),
+    ("spawn", false),
+];
+
+fn action_uid(name: &str) -> String {
+    format!("AgentSpace::Action::{}", quote(name))
+}
+
+/// Whether a policy's action scope can match `action`.
+fn applies_to_action(policy: &Policy, action: &str, is_http: bool) -> bool {
+    let matches = |uid: &cedar_policy::EntityUid| {
+        let uid = uid.to_string();
+        uid == action_uid(action) || (is_http && uid == action_uid("http"))
+    };
+    match policy.action_constraint() {
+        cedar_policy::ActionConstraint::Any => true,
+        cedar_policy::ActionConstraint::Eq(uid) => matches(&uid),
+        cedar_policy::ActionConstraint::In(uids) => uids.iter().any(matches),
+    }
+}
+
+/// The single resource a policy's scope is restricted to, if any.
+fn scoped_resource(policy: &Policy) -> Option<String> {
+    match policy.resource_constraint() {
+        cedar_policy::ResourceConstraint::Eq(uid) => Some(uid.to_string()),
+        _ => None,
+    }
+}
+
+fn build_index(base: &PolicySet, approvals: &PolicySet) -> Result<HashMap<String, Slice>, String> {
+    let mut index = HashMap::new();
+    for (action, is_http) in ACTIONS {
+        let mut slice = Slice::default();
+        let sets = [(base, false), (approvals, true)];
+        // First the resources named by scopes, so each gets its own sets.
+        for (set, _) in &sets {
+            for p in set.policies() {
+                if applies_to_action(p, action, *is_http)
+                    && let Some(r) = scoped_resource(p)
+                {
+                    slice.by_resource.entry(r).or_default();
+                }
+            }
+        }
+        for (set, is_approval) in &sets {
+            for p in set.policies() {
+                if !applies_to_action(p, action, *is_http) {
+                    continue;
+                }
+                let pick = |pair: &mut (PolicySet, PolicySet)| {
+                    let target = if *is_approval {
+                        &mut pair.1
+                    } else {
+                        &mut pair.0
+                    };
+                    target.add(p.clone()).map_err(|e| e.to_string())
+                };
+                match scoped_resource(p) {
+                    Some(r) => {
+                        if let Some(pair) = slice.by_resource.get_mut(&r) {
+                            pick(pair)?;
+                        }
+                    }
+                    None => {
+                        pick(&mut slice.any)?;
+                        for pair in slice.by_resource.values_mut() {
+                            pick(pair)?;
+                        }
+                    }
+                }
+            }
+        }
+        index.insert(action_uid(action), slice);
+    }
+    Ok(index)
 }
 
 /// Where a policy came from, for error locations.
@@ -246,12 +354,18 @@ impl CompiledPolicies {
             })?;
         }
 
+        let index = build_index(&base, &approvals).map_err(|message| PolicyError::Field {
+            file: def_file.clone(),
+            field: "spec".to_owned(),
+            message,
+        })?;
         Ok(Self {
             tenant: definition.tenant.to_string(),
             agent: definition.name.to_string(),
             base,
             approvals,
             meta,
+            index,
             generated: generated.text,
             files,
             warnings,
@@ -378,11 +492,24 @@ fn generate(def: &Definition, def_file: &str) -> Result<Generated, PolicyError> 
             format!("\nwhen {{ {} }}", list.join(" || "))
         };
         let name = rule.name.as_str();
+        // One exact host goes in the scope, where the decision index can see it.
+        let (resource, hosts) = match rule.hosts.as_slice() {
+            [only] if !only.starts_with("*.") => (
+                format!("resource == AgentSpace::Host::{}", quote(only)),
+                "true".to_owned(),
+            ),
+            _ => ("resource".to_owned(), hosts),
+        };
+        let when_hosts = if hosts == "true" {
+            String::new()
+        } else {
+            format!("\nwhen {{ {hosts} }}")
+        };
         policies.push(GeneratedPolicy {
             id: format!("egress.{name}"),
             field: field.clone(),
             text: format!(
-                "@id({id})\n@capability({cap})\npermit (\n  principal in {agent},\n  {actions},\n  resource\n)\nwhen {{ {hosts} }}{paths};\n",
+                "@id({id})\n@capability({cap})\npermit (\n  principal in {agent},\n  {actions},\n  {resource}\n){when_hosts}{paths};\n",
                 id = quote(&format!("egress.{name}")),
                 cap = quote(name),
             ),
@@ -391,7 +518,7 @@ fn generate(def: &Definition, def_file: &str) -> Result<Generated, PolicyError> 
             id: format!("egress.{name}.dns"),
             field: format!("{field}.hosts"),
             text: format!(
-                "@id({id})\npermit (\n  principal in {agent},\n  action == AgentSpace::Action::\"dns\",\n  resource\n)\nwhen {{ {hosts} }};\n",
+                "@id({id})\npermit (\n  principal in {agent},\n  action == AgentSpace::Action::\"dns\",\n  {resource}\n){when_hosts};\n",
                 id = quote(&format!("egress.{name}.dns")),
             ),
         });
@@ -420,7 +547,7 @@ fn generate(def: &Definition, def_file: &str) -> Result<Generated, PolicyError> 
                 id: format!("egress.{name}.approval"),
                 field: when_field,
                 text: format!(
-                    "@id({id})\n@capability({cap})\n@approval({prompt})\n@timeout({timeout})\nforbid (\n  principal in {agent},\n  {actions},\n  resource\n)\nwhen {{ {hosts} }}{paths}{condition};\n",
+                    "@id({id})\n@capability({cap})\n@approval({prompt})\n@timeout({timeout})\nforbid (\n  principal in {agent},\n  {actions},\n  {resource}\n){when_hosts}{paths}{condition};\n",
                     id = quote(&format!("egress.{name}.approval")),
                     cap = quote(name),
                     prompt = quote(&prompt),

@@ -58,8 +58,22 @@ impl CompiledPolicies {
                 );
             }
         };
+        let action_key = cedar_request
+            .action()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        let resource_key = cedar_request
+            .resource()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        let Some((base, approvals)) = self.slice(&action_key, &resource_key) else {
+            return denied(
+                DenyReason::NotPermitted,
+                format!("no policy permits {} (default deny)", describe(request)),
+            );
+        };
         let authorizer = Authorizer::new();
-        let response = authorizer.is_authorized(&cedar_request, &self.base, &entities);
+        let response = authorizer.is_authorized(&cedar_request, base, &entities);
         let determining: Vec<PolicyId> = sorted(response.diagnostics().reason());
         let errored: Vec<(PolicyId, String)> =
             response.diagnostics().errors().map(policy_error).collect();
@@ -128,8 +142,8 @@ impl CompiledPolicies {
         let policies: Vec<String> = determining.iter().map(ToString::to_string).collect();
 
         if !approved
-            && !self.approvals.is_empty()
-            && let Some(decision) = self.approval(&cedar_request, &entities, &what)
+            && !approvals.is_empty()
+            && let Some(decision) = self.approval(approvals, &cedar_request, &entities, &what)
         {
             return Evaluated {
                 decision,
@@ -170,11 +184,12 @@ impl CompiledPolicies {
     /// or that cannot be evaluated, means a human must decide.
     fn approval(
         &self,
+        approvals: &cedar_policy::PolicySet,
         request: &cedar_policy::Request,
         entities: &Entities,
         what: &str,
     ) -> Option<Decision> {
-        let response = Authorizer::new().is_authorized(request, &self.approvals, entities);
+        let response = Authorizer::new().is_authorized(request, approvals, entities);
         let mut ids: Vec<PolicyId> = sorted(response.diagnostics().reason());
         let errors: Vec<(PolicyId, String)> =
             response.diagnostics().errors().map(policy_error).collect();
@@ -357,7 +372,6 @@ fn build(
     usage: Usage,
     now: u64,
 ) -> Result<(cedar_policy::Request, Entities), String> {
-    let schema = schema().map_err(|e| e.to_string())?;
     let p = &request.principal;
     let tenant = uid("AgentSpace::Tenant", p.tenant().as_str())?;
     let user = uid("AgentSpace::User", p.user().as_str())?;
@@ -534,9 +548,27 @@ fn build(
     // the schema's closed record types. Policies were validated against it instead.
     let request =
         cedar_policy::Request::new(task, action, resource, context, None).map_err(|e| err(&e))?;
-    // With the schema, the action hierarchy (`POST` in `http`) is added to the entities.
-    let entities = Entities::from_entities(entities, Some(schema)).map_err(|e| err(&e))?;
+    // The action hierarchy (`POST` in `http`) comes from the schema, computed once;
+    // validating our own entities against the schema on every request would only cost.
+    let actions = action_entities()?;
+    let entities =
+        Entities::from_entities(entities.into_iter().chain(actions.iter().cloned()), None)
+            .map_err(|e| err(&e))?;
     Ok((request, entities))
+}
+
+/// The schema's action entities, computed once per process.
+fn action_entities() -> Result<&'static [Entity], String> {
+    static ACTIONS: std::sync::OnceLock<Result<Vec<Entity>, String>> = std::sync::OnceLock::new();
+    ACTIONS
+        .get_or_init(|| {
+            let schema = schema().map_err(|e| e.to_string())?;
+            let entities = schema.action_entities().map_err(|e| e.to_string())?;
+            Ok(entities.iter().cloned().collect())
+        })
+        .as_ref()
+        .map(Vec::as_slice)
+        .map_err(Clone::clone)
 }
 
 fn usage_record(u: Usage) -> Result<RestrictedExpression, impl std::fmt::Display> {

@@ -188,7 +188,18 @@ pub fn apply_changes(upper: &Path, lower: &Path) -> Result<Vec<Change>, Workspac
             let link = fs::read_link(&src).map_err(io_err("read link", &src))?;
             symlink(&link, &target).map_err(io_err("create link", &target))?;
         } else if ft.is_file() {
-            fs::copy(&src, &target).map_err(io_err("copy to", &target))?;
+            // Copy beside the target and rename over it: writing into the existing inode
+            // would also change every hard link to it, possibly outside the workspace.
+            let tmp = target.with_file_name(format!(
+                ".agentspace-commit-{}",
+                target
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            ));
+            let _ = fs::remove_file(&tmp);
+            fs::copy(&src, &tmp).map_err(io_err("copy to", &tmp))?;
+            fs::rename(&tmp, &target).map_err(io_err("replace", &target))?;
         } else {
             continue; // fifos, sockets, devices: never copied to the host
         }
@@ -252,6 +263,24 @@ mod tests {
             fs::read_link(lower.join("link")).unwrap(),
             Path::new("/etc/passwd")
         );
+    }
+
+    #[test]
+    fn committing_replaces_files_instead_of_writing_through_hard_links() {
+        let t = tempfile::tempdir().unwrap();
+        let (upper, lower) = (t.path().join("upper"), t.path().join("lower"));
+        fs::create_dir_all(&upper).unwrap();
+        fs::create_dir_all(&lower).unwrap();
+        let outside = t.path().join("outside.txt");
+        fs::write(&outside, "precious").unwrap();
+        fs::hard_link(&outside, lower.join("linked.txt")).unwrap();
+        fs::write(upper.join("linked.txt"), "agent wrote this").unwrap();
+        apply_changes(&upper, &lower).unwrap();
+        assert_eq!(
+            fs::read_to_string(lower.join("linked.txt")).unwrap(),
+            "agent wrote this"
+        );
+        assert_eq!(fs::read_to_string(&outside).unwrap(), "precious");
     }
 
     #[test]

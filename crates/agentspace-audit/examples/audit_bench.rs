@@ -207,7 +207,7 @@ fn main() {
                 "| {writers} | {batch} | {plain:.0} | {rate:.0} | {:.2} |",
                 rate / plain
             );
-            if batch == 1000 && (writers == 2 || only.is_some()) {
+            if (batch == 1000 && writers == 2) || only.is_some() {
                 biggest = Some((rate, log));
             }
         }

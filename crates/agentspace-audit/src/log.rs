@@ -272,6 +272,8 @@ impl AuditLog {
 struct Sealed {
     row: Row,
     hash: [u8; 32],
+    /// The Merkle leaf hash, for the next checkpoint.
+    leaf: [u8; 32],
     key: Arc<TenantKey>,
     receipt: Receipt,
 }
@@ -370,13 +372,18 @@ impl Writer {
                 }
             }
             sign_all(&mut sealed);
-            let rows: Vec<Row> = sealed.iter().map(|s| s.row.clone()).collect();
+            let rows: Vec<&Row> = sealed.iter().map(|s| &s.row).collect();
             if !rows.is_empty() {
                 tx.insert_events(&rows)?;
             }
             for (t, key) in &keys {
-                if sealed.iter().any(|x| &x.row.tenant == t)
-                    && maybe_checkpoint(tx, t, key, now, &options, false)?.is_some()
+                let recent: Vec<(u64, [u8; 32])> = sealed
+                    .iter()
+                    .filter(|x| &x.row.tenant == t)
+                    .map(|x| (x.row.seq, x.leaf))
+                    .collect();
+                if !recent.is_empty()
+                    && maybe_checkpoint(tx, t, key, now, &options, false, &recent)?.is_some()
                 {
                     checkpointed.push(t.clone());
                 }
@@ -440,7 +447,7 @@ impl Writer {
         let options = self.options.clone();
         let mut out = None;
         self.store.write(&[tenant.to_owned()], &mut |tx| {
-            out = maybe_checkpoint(tx, tenant, &key, now_ns(), &options, force)?;
+            out = maybe_checkpoint(tx, tenant, &key, now_ns(), &options, force, &[])?;
             Ok(())
         })?;
         Ok(out)
@@ -477,7 +484,7 @@ impl Writer {
                 return Err(e);
             }
             sign_all(&mut sealed);
-            let rows: Vec<Row> = sealed.iter().map(|s| s.row.clone()).collect();
+            let rows: Vec<&Row> = sealed.iter().map(|s| &s.row).collect();
             tx.insert_events(&rows)?;
             receipt = sealed.pop().map(|s| s.receipt);
             Ok(())
@@ -503,7 +510,9 @@ fn seal_jobs(
     let mut heads: HashMap<String, ([u8; 32], u64, u64)> = HashMap::new();
     loop {
         let mut next: HashMap<&str, (u64, u64)> = HashMap::new();
-        let mut placed: Vec<(usize, AuditEvent, u64, Arc<TenantKey>)> = Vec::new();
+        // (job, event, seq, time, key): where each event goes; the copying and encoding
+        // happen on two threads below.
+        let mut placed: Vec<(usize, &AuditEvent, u64, u64, Arc<TenantKey>)> = Vec::new();
         let mut ranges = Vec::with_capacity(jobs.len());
         for (i, events) in jobs.iter().enumerate() {
             let start = placed.len();
@@ -525,21 +534,24 @@ fn seal_jobs(
                         .or_insert((first_seq, last_time));
                     // Time never goes backwards along a chain, even if the clock does.
                     let time_ns = now.max(pos.1);
-                    let mut event = ev.clone();
-                    event.v = AUDIT_SCHEMA_VERSION;
-                    event.seq = pos.0;
-                    event.time = format_audit_time(time_ns);
-                    event.kid.clone_from(&key.kid);
+                    placed.push((i, ev, pos.0, time_ns, key.clone()));
                     *pos = (pos.0 + 1, time_ns);
-                    placed.push((i, event, time_ns, key.clone()));
                 }
             }
             ranges.push(start..placed.len());
         }
-        let encoded = par_map(&placed, |(_, event, _, _)| {
-            let value =
-                serde_json::to_value(event).map_err(|e| AuditError::InvalidEvent(e.to_string()))?;
-            canonicalize(&value).map_err(|e| AuditError::InvalidEvent(e.to_string()))
+        let encoded = par_map(&placed, |(_, ev, seq, time_ns, key)| {
+            let mut event = (*ev).clone();
+            event.v = AUDIT_SCHEMA_VERSION;
+            event.seq = *seq;
+            event.time = format_audit_time(*time_ns);
+            event.kid.clone_from(&key.kid);
+            let value = serde_json::to_value(&event)
+                .map_err(|e| AuditError::InvalidEvent(e.to_string()))?;
+            let bytes =
+                canonicalize(&value).map_err(|e| AuditError::InvalidEvent(e.to_string()))?;
+            let leaf = leaf_hash(&bytes);
+            Ok::<_, AuditError>((bytes, leaf))
         });
         let mut retry = false;
         for ((i, ..), bytes) in placed.iter().zip(&encoded) {
@@ -554,29 +566,30 @@ fn seal_jobs(
         let mut prev: HashMap<String, [u8; 32]> =
             heads.iter().map(|(t, h)| (t.clone(), h.0)).collect();
         let mut sealed = Vec::with_capacity(placed.len());
-        for ((_, event, time_ns, key), bytes) in placed.into_iter().zip(encoded) {
-            let bytes = bytes?;
-            let link = prev.entry(event.tenant.clone()).or_insert(GENESIS);
+        for ((_, ev, seq, time_ns, key), encoded) in placed.into_iter().zip(encoded) {
+            let (bytes, leaf) = encoded?;
+            let link = prev.entry(ev.tenant.clone()).or_insert(GENESIS);
             let hash = chain_hash(link, &bytes);
             *link = hash;
             let receipt = Receipt {
-                tenant: event.tenant.clone(),
-                seq: event.seq,
+                tenant: ev.tenant.clone(),
+                seq,
                 hash: hex::encode(hash),
-                time: event.time,
+                time: format_audit_time(time_ns),
             };
             sealed.push(Sealed {
                 row: Row {
-                    tenant: event.tenant,
-                    seq: event.seq,
+                    tenant: ev.tenant.clone(),
+                    seq,
                     time_ns,
-                    kind: event.kind.as_str().to_owned(),
-                    task: event.task,
+                    kind: ev.kind.as_str().to_owned(),
+                    task: ev.task.clone(),
                     event: bytes,
                     hash: hash.to_vec(),
                     sig: Vec::new(),
                 },
                 hash,
+                leaf,
                 key,
                 receipt,
             });
@@ -609,7 +622,8 @@ fn sign_all(sealed: &mut [Sealed]) {
     }
 }
 
-/// Writes a checkpoint for `tenant` if one is due (or `force`), inside `tx`.
+/// Writes a checkpoint for `tenant` if one is due (or `force`), inside `tx`. `recent`
+/// holds the (seq, leaf hash) of events this transaction wrote, so they are not read back.
 fn maybe_checkpoint(
     tx: &mut dyn WriteTx,
     tenant: &str,
@@ -617,6 +631,7 @@ fn maybe_checkpoint(
     now: u64,
     options: &AuditOptions,
     force: bool,
+    recent: &[(u64, [u8; 32])],
 ) -> Result<Option<SignedCheckpoint>, AuditError> {
     let head = tx.head(tenant)?;
     let size = head.map_or(0, |h| h.seq + 1);
@@ -653,8 +668,18 @@ fn maybe_checkpoint(
     if !due {
         return Ok(None);
     }
-    for bytes in tx.event_bytes(tenant, range.size(), size)? {
+    // Events up to this transaction's are read back; its own leaves are known.
+    let known_from = recent
+        .first()
+        .map_or(size, |(seq, _)| *seq)
+        .max(range.size());
+    for bytes in tx.event_bytes(tenant, range.size(), known_from)? {
         range.push(leaf_hash(&bytes));
+    }
+    for (seq, leaf) in recent {
+        if *seq == range.size() {
+            range.push(*leaf);
+        }
     }
     if range.size() != size {
         return Err(corrupt("events missing below the head"));

@@ -44,7 +44,7 @@ pub(crate) struct Head {
 /// Reads and writes inside one write transaction, which holds the tenant's chain lock.
 pub(crate) trait WriteTx {
     fn head(&mut self, tenant: &str) -> Result<Option<Head>, AuditError>;
-    fn insert_events(&mut self, rows: &[Row]) -> Result<(), AuditError>;
+    fn insert_events(&mut self, rows: &[&Row]) -> Result<(), AuditError>;
     fn last_checkpoint(&mut self, tenant: &str) -> Result<Option<CheckpointRow>, AuditError>;
     /// The canonical event bytes of `tenant`'s events `from..to`, in order.
     fn event_bytes(&mut self, tenant: &str, from: u64, to: u64)

@@ -27,7 +27,6 @@ CREATE TABLE IF NOT EXISTS audit_events (
     PRIMARY KEY (tenant, seq)
 );
 CREATE INDEX IF NOT EXISTS audit_events_task ON audit_events (tenant, task);
-CREATE INDEX IF NOT EXISTS audit_events_time ON audit_events (tenant, time_ns);
 CREATE TABLE IF NOT EXISTS audit_checkpoints (
     tenant   TEXT   NOT NULL,
     size     BIGINT NOT NULL,
@@ -200,7 +199,7 @@ impl WriteTx for Tx<'_, '_> {
         }))
     }
 
-    fn insert_events(&mut self, rows: &[Row]) -> Result<(), AuditError> {
+    fn insert_events(&mut self, rows: &[&Row]) -> Result<(), AuditError> {
         // One round trip for the whole batch.
         let tenants: Vec<&str> = rows.iter().map(|r| r.tenant.as_str()).collect();
         let seqs: Vec<i64> = rows.iter().map(|r| to_i64(r.seq)).collect();

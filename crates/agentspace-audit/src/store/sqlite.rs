@@ -24,7 +24,6 @@ CREATE TABLE IF NOT EXISTS audit_events (
     PRIMARY KEY (tenant, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS audit_events_task ON audit_events (tenant, task);
-CREATE INDEX IF NOT EXISTS audit_events_time ON audit_events (tenant, time_ns);
 CREATE TABLE IF NOT EXISTS audit_checkpoints (
     tenant   TEXT    NOT NULL,
     size     INTEGER NOT NULL,
@@ -141,7 +140,7 @@ impl WriteTx for Tx<'_> {
         .transpose()
     }
 
-    fn insert_events(&mut self, rows: &[Row]) -> Result<(), AuditError> {
+    fn insert_events(&mut self, rows: &[&Row]) -> Result<(), AuditError> {
         let mut stmt = self
             .tx
             .prepare_cached(

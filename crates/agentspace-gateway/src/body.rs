@@ -1,0 +1,153 @@
+//! Request and response bodies: streamed through, with only a bounded window of a JSON
+//! request body held for the decision.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::Incoming;
+
+/// Errors carried by bodies.
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body type of everything the gateway sends, both ways.
+pub(crate) type GwBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// An empty or fixed body.
+pub(crate) fn full(bytes: impl Into<Bytes>) -> GwBody {
+    http_body_util::Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// A request body on its way upstream: the bytes held for inspection, then the rest as
+/// the client sends it, cut off with an error past `max` bytes in all.
+pub(crate) struct RequestBody {
+    held: Option<Bytes>,
+    rest: Option<Incoming>,
+    seen: u64,
+    max: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("request body is longer than the gateway's limit of {0} bytes")]
+struct TooLong(u64);
+
+impl RequestBody {
+    /// Reads up to `window` bytes of `body`. Returns the body to forward and, when the
+    /// whole body fit in the window, its bytes.
+    pub(crate) async fn inspect(
+        mut body: Incoming,
+        window: usize,
+        max: u64,
+    ) -> Result<(Self, Option<Bytes>), hyper::Error> {
+        let mut held = BytesMut::new();
+        loop {
+            if held.len() > window {
+                let held = held.freeze();
+                let seen = held.len() as u64;
+                return Ok((
+                    Self {
+                        held: Some(held),
+                        rest: Some(body),
+                        seen,
+                        max,
+                    },
+                    None,
+                ));
+            }
+            match body.frame().await {
+                None => break,
+                Some(frame) => {
+                    if let Ok(data) = frame?.into_data() {
+                        held.extend_from_slice(&data);
+                    }
+                }
+            }
+        }
+        let held = held.freeze();
+        Ok((
+            Self {
+                seen: held.len() as u64,
+                held: Some(held.clone()),
+                rest: None,
+                max,
+            },
+            Some(held),
+        ))
+    }
+
+    /// The body streamed as it comes.
+    pub(crate) fn stream(body: Incoming, max: u64) -> Self {
+        Self {
+            held: None,
+            rest: Some(body),
+            seen: 0,
+            max,
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if let Some(held) = this.held.take()
+            && !held.is_empty()
+        {
+            if this.seen > this.max {
+                return Poll::Ready(Some(Err(Box::new(TooLong(this.max)))));
+            }
+            return Poll::Ready(Some(Ok(Frame::data(held))));
+        }
+        let Some(rest) = this.rest.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(rest).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.seen = this.seen.saturating_add(data.len() as u64);
+                    if this.seen > this.max {
+                        this.rest = None;
+                        return Poll::Ready(Some(Err(Box::new(TooLong(this.max)))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(None) => {
+                this.rest = None;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.held.as_ref().is_none_or(Bytes::is_empty)
+            && self.rest.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let held = self.held.as_ref().map_or(0, |b| b.len() as u64);
+        let mut hint = self
+            .rest
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint);
+        let lower = hint.lower().saturating_add(held);
+        let upper = hint.upper().map(|u| u.saturating_add(held));
+        hint.set_lower(lower);
+        if let Some(u) = upper {
+            hint.set_upper(u);
+        }
+        hint
+    }
+}

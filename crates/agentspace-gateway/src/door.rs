@@ -1,0 +1,73 @@
+//! The door: a listener that belongs to one task. Every connection accepted on it acts
+//! for that task; nothing the client sends can change who it is.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use agentspace_core::Principal;
+use agentspace_policy::PolicyEngine;
+use tokio::net::{TcpListener, UnixListener};
+
+/// The task a door belongs to: who acts (from the verified task token, bound when the
+/// cell was made) and the decision point of its agent definition.
+pub struct Task {
+    /// The principal every request through the door is decided and audited as.
+    pub principal: Principal,
+    /// The decision point for the task's agent definition.
+    pub policy: Arc<PolicyEngine>,
+}
+
+impl std::fmt::Debug for Task {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Task")
+            .field("principal", &self.principal)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a connection reached the gateway.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arrival {
+    /// The client knows it talks to a proxy (HTTP_PROXY / HTTPS_PROXY): absolute-form
+    /// requests and CONNECT.
+    Proxy,
+    /// The connection was redirected to the gateway and its original destination is
+    /// known out of band. A TLS connection is intercepted with the SNI as host (the
+    /// address when there is none); plain HTTP takes the host from `Host`.
+    Transparent {
+        /// Where the client was connecting to.
+        original: SocketAddr,
+    },
+}
+
+/// A listener bound to one task: TCP on loopback in tests, a unix socket inside the
+/// cell's door in production.
+#[derive(Debug)]
+pub enum DoorListener {
+    /// A TCP listener (explicit proxy).
+    Tcp(TcpListener),
+    /// A unix socket listener (explicit proxy).
+    Unix(UnixListener),
+}
+
+/// A task's door: its listener and the task every connection on it acts for.
+#[derive(Debug)]
+pub struct Door {
+    pub(crate) listener: DoorListener,
+    pub(crate) task: Arc<Task>,
+}
+
+impl Door {
+    /// Binds `listener` to `task`, for good.
+    pub fn new(listener: DoorListener, task: Task) -> Self {
+        Self {
+            listener,
+            task: Arc::new(task),
+        }
+    }
+
+    /// The task of this door.
+    pub fn task(&self) -> &Arc<Task> {
+        &self.task
+    }
+}

@@ -1,0 +1,33 @@
+//! The Agent Space control boundary for HTTP and HTTPS: a forward proxy that every
+//! outbound request of a task passes through.
+//!
+//! A [`Gateway`] serves [`Door`]s. A door is a listener that belongs to one [`Task`]:
+//! every connection accepted on it is decided and audited as that task, whatever the
+//! client sends. On each connection the gateway accepts absolute-form HTTP requests and
+//! CONNECT ([`Arrival::Proxy`]), or a connection whose original destination is already
+//! known ([`Arrival::Transparent`]). TLS inside a tunnel is intercepted with a leaf
+//! certificate minted from the tenant's CA ([`TenantCa`]).
+//!
+//! Each HTTP request (not each connection) is decided by the task's
+//! [`agentspace_policy::PolicyEngine`]; the allowed upstream is resolved and checked
+//! against the SSRF guard; the decision is written to the audit log, and only once it is
+//! durable is the request forwarded. A deny is a 403 with a JSON body; any failure on
+//! the way (policy, audit, resolution) refuses the request. See docs/gateway.md.
+#![forbid(unsafe_code)]
+
+mod body;
+mod ca;
+mod config;
+mod door;
+mod error;
+mod io;
+mod proxy;
+mod ssrf;
+mod upstream;
+
+pub use ca::{CaStore, TenantCa};
+pub use config::{GatewayConfig, Limits, ResolveOverride};
+pub use door::{Arrival, Door, DoorListener, Task};
+pub use error::GatewayError;
+pub use proxy::{DECISION_HEADER, Gateway};
+pub use ssrf::refused_address;

@@ -1,0 +1,843 @@
+//! The proxy: connections from doors, CONNECT tunnels with TLS interception, and the
+//! per-request path decide → resolve (SSRF guard) → audit → forward.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agentspace_audit::AuditLog;
+use agentspace_core::{AuditDecision, AuditEvent, AuditKind, Name};
+use agentspace_policy::{
+    Action, Decision, DenyReason, Request as PolicyRequest, RequestContext, Resource,
+};
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio_rustls::LazyConfigAcceptor;
+
+use crate::body::{GwBody, RequestBody, full};
+use crate::ca::{CaStore, TenantCa};
+use crate::config::GatewayConfig;
+use crate::door::{Arrival, Door, DoorListener, Task};
+use crate::error::GatewayError;
+use crate::io::Rewind;
+use crate::upstream::{Checked, Target, Upstream, UpstreamError};
+
+/// The response header that carries the gateway's decision on a refused request
+/// (`deny` or `approval-required`).
+pub const DECISION_HEADER: &str = "x-agentspace-decision";
+
+/// Request headers never shown to policies: they carry credentials.
+const SECRET_HEADERS: [&str; 5] = [
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "x-api-key",
+    "api-key",
+];
+/// At most this many header values, each cut to this many bytes, go to the policy.
+const CONTEXT_HEADERS: usize = 64;
+const CONTEXT_HEADER_BYTES: usize = 1024;
+
+/// The control boundary for HTTP and HTTPS. One per process; share it as `Arc`.
+pub struct Gateway {
+    config: GatewayConfig,
+    cas: CaStore,
+    upstream: Upstream,
+    audit: AuditLog,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a connection is fixed to once it is inside a tunnel.
+#[derive(Clone, Debug)]
+struct Fixed {
+    /// The host of the tunnel (CONNECT authority or SNI); `None` for transparent plain
+    /// HTTP, where `Host` names it.
+    host: Option<String>,
+    port: u16,
+    tls: bool,
+}
+
+struct Conn {
+    task: Arc<Task>,
+    fixed: Option<Fixed>,
+}
+
+/// The outcome of the request path, before it is audited.
+enum Verdict {
+    Allow {
+        checked: Checked,
+        policies: Vec<String>,
+        capabilities: Vec<String>,
+    },
+    Deny {
+        code: String,
+        message: String,
+        policies: Vec<String>,
+    },
+    Approval {
+        message: String,
+        policies: Vec<String>,
+    },
+    /// Allowed, but the upstream cannot be reached.
+    Unreachable(UpstreamError),
+}
+
+type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+impl Gateway {
+    /// A gateway with `config`, writing decisions to `audit`. Loads the upstream trust
+    /// store; tenant CAs are created on first use.
+    pub fn new(config: GatewayConfig, audit: AuditLog) -> Result<Arc<Self>, GatewayError> {
+        Ok(Arc::new(Self {
+            cas: CaStore::new(&config.state_dir),
+            upstream: Upstream::new(&config)?,
+            config,
+            audit,
+        }))
+    }
+
+    /// The interception CA of `tenant` (created on first use), whose certificate the
+    /// tenant's cells must trust.
+    pub fn tenant_ca(&self, tenant: &Name) -> Result<Arc<TenantCa>, GatewayError> {
+        self.cas.tenant(tenant)
+    }
+
+    /// Serves `door` until the task ends (drop or abort the future). Accept errors
+    /// (descriptor exhaustion, aborted handshakes) are waited out, never fatal.
+    pub async fn serve(self: Arc<Self>, door: Door) {
+        let Door { listener, task } = door;
+        loop {
+            match &listener {
+                DoorListener::Tcp(l) => match l.accept().await {
+                    Ok((stream, _)) => {
+                        let _ = stream.set_nodelay(true);
+                        tokio::spawn(Arc::clone(&self).serve_connection(
+                            stream,
+                            Arc::clone(&task),
+                            Arrival::Proxy,
+                        ));
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                },
+                DoorListener::Unix(l) => match l.accept().await {
+                    Ok((stream, _)) => {
+                        tokio::spawn(Arc::clone(&self).serve_connection(
+                            stream,
+                            Arc::clone(&task),
+                            Arrival::Proxy,
+                        ));
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                },
+            }
+        }
+    }
+
+    /// Serves one connection for `task`. Errors end the connection, never the gateway.
+    pub async fn serve_connection<IO>(self: Arc<Self>, io: IO, task: Arc<Task>, arrival: Arrival)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        match arrival {
+            Arrival::Proxy => self.serve_http1(io, Conn { task, fixed: None }).await,
+            Arrival::Transparent { original } => {
+                self.serve_tunnel(io, task, None, Some(original.ip()), original.port())
+                    .await;
+            }
+        }
+    }
+
+    async fn serve_http1<IO>(self: Arc<Self>, io: IO, conn: Conn)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let limits = self.config.limits;
+        let conn = Arc::new(conn);
+        let gw = self;
+        let svc = service_fn(move |req| {
+            let gw = Arc::clone(&gw);
+            let conn = Arc::clone(&conn);
+            async move { Ok::<_, Infallible>(gw.handle(req, conn).await) }
+        });
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(limits.max_header_bytes.max(8192))
+            .max_headers(limits.max_headers);
+        let _ = builder
+            .serve_connection(TokioIo::new(io), svc)
+            .with_upgrades()
+            .await;
+    }
+
+    async fn serve_http2<IO>(self: Arc<Self>, io: IO, conn: Conn)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let limits = self.config.limits;
+        let conn = Arc::new(conn);
+        let gw = self;
+        let svc = service_fn(move |req| {
+            let gw = Arc::clone(&gw);
+            let conn = Arc::clone(&conn);
+            async move { Ok::<_, Infallible>(gw.handle(req, conn).await) }
+        });
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(128);
+        let _ = builder.serve_connection(TokioIo::new(io), svc).await;
+    }
+
+    /// A tunnel: TLS (intercepted) or plain HTTP, told apart by the first byte.
+    fn serve_tunnel<IO>(
+        self: Arc<Self>,
+        mut io: IO,
+        task: Arc<Task>,
+        host: Option<String>,
+        fallback: Option<IpAddr>,
+        port: u16,
+    ) -> BoxFuture
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        Box::pin(async move {
+            let limits = self.config.limits;
+            let mut first = [0u8; 1];
+            let read = tokio::time::timeout(limits.tls_handshake_timeout, io.read(&mut first));
+            let Ok(Ok(1)) = read.await else {
+                return;
+            };
+            let io = Rewind::new(Bytes::copy_from_slice(&first), io);
+            if first != [0x16] {
+                let fixed = Fixed {
+                    host,
+                    port,
+                    tls: false,
+                };
+                self.serve_http1(
+                    io,
+                    Conn {
+                        task,
+                        fixed: Some(fixed),
+                    },
+                )
+                .await;
+                return;
+            }
+            let accept = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
+            let Ok(Ok(start)) = tokio::time::timeout(limits.tls_handshake_timeout, accept).await
+            else {
+                return;
+            };
+            let sni = start
+                .client_hello()
+                .server_name()
+                .map(|s| s.trim_end_matches('.').to_ascii_lowercase());
+            let host = match (host, sni) {
+                (Some(h), Some(s)) if h != s => {
+                    // The name the client verifies must be the name that was decided.
+                    let resource = format!("https://{h}:{port}");
+                    let message = format!(
+                        "TLS server name `{s}` does not match the CONNECT host `{h}`; connect to the host you name"
+                    );
+                    let _ = self
+                        .audit_refusal(&task, "CONNECT", resource, "invalid-request", message)
+                        .await;
+                    return;
+                }
+                (Some(h), _) => h,
+                (None, Some(s)) => s,
+                (None, None) => match fallback {
+                    Some(ip) => ip.to_string(),
+                    None => return,
+                },
+            };
+            if valid_host(&host).is_none() {
+                return;
+            }
+            let Ok(ca) = self.cas.tenant(task.principal.tenant()) else {
+                return;
+            };
+            let Ok(config) = ca.server_config(&host) else {
+                return;
+            };
+            let Ok(Ok(tls)) =
+                tokio::time::timeout(limits.tls_handshake_timeout, start.into_stream(config)).await
+            else {
+                return;
+            };
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            let conn = Conn {
+                task,
+                fixed: Some(Fixed {
+                    host: Some(host),
+                    port,
+                    tls: true,
+                }),
+            };
+            if h2 {
+                self.serve_http2(tls, conn).await;
+            } else {
+                self.serve_http1(tls, conn).await;
+            }
+        })
+    }
+
+    async fn handle(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
+        conn: Arc<Conn>,
+    ) -> Response<GwBody> {
+        if req.method() == Method::CONNECT {
+            if conn.fixed.is_some() {
+                return error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "CONNECT inside a tunnel is not supported; send the request itself",
+                );
+            }
+            let Some((host, Some(port))) = req
+                .uri()
+                .authority()
+                .and_then(|a| Some((valid_host(a.host())?, a.port_u16())))
+            else {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "CONNECT needs `host:port` with a valid host name or IP address",
+                );
+            };
+            let on_upgrade = hyper::upgrade::on(&mut req);
+            let task = Arc::clone(&conn.task);
+            let gw = Arc::clone(&self);
+            tokio::spawn(async move {
+                if let Ok(upgraded) = on_upgrade.await {
+                    gw.serve_tunnel(TokioIo::new(upgraded), task, Some(host), None, port)
+                        .await;
+                }
+            });
+            return Response::new(full(Bytes::new()));
+        }
+        let headers = req.headers();
+        if headers.get_all(header::CONTENT_LENGTH).iter().count() > 1 {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "more than one Content-Length header; send one",
+            );
+        }
+        if headers.contains_key(header::CONTENT_LENGTH)
+            && headers.contains_key(header::TRANSFER_ENCODING)
+        {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "both Content-Length and Transfer-Encoding; send one of them",
+            );
+        }
+        let target = match target_of(&req, conn.fixed.as_ref()) {
+            Ok(t) => t,
+            Err(bad) => return error(bad.status, &bad.message),
+        };
+        self.decide_and_forward(req, &conn.task, target).await
+    }
+
+    async fn decide_and_forward(
+        &self,
+        req: Request<Incoming>,
+        task: &Arc<Task>,
+        target: Target,
+    ) -> Response<GwBody> {
+        let started = Instant::now();
+        let limits = self.config.limits;
+        let (parts, body) = req.into_parts();
+        let method = parts.method.as_str().to_owned();
+        let path = match parts.uri.path() {
+            "" => "/".to_owned(),
+            p => p.to_owned(),
+        };
+        let query = parts.uri.query().unwrap_or("").to_owned();
+        let is_json = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.to_ascii_lowercase().contains("json"));
+        let (body, window) = if is_json {
+            let inspect = RequestBody::inspect(body, limits.inspect_window, limits.max_body_bytes);
+            match tokio::time::timeout(limits.header_read_timeout, inspect).await {
+                Ok(Ok(pair)) => pair,
+                Ok(Err(_)) => {
+                    return error(StatusCode::BAD_REQUEST, "cannot read the request body");
+                }
+                Err(_) => {
+                    return error(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "the request body came too slowly for the decision; send it without pauses",
+                    );
+                }
+            }
+        } else {
+            (RequestBody::stream(body, limits.max_body_bytes), None)
+        };
+        let json_body = window
+            .as_ref()
+            .and_then(|b| serde_json::from_slice::<Value>(b).ok());
+        let request = PolicyRequest {
+            principal: task.principal.clone(),
+            action: Action::Http {
+                method: method.clone(),
+            },
+            resource: Resource {
+                host: Some(target.host.clone()),
+                port: Some(target.port),
+                path: Some(path.clone()),
+                ..Resource::default()
+            },
+            context: RequestContext {
+                query: query.clone(),
+                headers: context_headers(&parts.headers),
+                body: json_body,
+                ..RequestContext::default()
+            },
+        };
+        let policy = Arc::clone(&task.policy);
+        let decision = tokio::task::spawn_blocking(move || policy.decide(&request))
+            .await
+            .unwrap_or_else(|e| Decision::Deny {
+                reason: DenyReason::Error,
+                policies: Vec::new(),
+                message: format!("the decision point failed: {e}"),
+            });
+        let verdict = match decision {
+            Decision::Allow {
+                policies,
+                capabilities,
+                ..
+            } => match self.upstream.resolve(&target).await {
+                Ok(checked) => Verdict::Allow {
+                    checked,
+                    policies,
+                    capabilities,
+                },
+                Err(e) if e.is_refusal() => Verdict::Deny {
+                    code: "ssrf".into(),
+                    message: e.to_string(),
+                    policies,
+                },
+                Err(e) => Verdict::Unreachable(e),
+            },
+            Decision::Deny {
+                reason,
+                policies,
+                message,
+            } => Verdict::Deny {
+                code: reason.code().into(),
+                message,
+                policies,
+            },
+            Decision::ApprovalRequired {
+                policies, message, ..
+            } => Verdict::Approval { message, policies },
+        };
+        let mut event = base_event(task, &method, format!("{}{}", target.origin(), path));
+        let mut summary = Map::new();
+        summary.insert("method".into(), json!(method));
+        summary.insert(
+            "scheme".into(),
+            json!(if target.tls { "https" } else { "http" }),
+        );
+        summary.insert("host".into(), json!(target.host));
+        summary.insert("port".into(), json!(target.port));
+        summary.insert("path".into(), json!(path));
+        if !query.is_empty() {
+            summary.insert("query_digest".into(), json!(sha256(query.as_bytes())));
+        }
+        let names: Vec<&str> = parts.headers.keys().map(HeaderName::as_str).collect();
+        summary.insert("headers".into(), json!(names));
+        event.request = summary;
+        event.args_digest = window.as_deref().map(sha256);
+        match &verdict {
+            Verdict::Allow {
+                policies,
+                capabilities,
+                checked,
+            } => {
+                event.decision = Some(AuditDecision::Allow);
+                event.policies = policies.clone();
+                event
+                    .details
+                    .insert("capabilities".into(), json!(capabilities));
+                if checked.overridden {
+                    event.details.insert("resolve_override".into(), json!(true));
+                }
+            }
+            Verdict::Deny {
+                code,
+                message,
+                policies,
+            } => {
+                event.decision = Some(AuditDecision::Deny);
+                event.policies = policies.clone();
+                event.reason = Some(message.clone());
+                event.details.insert("code".into(), json!(code));
+            }
+            Verdict::Approval { message, policies } => {
+                event.decision = Some(AuditDecision::ApprovalRequired);
+                event.policies = policies.clone();
+                event.reason = Some(message.clone());
+            }
+            Verdict::Unreachable(e) => {
+                event.decision = Some(AuditDecision::Deny);
+                event.reason = Some(e.to_string());
+                event.details.insert("code".into(), json!("upstream"));
+            }
+        }
+        event.latency_us = u64::try_from(started.elapsed().as_micros()).ok();
+        let audit_id = match self.append(event).await {
+            Ok(id) => id,
+            Err(e) => {
+                return refusal(
+                    "deny",
+                    json!({
+                        "decision": "deny",
+                        "reason": format!("the decision could not be written to the audit log, so the request is refused: {e}"),
+                        "code": "audit",
+                        "policy": null,
+                        "audit_id": null,
+                    }),
+                );
+            }
+        };
+        match verdict {
+            Verdict::Allow { checked, .. } => self
+                .forward(parts, body, &target, &checked)
+                .await
+                .unwrap_or_else(|e| error(StatusCode::BAD_GATEWAY, &e.to_string())),
+            Verdict::Deny {
+                code,
+                message,
+                policies,
+            } => refusal(
+                "deny",
+                json!({
+                    "decision": "deny",
+                    "reason": message,
+                    "code": code,
+                    "policy": policies.first(),
+                    "policies": policies,
+                    "audit_id": audit_id,
+                }),
+            ),
+            Verdict::Approval { message, policies } => refusal(
+                "approval-required",
+                json!({
+                    "decision": "approval-required",
+                    "reason": "approval required",
+                    "message": message,
+                    "policy": policies.first(),
+                    "policies": policies,
+                    "audit_id": audit_id,
+                }),
+            ),
+            Verdict::Unreachable(e) => {
+                let mut resp = json_response(
+                    StatusCode::BAD_GATEWAY,
+                    json!({"error": e.to_string(), "audit_id": audit_id}),
+                );
+                resp.headers_mut()
+                    .insert(DECISION_HEADER, HeaderValue::from_static("deny"));
+                resp
+            }
+        }
+    }
+
+    async fn forward(
+        &self,
+        parts: http::request::Parts,
+        body: RequestBody,
+        target: &Target,
+        checked: &Checked,
+    ) -> Result<Response<GwBody>, UpstreamError> {
+        let mut sender = self.upstream.connect(target, checked).await?;
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .to_owned();
+        let uri: Uri = path_and_query
+            .parse()
+            .unwrap_or_else(|_| Uri::from_static("/"));
+        let mut headers = parts.headers;
+        strip_hop_by_hop(&mut headers);
+        let default_port = if target.tls { 443 } else { 80 };
+        let host_value = match (target.host.contains(':'), target.port == default_port) {
+            (true, true) => format!("[{}]", target.host),
+            (true, false) => format!("[{}]:{}", target.host, target.port),
+            (false, true) => target.host.clone(),
+            (false, false) => format!("{}:{}", target.host, target.port),
+        };
+        if let Ok(v) = HeaderValue::from_str(&host_value) {
+            headers.insert(header::HOST, v);
+        }
+        let mut upstream_req = Request::new(body.boxed_unsync());
+        *upstream_req.method_mut() = parts.method;
+        *upstream_req.uri_mut() = uri;
+        *upstream_req.version_mut() = Version::HTTP_11;
+        *upstream_req.headers_mut() = headers;
+        let resp = sender
+            .send_request(upstream_req)
+            .await
+            .map_err(|e| UpstreamError::Http {
+                host: target.host.clone(),
+                detail: e.to_string(),
+            })?;
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(
+            parts,
+            body.map_err(|e| -> crate::body::BoxError { Box::new(e) })
+                .boxed_unsync(),
+        ))
+    }
+
+    /// Appends `event`; the id (`tenant:seq`) once it is durable.
+    async fn append(&self, event: AuditEvent) -> Result<String, String> {
+        let audit = self.audit.clone();
+        match tokio::task::spawn_blocking(move || audit.append(event)).await {
+            Ok(Ok(receipt)) => Ok(format!("{}:{}", receipt.tenant, receipt.seq)),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    async fn audit_refusal(
+        &self,
+        task: &Arc<Task>,
+        action: &str,
+        resource: String,
+        code: &str,
+        message: String,
+    ) -> Result<String, String> {
+        let mut event = base_event(task, action, resource);
+        event.decision = Some(AuditDecision::Deny);
+        event.reason = Some(message);
+        event.details.insert("code".into(), json!(code));
+        self.append(event).await
+    }
+}
+
+fn base_event(task: &Task, action: &str, resource: String) -> AuditEvent {
+    let p = &task.principal;
+    let mut event = AuditEvent::new(p.tenant(), AuditKind::HttpRequest, action);
+    event.task = Some(p.current().task.as_str().to_owned());
+    event.user = Some(p.user().as_str().to_owned());
+    event.agent = Some(p.current().agent.as_str().to_owned());
+    event.delegation = p
+        .delegators()
+        .iter()
+        .map(|a| format!("{}/{}", a.agent.as_str(), a.task.as_str()))
+        .collect();
+    event.resource = Some(resource);
+    event
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// A host as the gateway decides on it: lowercase, one trailing dot removed, brackets
+/// removed from IPv6; `None` unless it is an IP address or a DNS name.
+fn valid_host(host: &str) -> Option<String> {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.parse::<IpAddr>().is_ok() {
+        return Some(host.to_ascii_lowercase());
+    }
+    let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+    let ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    ok.then_some(host)
+}
+
+/// The host and port a request names in its URI or its `Host` header.
+fn named_authority(req: &Request<Incoming>) -> Result<Option<(String, Option<u16>)>, Bad> {
+    let bad = || Bad::new(StatusCode::BAD_REQUEST, "the request names an invalid host");
+    if let Some(a) = req.uri().authority() {
+        let host = valid_host(a.host()).ok_or_else(bad)?;
+        return Ok(Some((host, a.port_u16())));
+    }
+    let mut values = req.headers().get_all(header::HOST).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(Bad::new(
+            StatusCode::BAD_REQUEST,
+            "more than one Host header; send one",
+        ));
+    }
+    let value = value.to_str().map_err(|_| bad())?;
+    let a: http::uri::Authority = value.parse().map_err(|_| bad())?;
+    let host = valid_host(a.host()).ok_or_else(bad)?;
+    Ok(Some((host, a.port_u16())))
+}
+
+/// Where a request goes. Explicit proxy: the absolute-form URI. Inside a tunnel: the
+/// tunnel's host and port; a request naming another host is misdirected (421).
+fn target_of(req: &Request<Incoming>, fixed: Option<&Fixed>) -> Result<Target, Bad> {
+    let Some(fixed) = fixed else {
+        let tls = match req.uri().scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            Some(_) => {
+                return Err(Bad::new(
+                    StatusCode::BAD_REQUEST,
+                    "only http and https URLs are proxied",
+                ));
+            }
+            None => {
+                return Err(Bad::new(
+                    StatusCode::BAD_REQUEST,
+                    "this is a proxy: send absolute-form requests (`GET http://host/path`) or CONNECT",
+                ));
+            }
+        };
+        let Some((host, port)) = named_authority(req)? else {
+            return Err(Bad::new(StatusCode::BAD_REQUEST, "the URL names no host"));
+        };
+        let port = port.unwrap_or(if tls { 443 } else { 80 });
+        return Ok(Target { host, port, tls });
+    };
+    let named = named_authority(req)?;
+    let host = match (&fixed.host, named) {
+        (Some(h), Some((n, port))) => {
+            if *h != n || port.is_some_and(|p| p != fixed.port) {
+                return Err(Bad::new(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    &format!(
+                        "this connection is for `{h}:{}`; open another for `{n}`",
+                        fixed.port
+                    ),
+                ));
+            }
+            h.clone()
+        }
+        (Some(h), None) => h.clone(),
+        (None, Some((n, _))) => n,
+        (None, None) => {
+            return Err(Bad::new(
+                StatusCode::BAD_REQUEST,
+                "the request has no Host header",
+            ));
+        }
+    };
+    Ok(Target {
+        host,
+        port: fixed.port,
+        tls: fixed.tls,
+    })
+}
+
+/// A request the gateway cannot route, and the HTTP status that says why.
+struct Bad {
+    status: StatusCode,
+    message: String,
+}
+
+impl Bad {
+    fn new(status: StatusCode, message: &str) -> Self {
+        Self {
+            status,
+            message: message.to_owned(),
+        }
+    }
+}
+
+fn context_headers(headers: &HeaderMap) -> std::collections::BTreeMap<String, String> {
+    headers
+        .iter()
+        .filter(|(name, _)| !SECRET_HEADERS.contains(&name.as_str()))
+        .filter_map(|(name, value)| {
+            let value = value.to_str().ok()?;
+            let mut cut = value.len().min(CONTEXT_HEADER_BYTES);
+            while !value.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            Some((name.as_str().to_owned(), value.get(..cut)?.to_owned()))
+        })
+        .take(CONTEXT_HEADERS)
+        .collect()
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authorization",
+        "proxy-authenticate",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ] {
+        headers.remove(name);
+    }
+}
+
+fn json_response(status: StatusCode, body: Value) -> Response<GwBody> {
+    let mut resp = Response::new(full(body.to_string()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// A 403 for a refused request, with the decision in the header and the body.
+fn refusal(decision: &'static str, body: Value) -> Response<GwBody> {
+    let mut resp = json_response(StatusCode::FORBIDDEN, body);
+    resp.headers_mut()
+        .insert(DECISION_HEADER, HeaderValue::from_static(decision));
+    resp
+}
+
+/// An error that is not a decision (malformed request, unreachable upstream).
+fn error(status: StatusCode, message: &str) -> Response<GwBody> {
+    json_response(status, json!({ "error": message }))
+}

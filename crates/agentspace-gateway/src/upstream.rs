@@ -1,0 +1,234 @@
+//! The gateway's upstream client: resolution with the SSRF guard, a connection to exactly
+//! the address that was checked, and TLS verified against the system roots plus the
+//! operator's CAs.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::body::GwBody;
+use crate::config::{GatewayConfig, resolve_table};
+use crate::error::GatewayError;
+use crate::ssrf::refused_address;
+
+/// Where a request goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Target {
+    /// Host name or IP literal (without brackets), lowercase.
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) tls: bool,
+}
+
+impl Target {
+    /// `https://host:port` (brackets around IPv6).
+    pub(crate) fn origin(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        if self.host.contains(':') {
+            format!("{scheme}://[{}]:{}", self.host, self.port)
+        } else {
+            format!("{scheme}://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Why an allowed request cannot go upstream.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum UpstreamError {
+    /// The SSRF guard refused the address.
+    #[error(
+        "`{host}` resolves to {addr}, a {kind} address; the gateway does not connect to internal addresses unless the operator names the service (--resolve)"
+    )]
+    Internal {
+        host: String,
+        addr: IpAddr,
+        kind: &'static str,
+    },
+    #[error("cannot resolve `{host}`: {detail}")]
+    Resolve { host: String, detail: String },
+    #[error("cannot connect to `{host}` at {addr}: {detail}")]
+    Connect {
+        host: String,
+        addr: String,
+        detail: String,
+    },
+    #[error("TLS with `{host}` failed: {detail}")]
+    Tls { host: String, detail: String },
+    #[error("HTTP with `{host}` failed: {detail}")]
+    Http { host: String, detail: String },
+}
+
+impl UpstreamError {
+    /// Whether this is the SSRF guard's refusal (a deny) rather than a failure (502).
+    pub(crate) fn is_refusal(&self) -> bool {
+        matches!(self, Self::Internal { .. })
+    }
+}
+
+/// Addresses checked by the SSRF guard, to be connected to as they are.
+#[derive(Debug)]
+pub(crate) struct Checked {
+    pub(crate) addrs: Vec<SocketAddr>,
+    /// Whether a resolve override named the service.
+    pub(crate) overridden: bool,
+}
+
+pub(crate) struct Upstream {
+    tls: TlsConnector,
+    resolve: HashMap<(String, u16), SocketAddr>,
+    connect_timeout: Duration,
+}
+
+impl Upstream {
+    pub(crate) fn new(config: &GatewayConfig) -> Result<Self, GatewayError> {
+        let mut roots = RootCertStore::empty();
+        if config.system_roots {
+            // Missing or unreadable system certificates leave only the operator's CAs;
+            // every other host then fails verification, which is the safe direction.
+            let native = rustls_native_certs::load_native_certs();
+            for cert in native.certs {
+                let _ = roots.add(cert);
+            }
+        }
+        for path in &config.upstream_ca {
+            let bad = |detail: String| GatewayError::UpstreamCa {
+                path: path.clone(),
+                detail,
+            };
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+                .map_err(|e| bad(e.to_string()))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| bad(e.to_string()))?;
+            if certs.is_empty() {
+                return Err(bad("no certificate in the file".into()));
+            }
+            for cert in certs {
+                roots.add(cert).map_err(|e| bad(e.to_string()))?;
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| GatewayError::Tls(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Self {
+            tls: TlsConnector::from(Arc::new(tls)),
+            resolve: resolve_table(&config.resolve),
+            connect_timeout: config.limits.connect_timeout,
+        })
+    }
+
+    /// Resolves `target` and checks every address; a name with any internal address is
+    /// refused as a whole.
+    pub(crate) async fn resolve(&self, target: &Target) -> Result<Checked, UpstreamError> {
+        if let Some(addr) = self.resolve.get(&(target.host.clone(), target.port)) {
+            return Ok(Checked {
+                addrs: vec![*addr],
+                overridden: true,
+            });
+        }
+        let addrs: Vec<SocketAddr> = if let Ok(ip) = target.host.parse::<IpAddr>() {
+            vec![SocketAddr::new(ip, target.port)]
+        } else {
+            tokio::net::lookup_host((target.host.as_str(), target.port))
+                .await
+                .map_err(|e| UpstreamError::Resolve {
+                    host: target.host.clone(),
+                    detail: e.to_string(),
+                })?
+                .collect()
+        };
+        if addrs.is_empty() {
+            return Err(UpstreamError::Resolve {
+                host: target.host.clone(),
+                detail: "no address".into(),
+            });
+        }
+        for addr in &addrs {
+            if let Some(kind) = refused_address(addr.ip()) {
+                return Err(UpstreamError::Internal {
+                    host: target.host.clone(),
+                    addr: addr.ip(),
+                    kind,
+                });
+            }
+        }
+        Ok(Checked {
+            addrs,
+            overridden: false,
+        })
+    }
+
+    /// Connects to the first reachable checked address and starts HTTP/1.1 (over TLS for
+    /// `https`).
+    pub(crate) async fn connect(
+        &self,
+        target: &Target,
+        checked: &Checked,
+    ) -> Result<http1::SendRequest<GwBody>, UpstreamError> {
+        let mut last = None;
+        let mut stream = None;
+        for addr in &checked.addrs {
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => {
+                    stream = Some(s);
+                    break;
+                }
+                Ok(Err(e)) => last = Some((addr, e.to_string())),
+                Err(_) => last = Some((addr, "timed out".to_owned())),
+            }
+        }
+        let Some(stream) = stream else {
+            let (addr, detail) = last
+                .map(|(a, d)| (a.to_string(), d))
+                .unwrap_or_else(|| ("-".into(), "no address".into()));
+            return Err(UpstreamError::Connect {
+                host: target.host.clone(),
+                addr,
+                detail,
+            });
+        };
+        let _ = stream.set_nodelay(true);
+        let http_err = |e: hyper::Error| UpstreamError::Http {
+            host: target.host.clone(),
+            detail: e.to_string(),
+        };
+        if target.tls {
+            let name =
+                ServerName::try_from(target.host.clone()).map_err(|e| UpstreamError::Tls {
+                    host: target.host.clone(),
+                    detail: e.to_string(),
+                })?;
+            let tls = self
+                .tls
+                .connect(name, stream)
+                .await
+                .map_err(|e| UpstreamError::Tls {
+                    host: target.host.clone(),
+                    detail: e.to_string(),
+                })?;
+            let (sender, conn) = http1::handshake(TokioIo::new(tls))
+                .await
+                .map_err(http_err)?;
+            tokio::spawn(conn);
+            Ok(sender)
+        } else {
+            let (sender, conn) = http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(http_err)?;
+            tokio::spawn(conn);
+            Ok(sender)
+        }
+    }
+}

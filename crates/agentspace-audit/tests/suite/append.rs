@@ -269,3 +269,9 @@ fn task_events_carry_lifecycle_details() {
     })
     .unwrap();
 }
+
+#[test]
+fn the_log_handle_can_be_shared_across_threads() {
+    fn shareable<T: Send + Sync + Clone>() {}
+    shareable::<AuditLog>();
+}

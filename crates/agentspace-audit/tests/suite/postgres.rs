@@ -41,7 +41,7 @@ impl TestDb {
         let Ok(admin_url) = std::env::var("AGENTSPACE_TEST_POSTGRES_URL") else {
             if std::env::var("CI").as_deref() == Ok("true") {
                 panic!(
-                    "AGENTSPACE_TEST_POSTGRES_URL is not set: CI must start PostgreSQL and set it (see .ci/run)"
+                    "AGENTSPACE_TEST_POSTGRES_URL is not set: CI must start PostgreSQL and set it (`. scripts/services` does)"
                 );
             }
             eprintln!(

@@ -138,16 +138,16 @@ impl Body for RequestBody {
 
     fn size_hint(&self) -> SizeHint {
         let held = self.held.as_ref().map_or(0, |b| b.len() as u64);
-        let mut hint = self
+        let rest = self
             .rest
             .as_ref()
             .map_or_else(|| SizeHint::with_exact(0), Body::size_hint);
-        let lower = hint.lower().saturating_add(held);
-        let upper = hint.upper().map(|u| u.saturating_add(held));
-        hint.set_lower(lower);
-        if let Some(u) = upper {
-            hint.set_upper(u);
+        // Upper first: a lower bound above the current upper bound panics.
+        let mut hint = SizeHint::new();
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper.saturating_add(held));
         }
+        hint.set_lower(rest.lower().saturating_add(held));
         hint
     }
 }

@@ -20,6 +20,7 @@ mod ca;
 mod config;
 mod door;
 mod error;
+mod framing;
 mod io;
 mod proxy;
 mod ssrf;

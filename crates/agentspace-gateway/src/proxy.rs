@@ -6,6 +6,7 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use agentspace_audit::AuditLog;
@@ -31,6 +32,7 @@ use crate::ca::{CaStore, TenantCa};
 use crate::config::GatewayConfig;
 use crate::door::{Arrival, Door, DoorListener, Task};
 use crate::error::GatewayError;
+use crate::framing::FramingGuard;
 use crate::io::Rewind;
 use crate::upstream::{Checked, Target, Upstream, UpstreamError};
 
@@ -79,6 +81,8 @@ struct Fixed {
 struct Conn {
     task: Arc<Task>,
     fixed: Option<Fixed>,
+    /// Set by the framing watch of an HTTP/1 connection once a head was ambiguous.
+    ambiguous: Arc<AtomicBool>,
 }
 
 /// The outcome of the request path, before it is audited.
@@ -158,7 +162,17 @@ impl Gateway {
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         match arrival {
-            Arrival::Proxy => self.serve_http1(io, Conn { task, fixed: None }).await,
+            Arrival::Proxy => {
+                self.serve_http1(
+                    io,
+                    Conn {
+                        task,
+                        fixed: None,
+                        ambiguous: Arc::default(),
+                    },
+                )
+                .await
+            }
             Arrival::Transparent { original } => {
                 self.serve_tunnel(io, task, None, Some(original.ip()), original.port())
                     .await;
@@ -171,6 +185,7 @@ impl Gateway {
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let limits = self.config.limits;
+        let io = FramingGuard::new(io, Arc::clone(&conn.ambiguous));
         let conn = Arc::new(conn);
         let gw = self;
         let svc = service_fn(move |req| {
@@ -241,6 +256,7 @@ impl Gateway {
                     Conn {
                         task,
                         fixed: Some(fixed),
+                        ambiguous: Arc::default(),
                     },
                 )
                 .await;
@@ -296,6 +312,7 @@ impl Gateway {
                     port,
                     tls: true,
                 }),
+                ambiguous: Arc::default(),
             };
             if h2 {
                 self.serve_http2(tls, conn).await;
@@ -310,6 +327,15 @@ impl Gateway {
         mut req: Request<Incoming>,
         conn: Arc<Conn>,
     ) -> Response<GwBody> {
+        if conn.ambiguous.load(Ordering::SeqCst) {
+            let mut resp = error(
+                StatusCode::BAD_REQUEST,
+                "ambiguous message framing (Content-Length with Transfer-Encoding, or Content-Length repeated); send exactly one of them",
+            );
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return resp;
+        }
         if req.method() == Method::CONNECT {
             if conn.fixed.is_some() {
                 return error(
@@ -351,6 +377,19 @@ impl Gateway {
             return error(
                 StatusCode::BAD_REQUEST,
                 "both Content-Length and Transfer-Encoding; send one of them",
+            );
+        }
+        let head_bytes: usize = headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .sum();
+        if head_bytes > self.config.limits.max_header_bytes {
+            return error(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                &format!(
+                    "request headers are larger than the gateway's limit of {} bytes",
+                    self.config.limits.max_header_bytes
+                ),
             );
         }
         let target = match target_of(&req, conn.fixed.as_ref()) {

@@ -1,0 +1,219 @@
+//! Allowed, denied and held requests end to end through the explicit proxy, over real
+//! TLS interception, each decision audited before the request goes out.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use agentspace_gateway::{Arrival, DECISION_HEADER};
+use pretty_assertions::assert_eq;
+use tokio::net::TcpListener;
+
+use super::helpers::Harness;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowed_https_request_reaches_the_named_host_over_http1_and_http2() {
+    let h = Harness::start().await;
+    for version in ["--http1.1", "--http2"] {
+        let out = h
+            .curl(&[version, "https://api.example.com/v1/items/42?color=red"])
+            .await;
+        assert_eq!(out.status, 200, "{version}: {}", out.body);
+        let seen = out.json();
+        assert_eq!(seen["method"], "GET");
+        assert_eq!(seen["path"], "/v1/items/42");
+        assert_eq!(seen["query"], "color=red");
+        assert_eq!(seen["headers"]["host"], "api.example.com");
+        // Proxy plumbing never reaches the upstream.
+        assert!(seen["headers"].get("proxy-connection").is_none());
+    }
+    let events = h.events().await;
+    assert_eq!(events.len(), 2);
+    for e in &events {
+        assert_eq!(e["kind"], "http_request");
+        assert_eq!(e["decision"], "allow");
+        assert_eq!(e["task"], "t1");
+        assert_eq!(e["user"], "alice@acme.example");
+        assert_eq!(e["resource"], "https://api.example.com:443/v1/items/42");
+        assert_eq!(e["details"]["capabilities"], serde_json::json!(["items"]));
+        // The query is digested, not stored.
+        assert!(
+            e["request"]["query_digest"]
+                .as_str()
+                .unwrap()
+                .starts_with("sha256:")
+        );
+    }
+    assert_eq!(h.verified_events().await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_through_the_proxy_is_decided_too() {
+    let h = Harness::start().await;
+    let out = h.curl(&["http://plain.example.com/hello"]).await;
+    assert_eq!(out.status, 200, "{}", out.body);
+    assert_eq!(out.json()["headers"]["host"], "plain.example.com");
+    let out = h
+        .curl(&["-X", "POST", "http://plain.example.com/hello"])
+        .await;
+    assert_eq!(out.status, 403, "{}", out.body);
+    assert_eq!(out.header(DECISION_HEADER).as_deref(), Some("deny"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_path_method_and_host_get_the_documented_403() {
+    let h = Harness::start().await;
+    let cases = [
+        vec!["https://api.example.com/v1/admin"],
+        vec!["-X", "DELETE", "https://api.example.com/v1/items/1"],
+        vec!["https://other.example.com/v1/items"],
+    ];
+    for args in &cases {
+        let out = h.curl(args).await;
+        assert_eq!(out.status, 403, "{args:?}: {}", out.body);
+        assert_eq!(
+            out.header(DECISION_HEADER).as_deref(),
+            Some("deny"),
+            "{args:?}"
+        );
+        assert_eq!(
+            out.header("content-type").as_deref(),
+            Some("application/json")
+        );
+        let body = out.json();
+        assert_eq!(body["decision"], "deny", "{body}");
+        assert_eq!(body["code"], "not-permitted", "{body}");
+        assert!(body["reason"].as_str().is_some_and(|r| !r.is_empty()));
+        assert!(body.get("policy").is_some(), "{body}");
+        let id = body["audit_id"].as_str().unwrap();
+        assert!(id.starts_with("acme:"), "{id}");
+    }
+    let events = h.events().await;
+    assert_eq!(events.len(), 3);
+    assert!(
+        events
+            .iter()
+            .all(|e| e["decision"] == "deny" && e["reason"].is_string())
+    );
+    // The audit id names the event that recorded the decision.
+    let out = h.curl(&["https://api.example.com/v1/nope"]).await;
+    let seq: u64 = out.json()["audit_id"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("acme:")
+        .parse()
+        .unwrap();
+    let events = h.events().await;
+    let last = events.last().unwrap();
+    assert_eq!(last["seq"], seq);
+    assert_eq!(last["resource"], "https://api.example.com:443/v1/nope");
+    assert_eq!(h.verified_events().await, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_body_is_decided_and_still_reaches_the_upstream_whole() {
+    let h = Harness::start().await;
+    let small = r#"{"amount": 20, "currency": "eur"}"#;
+    let out = h
+        .curl(&[
+            "-H",
+            "content-type: application/json",
+            "--data",
+            small,
+            "https://api.example.com/v1/charges",
+        ])
+        .await;
+    assert_eq!(out.status, 200, "{}", out.body);
+    assert_eq!(out.json()["body"], small);
+
+    let big = r#"{"amount": 5000, "currency": "eur"}"#;
+    let out = h
+        .curl(&[
+            "-H",
+            "content-type: application/json",
+            "--data",
+            big,
+            "https://api.example.com/v1/charges",
+        ])
+        .await;
+    assert_eq!(out.status, 403, "{}", out.body);
+    assert_eq!(
+        out.header(DECISION_HEADER).as_deref(),
+        Some("approval-required")
+    );
+    let body = out.json();
+    assert_eq!(body["decision"], "approval-required");
+    assert_eq!(body["reason"], "approval required");
+    assert!(body["audit_id"].is_string());
+    let events = h.events().await;
+    assert_eq!(events.last().unwrap()["decision"], "approval_required");
+    assert!(events.last().unwrap()["args_digest"].is_string());
+
+    // A body larger than the inspection window is decided without its fields: a rule
+    // with a body condition fails closed (held for approval) ...
+    let large = format!(r#"{{"amount": 1, "pad": "{}"}}"#, "x".repeat(300_000));
+    let file = h.dir.path().join("large.json");
+    std::fs::write(&file, &large).unwrap();
+    let data = format!("@{}", file.display());
+    let post = |path: &'static str| {
+        [
+            "-H".to_owned(),
+            "content-type: application/json".to_owned(),
+            "--data-binary".to_owned(),
+            data.clone(),
+            format!("https://api.example.com{path}"),
+        ]
+    };
+    let args = post("/v1/charges");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = h.curl(&args).await;
+    assert_eq!(out.status, 403, "{}", out.body);
+    assert_eq!(out.json()["decision"], "approval-required");
+    // ... and one without streams through whole, never buffered beyond the window.
+    let args = post("/v1/uploads");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = h.curl(&args).await;
+    assert_eq!(out.status, 200, "{}", &out.body[..out.body.len().min(300)]);
+    assert_eq!(out.json()["body"].as_str().unwrap().len(), large.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transparent_connection_is_intercepted_and_decided_the_same_way() {
+    let h = Harness::start().await;
+    // A second listener standing for the transparent redirect: the original
+    // destination is handed over out of band.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let gateway = Arc::clone(&h.gateway);
+    let task = Arc::clone(&h.task);
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let original: SocketAddr = "203.0.113.7:443".parse().unwrap();
+            tokio::spawn(Arc::clone(&gateway).serve_connection(
+                stream,
+                Arc::clone(&task),
+                Arrival::Transparent { original },
+            ));
+        }
+    });
+    let connect_to = format!("api.example.com:443:127.0.0.1:{}", addr.port());
+    let base = [
+        "--noproxy".to_owned(),
+        "*".to_owned(),
+        "--connect-to".to_owned(),
+        connect_to,
+        "--cacert".to_owned(),
+        h.tenant_ca.display().to_string(),
+    ];
+    let mut ok = base.to_vec();
+    ok.push("https://api.example.com/v1/items".into());
+    let out = h.curl_raw(ok).await;
+    assert_eq!(out.status, 200, "{}", out.body);
+    assert_eq!(out.json()["path"], "/v1/items");
+    let mut denied = base.to_vec();
+    denied.push("https://api.example.com/v1/secret".into());
+    let out = h.curl_raw(denied).await;
+    assert_eq!(out.status, 403, "{}", out.body);
+    assert_eq!(out.json()["decision"], "deny");
+    assert_eq!(h.verified_events().await, 2);
+}

@@ -1,0 +1,3 @@
+mod attacks;
+mod e2e;
+mod helpers;

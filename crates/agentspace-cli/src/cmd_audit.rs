@@ -534,3 +534,55 @@ impl TaskAudit {
         Ok(())
     }
 }
+
+/// Records one administrative event (a revocation, a key rotation) in the tenant's
+/// audit log; uses `AGENTSPACE_AUDIT_URL` when set.
+pub(crate) fn record_admin_event(
+    state: &StateDir,
+    tenant: &Name,
+    kind: AuditKind,
+    action: &str,
+    resource: String,
+    details: serde_json::Map<String, serde_json::Value>,
+) -> Result<()> {
+    let url = std::env::var("AGENTSPACE_AUDIT_URL").ok();
+    let log = open(state, url.as_deref())?;
+    let mut event = agentspace_core::AuditEvent::new(tenant, kind, action);
+    event.resource = Some(resource);
+    event.user = std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .ok();
+    for (k, v) in details {
+        event.details.insert(k, v);
+    }
+    log.append(event)
+        .context("cannot record the event in the audit log")?;
+    Ok(())
+}
+
+/// The audit sink of `agentspace revoke`: one event per revocation and per lift.
+pub(crate) struct RevocationSink<'a> {
+    pub(crate) state: &'a StateDir,
+    pub(crate) tenant: Name,
+}
+
+impl agentspace_policy::RevocationAudit for RevocationSink<'_> {
+    fn revocation(
+        &self,
+        record: &agentspace_policy::RevocationRecord,
+        lifted: bool,
+    ) -> std::result::Result<(), String> {
+        let mut details = serde_json::Map::new();
+        details.insert("reason".into(), record.reason.clone().into());
+        details.insert("revoked_at".into(), record.revoked_at.into());
+        record_admin_event(
+            self.state,
+            &self.tenant,
+            AuditKind::Revocation,
+            if lifted { "lift" } else { "revoke" },
+            record.revocation.to_string(),
+            details,
+        )
+        .map_err(|e| format!("{e:#}"))
+    }
+}

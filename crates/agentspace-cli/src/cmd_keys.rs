@@ -36,6 +36,22 @@ pub(crate) fn run(state: &StateDir, cmd: Command) -> Result<ExitCode> {
         Command::Rotate { tenant } => {
             let tenant = Name::new(&tenant).context("invalid `--tenant`")?;
             let rotation = identity.rotate(&tenant)?;
+            let mut details = serde_json::Map::new();
+            details.insert("new_kid".into(), rotation.new_kid.clone().into());
+            details.insert("retired_kid".into(), rotation.retired_kid.clone().into());
+            details.insert(
+                "retired_verifies_until".into(),
+                rotation.retired_verifies_until.into(),
+            );
+            crate::cmd_audit::record_admin_event(
+                state,
+                &tenant,
+                agentspace_core::AuditKind::KeyRotation,
+                "rotate",
+                "identity signing key".to_owned(),
+                details,
+            )
+            .context("the key was rotated, but the audit log could not record it")?;
             println!("tenant `{tenant}`: new signing key `{}`", rotation.new_kid);
             println!(
                 "retired key `{}` verifies until {} (Unix time), then leaves the JWKS",

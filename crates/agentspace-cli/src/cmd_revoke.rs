@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use agentspace_core::{Name, TaskRef, UserId};
-use agentspace_policy::{NoAudit, Revocation, Revocations};
+use agentspace_policy::{Revocation, Revocations};
 use anyhow::{Context, Result};
 
 use crate::state::StateDir;
@@ -124,16 +124,20 @@ pub(crate) fn run(state: &StateDir, cmd: Command) -> Result<ExitCode> {
             common,
         ),
     };
-    // Audit hook: when agentspace-audit records revocations, pass its sink here instead
-    // of `NoAudit`.
+    // Every revocation and lift is recorded in the tenant's audit log (after it is in
+    // force: a failing audit store never delays a revocation; it makes this command fail).
+    let sink = crate::cmd_audit::RevocationSink {
+        state,
+        tenant: name("`--tenant`", &common.tenant)?,
+    };
     if common.lift {
-        if store.lift(&what, &NoAudit)? {
+        if store.lift(&what, &sink)? {
             println!("lifted: {what}");
         } else {
             println!("{what} was not revoked");
         }
     } else {
-        store.revoke(what.clone(), &common.reason, &NoAudit)?;
+        store.revoke(what.clone(), &common.reason, &sink)?;
         println!("revoked: {what} (effective on the next decision)");
     }
     Ok(ExitCode::SUCCESS)

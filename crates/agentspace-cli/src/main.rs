@@ -63,6 +63,11 @@ fn main() -> ExitCode {
         return ExitCode::from(agentspace_cell::supervisor_main());
     }
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run(_)) {
+        // `agentspace audit query | head` should end quietly, like any Unix filter. `run`
+        // keeps Rust's default (ignore SIGPIPE) so the cell outlives a closed terminal.
+        let _ = agentspace_cell::reset_signal(nix::sys::signal::Signal::SIGPIPE);
+    }
     let state = state::StateDir::resolve(cli.state_dir);
     let result = match cli.command {
         Command::Run(args) => cmd_run::run(&state, args),

@@ -1,5 +1,6 @@
 pub mod support;
 
+mod admin;
 mod definitions;
 mod escape;
 mod run;

@@ -253,3 +253,55 @@ async fn thousands_of_malformed_requests_never_stop_the_gateway() {
     assert!(events >= 1);
     assert_eq!(h.verified_events().await, events);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_whose_certificate_does_not_verify_is_never_sent_the_request() {
+    let h = Harness::start().await;
+    // The stand-in answers for impostor.example.com with a certificate that does not
+    // name it: the gateway's upstream client refuses it.
+    let out = h.curl(&["https://impostor.example.com/v1/items"]).await;
+    assert_eq!(out.status, 502, "{}", out.body);
+    assert!(
+        out.json()["error"].as_str().unwrap().contains("TLS"),
+        "{}",
+        out.body
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_audit_log_cannot_be_written_the_request_is_denied() {
+    let h = Harness::start().await;
+    // The tenant's signing key directory cannot be created: every append fails.
+    let keys = h.dir.path().join("state/audit/keys");
+    let _ = std::fs::remove_dir_all(&keys);
+    std::fs::write(&keys, b"not a directory").unwrap();
+    let out = h.curl(&["https://api.example.com/v1/items"]).await;
+    assert_eq!(out.status, 403, "{}", out.body);
+    assert_eq!(out.header(DECISION_HEADER).as_deref(), Some("deny"));
+    let body = out.json();
+    assert_eq!(body["code"], "audit", "{body}");
+    assert!(body["audit_id"].is_null());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_comes_from_the_door_never_from_what_the_client_sends() {
+    let h = Harness::start().await;
+    let out = h
+        .curl(&[
+            "-H",
+            "X-Agentspace-Task: t2",
+            "-H",
+            "X-Agentspace-User: mallory@evil.example",
+            "--proxy-user",
+            "t2:secret",
+            "https://api.example.com/v1/items",
+        ])
+        .await;
+    assert_eq!(out.status, 200, "{}", out.body);
+    // The proxy credentials are not forwarded upstream.
+    assert!(out.json()["headers"].get("proxy-authorization").is_none());
+    let events = h.events().await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["task"], "t1");
+    assert_eq!(events[0]["user"], "alice@acme.example");
+}

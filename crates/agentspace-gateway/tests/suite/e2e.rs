@@ -217,3 +217,35 @@ async fn transparent_connection_is_intercepted_and_decided_the_same_way() {
     assert_eq!(out.json()["decision"], "deny");
     assert_eq!(h.verified_events().await, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unix_socket_door_serves_its_task() {
+    use agentspace_gateway::{Door, DoorListener, Task};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let h = Harness::start().await;
+    let path = h.dir.path().join("door.sock");
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    let door = Door::new(
+        DoorListener::Unix(listener),
+        Task {
+            principal: super::helpers::principal("t9"),
+            policy: Arc::clone(&h.task.policy),
+        },
+    );
+    tokio::spawn(Arc::clone(&h.gateway).serve(door));
+    let mut stream = tokio::net::UnixStream::connect(&path).await.unwrap();
+    stream
+        .write_all(
+            b"GET http://plain.example.com/via-unix HTTP/1.1\r\nHost: plain.example.com\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("/via-unix"), "{response}");
+    let events = h.events().await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["task"], "t9");
+}

@@ -50,6 +50,8 @@ spec:
     - name: plain
       hosts: [plain.example.com]
       methods: [GET]
+    - name: impostor
+      hosts: [impostor.example.com]
     - name: internal
       hosts: [localhost, 127.0.0.1, 169.254.169.254, metadata.example.com]
 "#;
@@ -215,6 +217,8 @@ impl Harness {
             format!("api.example.com:443:{upstream_tls}"),
             format!("other.example.com:443:{upstream_tls}"),
             format!("plain.example.com:80:{upstream_plain}"),
+            // Allowed by no certificate of the stand-in: upstream verification must fail.
+            format!("impostor.example.com:443:{upstream_tls}"),
         ] {
             config.resolve.push(ResolveOverride::parse(&entry).unwrap());
         }

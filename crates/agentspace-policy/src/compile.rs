@@ -1,20 +1,23 @@
 //! Compiling an agent definition to Cedar, loading its extra `.cedar` files and
 //! validating everything against the Agent Space schema.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use agentspace_core::{DEFAULT_APPROVAL_TIMEOUT, Definition, EgressRule};
 use cedar_policy::{
-    Effect, Expression, Policy, PolicyId, PolicySet, Schema, ValidationMode, Validator,
+    Effect, Entities, Entity, Expression, Policy, PolicyId, PolicySet, Schema, ValidationMode,
+    Validator,
 };
 use miette::Diagnostic;
 
 use crate::error::PolicyError;
+use crate::evaluate::uid;
+use crate::prefilter::{AGENT, Guarded, TENANT};
 
 /// The Agent Space Cedar schema (human-readable Cedar schema syntax).
 pub const SCHEMA: &str = include_str!("schema.cedarschema");
@@ -65,25 +68,37 @@ pub struct CompiledPolicies {
     /// evaluates the policies whose scope can match (Cedar evaluates every policy it is
     /// given; this index keeps latency flat as policies grow).
     pub(crate) index: HashMap<String, Slice>,
+    /// The entities every request of this definition shares: the schema's actions, the
+    /// tenant and the agent. A decision adds the user, the task and the resource.
+    pub(crate) statics: Entities,
     generated: String,
     files: Vec<(String, String)>,
     warnings: Vec<String>,
 }
 
 /// The policies that can apply to one action: by the resource their scope names
-/// (`resource == X`), and those whose scope names no single resource.
+/// (`resource == X`), and those whose scope names no single resource. Each list holds
+/// base and `@approval` policies alike, with their pre-evaluable conditions.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Slice {
-    by_resource: HashMap<String, (PolicySet, PolicySet)>,
-    any: (PolicySet, PolicySet),
+    by_resource: HashMap<String, Vec<Arc<Guarded>>>,
+    any: Vec<Arc<Guarded>>,
 }
 
 impl CompiledPolicies {
-    /// The (base, approval) policies that can apply to `action` on `resource` (both
-    /// Cedar uids as strings); `None` when no policy can.
-    pub(crate) fn slice(&self, action: &str, resource: &str) -> Option<&(PolicySet, PolicySet)> {
+    /// The policies whose scope can match `action` on `resource` (both Cedar uids as
+    /// strings); `None` when no policy can.
+    pub(crate) fn slice(&self, action: &str, resource: &str) -> Option<&[Arc<Guarded>]> {
         let slice = self.index.get(action)?;
         Some(slice.by_resource.get(resource).unwrap_or(&slice.any))
+    }
+}
+
+impl Slice {
+    /// The policies of this action whose scope names no single resource.
+    #[cfg(test)]
+    pub(crate) fn any(&self) -> &[Arc<Guarded>] {
+        &self.any
     }
 }
 
@@ -126,52 +141,63 @@ fn scoped_resource(policy: &Policy) -> Option<String> {
     }
 }
 
-fn build_index(base: &PolicySet, approvals: &PolicySet) -> Result<HashMap<String, Slice>, String> {
+fn build_index(base: &PolicySet, approvals: &PolicySet) -> HashMap<String, Slice> {
+    let guarded: Vec<Arc<Guarded>> = base
+        .policies()
+        .map(|p| (p, false))
+        .chain(approvals.policies().map(|p| (p, true)))
+        .map(|(p, approval)| Arc::new(Guarded::new(p.clone(), approval)))
+        .collect();
     let mut index = HashMap::new();
     for (action, is_http) in ACTIONS {
         let mut slice = Slice::default();
-        let sets = [(base, false), (approvals, true)];
-        // First the resources named by scopes, so each gets its own sets.
-        for (set, _) in &sets {
-            for p in set.policies() {
-                if applies_to_action(p, action, *is_http)
-                    && let Some(r) = scoped_resource(p)
-                {
-                    slice.by_resource.entry(r).or_default();
-                }
+        let applicable: Vec<&Arc<Guarded>> = guarded
+            .iter()
+            .filter(|g| applies_to_action(&g.policy, action, *is_http))
+            .collect();
+        // First the resources named by scopes, so each gets its own list.
+        for g in &applicable {
+            if let Some(r) = scoped_resource(&g.policy) {
+                slice.by_resource.entry(r).or_default();
             }
         }
-        for (set, is_approval) in &sets {
-            for p in set.policies() {
-                if !applies_to_action(p, action, *is_http) {
-                    continue;
-                }
-                let pick = |pair: &mut (PolicySet, PolicySet)| {
-                    let target = if *is_approval {
-                        &mut pair.1
-                    } else {
-                        &mut pair.0
-                    };
-                    target.add(p.clone()).map_err(|e| e.to_string())
-                };
-                match scoped_resource(p) {
-                    Some(r) => {
-                        if let Some(pair) = slice.by_resource.get_mut(&r) {
-                            pick(pair)?;
-                        }
+        for g in applicable {
+            match scoped_resource(&g.policy) {
+                Some(r) => {
+                    if let Some(list) = slice.by_resource.get_mut(&r) {
+                        list.push(Arc::clone(g));
                     }
-                    None => {
-                        pick(&mut slice.any)?;
-                        for pair in slice.by_resource.values_mut() {
-                            pick(pair)?;
-                        }
+                }
+                None => {
+                    slice.any.push(Arc::clone(g));
+                    for list in slice.by_resource.values_mut() {
+                        list.push(Arc::clone(g));
                     }
                 }
             }
         }
         index.insert(action_uid(action), slice);
     }
-    Ok(index)
+    index
+}
+
+/// The schema's action entities, the tenant and the agent of `definition`.
+fn static_entities(definition: &Definition) -> Result<Entities, String> {
+    let tenant = uid(TENANT, definition.tenant.as_str())?;
+    let agent = uid(AGENT, definition.name.as_str())?;
+    let actions = schema()
+        .map_err(|e| e.to_string())?
+        .action_entities()
+        .map_err(|e| e.to_string())?;
+    actions
+        .add_entities(
+            [
+                Entity::new_no_attrs(tenant.clone(), HashSet::new()),
+                Entity::new_no_attrs(agent, HashSet::from([tenant])),
+            ],
+            None,
+        )
+        .map_err(|e| e.to_string())
 }
 
 /// Where a policy came from, for error locations.
@@ -354,9 +380,10 @@ impl CompiledPolicies {
             })?;
         }
 
-        let index = build_index(&base, &approvals).map_err(|message| PolicyError::Field {
+        let index = build_index(&base, &approvals);
+        let statics = static_entities(definition).map_err(|message| PolicyError::Field {
             file: def_file.clone(),
-            field: "spec".to_owned(),
+            field: "metadata".to_owned(),
             message,
         })?;
         Ok(Self {
@@ -366,6 +393,7 @@ impl CompiledPolicies {
             approvals,
             meta,
             index,
+            statics,
             generated: generated.text,
             files,
             warnings,

@@ -1,16 +1,18 @@
 //! Evaluating one request against compiled policies with Cedar: no state, no I/O.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use agentspace_core::HTTP_METHODS;
 use cedar_policy::{
     Authorizer, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicyId,
-    RestrictedExpression,
+    PolicySet, RestrictedExpression,
 };
 
-use crate::compile::{CompiledPolicies, schema};
+use crate::compile::CompiledPolicies;
 use crate::decision::{Decision, DenyReason};
+use crate::prefilter::{ACTION, AGENT, Facts, HOST, MCP_SERVER, TASK, TENANT, TOOL, USER};
 use crate::request::{Action, Request, Usage};
 
 /// Most nested levels and values taken from a JSON body or tool arguments; the rest is
@@ -49,7 +51,8 @@ impl CompiledPolicies {
         if let Err(message) = self.check_request(request) {
             return denied(DenyReason::InvalidRequest, message);
         }
-        let (cedar_request, entities) = match build(request, usage, now) {
+        let facts = Facts::new(request, usage, now);
+        let (cedar_request, entities) = match build(&facts, &self.statics) {
             Ok(v) => v,
             Err(e) => {
                 return denied(
@@ -66,14 +69,93 @@ impl CompiledPolicies {
             .resource()
             .map(ToString::to_string)
             .unwrap_or_default();
-        let Some((base, approvals)) = self.slice(&action_key, &resource_key) else {
+        // Only the policies whose scope can match, less those whose leading conditions
+        // are certainly false for this request (see `prefilter`): Cedar would find them
+        // false without error, so they could not change the response.
+        let mut base = PolicySet::new();
+        let mut approvals = PolicySet::new();
+        for g in self.slice(&action_key, &resource_key).unwrap_or(&[]) {
+            if !g.may_apply(&facts) {
+                continue;
+            }
+            let set = if g.approval {
+                &mut approvals
+            } else {
+                &mut base
+            };
+            if let Err(e) = set.add(g.policy.clone()) {
+                return denied(
+                    DenyReason::Error,
+                    format!("the request cannot be evaluated: {e}"),
+                );
+            }
+        }
+        self.decide_sets(
+            request,
+            &cedar_request,
+            &entities,
+            (&base, &approvals),
+            approved,
+        )
+    }
+
+    /// [`Self::evaluate_full`] with every policy handed to Cedar: no index, no
+    /// pre-evaluation. The reference the property tests compare against.
+    #[cfg(test)]
+    pub(crate) fn evaluate_unsliced(
+        &self,
+        request: &Request,
+        usage: Usage,
+        now: u64,
+        approved: bool,
+    ) -> Evaluated {
+        if let Err(message) = self.check_request(request) {
+            return Evaluated {
+                decision: Decision::deny(DenyReason::InvalidRequest, message),
+                capabilities: Vec::new(),
+            };
+        }
+        let facts = Facts::new(request, usage, now);
+        match build(&facts, &self.statics) {
+            Ok((cedar_request, entities)) => self.decide_sets(
+                request,
+                &cedar_request,
+                &entities,
+                (&self.base, &self.approvals),
+                approved,
+            ),
+            Err(e) => Evaluated {
+                decision: Decision::deny(
+                    DenyReason::Error,
+                    format!("the request cannot be evaluated: {e}"),
+                ),
+                capabilities: Vec::new(),
+            },
+        }
+    }
+
+    /// The Cedar part of a decision, given the (base, approval) policies to evaluate.
+    fn decide_sets(
+        &self,
+        request: &Request,
+        cedar_request: &cedar_policy::Request,
+        entities: &Entities,
+        (base, approvals): (&PolicySet, &PolicySet),
+        approved: bool,
+    ) -> Evaluated {
+        let denied = |reason, message: String| Evaluated {
+            decision: Decision::deny(reason, message),
+            capabilities: Vec::new(),
+        };
+        if base.is_empty() {
+            // What Cedar answers for no policies, without asking it.
             return denied(
                 DenyReason::NotPermitted,
                 format!("no policy permits {} (default deny)", describe(request)),
             );
-        };
+        }
         let authorizer = Authorizer::new();
-        let response = authorizer.is_authorized(&cedar_request, base, &entities);
+        let response = authorizer.is_authorized(cedar_request, base, entities);
         let determining: Vec<PolicyId> = sorted(response.diagnostics().reason());
         let errored: Vec<(PolicyId, String)> =
             response.diagnostics().errors().map(policy_error).collect();
@@ -143,7 +225,7 @@ impl CompiledPolicies {
 
         if !approved
             && !approvals.is_empty()
-            && let Some(decision) = self.approval(approvals, &cedar_request, &entities, &what)
+            && let Some(decision) = self.approval(approvals, cedar_request, entities, &what)
         {
             return Evaluated {
                 decision,
@@ -355,34 +437,44 @@ pub(crate) fn describe(request: &Request) -> String {
     }
 }
 
+/// Parses an entity type name, once per process for the schema's own.
 fn type_name(name: &str) -> Result<EntityTypeName, String> {
-    name.parse().map_err(|e| format!("{e}"))
+    static KNOWN: OnceLock<Vec<(&'static str, EntityTypeName)>> = OnceLock::new();
+    let known = KNOWN.get_or_init(|| {
+        [TASK, AGENT, TENANT, USER, HOST, TOOL, MCP_SERVER, ACTION]
+            .into_iter()
+            .filter_map(|n| n.parse().ok().map(|t| (n, t)))
+            .collect()
+    });
+    match known.iter().find(|(n, _)| *n == name) {
+        Some((_, t)) => Ok(t.clone()),
+        None => name.parse().map_err(|e| format!("{e}")),
+    }
 }
 
-fn uid(ty: &str, id: &str) -> Result<EntityUid, String> {
+pub(crate) fn uid(ty: &str, id: &str) -> Result<EntityUid, String> {
     Ok(EntityUid::from_type_name_and_id(
         type_name(ty)?,
         EntityId::new(id),
     ))
 }
 
-/// The Cedar request and entities for `request`.
+/// The Cedar request and entities for the request behind `facts`: `statics` (actions,
+/// tenant, agent) plus the user, the task and the resource.
 fn build(
-    request: &Request,
-    usage: Usage,
-    now: u64,
+    facts: &Facts<'_>,
+    statics: &Entities,
 ) -> Result<(cedar_policy::Request, Entities), String> {
+    let request = facts.request;
     let p = &request.principal;
-    let tenant = uid("AgentSpace::Tenant", p.tenant().as_str())?;
-    let user = uid("AgentSpace::User", p.user().as_str())?;
-    let agent = uid("AgentSpace::Agent", p.current().agent.as_str())?;
-    let task = uid("AgentSpace::Task", p.current().task.as_str())?;
+    let tenant = uid(TENANT, p.tenant().as_str())?;
+    let user = uid(USER, p.user().as_str())?;
+    let agent = uid(AGENT, p.current().agent.as_str())?;
+    let task = uid(TASK, p.current().task.as_str())?;
     let err = |e: &dyn std::fmt::Display| e.to_string();
 
     let mut entities = vec![
-        Entity::new_no_attrs(tenant.clone(), HashSet::new()),
         Entity::new_no_attrs(user.clone(), HashSet::from([tenant.clone()])),
-        Entity::new_no_attrs(agent.clone(), HashSet::from([tenant.clone()])),
         Entity::new(
             task.clone(),
             HashMap::from([
@@ -395,7 +487,7 @@ fn build(
                     RestrictedExpression::new_entity_uid(agent.clone()),
                 ),
             ]),
-            HashSet::from([agent, tenant.clone()]),
+            HashSet::from([agent.clone(), tenant.clone()]),
         )
         .map_err(|e| err(&e))?,
     ];
@@ -405,7 +497,6 @@ fn build(
         .iter()
         .map(|a| RestrictedExpression::new_string(a.agent.to_string()))
         .collect();
-    let depth = i64::try_from(p.depth()).unwrap_or(i64::MAX);
     let labels = RestrictedExpression::new_set(
         request
             .context
@@ -413,6 +504,15 @@ fn build(
             .iter()
             .map(|l| RestrictedExpression::new_string(l.clone())),
     );
+    let longs = |names: [&str; 4], values: [i64; 4]| {
+        RestrictedExpression::new_record(
+            names
+                .into_iter()
+                .zip(values)
+                .map(|(n, v)| (n.to_owned(), RestrictedExpression::new_long(v))),
+        )
+        .map_err(|e| err(&e))
+    };
     let mut pairs: Vec<(String, RestrictedExpression)> = vec![
         (
             "tenant".into(),
@@ -431,14 +531,21 @@ fn build(
             RestrictedExpression::new_string(p.current().task.to_string()),
         ),
         ("chain".into(), RestrictedExpression::new_set(chain)),
-        ("depth".into(), RestrictedExpression::new_long(depth)),
+        ("depth".into(), RestrictedExpression::new_long(facts.depth)),
         ("labels".into(), labels),
-        ("usage".into(), usage_record(usage).map_err(|e| err(&e))?),
-        ("time".into(), time_record(now).map_err(|e| err(&e))?),
+        (
+            "usage".into(),
+            longs(["requests", "bytes", "tokens", "seconds"], facts.usage)?,
+        ),
+        (
+            "time".into(),
+            longs(["unix", "hour", "minute", "weekday"], facts.time)?,
+        ),
     ];
     let r = &request.resource;
-    let host = r.host.as_deref().unwrap_or("").to_ascii_lowercase();
-    let (action_name, resource) = match &request.action {
+    let resource = uid(facts.resource.0, &facts.resource.1)?;
+    let action_name = request.action.cedar_name();
+    match &request.action {
         Action::Http { method } => {
             let mut budget = MAX_VALUES;
             pairs.extend([
@@ -448,17 +555,12 @@ fn build(
                 ),
                 (
                     "host".into(),
-                    RestrictedExpression::new_string(host.clone()),
+                    RestrictedExpression::new_string(facts.host.clone()),
                 ),
-                (
-                    "port".into(),
-                    RestrictedExpression::new_long(i64::from(r.port.unwrap_or(443))),
-                ),
+                ("port".into(), RestrictedExpression::new_long(facts.port)),
                 (
                     "path".into(),
-                    RestrictedExpression::new_string(
-                        r.path.clone().unwrap_or_else(|| "/".to_owned()),
-                    ),
+                    RestrictedExpression::new_string(facts.path.to_owned()),
                 ),
                 (
                     "query".into(),
@@ -481,31 +583,25 @@ fn build(
                     json_record(request.context.body.as_ref(), &mut budget).map_err(|e| err(&e))?,
                 ),
             ]);
-            let resource = uid("AgentSpace::Host", &host)?;
             entities.push(Entity::new_no_attrs(resource.clone(), HashSet::new()));
-            (method.as_str(), resource)
         }
         Action::Dns => {
             pairs.push((
                 "host".into(),
-                RestrictedExpression::new_string(host.clone()),
+                RestrictedExpression::new_string(facts.host.clone()),
             ));
-            let resource = uid("AgentSpace::Host", &host)?;
             entities.push(Entity::new_no_attrs(resource.clone(), HashSet::new()));
-            ("dns", resource)
         }
         Action::Mcp => {
-            let server = r.server.clone().unwrap_or_default();
-            let tool = r.tool.clone().unwrap_or_default();
             let mut budget = MAX_VALUES;
             pairs.extend([
                 (
                     "server".into(),
-                    RestrictedExpression::new_string(server.clone()),
+                    RestrictedExpression::new_string(r.server.clone().unwrap_or_default()),
                 ),
                 (
                     "tool".into(),
-                    RestrictedExpression::new_string(tool.clone()),
+                    RestrictedExpression::new_string(r.tool.clone().unwrap_or_default()),
                 ),
                 (
                     "arguments".into(),
@@ -513,94 +609,42 @@ fn build(
                         .map_err(|e| err(&e))?,
                 ),
             ]);
-            let server_uid = uid("AgentSpace::McpServer", &server)?;
-            let resource = uid("AgentSpace::Tool", &format!("{server}/{tool}"))?;
-            entities.push(Entity::new_no_attrs(server_uid.clone(), HashSet::new()));
-            entities.push(Entity::new_no_attrs(
-                resource.clone(),
-                HashSet::from([server_uid]),
-            ));
-            ("mcp", resource)
+            let mut parents = HashSet::new();
+            if let Some((ty, id)) = &facts.resource_parent {
+                let server = uid(ty, id)?;
+                entities.push(Entity::new_no_attrs(server.clone(), HashSet::new()));
+                parents.insert(server);
+            }
+            entities.push(Entity::new_no_attrs(resource.clone(), parents));
         }
         Action::Spawn => {
-            let target = r
-                .agent
-                .as_ref()
-                .map(ToString::to_string)
-                .unwrap_or_default();
             pairs.push((
                 "target".into(),
-                RestrictedExpression::new_string(target.clone()),
+                RestrictedExpression::new_string(facts.resource.1.clone()),
             ));
-            let resource = uid("AgentSpace::Agent", &target)?;
-            if resource != uid("AgentSpace::Agent", p.current().agent.as_str())? {
+            // Starting another instance of this agent: its entity is among the statics.
+            if resource != agent {
                 entities.push(Entity::new_no_attrs(
                     resource.clone(),
                     HashSet::from([tenant]),
                 ));
             }
-            ("spawn", resource)
         }
-    };
-    let action = uid("AgentSpace::Action", action_name)?;
+    }
+    let action = uid(ACTION, action_name)?;
     let context = Context::from_pairs(pairs).map_err(|e| err(&e))?;
     // No schema here: the open records (`body`, `headers`, `arguments`) would not pass
     // the schema's closed record types. Policies were validated against it instead.
     let request =
         cedar_policy::Request::new(task, action, resource, context, None).map_err(|e| err(&e))?;
-    // The action hierarchy (`POST` in `http`) comes from the schema, computed once;
-    // validating our own entities against the schema on every request would only cost.
-    let actions = action_entities()?;
-    let entities =
-        Entities::from_entities(entities.into_iter().chain(actions.iter().cloned()), None)
-            .map_err(|e| err(&e))?;
+    // The tenant, the agent and the schema's action hierarchy (`POST` in `http`) were
+    // made once per definition; validating our own entities against the schema on every
+    // request would only cost.
+    let entities = statics
+        .clone()
+        .add_entities(entities, None)
+        .map_err(|e| err(&e))?;
     Ok((request, entities))
-}
-
-/// The schema's action entities, computed once per process.
-fn action_entities() -> Result<&'static [Entity], String> {
-    static ACTIONS: std::sync::OnceLock<Result<Vec<Entity>, String>> = std::sync::OnceLock::new();
-    ACTIONS
-        .get_or_init(|| {
-            let schema = schema().map_err(|e| e.to_string())?;
-            let entities = schema.action_entities().map_err(|e| e.to_string())?;
-            Ok(entities.iter().cloned().collect())
-        })
-        .as_ref()
-        .map(Vec::as_slice)
-        .map_err(Clone::clone)
-}
-
-fn usage_record(u: Usage) -> Result<RestrictedExpression, impl std::fmt::Display> {
-    let long = |v: u64| RestrictedExpression::new_long(i64::try_from(v).unwrap_or(i64::MAX));
-    RestrictedExpression::new_record([
-        ("requests".to_owned(), long(u.requests)),
-        ("bytes".to_owned(), long(u.bytes)),
-        ("tokens".to_owned(), long(u.tokens)),
-        ("seconds".to_owned(), long(u.seconds)),
-    ])
-}
-
-fn time_record(now: u64) -> Result<RestrictedExpression, impl std::fmt::Display> {
-    let unix = i64::try_from(now).unwrap_or(i64::MAX);
-    let day_seconds = unix.rem_euclid(86_400);
-    // 1970-01-01 was a Thursday (ISO weekday 4).
-    let weekday = (unix.div_euclid(86_400) + 3).rem_euclid(7) + 1;
-    RestrictedExpression::new_record([
-        ("unix".to_owned(), RestrictedExpression::new_long(unix)),
-        (
-            "hour".to_owned(),
-            RestrictedExpression::new_long(day_seconds / 3600),
-        ),
-        (
-            "minute".to_owned(),
-            RestrictedExpression::new_long(day_seconds % 3600 / 60),
-        ),
-        (
-            "weekday".to_owned(),
-            RestrictedExpression::new_long(weekday),
-        ),
-    ])
 }
 
 /// A JSON object as a Cedar record (anything else, or nothing, is an empty record).

@@ -1,0 +1,874 @@
+//! Exact pre-evaluation of the leading conditions of each policy, so that a decision
+//! hands Cedar only the policies that can still be satisfied or fail.
+//!
+//! Cedar evaluates a policy as `scope && c1 && c2 && ...` — each `when` body split at
+//! its top-level `&&`, each `unless` body negated — left to right, stopping at the first
+//! `false`; the scope never raises an error. So when `c1 .. ck-1` are `true`, `ck` is
+//! `false` and none of them can raise an error, the policy is `false` without an error:
+//! it cannot determine the decision, be among its reasons or among its errors, and
+//! leaving it out of the set Cedar evaluates changes nothing in the response.
+//!
+//! [`Guarded::may_apply`] decides such leading conditions from the request itself, for
+//! a few forms (literals, context attributes, `==`, `!=`, `<`.., `&&`, `||`, `!`,
+//! `like`, `has`, `contains`, `in` and `==` on the principal, action and resource). For
+//! anything else — an attribute of `body` or `arguments`, an entity attribute, an
+//! extension function, a value of the wrong type, a missing attribute (an error in
+//! Cedar) — it answers "don't know" and the policy is kept. Every answer it does give
+//! must equal Cedar's: the property test in `evaluate.rs` compares decisions with and
+//! without this filter.
+
+use std::collections::BTreeSet;
+
+use cedar_policy::Policy;
+use serde_json::Value as Json;
+
+use crate::request::{Action, Request, Usage};
+
+/// A policy and the leading conditions that can be decided without Cedar.
+#[derive(Clone, Debug)]
+pub(crate) struct Guarded {
+    pub(crate) policy: Policy,
+    /// An `@approval` forbid (evaluated only once the rest allows).
+    pub(crate) approval: bool,
+    guard: Vec<Cond>,
+}
+
+impl Guarded {
+    pub(crate) fn new(policy: Policy, approval: bool) -> Self {
+        // A policy whose JSON form cannot be had simply gets no guard (always kept).
+        let guard = policy
+            .to_json()
+            .map(|est| guard_of(&est))
+            .unwrap_or_default();
+        Self {
+            policy,
+            approval,
+            guard,
+        }
+    }
+
+    /// `false` only when the policy certainly evaluates to `false`, without an error,
+    /// for the request behind `facts`.
+    pub(crate) fn may_apply(&self, facts: &Facts<'_>) -> bool {
+        for cond in &self.guard {
+            match cond.eval(facts) {
+                Some(Val::Bool(true)) => {}
+                Some(Val::Bool(false)) => return false,
+                _ => return true,
+            }
+        }
+        true
+    }
+
+    /// How many leading conditions are decided here (for tests).
+    #[cfg(test)]
+    pub(crate) fn guard_len(&self) -> usize {
+        self.guard.len()
+    }
+}
+
+/// The leading conditions of a policy in its JSON (EST) form, up to the first one of a
+/// form not handled here.
+fn guard_of(est: &Json) -> Vec<Cond> {
+    let mut conjuncts: Vec<Option<Cond>> = Vec::new();
+    for clause in est
+        .get("conditions")
+        .and_then(Json::as_array)
+        .map_or(&[][..], Vec::as_slice)
+    {
+        let body = clause.get("body");
+        match (clause.get("kind").and_then(Json::as_str), body) {
+            (Some("when"), Some(body)) => flatten_and(body, &mut conjuncts),
+            (Some("unless"), Some(body)) => {
+                conjuncts.push(expr(body).map(|e| Cond::Not(Box::new(e))));
+            }
+            _ => conjuncts.push(None),
+        }
+    }
+    conjuncts.into_iter().map_while(|c| c).collect()
+}
+
+/// Splits `a && b && c` into `a`, `b`, `c`, in evaluation order.
+fn flatten_and(e: &Json, out: &mut Vec<Option<Cond>>) {
+    if let Some(and) = e.get("&&")
+        && let (Some(left), Some(right)) = (and.get("left"), and.get("right"))
+    {
+        flatten_and(left, out);
+        flatten_and(right, out);
+        return;
+    }
+    out.push(expr(e));
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Var {
+    Principal,
+    Action,
+    Resource,
+    Context,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CmpOp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pat {
+    Char(char),
+    Any,
+}
+
+/// An expression of a form this module can decide (when its operands are known).
+#[derive(Clone, Debug)]
+enum Cond {
+    Bool(bool),
+    Long(i64),
+    Str(String),
+    /// An entity literal: type name and id.
+    Entity(String, String),
+    /// A set literal (only of use on the right of `in`).
+    Set(Vec<Cond>),
+    Var(Var),
+    Attr(Box<Cond>, String),
+    Has(Box<Cond>, String),
+    Not(Box<Cond>),
+    And(Box<Cond>, Box<Cond>),
+    Or(Box<Cond>, Box<Cond>),
+    Cmp(CmpOp, Box<Cond>, Box<Cond>),
+    Like(Box<Cond>, Vec<Pat>),
+    Contains(Box<Cond>, Box<Cond>),
+    In(Box<Cond>, Box<Cond>),
+}
+
+fn operands(j: &Json) -> Option<(Box<Cond>, Box<Cond>)> {
+    Some((
+        Box::new(expr(j.get("left")?)?),
+        Box::new(expr(j.get("right")?)?),
+    ))
+}
+
+/// One EST expression, or `None` for a form not handled here.
+fn expr(j: &Json) -> Option<Cond> {
+    let obj = j.as_object()?;
+    if obj.len() != 1 {
+        return None;
+    }
+    let (op, arg) = obj.iter().next()?;
+    let cmp = |op| operands(arg).map(|(l, r)| Cond::Cmp(op, l, r));
+    match op.as_str() {
+        "Value" => match arg {
+            Json::Bool(b) => Some(Cond::Bool(*b)),
+            Json::Number(n) => n.as_i64().map(Cond::Long),
+            Json::String(s) => Some(Cond::Str(s.clone())),
+            Json::Object(o) => {
+                let e = o.get("__entity")?;
+                if o.len() != 1 {
+                    return None;
+                }
+                Some(Cond::Entity(
+                    e.get("type")?.as_str()?.to_owned(),
+                    e.get("id")?.as_str()?.to_owned(),
+                ))
+            }
+            _ => None,
+        },
+        "Var" => match arg.as_str()? {
+            "principal" => Some(Cond::Var(Var::Principal)),
+            "action" => Some(Cond::Var(Var::Action)),
+            "resource" => Some(Cond::Var(Var::Resource)),
+            "context" => Some(Cond::Var(Var::Context)),
+            _ => None,
+        },
+        "Set" => arg
+            .as_array()?
+            .iter()
+            .map(expr)
+            .collect::<Option<Vec<_>>>()
+            .map(Cond::Set),
+        "." => Some(Cond::Attr(
+            Box::new(expr(arg.get("left")?)?),
+            arg.get("attr")?.as_str()?.to_owned(),
+        )),
+        // The extended form (`has a.b`, an array of names) is left to Cedar.
+        "has" => Some(Cond::Has(
+            Box::new(expr(arg.get("left")?)?),
+            arg.get("attr")?.as_str()?.to_owned(),
+        )),
+        "!" => Some(Cond::Not(Box::new(expr(arg.get("arg")?)?))),
+        "&&" => operands(arg).map(|(l, r)| Cond::And(l, r)),
+        "||" => operands(arg).map(|(l, r)| Cond::Or(l, r)),
+        "==" => cmp(CmpOp::Eq),
+        "!=" => cmp(CmpOp::Ne),
+        "<" => cmp(CmpOp::Lt),
+        "<=" => cmp(CmpOp::Le),
+        ">" => cmp(CmpOp::Gt),
+        ">=" => cmp(CmpOp::Ge),
+        "contains" => operands(arg).map(|(l, r)| Cond::Contains(l, r)),
+        "in" => operands(arg).map(|(l, r)| Cond::In(l, r)),
+        "like" => {
+            let left = expr(arg.get("left")?)?;
+            let mut pattern = Vec::new();
+            for elem in arg.get("pattern")?.as_array()? {
+                match elem {
+                    Json::String(w) if w == "Wildcard" => pattern.push(Pat::Any),
+                    Json::Object(o) if o.len() == 1 => {
+                        pattern.extend(o.get("Literal")?.as_str()?.chars().map(Pat::Char));
+                    }
+                    _ => return None,
+                }
+            }
+            Some(Cond::Like(Box::new(left), pattern))
+        }
+        _ => None,
+    }
+}
+
+/// The records of the context whose every attribute is known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Rec {
+    Context,
+    Time,
+    Usage,
+    Headers,
+}
+
+/// The sets of strings of the context.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StrSet {
+    Labels,
+    Chain,
+}
+
+/// A value during pre-evaluation.
+#[derive(Clone, Copy, Debug)]
+enum Val<'a> {
+    Bool(bool),
+    Long(i64),
+    Str(&'a str),
+    Entity(&'a str, &'a str),
+    Rec(Rec),
+    StrSet(StrSet),
+    /// A set literal of entities, for the right of `in`.
+    Entities(&'a [Cond]),
+}
+
+/// An attribute of a record: its value, certainly absent, or not known here.
+enum Field<'a> {
+    Is(Val<'a>),
+    Absent,
+    Unknown,
+}
+
+/// Entity type names of the schema.
+pub(crate) const TASK: &str = "AgentSpace::Task";
+pub(crate) const AGENT: &str = "AgentSpace::Agent";
+pub(crate) const TENANT: &str = "AgentSpace::Tenant";
+pub(crate) const USER: &str = "AgentSpace::User";
+pub(crate) const HOST: &str = "AgentSpace::Host";
+pub(crate) const TOOL: &str = "AgentSpace::Tool";
+pub(crate) const MCP_SERVER: &str = "AgentSpace::McpServer";
+pub(crate) const ACTION: &str = "AgentSpace::Action";
+
+/// What a decision knows about a request, computed once and used both to build the
+/// Cedar request ([`crate::evaluate`]) and to pre-evaluate conditions, so the two
+/// cannot disagree.
+pub(crate) struct Facts<'a> {
+    pub(crate) request: &'a Request,
+    /// The host, lowercase (HTTP and DNS).
+    pub(crate) host: String,
+    pub(crate) path: &'a str,
+    pub(crate) port: i64,
+    pub(crate) depth: i64,
+    /// `usage` as Cedar longs: requests, bytes, tokens, seconds.
+    pub(crate) usage: [i64; 4],
+    /// `time` as Cedar longs: unix, hour, minute, weekday.
+    pub(crate) time: [i64; 4],
+    /// The resource entity: type name, id, and its one parent (type name, id) if any.
+    pub(crate) resource: (&'static str, String),
+    pub(crate) resource_parent: Option<(&'static str, String)>,
+    /// Whether every header name is lowercase already (otherwise header reads are left
+    /// to Cedar, which sees them lowercased).
+    headers_lowercase: bool,
+    labels: &'a BTreeSet<String>,
+}
+
+/// A `u64` as a Cedar long, saturating.
+pub(crate) fn long(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl<'a> Facts<'a> {
+    pub(crate) fn new(request: &'a Request, usage: Usage, now: u64) -> Self {
+        let r = &request.resource;
+        let p = &request.principal;
+        let host = r.host.as_deref().unwrap_or("").to_ascii_lowercase();
+        let unix = long(now);
+        let day_seconds = unix.rem_euclid(86_400);
+        // 1970-01-01 was a Thursday (ISO weekday 4).
+        let weekday = (unix.div_euclid(86_400) + 3).rem_euclid(7) + 1;
+        let (resource, resource_parent) = match &request.action {
+            Action::Http { .. } | Action::Dns => ((HOST, host.clone()), None),
+            Action::Mcp => {
+                let server = r.server.clone().unwrap_or_default();
+                let tool = r.tool.as_deref().unwrap_or_default();
+                (
+                    (TOOL, format!("{server}/{tool}")),
+                    Some((MCP_SERVER, server)),
+                )
+            }
+            Action::Spawn => (
+                (
+                    AGENT,
+                    r.agent
+                        .as_ref()
+                        .map(|a| a.as_str().to_owned())
+                        .unwrap_or_default(),
+                ),
+                Some((TENANT, p.tenant().as_str().to_owned())),
+            ),
+        };
+        Self {
+            request,
+            host,
+            path: r.path.as_deref().unwrap_or("/"),
+            port: i64::from(r.port.unwrap_or(443)),
+            depth: i64::try_from(p.depth()).unwrap_or(i64::MAX),
+            usage: [
+                long(usage.requests),
+                long(usage.bytes),
+                long(usage.tokens),
+                long(usage.seconds),
+            ],
+            time: [unix, day_seconds / 3600, day_seconds % 3600 / 60, weekday],
+            resource,
+            resource_parent,
+            headers_lowercase: request
+                .context
+                .headers
+                .keys()
+                .all(|k| !k.bytes().any(|b| b.is_ascii_uppercase())),
+            labels: &request.context.labels,
+        }
+    }
+
+    fn field(&self, rec: Rec, name: &str) -> Field<'_> {
+        let req = self.request;
+        let p = &req.principal;
+        let is = Field::Is;
+        match rec {
+            Rec::Time => match name {
+                "unix" => is(Val::Long(self.time[0])),
+                "hour" => is(Val::Long(self.time[1])),
+                "minute" => is(Val::Long(self.time[2])),
+                "weekday" => is(Val::Long(self.time[3])),
+                _ => Field::Absent,
+            },
+            Rec::Usage => match name {
+                "requests" => is(Val::Long(self.usage[0])),
+                "bytes" => is(Val::Long(self.usage[1])),
+                "tokens" => is(Val::Long(self.usage[2])),
+                "seconds" => is(Val::Long(self.usage[3])),
+                _ => Field::Absent,
+            },
+            Rec::Headers => {
+                if !self.headers_lowercase {
+                    return Field::Unknown;
+                }
+                match req.context.headers.get(name) {
+                    Some(v) => is(Val::Str(v)),
+                    None => Field::Absent,
+                }
+            }
+            Rec::Context => {
+                match name {
+                    "tenant" => return is(Val::Str(p.tenant().as_str())),
+                    "user" => return is(Val::Str(p.user().as_str())),
+                    "agent" => return is(Val::Str(p.current().agent.as_str())),
+                    "task" => return is(Val::Str(p.current().task.as_str())),
+                    "chain" => return is(Val::StrSet(StrSet::Chain)),
+                    "depth" => return is(Val::Long(self.depth)),
+                    "labels" => return is(Val::StrSet(StrSet::Labels)),
+                    "usage" => return is(Val::Rec(Rec::Usage)),
+                    "time" => return is(Val::Rec(Rec::Time)),
+                    _ => {}
+                }
+                let r = &req.resource;
+                match (&req.action, name) {
+                    (Action::Http { method }, "method") => is(Val::Str(method)),
+                    (Action::Http { .. } | Action::Dns, "host") => is(Val::Str(&self.host)),
+                    (Action::Http { .. }, "port") => is(Val::Long(self.port)),
+                    (Action::Http { .. }, "path") => is(Val::Str(self.path)),
+                    (Action::Http { .. }, "query") => is(Val::Str(&req.context.query)),
+                    (Action::Http { .. }, "headers") => is(Val::Rec(Rec::Headers)),
+                    // JSON bodies and tool arguments are bounded and filtered on the
+                    // way into Cedar; reads of them are left to Cedar.
+                    (Action::Http { .. }, "body") | (Action::Mcp, "arguments") => Field::Unknown,
+                    (Action::Mcp, "server") => is(Val::Str(r.server.as_deref().unwrap_or(""))),
+                    (Action::Mcp, "tool") => is(Val::Str(r.tool.as_deref().unwrap_or(""))),
+                    (Action::Spawn, "target") => is(Val::Str(&self.resource.1)),
+                    _ => Field::Absent,
+                }
+            }
+        }
+    }
+
+    fn contains(&self, set: StrSet, s: &str) -> bool {
+        match set {
+            StrSet::Labels => self.labels.contains(s),
+            StrSet::Chain => self
+                .request
+                .principal
+                .delegators()
+                .iter()
+                .any(|a| a.agent.as_str() == s),
+        }
+    }
+
+    /// Whether entity `(ty, id)` is `target` or one of its ancestors, for the entities
+    /// the request is made of; `None` for any other entity (the store decides).
+    fn entity_in(&self, ty: &str, id: &str, target: (&str, &str)) -> Option<bool> {
+        if (ty, id) == target {
+            return Some(true);
+        }
+        let p = &self.request.principal;
+        if ty == TASK && id == p.current().task.as_str() {
+            // The task is in its agent, which is in the tenant.
+            return Some(
+                target == (AGENT, p.current().agent.as_str())
+                    || target == (TENANT, p.tenant().as_str()),
+            );
+        }
+        if ty == ACTION && id == self.request.action.cedar_name() {
+            let is_http = matches!(self.request.action, Action::Http { .. });
+            return Some(is_http && target == (ACTION, "http"));
+        }
+        if (ty, id) == (self.resource.0, self.resource.1.as_str()) {
+            return Some(
+                self.resource_parent
+                    .as_ref()
+                    .is_some_and(|(t, i)| target == (*t, i.as_str())),
+            );
+        }
+        None
+    }
+}
+
+impl Cond {
+    /// The value of `self` for the request, or `None` when it is not known here
+    /// (including every case where Cedar would raise an error).
+    fn eval<'a>(&'a self, f: &'a Facts<'a>) -> Option<Val<'a>> {
+        let p = &f.request.principal;
+        Some(match self {
+            Self::Bool(b) => Val::Bool(*b),
+            Self::Long(n) => Val::Long(*n),
+            Self::Str(s) => Val::Str(s),
+            Self::Entity(t, i) => Val::Entity(t, i),
+            Self::Set(items) => Val::Entities(items),
+            Self::Var(Var::Principal) => Val::Entity(TASK, p.current().task.as_str()),
+            Self::Var(Var::Action) => Val::Entity(ACTION, f.request.action.cedar_name()),
+            Self::Var(Var::Resource) => Val::Entity(f.resource.0, &f.resource.1),
+            Self::Var(Var::Context) => Val::Rec(Rec::Context),
+            Self::Attr(e, name) => match e.eval(f)? {
+                Val::Rec(rec) => match f.field(rec, name) {
+                    Field::Is(v) => v,
+                    Field::Absent | Field::Unknown => return None,
+                },
+                _ => return None,
+            },
+            Self::Has(e, name) => match e.eval(f)? {
+                Val::Rec(rec) => match f.field(rec, name) {
+                    Field::Is(_) => Val::Bool(true),
+                    Field::Absent => Val::Bool(false),
+                    Field::Unknown => return None,
+                },
+                _ => return None,
+            },
+            Self::Not(e) => match e.eval(f)? {
+                Val::Bool(b) => Val::Bool(!b),
+                _ => return None,
+            },
+            Self::And(l, r) => match l.eval(f)? {
+                Val::Bool(false) => Val::Bool(false),
+                Val::Bool(true) => match r.eval(f)? {
+                    Val::Bool(b) => Val::Bool(b),
+                    _ => return None,
+                },
+                _ => return None,
+            },
+            Self::Or(l, r) => match l.eval(f)? {
+                Val::Bool(true) => Val::Bool(true),
+                Val::Bool(false) => match r.eval(f)? {
+                    Val::Bool(b) => Val::Bool(b),
+                    _ => return None,
+                },
+                _ => return None,
+            },
+            Self::Cmp(op, l, r) => {
+                let (l, r) = (l.eval(f)?, r.eval(f)?);
+                match op {
+                    CmpOp::Eq => Val::Bool(equal(l, r)?),
+                    CmpOp::Ne => Val::Bool(!equal(l, r)?),
+                    _ => {
+                        let (Val::Long(a), Val::Long(b)) = (l, r) else {
+                            return None;
+                        };
+                        Val::Bool(match op {
+                            CmpOp::Lt => a < b,
+                            CmpOp::Le => a <= b,
+                            CmpOp::Gt => a > b,
+                            _ => a >= b,
+                        })
+                    }
+                }
+            }
+            Self::Like(e, pattern) => match e.eval(f)? {
+                Val::Str(s) => Val::Bool(like(s, pattern)),
+                _ => return None,
+            },
+            Self::Contains(set, item) => match (set.eval(f)?, item.eval(f)?) {
+                (Val::StrSet(set), Val::Str(s)) => Val::Bool(f.contains(set, s)),
+                _ => return None,
+            },
+            Self::In(l, r) => {
+                let Val::Entity(ty, id) = l.eval(f)? else {
+                    return None;
+                };
+                match r.eval(f)? {
+                    Val::Entity(t, i) => Val::Bool(f.entity_in(ty, id, (t, i))?),
+                    Val::Entities(items) => {
+                        let mut any = false;
+                        for item in items {
+                            let Self::Entity(t, i) = item else {
+                                return None;
+                            };
+                            any |= f.entity_in(ty, id, (t, i))?;
+                        }
+                        Val::Bool(any)
+                    }
+                    _ => return None,
+                }
+            }
+        })
+    }
+}
+
+/// Cedar `==` on values known here: values of different types are not equal; records
+/// and sets are left to Cedar.
+fn equal(l: Val<'_>, r: Val<'_>) -> Option<bool> {
+    Some(match (l, r) {
+        (Val::Bool(a), Val::Bool(b)) => a == b,
+        (Val::Long(a), Val::Long(b)) => a == b,
+        (Val::Str(a), Val::Str(b)) => a == b,
+        (Val::Entity(t, i), Val::Entity(u, j)) => t == u && i == j,
+        (Val::Rec(_) | Val::StrSet(_) | Val::Entities(_), _)
+        | (_, Val::Rec(_) | Val::StrSet(_) | Val::Entities(_)) => return None,
+        _ => false,
+    })
+}
+
+/// Cedar's `like`: the whole string matches, `*` matches any characters.
+fn like(text: &str, pattern: &[Pat]) -> bool {
+    let text: Vec<char> = text.chars().collect();
+    let (mut t, mut p) = (0, 0);
+    // The last `*` seen and the text position it is currently matched up to.
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        match pattern.get(p) {
+            Some(Pat::Any) => {
+                star = Some((p, t));
+                p += 1;
+            }
+            Some(Pat::Char(c)) if text.get(t) == Some(c) => {
+                t += 1;
+                p += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    p = sp + 1;
+                    t = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern
+        .get(p..)
+        .is_some_and(|rest| rest.iter().all(|e| *e == Pat::Any))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pat(s: &str) -> Vec<Pat> {
+        s.chars()
+            .map(|c| if c == '*' { Pat::Any } else { Pat::Char(c) })
+            .collect()
+    }
+
+    #[test]
+    fn like_matches_whole_strings_with_stars() {
+        assert!(like("/v1/score", &pat("/v1/score")));
+        assert!(!like("/v1/score/x", &pat("/v1/score")));
+        assert!(like("/v1/score/x", &pat("/v1/score/*")));
+        assert!(like("", &pat("*")));
+        assert!(like("abcbc", &pat("a*bc")));
+        assert!(!like("abcbd", &pat("a*bc")));
+        assert!(like("a.example.com", &pat("*.example.com")));
+        assert!(!like("example.com", &pat("*.example.com")));
+        assert!(like("ü/x", &pat("ü*")));
+    }
+}
+
+/// The index and the pre-evaluation must never change a decision: the same requests
+/// decided with every policy handed to Cedar give the same answer, message and all.
+#[cfg(test)]
+mod equivalence {
+    use std::path::Path;
+
+    use agentspace_core::{Actor, Definition, Name, Principal, TaskRef, UserId};
+    use proptest::prelude::*;
+
+    use crate::compile::CompiledPolicies;
+    use crate::request::{Action, Request, RequestContext, Resource, Usage};
+
+    const DEFINITION: &str = r#"apiVersion: agentspace/v1
+kind: Agent
+metadata: {name: officer, tenant: acme}
+spec:
+  policies: [./extra.cedar]
+  spawn: [helper]
+  egress:
+    - name: api
+      hosts: [api.example]
+      methods: [GET, POST]
+      paths: ["/v1/*"]
+      approval: {when: 'context.body has amount && context.body.amount > 100'}
+    - name: multi
+      hosts: [a.example, "*.b.example"]
+      paths: ["/x*"]
+    - name: plain
+      hosts: [c.example]
+"#;
+
+    /// User policies of every form the pre-evaluation decides, and some it does not
+    /// (open records, `is`, errors when an attribute is missing).
+    const POOL: &[&str] = &[
+        r#"@id("label") forbid (principal, action == AgentSpace::Action::"POST", resource) when { context.labels.contains("pii") };"#,
+        r#"@id("hour") forbid (principal, action in AgentSpace::Action::"http", resource) when { context.time.hour == 3 && context.path like "/v1/admin*" };"#,
+        r#"@id("env") forbid (principal, action in AgentSpace::Action::"http", resource) when { context.headers has "x-env" && context.headers["x-env"] == "prod" };"#,
+        r#"@id("env-unguarded") forbid (principal, action in AgentSpace::Action::"http", resource) when { context.headers["x-env"] == "prod" };"#,
+        r#"@id("amount") forbid (principal, action in AgentSpace::Action::"http", resource) when { context.body.amount > 1500 };"#,
+        r#"@id("depth") forbid (principal, action, resource) unless { context.depth < 2 };"#,
+        r#"@id("chain") forbid (principal, action, resource) when { context.chain.contains("rogue") };"#,
+        r#"@id("tenant-user") forbid (principal, action, resource) unless { principal in AgentSpace::Tenant::"acme" };"#,
+        r#"@id("bob") permit (principal, action in AgentSpace::Action::"http", resource) when { context.user == "bob@acme.example" && context.path like "/bob/*" };"#,
+        r#"@id("query") forbid (principal, action == AgentSpace::Action::"GET", resource) when { context.query like "*debug=1*" };"#,
+        r#"@id("port") forbid (principal, action in AgentSpace::Action::"http", resource) when { context.port != 443 && !(context.method == "GET") };"#,
+        r#"@id("host-when") permit (principal, action == AgentSpace::Action::"GET", resource) when { resource == AgentSpace::Host::"d.example" || context.host like "*.d.example" };"#,
+        r#"@id("mcp") permit (principal, action == AgentSpace::Action::"mcp", resource in AgentSpace::McpServer::"fs") when { context.tool like "read*" };"#,
+        r#"@id("mcp-in") permit (principal, action == AgentSpace::Action::"mcp", resource) when { resource in AgentSpace::McpServer::"db" && context.server == "db" };"#,
+        r#"@id("mcp-args") forbid (principal, action == AgentSpace::Action::"mcp", resource) when { context.arguments has path && context.arguments.path like "/etc/*" };"#,
+        r#"@id("dns") permit (principal, action == AgentSpace::Action::"dns", resource) when { context.host like "*.internal" };"#,
+        r#"@id("spawn-budget") forbid (principal, action == AgentSpace::Action::"spawn", resource) when { context.target == "helper" && context.usage.requests > 5 };"#,
+        r#"@id("spawn-in") permit (principal, action == AgentSpace::Action::"spawn", resource) when { resource in AgentSpace::Tenant::"acme" && context.depth < 3 };"#,
+        r#"@id("weekend") @approval("weekend or secret") forbid (principal, action in AgentSpace::Action::"http", resource) when { context.time.weekday >= 6 || context.labels.contains("secret") };"#,
+        r#"@id("approve-y") @approval("y") forbid (principal, action == AgentSpace::Action::"POST", resource) when { context.body.y == 1 };"#,
+        r#"@id("action-in") forbid (principal, action, resource) when { action in [AgentSpace::Action::"DELETE", AgentSpace::Action::"dns"] && context.agent == "officer" && context.host == "c.example" };"#,
+        r#"@id("has-path") forbid (principal, action in AgentSpace::Action::"http", resource) when { context has path && context.path == "/v1/forbidden" };"#,
+        r#"@id("agent-task") forbid (principal, action, resource) unless { principal in AgentSpace::Agent::"officer" && context.task != "t0" };"#,
+        r#"@id("task-scope") permit (principal == AgentSpace::Task::"t9", action in AgentSpace::Action::"http", resource);"#,
+        r#"@id("minute") forbid (principal, action in AgentSpace::Action::"http", resource) when { context.time.minute >= 58 && context.time.unix > 0 };"#,
+        r#"@id("mode") forbid (principal, action in AgentSpace::Action::"http", resource) when { context.headers has "x-mode" && context.headers["x-mode"] like "deny*" };"#,
+        r#"@id("public") permit (principal, action == AgentSpace::Action::"GET", resource) when { context.path like "/public/*" };"#,
+        r#"@id("is-tool") forbid (principal, action == AgentSpace::Action::"mcp", resource) when { resource is AgentSpace::Tool && context.tool == "drop" };"#,
+        r#"@id("user-attr") forbid (principal, action in AgentSpace::Action::"http", resource) when { principal.user == AgentSpace::User::"eve@acme.example" };"#,
+        r#"@id("scoped-path") forbid (principal, action == AgentSpace::Action::"POST", resource == AgentSpace::Host::"api.example") when { context.path like "/v1/admin/*" };"#,
+    ];
+
+    fn compile(policies: &[&str]) -> CompiledPolicies {
+        let def = Definition::parse(Path::new("/defs/officer.yaml"), DEFINITION).unwrap();
+        CompiledPolicies::compile_with_files(
+            &def,
+            vec![("extra.cedar".into(), policies.join("\n"))],
+        )
+        .unwrap()
+    }
+
+    fn name(s: &str) -> Name {
+        Name::new(s).unwrap()
+    }
+
+    const CHAINS: &[&[&str]] = &[&[], &["planner"], &["rogue"], &["planner", "rogue"]];
+
+    fn principal() -> impl Strategy<Value = Principal> {
+        (
+            prop::sample::select(
+                &["alice@acme.example", "bob@acme.example", "eve@acme.example"][..],
+            ),
+            prop::sample::select(&["t0", "t1", "t9"][..]),
+            prop::sample::select(CHAINS),
+        )
+            .prop_map(|(user, task, chain)| {
+                let actor = Actor::new(name("officer"), TaskRef::new(task).unwrap());
+                let mut agents = chain.iter();
+                let Some(root) = agents.next() else {
+                    return Principal::new(name("acme"), UserId::new(user).unwrap(), actor);
+                };
+                let mut p = Principal::new(
+                    name("acme"),
+                    UserId::new(user).unwrap(),
+                    Actor::new(name(root), TaskRef::new("r").unwrap()),
+                );
+                for a in agents {
+                    p = p
+                        .delegate(Actor::new(name(a), TaskRef::new("m").unwrap()))
+                        .unwrap();
+                }
+                p.delegate(actor).unwrap()
+            })
+    }
+
+    fn action() -> impl Strategy<Value = Action> {
+        prop_oneof![
+            4 => prop::sample::select(&["GET", "POST", "PUT", "DELETE"][..])
+                .prop_map(|m| Action::Http { method: m.to_owned() }),
+            1 => Just(Action::Dns),
+            1 => Just(Action::Mcp),
+            1 => Just(Action::Spawn),
+        ]
+    }
+
+    fn body() -> impl Strategy<Value = Option<serde_json::Value>> {
+        prop_oneof![
+            Just(None),
+            (0i64..3000).prop_map(|a| Some(serde_json::json!({"amount": a}))),
+            (0i64..3).prop_map(|y| Some(serde_json::json!({"y": y, "amount": null}))),
+            Just(Some(serde_json::json!(["not", "an", "object"]))),
+        ]
+    }
+
+    prop_compose! {
+        fn request()(
+            principal in principal(),
+            action in action(),
+            host in prop::sample::select(&["api.example", "api.example", "api.example", "API.example", "a.example", "x.b.example", "c.example", "d.example", "e.d.example", "q.internal", "other.com"][..]),
+            path in prop::sample::select(&["/", "/v1/a", "/v1/a", "/v1/admin/x", "/v1/forbidden", "/x1", "/bob/1", "/public/p"][..]),
+            port in prop::sample::select(&[443u16, 8443][..]),
+            query in prop::sample::select(&["", "debug=1", "a=1&debug=1"][..]),
+            header in prop::option::of((
+                prop::sample::select(&["x-env", "X-Env", "x-mode", "X-Mode"][..]),
+                prop::sample::select(&["prod", "deny-all", "dev"][..]),
+            )),
+            labels in prop::sample::subsequence(&["pii", "secret"][..], 0..=2),
+            body in body(),
+            tool in prop::sample::select(&[("fs", "read_file"), ("fs", "write_file"), ("db", "drop"), ("db", "query")][..]),
+            arguments in prop::sample::select(&[None, Some("/etc/passwd"), Some("/tmp/x")][..]),
+            target in prop::sample::select(&["helper", "officer", "other"][..]),
+            time in 0u64..14 * 86_400,
+        ) -> Request {
+            let resource = match action {
+                Action::Http { .. } => Resource { host: Some(host.to_owned()), port: Some(port), path: Some(path.to_owned()), ..Resource::default() },
+                Action::Dns => Resource { host: Some(host.to_owned()), ..Resource::default() },
+                Action::Mcp => Resource { server: Some(tool.0.to_owned()), tool: Some(tool.1.to_owned()), ..Resource::default() },
+                Action::Spawn => Resource { agent: Some(name(target)), ..Resource::default() },
+            };
+            Request {
+                principal,
+                action,
+                resource,
+                context: RequestContext {
+                    query: query.to_owned(),
+                    headers: header.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(),
+                    body,
+                    arguments: arguments.map(|a| serde_json::json!({"path": a})),
+                    labels: labels.into_iter().map(str::to_owned).collect(),
+                    time: Some(1_767_571_200 + time),
+                    usage: None,
+                },
+            }
+        }
+    }
+
+    #[test]
+    fn every_pool_policy_compiles_with_the_definition() {
+        let c = compile(POOL);
+        // The generated policies and most user policies have leading conditions decided
+        // here; otherwise the filter would be vacuous.
+        let guarded = c
+            .index
+            .values()
+            .flat_map(|s| s.any())
+            .filter(|g| g.guard_len() > 0)
+            .count();
+        assert!(guarded > 20, "{guarded}");
+    }
+
+    #[test]
+    fn conditions_left_to_cedar_still_decide() {
+        let c = compile(&[]);
+        let p = Principal::new(
+            name("acme"),
+            UserId::new("alice@acme.example").unwrap(),
+            Actor::new(name("officer"), TaskRef::new("t1").unwrap()),
+        );
+        let post = |body: serde_json::Value| Request {
+            principal: p.clone(),
+            action: Action::Http {
+                method: "POST".into(),
+            },
+            resource: Resource {
+                host: Some("api.example".into()),
+                path: Some("/v1/a".into()),
+                ..Resource::default()
+            },
+            context: RequestContext {
+                body: Some(body),
+                time: Some(1_767_571_200),
+                ..RequestContext::default()
+            },
+        };
+        for (body, kind) in [
+            (serde_json::json!({"amount": 500}), "approval-required"),
+            (serde_json::json!({"amount": 50}), "allow"),
+            (serde_json::json!({"amount": null}), "allow"),
+            (serde_json::json!({}), "allow"),
+        ] {
+            let r = post(body.clone());
+            let sliced = c.evaluate_full(&r, Usage::default(), 1_767_571_200, false);
+            let unsliced = c.evaluate_unsliced(&r, Usage::default(), 1_767_571_200, false);
+            assert_eq!(sliced.decision, unsliced.decision, "{body}");
+            assert_eq!(sliced.decision.kind(), kind, "{body}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        #[test]
+        fn the_sliced_decision_equals_the_unsliced_decision(
+            chosen in prop::sample::subsequence(POOL, 0..=10),
+            requests in prop::collection::vec(request(), 24),
+            requests_used in 0u64..10,
+        ) {
+            let c = compile(&chosen);
+            for r in &requests {
+                let usage = Usage { requests: requests_used, ..Usage::default() };
+                let now = r.context.time.unwrap_or_default();
+                for approved in [false, true] {
+                    let sliced = c.evaluate_full(r, usage, now, approved);
+                    let unsliced = c.evaluate_unsliced(r, usage, now, approved);
+                    prop_assert_eq!(&sliced.decision, &unsliced.decision, "request {:?}", r);
+                    prop_assert_eq!(&sliced.capabilities, &unsliced.capabilities);
+                }
+            }
+        }
+    }
+}

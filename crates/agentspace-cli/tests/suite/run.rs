@@ -244,15 +244,7 @@ fn one_interrupt_reaches_the_agent_and_a_second_kills_the_cell() {
     }
     let s = Sandbox::new();
     let program = "import signal, sys, time\nsignal.signal(signal.SIGINT, lambda *a: sys.exit(42))\nprint('ready', flush=True)\ntime.sleep(60)";
-    let mut child = s
-        .command()
-        .args(["run", "-f"])
-        .arg(s.path().join("hello.yaml"))
-        .args(["--", "python3", "-c", program])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_line(child.stdout.as_mut().unwrap(), "ready");
+    let mut child = start_until_ready(&s, &["python3", "-c", program]);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::SIGINT,
@@ -260,20 +252,14 @@ fn one_interrupt_reaches_the_agent_and_a_second_kills_the_cell() {
     .unwrap();
     assert_eq!(child.wait().unwrap().code(), Some(42));
 
-    let mut child = s
-        .command()
-        .args(["run", "-f"])
-        .arg(s.path().join("hello.yaml"))
-        .args([
-            "--",
+    let mut child = start_until_ready(
+        &s,
+        &[
             "sh",
             "-c",
             "trap '' INT; echo ready; while :; do sleep 0.1; done",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_line(child.stdout.as_mut().unwrap(), "ready");
+        ],
+    );
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::SIGINT).unwrap();
     std::thread::sleep(Duration::from_millis(200));
@@ -294,20 +280,8 @@ fn killing_agentspace_leaves_no_process_behind() {
     }
     let s = Sandbox::new();
     let marker = format!("{}", 100_000 + std::process::id() % 100_000);
-    let mut child = s
-        .command()
-        .args(["run", "-f"])
-        .arg(s.path().join("hello.yaml"))
-        .args([
-            "--",
-            "sh",
-            "-c",
-            &format!("sleep {marker} & echo ready; sleep {marker}"),
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_line(child.stdout.as_mut().unwrap(), "ready");
+    let script = format!("sleep {marker} & echo ready; sleep {marker}");
+    let mut child = start_until_ready(&s, &["sh", "-c", &script]);
     let deadline = Instant::now() + Duration::from_secs(10);
     while processes_with(&format!("sleep {marker}")) < 2 {
         assert!(
@@ -326,6 +300,21 @@ fn killing_agentspace_leaves_no_process_behind() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Starts `agentspace run` of the hello agent and returns once it printed `ready`.
+fn start_until_ready(s: &Sandbox, command: &[&str]) -> std::process::Child {
+    let mut child = s
+        .command()
+        .args(["run", "-f"])
+        .arg(s.path().join("hello.yaml"))
+        .arg("--")
+        .args(command)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_line(child.stdout.as_mut().unwrap(), "ready");
+    child
 }
 
 pub fn wait_for_line(from: &mut impl std::io::Read, want: &str) {

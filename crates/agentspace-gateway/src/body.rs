@@ -151,3 +151,79 @@ impl Body for RequestBody {
         hint
     }
 }
+
+/// A response body from a pooled upstream connection: the connection goes back to the
+/// pool when the body has been read to its end (not when it is dropped early, since the
+/// connection then still holds unread bytes).
+pub(crate) struct PooledBody {
+    inner: Incoming,
+    back: Option<(crate::upstream::Pool, crate::upstream::Pooled)>,
+}
+
+impl PooledBody {
+    pub(crate) fn new(
+        inner: Incoming,
+        pool: crate::upstream::Pool,
+        conn: crate::upstream::Pooled,
+    ) -> Self {
+        Self {
+            inner,
+            back: Some((pool, conn)),
+        }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(None) => {
+                if let Some((pool, conn)) = this.back.take() {
+                    crate::upstream::checkin(&pool, conn);
+                }
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.back = None;
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                // hyper stops polling once `is_end_stream` says so: give the connection
+                // back on the last frame, not only on `None`.
+                if this.inner.is_end_stream()
+                    && let Some((pool, conn)) = this.back.take()
+                {
+                    crate::upstream::checkin(&pool, conn);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        // A body with nothing left (an empty one is never polled) still frees its
+        // connection; one dropped half-read does not.
+        if self.inner.is_end_stream()
+            && let Some((pool, conn)) = self.back.take()
+        {
+            crate::upstream::checkin(&pool, conn);
+        }
+    }
+}

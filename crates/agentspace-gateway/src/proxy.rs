@@ -27,14 +27,14 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio_rustls::LazyConfigAcceptor;
 
-use crate::body::{GwBody, RequestBody, full};
+use crate::body::{GwBody, PooledBody, RequestBody, full};
 use crate::ca::{CaStore, TenantCa};
 use crate::config::GatewayConfig;
 use crate::door::{Arrival, Door, DoorListener, Task};
 use crate::error::GatewayError;
 use crate::framing::FramingGuard;
 use crate::io::Rewind;
-use crate::upstream::{Checked, Target, Upstream, UpstreamError};
+use crate::upstream::{Checked, Pool, Target, Upstream, UpstreamError};
 
 /// The response header that carries the gateway's decision on a refused request
 /// (`deny` or `approval-required`).
@@ -83,6 +83,8 @@ struct Conn {
     fixed: Option<Fixed>,
     /// Set by the framing watch of an HTTP/1 connection once a head was ambiguous.
     ambiguous: Arc<AtomicBool>,
+    /// Idle upstream connections opened for this connection's requests.
+    pool: Pool,
 }
 
 /// The outcome of the request path, before it is audited.
@@ -169,6 +171,7 @@ impl Gateway {
                         task,
                         fixed: None,
                         ambiguous: Arc::default(),
+                        pool: Pool::default(),
                     },
                 )
                 .await
@@ -257,6 +260,7 @@ impl Gateway {
                         task,
                         fixed: Some(fixed),
                         ambiguous: Arc::default(),
+                        pool: Pool::default(),
                     },
                 )
                 .await;
@@ -313,6 +317,7 @@ impl Gateway {
                     tls: true,
                 }),
                 ambiguous: Arc::default(),
+                pool: Pool::default(),
             };
             if h2 {
                 self.serve_http2(tls, conn).await;
@@ -396,15 +401,16 @@ impl Gateway {
             Ok(t) => t,
             Err(bad) => return error(bad.status, &bad.message),
         };
-        self.decide_and_forward(req, &conn.task, target).await
+        self.decide_and_forward(req, &conn, target).await
     }
 
     async fn decide_and_forward(
         &self,
         req: Request<Incoming>,
-        task: &Arc<Task>,
+        conn: &Conn,
         target: Target,
     ) -> Response<GwBody> {
+        let task = &conn.task;
         let started = Instant::now();
         let limits = self.config.limits;
         let (parts, body) = req.into_parts();
@@ -567,7 +573,7 @@ impl Gateway {
         };
         match verdict {
             Verdict::Allow { checked, .. } => self
-                .forward(parts, body, &target, &checked)
+                .forward(parts, body, &target, &checked, &conn.pool)
                 .await
                 .unwrap_or_else(|e| error(StatusCode::BAD_GATEWAY, &e.to_string())),
             Verdict::Deny {
@@ -614,8 +620,9 @@ impl Gateway {
         body: RequestBody,
         target: &Target,
         checked: &Checked,
+        pool: &Pool,
     ) -> Result<Response<GwBody>, UpstreamError> {
-        let mut sender = self.upstream.connect(target, checked).await?;
+        let mut conn = self.upstream.checkout(pool, target, checked).await?;
         let path_and_query = parts
             .uri
             .path_and_query()
@@ -641,19 +648,19 @@ impl Gateway {
         *upstream_req.uri_mut() = uri;
         *upstream_req.version_mut() = Version::HTTP_11;
         *upstream_req.headers_mut() = headers;
-        let resp = sender
-            .send_request(upstream_req)
-            .await
-            .map_err(|e| UpstreamError::Http {
-                host: target.host.clone(),
-                detail: e.to_string(),
-            })?;
+        let resp =
+            conn.sender
+                .send_request(upstream_req)
+                .await
+                .map_err(|e| UpstreamError::Http {
+                    host: target.host.clone(),
+                    detail: e.to_string(),
+                })?;
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         Ok(Response::from_parts(
             parts,
-            body.map_err(|e| -> crate::body::BoxError { Box::new(e) })
-                .boxed_unsync(),
+            PooledBody::new(body, Arc::clone(pool), conn).boxed_unsync(),
         ))
     }
 

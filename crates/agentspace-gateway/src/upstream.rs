@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::client::conn::http1;
@@ -71,6 +71,32 @@ impl UpstreamError {
     /// Whether this is the SSRF guard's refusal (a deny) rather than a failure (502).
     pub(crate) fn is_refusal(&self) -> bool {
         matches!(self, Self::Internal { .. })
+    }
+}
+
+/// An upstream HTTP/1.1 connection, kept for reuse by the downstream connection that
+/// opened it (never shared between tasks).
+pub(crate) struct Pooled {
+    target: Target,
+    addr: SocketAddr,
+    pub(crate) sender: http1::SendRequest<GwBody>,
+}
+
+/// Idle upstream connections of one downstream connection.
+pub(crate) type Pool = Arc<Mutex<Vec<Pooled>>>;
+
+/// Idle connections kept per downstream connection.
+const POOL_IDLE: usize = 4;
+
+/// Puts `conn` back into `pool` once its response is complete.
+pub(crate) fn checkin(pool: &Pool, conn: Pooled) {
+    if conn.sender.is_closed() {
+        return;
+    }
+    if let Ok(mut idle) = pool.lock()
+        && idle.len() < POOL_IDLE
+    {
+        idle.push(conn);
     }
 }
 
@@ -176,20 +202,20 @@ impl Upstream {
         &self,
         target: &Target,
         checked: &Checked,
-    ) -> Result<http1::SendRequest<GwBody>, UpstreamError> {
+    ) -> Result<Pooled, UpstreamError> {
         let mut last = None;
         let mut stream = None;
         for addr in &checked.addrs {
             match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
                 Ok(Ok(s)) => {
-                    stream = Some(s);
+                    stream = Some((s, *addr));
                     break;
                 }
                 Ok(Err(e)) => last = Some((addr, e.to_string())),
                 Err(_) => last = Some((addr, "timed out".to_owned())),
             }
         }
-        let Some(stream) = stream else {
+        let Some((stream, addr)) = stream else {
             let (addr, detail) = last
                 .map(|(a, d)| (a.to_string(), d))
                 .unwrap_or_else(|| ("-".into(), "no address".into()));
@@ -222,13 +248,45 @@ impl Upstream {
                 .await
                 .map_err(http_err)?;
             tokio::spawn(conn);
-            Ok(sender)
+            Ok(Pooled {
+                target: target.clone(),
+                addr,
+                sender,
+            })
         } else {
             let (sender, conn) = http1::handshake(TokioIo::new(stream))
                 .await
                 .map_err(http_err)?;
             tokio::spawn(conn);
-            Ok(sender)
+            Ok(Pooled {
+                target: target.clone(),
+                addr,
+                sender,
+            })
+        }
+    }
+
+    /// An idle connection of `pool` to `target` at one of the checked addresses, or a
+    /// new one.
+    pub(crate) async fn checkout(
+        &self,
+        pool: &Pool,
+        target: &Target,
+        checked: &Checked,
+    ) -> Result<Pooled, UpstreamError> {
+        loop {
+            let idle = pool.lock().ok().and_then(|mut idle| {
+                let at = idle
+                    .iter()
+                    .position(|p| p.target == *target && checked.addrs.contains(&p.addr))?;
+                Some(idle.swap_remove(at))
+            });
+            let Some(mut conn) = idle else {
+                return self.connect(target, checked).await;
+            };
+            if !conn.sender.is_closed() && conn.sender.ready().await.is_ok() {
+                return Ok(conn);
+            }
         }
     }
 }

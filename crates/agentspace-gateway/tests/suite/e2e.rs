@@ -249,3 +249,41 @@ async fn a_unix_socket_door_serves_its_task() {
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["task"], "t9");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_on_one_client_connection_share_an_upstream_connection_and_are_each_decided() {
+    use std::sync::atomic::Ordering;
+
+    let h = Harness::start().await;
+    for version in ["--http1.1", "--http2"] {
+        let before = h.upstream_connections.load(Ordering::SeqCst);
+        let out = h
+            .curl(&[
+                version,
+                "https://api.example.com/v1/items/1",
+                "https://api.example.com/v1/items/2",
+                "https://api.example.com/v1/admin",
+                "https://api.example.com/v1/items/3",
+            ])
+            .await;
+        // curl writes the last transfer's status; every request was decided on its own.
+        assert_eq!(out.status, 200, "{version}: {}", out.body);
+        assert_eq!(
+            h.upstream_connections.load(Ordering::SeqCst) - before,
+            1,
+            "{version}: one upstream connection for the three allowed requests"
+        );
+    }
+    let events = h.events().await;
+    let decisions: Vec<&str> = events
+        .iter()
+        .map(|e| e["decision"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        decisions,
+        [
+            "allow", "allow", "deny", "allow", "allow", "allow", "deny", "allow"
+        ]
+    );
+    assert_eq!(h.verified_events().await, 8);
+}

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use agentspace_audit::{AuditLog, VerifyOptions};
 use agentspace_core::{Actor, Definition, Name, Principal, TaskRef, UserId};
@@ -64,6 +65,8 @@ pub(crate) struct Harness {
     pub(crate) upstream_tls: SocketAddr,
     pub(crate) tenant_ca: PathBuf,
     pub(crate) audit: AuditLog,
+    /// Connections the HTTPS stand-in has accepted.
+    pub(crate) upstream_connections: Arc<AtomicUsize>,
 }
 
 pub(crate) struct Out {
@@ -130,11 +133,16 @@ async fn echo(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallibl
     Ok(Response::new(Full::new(Bytes::from(v.to_string()))))
 }
 
-async fn serve_upstream(listener: TcpListener, tls: Option<TlsAcceptor>) {
+async fn serve_upstream(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    accepted: Arc<AtomicUsize>,
+) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
+        accepted.fetch_add(1, Ordering::SeqCst);
         let tls = tls.clone();
         tokio::spawn(async move {
             let builder = {
@@ -202,13 +210,15 @@ impl Harness {
             .unwrap();
         let tls_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let upstream_tls = tls_listener.local_addr().unwrap();
+        let upstream_connections = Arc::new(AtomicUsize::new(0));
         tokio::spawn(serve_upstream(
             tls_listener,
             Some(TlsAcceptor::from(Arc::new(server))),
+            Arc::clone(&upstream_connections),
         ));
         let plain_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let upstream_plain = plain_listener.local_addr().unwrap();
-        tokio::spawn(serve_upstream(plain_listener, None));
+        tokio::spawn(serve_upstream(plain_listener, None, Arc::default()));
 
         let mut config = GatewayConfig::new(&state);
         config.system_roots = false;
@@ -248,6 +258,7 @@ impl Harness {
             upstream_tls,
             tenant_ca,
             audit,
+            upstream_connections,
         }
     }
 
@@ -288,9 +299,11 @@ impl Harness {
         })
         .await
         .unwrap();
-        let status: u16 = String::from_utf8_lossy(&output.stdout)
-            .trim()
-            .parse()
+        // With several URLs curl prints one code after another: keep the last.
+        let codes = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+        let status: u16 = codes
+            .get(codes.len().saturating_sub(3)..)
+            .and_then(|c| c.parse().ok())
             .unwrap_or(0);
         Out {
             status,

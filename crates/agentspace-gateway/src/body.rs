@@ -2,13 +2,19 @@
 //! request body held for the decision.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
+
+use agentspace_policy::Usage;
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
+
+use crate::door::Task;
 
 /// Errors carried by bodies.
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -30,6 +36,8 @@ pub(crate) struct RequestBody {
     rest: Option<Incoming>,
     seen: u64,
     max: u64,
+    /// Bytes forwarded so far, read by the usage meter.
+    sent: Arc<AtomicU64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +63,7 @@ impl RequestBody {
                         rest: Some(body),
                         seen,
                         max,
+                        sent: Arc::default(),
                     },
                     None,
                 ));
@@ -75,9 +84,15 @@ impl RequestBody {
                 held: Some(held.clone()),
                 rest: None,
                 max,
+                sent: Arc::default(),
             },
             Some(held),
         ))
+    }
+
+    /// The count of bytes forwarded so far.
+    pub(crate) fn sent(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.sent)
     }
 
     /// The body streamed as it comes.
@@ -87,6 +102,7 @@ impl RequestBody {
             rest: Some(body),
             seen: 0,
             max,
+            sent: Arc::default(),
         }
     }
 }
@@ -106,6 +122,7 @@ impl Body for RequestBody {
             if this.seen > this.max {
                 return Poll::Ready(Some(Err(Box::new(TooLong(this.max)))));
             }
+            this.sent.fetch_add(held.len() as u64, Ordering::Relaxed);
             return Poll::Ready(Some(Ok(Frame::data(held))));
         }
         let Some(rest) = this.rest.as_mut() else {
@@ -119,6 +136,7 @@ impl Body for RequestBody {
                         this.rest = None;
                         return Poll::Ready(Some(Err(Box::new(TooLong(this.max)))));
                     }
+                    this.sent.fetch_add(data.len() as u64, Ordering::Relaxed);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -158,6 +176,40 @@ impl Body for RequestBody {
 pub(crate) struct PooledBody {
     inner: Incoming,
     back: Option<(crate::upstream::Pool, crate::upstream::Pooled)>,
+    meter: Option<Meter>,
+}
+
+/// Counts the bytes of one allowed request both ways and charges them to the task's
+/// budgets when the response body is done (or dropped).
+pub(crate) struct Meter {
+    pub(crate) task: Arc<Task>,
+    pub(crate) capabilities: Vec<String>,
+    pub(crate) sent: Arc<AtomicU64>,
+    pub(crate) received: u64,
+}
+
+impl Drop for Meter {
+    fn drop(&mut self) {
+        let bytes = self
+            .received
+            .saturating_add(self.sent.load(Ordering::Relaxed));
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let task = Arc::clone(&self.task);
+        let capabilities = std::mem::take(&mut self.capabilities);
+        // It has happened: charged unconditionally; a store error only loses the count
+        // (the next decision reads the store and fails closed if it is unavailable).
+        runtime.spawn_blocking(move || {
+            let usage = Usage {
+                bytes,
+                ..Usage::default()
+            };
+            let _ = task
+                .policy
+                .record_usage(&task.principal, &capabilities, usage);
+        });
+    }
 }
 
 impl PooledBody {
@@ -165,10 +217,12 @@ impl PooledBody {
         inner: Incoming,
         pool: crate::upstream::Pool,
         conn: crate::upstream::Pooled,
+        meter: Meter,
     ) -> Self {
         Self {
             inner,
             back: Some((pool, conn)),
+            meter: Some(meter),
         }
     }
 }
@@ -194,6 +248,9 @@ impl Body for PooledBody {
                 Poll::Ready(Some(Err(Box::new(e))))
             }
             Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some(meter)) = (frame.data_ref(), this.meter.as_mut()) {
+                    meter.received = meter.received.saturating_add(data.len() as u64);
+                }
                 // hyper stops polling once `is_end_stream` says so: give the connection
                 // back on the last frame, not only on `None`.
                 if this.inner.is_end_stream()

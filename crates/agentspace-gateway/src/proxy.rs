@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio_rustls::LazyConfigAcceptor;
 
-use crate::body::{GwBody, PooledBody, RequestBody, full};
+use crate::body::{GwBody, Meter, PooledBody, RequestBody, full};
 use crate::ca::{CaStore, TenantCa};
 use crate::config::GatewayConfig;
 use crate::door::{Arrival, Door, DoorListener, Task};
@@ -572,10 +572,21 @@ impl Gateway {
             }
         };
         match verdict {
-            Verdict::Allow { checked, .. } => self
-                .forward(parts, body, &target, &checked, &conn.pool)
-                .await
-                .unwrap_or_else(|e| error(StatusCode::BAD_GATEWAY, &e.to_string())),
+            Verdict::Allow {
+                checked,
+                capabilities,
+                ..
+            } => {
+                let meter = Meter {
+                    task: Arc::clone(task),
+                    capabilities,
+                    sent: body.sent(),
+                    received: 0,
+                };
+                self.forward(parts, body, &target, &checked, &conn.pool, meter)
+                    .await
+                    .unwrap_or_else(|e| error(StatusCode::BAD_GATEWAY, &e.to_string()))
+            }
             Verdict::Deny {
                 code,
                 message,
@@ -621,6 +632,7 @@ impl Gateway {
         target: &Target,
         checked: &Checked,
         pool: &Pool,
+        meter: Meter,
     ) -> Result<Response<GwBody>, UpstreamError> {
         let mut conn = self.upstream.checkout(pool, target, checked).await?;
         let path_and_query = parts
@@ -660,7 +672,7 @@ impl Gateway {
         strip_hop_by_hop(&mut parts.headers);
         Ok(Response::from_parts(
             parts,
-            PooledBody::new(body, Arc::clone(pool), conn).boxed_unsync(),
+            PooledBody::new(body, Arc::clone(pool), conn, meter).boxed_unsync(),
         ))
     }
 

@@ -287,3 +287,40 @@ async fn requests_on_one_client_connection_share_an_upstream_connection_and_are_
     );
     assert_eq!(h.verified_events().await, 8);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_sent_and_received_are_charged_until_the_budget_runs_out() {
+    let h = Harness::start_with(
+        r#"apiVersion: agentspace/v1
+kind: Agent
+metadata: {name: shopper, tenant: acme}
+spec:
+  egress:
+    - name: items
+      hosts: [api.example.com]
+      methods: [GET]
+  budgets: {bytes: 2k}
+"#,
+    )
+    .await;
+    let mut allowed = 0;
+    let mut refused = None;
+    for i in 0..60 {
+        let out = h
+            .curl(&[&format!("https://api.example.com/v1/items/{i}")])
+            .await;
+        if out.status == 200 {
+            allowed += 1;
+        } else {
+            refused = Some(out);
+            break;
+        }
+    }
+    let out = refused.expect("the bytes budget must run out");
+    assert_eq!(out.status, 403, "{}", out.body);
+    assert_eq!(out.json()["code"], "budget", "{}", out.body);
+    // Each echo is a few hundred bytes: the 2k budget allows a handful, not dozens.
+    assert!((2..20).contains(&allowed), "{allowed} requests allowed");
+    let usage = h.task.policy.task_usage(&h.task.principal).unwrap();
+    assert!(usage.bytes >= 2000, "{usage:?}");
+}

@@ -178,10 +178,15 @@ pub(crate) fn principal(task: &str) -> Principal {
 
 impl Harness {
     pub(crate) async fn start() -> Self {
+        Self::start_with(AGENT).await
+    }
+
+    /// A harness whose door's task runs the agent `definition`.
+    pub(crate) async fn start_with(definition: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let def_path = dir.path().join("agent.yaml");
-        std::fs::write(&def_path, AGENT).unwrap();
-        let definition = Definition::parse(&def_path, AGENT).unwrap();
+        std::fs::write(&def_path, definition).unwrap();
+        let definition = Definition::parse(&def_path, definition).unwrap();
         let state = dir.path().join("state");
         let policy = Arc::new(PolicyEngine::load(&definition, &state).unwrap());
         let audit = AuditLog::open(&state).unwrap();

@@ -57,6 +57,9 @@ pub struct Limits {
     pub inspect_window: usize,
     /// Time to connect to an upstream.
     pub connect_timeout: Duration,
+    /// Connections (tunnels included) one door serves at once; further clients wait in
+    /// the listen backlog, so one task cannot exhaust the gateway's descriptors.
+    pub max_connections_per_door: usize,
 }
 
 impl Default for Limits {
@@ -69,6 +72,7 @@ impl Default for Limits {
             max_body_bytes: 1024 * 1024 * 1024,
             inspect_window: 64 * 1024,
             connect_timeout: Duration::from_secs(10),
+            max_connections_per_door: 256,
         }
     }
 }

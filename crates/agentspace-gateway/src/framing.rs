@@ -265,4 +265,71 @@ mod tests {
             b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\n\r\n"
         ]));
     }
+
+    /// A well-formed request whose body may contain text that looks like a head.
+    fn request(body: &[u8], chunked: bool, chunk: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        if chunked {
+            out.extend_from_slice(
+                b"POST /u HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n",
+            );
+            for part in body.chunks(chunk.max(1)) {
+                out.extend_from_slice(format!("{:x};ext=1\r\n", part.len()).as_bytes());
+                out.extend_from_slice(part);
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(b"0\r\nX-Trailer: 1\r\n\r\n");
+        } else {
+            out.extend_from_slice(
+                format!(
+                    "POST /u HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+            out.extend_from_slice(body);
+        }
+        out
+    }
+
+    fn split_feed(stream: &[u8], cuts: &[usize]) -> bool {
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
+        cuts.sort_unstable();
+        let mut chunks = Vec::new();
+        let mut at = 0;
+        for c in cuts {
+            chunks.push(&stream[at..c]);
+            at = c;
+        }
+        chunks.push(&stream[at..]);
+        watch(&chunks)
+    }
+
+    const DECOY: &[u8] =
+        b"GET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+
+    proptest::proptest! {
+        #[test]
+        fn the_verdict_does_not_depend_on_how_reads_split_the_stream(
+            bodies in proptest::collection::vec(
+                (proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200), proptest::prelude::any::<bool>(), 1usize..50, proptest::prelude::any::<bool>()),
+                1..6,
+            ),
+            cuts in proptest::collection::vec(proptest::prelude::any::<usize>(), 0..12),
+            smuggle in proptest::prelude::any::<bool>(),
+        ) {
+            let mut stream = Vec::new();
+            for (body, chunked, chunk, decoy) in &bodies {
+                let mut body = body.clone();
+                if *decoy {
+                    body.extend_from_slice(DECOY);
+                }
+                stream.extend(request(&body, *chunked, *chunk));
+            }
+            if smuggle {
+                stream.extend_from_slice(DECOY);
+            }
+            proptest::prop_assert_eq!(split_feed(&stream, &cuts), smuggle);
+        }
+    }
 }

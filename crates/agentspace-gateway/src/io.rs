@@ -65,3 +65,56 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
         self.inner.is_write_vectored()
     }
 }
+
+/// A stream that holds something (a connection permit) for as long as it lives, also
+/// once hyper hands it over to a CONNECT tunnel.
+pub(crate) struct Held<T, H> {
+    inner: T,
+    _held: H,
+}
+
+impl<T, H> Held<T, H> {
+    pub(crate) fn new(inner: T, held: H) -> Self {
+        Self { inner, _held: held }
+    }
+}
+
+impl<T: AsyncRead + Unpin, H: Unpin> AsyncRead for Held<T, H> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin, H: Unpin> AsyncWrite for Held<T, H> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}

@@ -25,6 +25,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::sync::Semaphore;
 use tokio_rustls::LazyConfigAcceptor;
 
 use crate::body::{GwBody, Meter, PooledBody, RequestBody, full};
@@ -33,7 +34,7 @@ use crate::config::GatewayConfig;
 use crate::door::{Arrival, Door, DoorListener, Task};
 use crate::error::GatewayError;
 use crate::framing::FramingGuard;
-use crate::io::Rewind;
+use crate::io::{Held, Rewind};
 use crate::upstream::{Checked, Pool, Target, Upstream, UpstreamError};
 
 /// The response header that carries the gateway's decision on a refused request
@@ -131,13 +132,19 @@ impl Gateway {
     /// (descriptor exhaustion, aborted handshakes) are waited out, never fatal.
     pub async fn serve(self: Arc<Self>, door: Door) {
         let Door { listener, task } = door;
+        let permits = Arc::new(Semaphore::new(
+            self.config.limits.max_connections_per_door.max(1),
+        ));
         loop {
+            let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+                return;
+            };
             match &listener {
                 DoorListener::Tcp(l) => match l.accept().await {
                     Ok((stream, _)) => {
                         let _ = stream.set_nodelay(true);
                         tokio::spawn(Arc::clone(&self).serve_connection(
-                            stream,
+                            Held::new(stream, permit),
                             Arc::clone(&task),
                             Arrival::Proxy,
                         ));
@@ -147,7 +154,7 @@ impl Gateway {
                 DoorListener::Unix(l) => match l.accept().await {
                     Ok((stream, _)) => {
                         tokio::spawn(Arc::clone(&self).serve_connection(
-                            stream,
+                            Held::new(stream, permit),
                             Arc::clone(&task),
                             Arrival::Proxy,
                         ));

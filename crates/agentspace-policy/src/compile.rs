@@ -16,7 +16,7 @@ use cedar_policy::{
 use miette::Diagnostic;
 
 use crate::error::PolicyError;
-use crate::evaluate::uid;
+use crate::evaluate::{EntityCache, uid};
 use crate::prefilter::{AGENT, Guarded, TENANT};
 
 /// The Agent Space Cedar schema (human-readable Cedar schema syntax).
@@ -71,6 +71,7 @@ pub struct CompiledPolicies {
     /// The entities every request of this definition shares: the schema's actions, the
     /// tenant and the agent. A decision adds the user, the task and the resource.
     pub(crate) statics: Entities,
+    pub(crate) entity_cache: EntityCache,
     generated: String,
     files: Vec<(String, String)>,
     warnings: Vec<String>,
@@ -394,6 +395,7 @@ impl CompiledPolicies {
             meta,
             index,
             statics,
+            entity_cache: EntityCache::default(),
             generated: generated.text,
             files,
             warnings,

@@ -1,7 +1,7 @@
 //! Evaluating one request against compiled policies with Cedar: no state, no I/O.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use agentspace_core::HTTP_METHODS;
@@ -52,7 +52,9 @@ impl CompiledPolicies {
             return denied(DenyReason::InvalidRequest, message);
         }
         let facts = Facts::new(request, usage, now);
-        let (cedar_request, entities) = match build(&facts, &self.statics) {
+        let built =
+            build(&facts).and_then(|r| Ok((r, self.entity_cache.get(&facts, &self.statics)?)));
+        let (cedar_request, entities) = match built {
             Ok(v) => v,
             Err(e) => {
                 return denied(
@@ -116,7 +118,8 @@ impl CompiledPolicies {
             };
         }
         let facts = Facts::new(request, usage, now);
-        match build(&facts, &self.statics) {
+        let built = build(&facts).and_then(|r| Ok((r, request_entities(&facts, &self.statics)?)));
+        match built {
             Ok((cedar_request, entities)) => self.decide_sets(
                 request,
                 &cedar_request,
@@ -459,38 +462,12 @@ pub(crate) fn uid(ty: &str, id: &str) -> Result<EntityUid, String> {
     ))
 }
 
-/// The Cedar request and entities for the request behind `facts`: `statics` (actions,
-/// tenant, agent) plus the user, the task and the resource.
-fn build(
-    facts: &Facts<'_>,
-    statics: &Entities,
-) -> Result<(cedar_policy::Request, Entities), String> {
+/// The Cedar request for the request behind `facts`.
+fn build(facts: &Facts<'_>) -> Result<cedar_policy::Request, String> {
     let request = facts.request;
     let p = &request.principal;
-    let tenant = uid(TENANT, p.tenant().as_str())?;
-    let user = uid(USER, p.user().as_str())?;
-    let agent = uid(AGENT, p.current().agent.as_str())?;
     let task = uid(TASK, p.current().task.as_str())?;
     let err = |e: &dyn std::fmt::Display| e.to_string();
-
-    let mut entities = vec![
-        Entity::new_no_attrs(user.clone(), HashSet::from([tenant.clone()])),
-        Entity::new(
-            task.clone(),
-            HashMap::from([
-                (
-                    "user".to_owned(),
-                    RestrictedExpression::new_entity_uid(user),
-                ),
-                (
-                    "agent".to_owned(),
-                    RestrictedExpression::new_entity_uid(agent.clone()),
-                ),
-            ]),
-            HashSet::from([agent.clone(), tenant.clone()]),
-        )
-        .map_err(|e| err(&e))?,
-    ];
 
     let chain: Vec<RestrictedExpression> = p
         .delegators()
@@ -583,14 +560,12 @@ fn build(
                     json_record(request.context.body.as_ref(), &mut budget).map_err(|e| err(&e))?,
                 ),
             ]);
-            entities.push(Entity::new_no_attrs(resource.clone(), HashSet::new()));
         }
         Action::Dns => {
             pairs.push((
                 "host".into(),
                 RestrictedExpression::new_string(facts.host.clone()),
             ));
-            entities.push(Entity::new_no_attrs(resource.clone(), HashSet::new()));
         }
         Action::Mcp => {
             let mut budget = MAX_VALUES;
@@ -609,26 +584,12 @@ fn build(
                         .map_err(|e| err(&e))?,
                 ),
             ]);
-            let mut parents = HashSet::new();
-            if let Some((ty, id)) = &facts.resource_parent {
-                let server = uid(ty, id)?;
-                entities.push(Entity::new_no_attrs(server.clone(), HashSet::new()));
-                parents.insert(server);
-            }
-            entities.push(Entity::new_no_attrs(resource.clone(), parents));
         }
         Action::Spawn => {
             pairs.push((
                 "target".into(),
                 RestrictedExpression::new_string(facts.resource.1.clone()),
             ));
-            // Starting another instance of this agent: its entity is among the statics.
-            if resource != agent {
-                entities.push(Entity::new_no_attrs(
-                    resource.clone(),
-                    HashSet::from([tenant]),
-                ));
-            }
         }
     }
     let action = uid(ACTION, action_name)?;
@@ -637,14 +598,115 @@ fn build(
     // the schema's closed record types. Policies were validated against it instead.
     let request =
         cedar_policy::Request::new(task, action, resource, context, None).map_err(|e| err(&e))?;
-    // The tenant, the agent and the schema's action hierarchy (`POST` in `http`) were
-    // made once per definition; validating our own entities against the schema on every
-    // request would only cost.
-    let entities = statics
+    Ok(request)
+}
+
+/// The entities of the request behind `facts`: `statics` (the schema's actions, the
+/// tenant and the agent, made once per definition) plus the user, the task and the
+/// resource. No schema check: these are our own entities, shaped by the schema.
+fn request_entities(facts: &Facts<'_>, statics: &Entities) -> Result<Entities, String> {
+    let p = &facts.request.principal;
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    let tenant = uid(TENANT, p.tenant().as_str())?;
+    let user = uid(USER, p.user().as_str())?;
+    let agent = uid(AGENT, p.current().agent.as_str())?;
+    let task = uid(TASK, p.current().task.as_str())?;
+    let resource = uid(facts.resource.0, &facts.resource.1)?;
+    let mut entities = vec![
+        Entity::new_no_attrs(user.clone(), HashSet::from([tenant.clone()])),
+        Entity::new(
+            task,
+            HashMap::from([
+                (
+                    "user".to_owned(),
+                    RestrictedExpression::new_entity_uid(user),
+                ),
+                (
+                    "agent".to_owned(),
+                    RestrictedExpression::new_entity_uid(agent.clone()),
+                ),
+            ]),
+            HashSet::from([agent.clone(), tenant]),
+        )
+        .map_err(|e| err(&e))?,
+    ];
+    // Starting another instance of this agent: its entity is among the statics.
+    if resource != agent {
+        let mut parents = HashSet::new();
+        if let Some((ty, id)) = &facts.resource_parent {
+            let parent = uid(ty, id)?;
+            // The MCP server of a tool (the tenant of a started agent is a static).
+            if !matches!(facts.request.action, Action::Spawn) {
+                entities.push(Entity::new_no_attrs(parent.clone(), HashSet::new()));
+            }
+            parents.insert(parent);
+        }
+        entities.push(Entity::new_no_attrs(resource, parents));
+    }
+    statics
         .clone()
         .add_entities(entities, None)
-        .map_err(|e| err(&e))?;
-    Ok((request, entities))
+        .map_err(|e| err(&e))
+}
+
+/// The entities of the (user, task, resource) triples a definition decided recently.
+/// They are the same for every request of a task to one resource, and building them
+/// (Cedar computes the transitive closure of the hierarchy) costs more than the rest of
+/// a decision. Cleared when full; a clone of the policies starts empty.
+#[derive(Default)]
+pub(crate) struct EntityCache(RwLock<HashMap<EntityKey, Arc<Entities>>>);
+
+/// User, task, resource (type, id) and the resource's parent: everything the entities
+/// of a request depend on besides the definition's tenant and agent.
+type EntityKey = (
+    String,
+    String,
+    &'static str,
+    String,
+    Option<(&'static str, String)>,
+);
+
+/// Most (user, task, resource) triples remembered per definition.
+const ENTITY_CACHE: usize = 4096;
+
+impl Clone for EntityCache {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl std::fmt::Debug for EntityCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EntityCache")
+    }
+}
+
+impl EntityCache {
+    /// The entities of the request behind `facts`, built with `statics` unless known.
+    /// A poisoned lock only means building them again.
+    fn get(&self, facts: &Facts<'_>, statics: &Entities) -> Result<Arc<Entities>, String> {
+        let p = &facts.request.principal;
+        let key: EntityKey = (
+            p.user().as_str().to_owned(),
+            p.current().task.as_str().to_owned(),
+            facts.resource.0,
+            facts.resource.1.clone(),
+            facts.resource_parent.clone(),
+        );
+        if let Ok(cache) = self.0.read()
+            && let Some(entities) = cache.get(&key)
+        {
+            return Ok(Arc::clone(entities));
+        }
+        let entities = Arc::new(request_entities(facts, statics)?);
+        if let Ok(mut cache) = self.0.write() {
+            if cache.len() >= ENTITY_CACHE {
+                cache.clear();
+            }
+            cache.insert(key, Arc::clone(&entities));
+        }
+        Ok(entities)
+    }
 }
 
 /// A JSON object as a Cedar record (anything else, or nothing, is an empty record).

@@ -634,12 +634,12 @@ impl Gateway {
 
     async fn forward(
         &self,
-        parts: http::request::Parts,
+        mut parts: http::request::Parts,
         body: RequestBody,
         target: &Target,
         checked: &Checked,
         pool: &Pool,
-        meter: Meter,
+        mut meter: Meter,
     ) -> Result<Response<GwBody>, UpstreamError> {
         let mut conn = self.upstream.checkout(pool, target, checked).await?;
         let path_and_query = parts
@@ -650,8 +650,18 @@ impl Gateway {
         let uri: Uri = path_and_query
             .parse()
             .unwrap_or_else(|_| Uri::from_static("/"));
+        // An HTTP/1.1 upgrade (WebSocket) keeps its Upgrade header; the client's side of
+        // the upgrade is taken now, before the request's parts are given away.
+        let upgrade = upgrade_of(&parts.headers, parts.version);
+        let client_upgrade = upgrade
+            .as_ref()
+            .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
         let mut headers = parts.headers;
         strip_hop_by_hop(&mut headers);
+        if let (Some(protocol), Some(_)) = (&upgrade, &client_upgrade) {
+            headers.insert(header::UPGRADE, protocol.clone());
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
         let default_port = if target.tls { 443 } else { 80 };
         let host_value = match (target.host.contains(':'), target.port == default_port) {
             (true, true) => format!("[{}]", target.host),
@@ -667,7 +677,7 @@ impl Gateway {
         *upstream_req.uri_mut() = uri;
         *upstream_req.version_mut() = Version::HTTP_11;
         *upstream_req.headers_mut() = headers;
-        let resp =
+        let mut resp =
             conn.sender
                 .send_request(upstream_req)
                 .await
@@ -675,6 +685,42 @@ impl Gateway {
                     host: target.host.clone(),
                     detail: e.to_string(),
                 })?;
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let Some(client_upgrade) = client_upgrade else {
+                return Err(UpstreamError::Http {
+                    host: target.host.clone(),
+                    detail: "the upstream switched protocols without being asked".into(),
+                });
+            };
+            // The connection belongs to the upgraded stream now: it never goes back to
+            // the pool.
+            drop(conn);
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                let (Ok(client), Ok(upstream)) = tokio::join!(client_upgrade, upstream_upgrade)
+                else {
+                    return;
+                };
+                let mut client = TokioIo::new(client);
+                let mut upstream = TokioIo::new(upstream);
+                if let Ok((up, down)) =
+                    tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+                {
+                    meter.received = up.saturating_add(down);
+                }
+                drop(meter);
+            });
+            let (mut parts, _) = resp.into_parts();
+            let protocol = parts.headers.get(header::UPGRADE).cloned();
+            strip_hop_by_hop(&mut parts.headers);
+            if let Some(protocol) = protocol {
+                parts.headers.insert(header::UPGRADE, protocol);
+                parts
+                    .headers
+                    .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            }
+            return Ok(Response::from_parts(parts, full(Bytes::new())));
+        }
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         Ok(Response::from_parts(
@@ -856,6 +902,22 @@ fn context_headers(headers: &HeaderMap) -> std::collections::BTreeMap<String, St
         })
         .take(CONTEXT_HEADERS)
         .collect()
+}
+
+/// The protocol an HTTP/1.1 request asks to upgrade to (`Upgrade` named in
+/// `Connection`).
+fn upgrade_of(headers: &HeaderMap, version: Version) -> Option<HeaderValue> {
+    if version != Version::HTTP_11 {
+        return None;
+    }
+    let asks = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    asks.then(|| headers.get(header::UPGRADE).cloned())
+        .flatten()
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {

@@ -247,7 +247,7 @@ impl Upstream {
             let (sender, conn) = http1::handshake(TokioIo::new(tls))
                 .await
                 .map_err(http_err)?;
-            tokio::spawn(conn);
+            tokio::spawn(conn.with_upgrades());
             Ok(Pooled {
                 target: target.clone(),
                 addr,
@@ -257,7 +257,7 @@ impl Upstream {
             let (sender, conn) = http1::handshake(TokioIo::new(stream))
                 .await
                 .map_err(http_err)?;
-            tokio::spawn(conn);
+            tokio::spawn(conn.with_upgrades());
             Ok(Pooled {
                 target: target.clone(),
                 addr,

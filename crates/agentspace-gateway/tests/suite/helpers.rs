@@ -111,7 +111,25 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 /// Echoes what the upstream saw as JSON.
-async fn echo(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn echo(mut req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    if let Some(protocol) = req.headers().get(hyper::header::UPGRADE).cloned() {
+        // After the upgrade, echo raw bytes back.
+        let on = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(upgraded) = on.await {
+                let (mut r, mut w) = tokio::io::split(TokioIo::new(upgraded));
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            }
+        });
+        let mut resp = Response::new(Full::new(Bytes::new()));
+        *resp.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+        resp.headers_mut().insert(hyper::header::UPGRADE, protocol);
+        resp.headers_mut().insert(
+            hyper::header::CONNECTION,
+            hyper::header::HeaderValue::from_static("upgrade"),
+        );
+        return Ok(resp);
+    }
     let (parts, body) = req.into_parts();
     let bytes = body
         .collect()
@@ -155,12 +173,14 @@ async fn serve_upstream(
                     if let Ok(s) = acceptor.accept(stream).await {
                         let _ = builder
                             .serve_connection(TokioIo::new(s), service_fn(echo))
+                            .with_upgrades()
                             .await;
                     }
                 }
                 None => {
                     let _ = builder
                         .serve_connection(TokioIo::new(stream), service_fn(echo))
+                        .with_upgrades()
                         .await;
                 }
             }

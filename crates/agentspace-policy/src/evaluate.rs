@@ -52,8 +52,8 @@ impl CompiledPolicies {
             return denied(DenyReason::InvalidRequest, message);
         }
         let facts = Facts::new(request, usage, now);
-        let built =
-            build(&facts).and_then(|r| Ok((r, self.entity_cache.get(&facts, &self.statics)?)));
+        let built = build(&facts, self.context_attrs.as_ref())
+            .and_then(|r| Ok((r, self.entity_cache.get(&facts, &self.statics)?)));
         let (cedar_request, entities) = match built {
             Ok(v) => v,
             Err(e) => {
@@ -118,7 +118,8 @@ impl CompiledPolicies {
             };
         }
         let facts = Facts::new(request, usage, now);
-        let built = build(&facts).and_then(|r| Ok((r, request_entities(&facts, &self.statics)?)));
+        let built =
+            build(&facts, None).and_then(|r| Ok((r, request_entities(&facts, &self.statics)?)));
         match built {
             Ok((cedar_request, entities)) => self.decide_sets(
                 request,
@@ -462,25 +463,26 @@ pub(crate) fn uid(ty: &str, id: &str) -> Result<EntityUid, String> {
     ))
 }
 
-/// The Cedar request for the request behind `facts`.
-fn build(facts: &Facts<'_>) -> Result<cedar_policy::Request, String> {
+/// The Cedar request for the request behind `facts`. With `wanted`, the context has only
+/// those attributes: the ones some policy of the definition reads (an attribute no
+/// policy reads cannot change a decision, and converting it is most of the cost).
+fn build(
+    facts: &Facts<'_>,
+    wanted: Option<&BTreeSet<String>>,
+) -> Result<cedar_policy::Request, String> {
     let request = facts.request;
     let p = &request.principal;
+    let r = &request.resource;
     let task = uid(TASK, p.current().task.as_str())?;
     let err = |e: &dyn std::fmt::Display| e.to_string();
-
-    let chain: Vec<RestrictedExpression> = p
-        .delegators()
-        .iter()
-        .map(|a| RestrictedExpression::new_string(a.agent.to_string()))
-        .collect();
-    let labels = RestrictedExpression::new_set(
-        request
-            .context
-            .labels
-            .iter()
-            .map(|l| RestrictedExpression::new_string(l.clone())),
-    );
+    let mut pairs: Vec<(String, RestrictedExpression)> = Vec::new();
+    let mut add = |name: &str, value: &dyn Fn() -> Result<RestrictedExpression, String>| {
+        if wanted.is_none_or(|w| w.contains(name)) {
+            pairs.push((name.to_owned(), value()?));
+        }
+        Ok::<(), String>(())
+    };
+    let string = |s: &str| Ok(RestrictedExpression::new_string(s.to_owned()));
     let longs = |names: [&str; 4], values: [i64; 4]| {
         RestrictedExpression::new_record(
             names
@@ -490,109 +492,66 @@ fn build(facts: &Facts<'_>) -> Result<cedar_policy::Request, String> {
         )
         .map_err(|e| err(&e))
     };
-    let mut pairs: Vec<(String, RestrictedExpression)> = vec![
-        (
-            "tenant".into(),
-            RestrictedExpression::new_string(p.tenant().to_string()),
-        ),
-        (
-            "user".into(),
-            RestrictedExpression::new_string(p.user().to_string()),
-        ),
-        (
-            "agent".into(),
-            RestrictedExpression::new_string(p.current().agent.to_string()),
-        ),
-        (
-            "task".into(),
-            RestrictedExpression::new_string(p.current().task.to_string()),
-        ),
-        ("chain".into(), RestrictedExpression::new_set(chain)),
-        ("depth".into(), RestrictedExpression::new_long(facts.depth)),
-        ("labels".into(), labels),
-        (
-            "usage".into(),
-            longs(["requests", "bytes", "tokens", "seconds"], facts.usage)?,
-        ),
-        (
-            "time".into(),
-            longs(["unix", "hour", "minute", "weekday"], facts.time)?,
-        ),
-    ];
-    let r = &request.resource;
-    let resource = uid(facts.resource.0, &facts.resource.1)?;
-    let action_name = request.action.cedar_name();
+    add("tenant", &|| string(p.tenant().as_str()))?;
+    add("user", &|| string(p.user().as_str()))?;
+    add("agent", &|| string(p.current().agent.as_str()))?;
+    add("task", &|| string(p.current().task.as_str()))?;
+    add("chain", &|| {
+        Ok(RestrictedExpression::new_set(p.delegators().iter().map(
+            |a| RestrictedExpression::new_string(a.agent.to_string()),
+        )))
+    })?;
+    add("depth", &|| Ok(RestrictedExpression::new_long(facts.depth)))?;
+    add("labels", &|| {
+        Ok(RestrictedExpression::new_set(
+            request
+                .context
+                .labels
+                .iter()
+                .map(|l| RestrictedExpression::new_string(l.clone())),
+        ))
+    })?;
+    add("usage", &|| {
+        longs(["requests", "bytes", "tokens", "seconds"], facts.usage)
+    })?;
+    add("time", &|| {
+        longs(["unix", "hour", "minute", "weekday"], facts.time)
+    })?;
     match &request.action {
         Action::Http { method } => {
-            let mut budget = MAX_VALUES;
-            pairs.extend([
-                (
-                    "method".into(),
-                    RestrictedExpression::new_string(method.clone()),
-                ),
-                (
-                    "host".into(),
-                    RestrictedExpression::new_string(facts.host.clone()),
-                ),
-                ("port".into(), RestrictedExpression::new_long(facts.port)),
-                (
-                    "path".into(),
-                    RestrictedExpression::new_string(facts.path.to_owned()),
-                ),
-                (
-                    "query".into(),
-                    RestrictedExpression::new_string(request.context.query.clone()),
-                ),
-                (
-                    "headers".into(),
-                    RestrictedExpression::new_record(request.context.headers.iter().map(
-                        |(k, v)| {
-                            (
-                                k.to_ascii_lowercase(),
-                                RestrictedExpression::new_string(v.clone()),
-                            )
-                        },
-                    ))
-                    .map_err(|e| err(&e))?,
-                ),
-                (
-                    "body".into(),
-                    json_record(request.context.body.as_ref(), &mut budget).map_err(|e| err(&e))?,
-                ),
-            ]);
+            add("method", &|| string(method))?;
+            add("host", &|| string(&facts.host))?;
+            add("port", &|| Ok(RestrictedExpression::new_long(facts.port)))?;
+            add("path", &|| string(facts.path))?;
+            add("query", &|| string(&request.context.query))?;
+            add("headers", &|| {
+                RestrictedExpression::new_record(request.context.headers.iter().map(|(k, v)| {
+                    (
+                        k.to_ascii_lowercase(),
+                        RestrictedExpression::new_string(v.clone()),
+                    )
+                }))
+                .map_err(|e| err(&e))
+            })?;
+            add("body", &|| {
+                json_record(request.context.body.as_ref(), &mut { MAX_VALUES }).map_err(|e| err(&e))
+            })?;
         }
-        Action::Dns => {
-            pairs.push((
-                "host".into(),
-                RestrictedExpression::new_string(facts.host.clone()),
-            ));
-        }
+        Action::Dns => add("host", &|| string(&facts.host))?,
         Action::Mcp => {
-            let mut budget = MAX_VALUES;
-            pairs.extend([
-                (
-                    "server".into(),
-                    RestrictedExpression::new_string(r.server.clone().unwrap_or_default()),
-                ),
-                (
-                    "tool".into(),
-                    RestrictedExpression::new_string(r.tool.clone().unwrap_or_default()),
-                ),
-                (
-                    "arguments".into(),
-                    json_record(request.context.arguments.as_ref(), &mut budget)
-                        .map_err(|e| err(&e))?,
-                ),
-            ]);
+            add("server", &|| {
+                string(r.server.as_deref().unwrap_or_default())
+            })?;
+            add("tool", &|| string(r.tool.as_deref().unwrap_or_default()))?;
+            add("arguments", &|| {
+                json_record(request.context.arguments.as_ref(), &mut { MAX_VALUES })
+                    .map_err(|e| err(&e))
+            })?;
         }
-        Action::Spawn => {
-            pairs.push((
-                "target".into(),
-                RestrictedExpression::new_string(facts.resource.1.clone()),
-            ));
-        }
+        Action::Spawn => add("target", &|| string(&facts.resource.1))?,
     }
-    let action = uid(ACTION, action_name)?;
+    let resource = uid(facts.resource.0, &facts.resource.1)?;
+    let action = uid(ACTION, request.action.cedar_name())?;
     let context = Context::from_pairs(pairs).map_err(|e| err(&e))?;
     // No schema here: the open records (`body`, `headers`, `arguments`) would not pass
     // the schema's closed record types. Policies were validated against it instead.

@@ -67,6 +67,49 @@ impl Guarded {
     }
 }
 
+/// Adds to `reads` the context attributes a policy (in its JSON form) reads; `false`
+/// when it uses `context` other than as `context.name` or `context has name`, so that
+/// every attribute may matter.
+pub(crate) fn context_reads(est: &Json, reads: &mut BTreeSet<String>) -> bool {
+    match est {
+        Json::Array(items) => items.iter().all(|i| context_reads(i, reads)),
+        Json::Object(obj) => {
+            if obj.get("Var").and_then(Json::as_str) == Some("context") {
+                return false;
+            }
+            for (key, value) in obj {
+                if (key == "." || key == "has")
+                    && value
+                        .get("left")
+                        .and_then(|l| l.get("Var"))
+                        .and_then(Json::as_str)
+                        == Some("context")
+                {
+                    match value.get("attr") {
+                        Some(Json::String(name)) => {
+                            reads.insert(name.clone());
+                        }
+                        // `context has a.b`: the first name is the context's.
+                        Some(Json::Array(names)) => match names.first().and_then(Json::as_str) {
+                            Some(name) => {
+                                reads.insert(name.to_owned());
+                            }
+                            None => return false,
+                        },
+                        _ => return false,
+                    }
+                    continue;
+                }
+                if !context_reads(value, reads) {
+                    return false;
+                }
+            }
+            true
+        }
+        _ => true,
+    }
+}
+
 /// The leading conditions of a policy in its JSON (EST) form, up to the first one of a
 /// form not handled here.
 fn guard_of(est: &Json) -> Vec<Cond> {
@@ -611,6 +654,31 @@ mod tests {
         s.chars()
             .map(|c| if c == '*' { Pat::Any } else { Pat::Char(c) })
             .collect()
+    }
+
+    fn reads(text: &str) -> Option<Vec<String>> {
+        let policy = Policy::parse(None, text).unwrap();
+        let mut reads = BTreeSet::new();
+        context_reads(&policy.to_json().unwrap(), &mut reads).then(|| reads.into_iter().collect())
+    }
+
+    #[test]
+    fn context_reads_names_the_attributes_or_gives_up() {
+        assert_eq!(
+            reads(
+                r#"forbid (principal, action, resource) when { context.path like "/a*" && context has body && context.body.x == 1 } unless { context.headers["h"] == "v" };"#
+            ),
+            Some(vec!["body".into(), "headers".into(), "path".into()])
+        );
+        assert_eq!(reads("permit (principal, action, resource);"), Some(vec![]));
+        assert_eq!(
+            reads("forbid (principal, action, resource) when { context == {} };"),
+            None
+        );
+        assert_eq!(
+            reads(r#"forbid (principal, action, resource) when { {a: context}.a.depth > 1 };"#),
+            None
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The door: a listener that belongs to one task. Every connection accepted on it acts
 //! for that task; nothing the client sends can change who it is.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -8,13 +9,40 @@ use agentspace_core::Principal;
 use agentspace_policy::PolicyEngine;
 use tokio::net::{TcpListener, UnixListener};
 
+use crate::broker::Credential;
+
 /// The task a door belongs to: who acts (from the verified task token, bound when the
-/// cell was made) and the decision point of its agent definition.
+/// cell was made), the decision point of its agent definition, and the credentials its
+/// capabilities carry.
 pub struct Task {
     /// The principal every request through the door is decided and audited as.
     pub principal: Principal,
     /// The decision point for the task's agent definition.
     pub policy: Arc<PolicyEngine>,
+    /// Credentials by capability (egress rule name): a request allowed under that
+    /// capability carries it.
+    pub credentials: BTreeMap<String, Credential>,
+}
+
+impl Task {
+    /// A task with no brokered credentials.
+    pub fn new(principal: Principal, policy: Arc<PolicyEngine>) -> Self {
+        Self {
+            principal,
+            policy,
+            credentials: BTreeMap::new(),
+        }
+    }
+
+    /// Adds the credential that requests allowed under `capability` carry.
+    pub fn with_credential(
+        mut self,
+        capability: impl Into<String>,
+        credential: Credential,
+    ) -> Self {
+        self.credentials.insert(capability.into(), credential);
+        self
+    }
 }
 
 impl std::fmt::Debug for Task {

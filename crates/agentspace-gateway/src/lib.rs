@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 mod body;
+mod broker;
 mod ca;
 mod config;
 mod door;
@@ -26,6 +27,7 @@ mod proxy;
 mod ssrf;
 mod upstream;
 
+pub use broker::{Apply, Credential};
 pub use ca::{CaStore, TenantCa};
 pub use config::{GatewayConfig, Limits, ResolveOverride};
 pub use door::{Arrival, Door, DoorListener, Task};

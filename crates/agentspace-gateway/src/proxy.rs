@@ -14,6 +14,7 @@ use agentspace_core::{AuditDecision, AuditEvent, AuditKind, Name};
 use agentspace_policy::{
     Action, Decision, DenyReason, Request as PolicyRequest, RequestContext, Resource,
 };
+use agentspace_secrets::{SecretStore, SecretValue};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -29,6 +30,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::LazyConfigAcceptor;
 
 use crate::body::{GwBody, Meter, PooledBody, RequestBody, full};
+use crate::broker::{self, Credential, RedactBody};
 use crate::ca::{CaStore, TenantCa};
 use crate::config::GatewayConfig;
 use crate::door::{Arrival, Door, DoorListener, Task};
@@ -59,6 +61,7 @@ pub struct Gateway {
     cas: CaStore,
     upstream: Upstream,
     audit: AuditLog,
+    secrets: SecretStore,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -94,6 +97,7 @@ enum Verdict {
         checked: Checked,
         policies: Vec<String>,
         capabilities: Vec<String>,
+        broker: Option<(Credential, SecretValue)>,
     },
     Deny {
         code: String,
@@ -117,6 +121,7 @@ impl Gateway {
         Ok(Arc::new(Self {
             cas: CaStore::new(&config.state_dir),
             upstream: Upstream::new(&config)?,
+            secrets: SecretStore::open(&config.state_dir),
             config,
             audit,
         }))
@@ -484,10 +489,18 @@ impl Gateway {
                 capabilities,
                 ..
             } => match self.upstream.resolve(&target).await {
-                Ok(checked) => Verdict::Allow {
-                    checked,
-                    policies,
-                    capabilities,
+                Ok(checked) => match self.credential_for(task, &capabilities).await {
+                    Ok(broker) => Verdict::Allow {
+                        checked,
+                        policies,
+                        capabilities,
+                        broker,
+                    },
+                    Err(message) => Verdict::Deny {
+                        code: "credential".into(),
+                        message,
+                        policies,
+                    },
                 },
                 Err(e) if e.is_refusal() => Verdict::Deny {
                     code: "ssrf".into(),
@@ -531,7 +544,13 @@ impl Gateway {
                 policies,
                 capabilities,
                 checked,
+                broker,
             } => {
+                if let Some((credential, _)) = broker {
+                    event
+                        .details
+                        .insert("credential".into(), json!(credential.secret));
+                }
                 event.decision = Some(AuditDecision::Allow);
                 event.policies = policies.clone();
                 event
@@ -582,6 +601,7 @@ impl Gateway {
             Verdict::Allow {
                 checked,
                 capabilities,
+                broker,
                 ..
             } => {
                 let meter = Meter {
@@ -590,7 +610,7 @@ impl Gateway {
                     sent: body.sent(),
                     received: 0,
                 };
-                self.forward(parts, body, &target, &checked, &conn.pool, meter)
+                self.forward(parts, body, &target, &checked, &conn.pool, meter, broker)
                     .await
                     .unwrap_or_else(|e| error(StatusCode::BAD_GATEWAY, &e.to_string()))
             }
@@ -632,6 +652,10 @@ impl Gateway {
         }
     }
 
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call site on the request path; grouping them would only rename them"
+    )]
     async fn forward(
         &self,
         mut parts: http::request::Parts,
@@ -640,6 +664,7 @@ impl Gateway {
         checked: &Checked,
         pool: &Pool,
         mut meter: Meter,
+        broker: Option<(Credential, SecretValue)>,
     ) -> Result<Response<GwBody>, UpstreamError> {
         let mut conn = self.upstream.checkout(pool, target, checked).await?;
         let path_and_query = parts
@@ -647,6 +672,25 @@ impl Gateway {
             .path_and_query()
             .map_or("/", |pq| pq.as_str())
             .to_owned();
+        // A brokered request carries no credential of the agent's, and is not upgraded
+        // (an upgraded stream could not be redacted).
+        let (path_and_query, redact) = match &broker {
+            Some((credential, secret)) => {
+                let pq = broker::apply(
+                    credential,
+                    secret.expose(),
+                    &mut parts.headers,
+                    &path_and_query,
+                )
+                .map_err(|e| UpstreamError::Credential(e.to_string()))?;
+                parts.headers.remove(header::UPGRADE);
+                (
+                    pq,
+                    Some(broker::patterns(secret.expose(), &credential.apply)),
+                )
+            }
+            None => (path_and_query, None),
+        };
         let uri: Uri = path_and_query
             .parse()
             .unwrap_or_else(|_| Uri::from_static("/"));
@@ -723,10 +767,41 @@ impl Gateway {
         }
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(
-            parts,
-            PooledBody::new(body, Arc::clone(pool), conn, meter).boxed_unsync(),
-        ))
+        let body = PooledBody::new(body, Arc::clone(pool), conn, meter).boxed_unsync();
+        let body = match redact {
+            Some(patterns) => {
+                broker::redact_headers(&mut parts.headers, &patterns);
+                // Redaction changes the length.
+                parts.headers.remove(header::CONTENT_LENGTH);
+                RedactBody::new(body, patterns).boxed_unsync()
+            }
+            None => body,
+        };
+        Ok(Response::from_parts(parts, body))
+    }
+
+    /// The credential the first brokered capability of an allowed request carries, with
+    /// its secret; an error (a missing or unreadable secret) denies the request.
+    async fn credential_for(
+        &self,
+        task: &Task,
+        capabilities: &[String],
+    ) -> Result<Option<(Credential, SecretValue)>, String> {
+        let Some(credential) = capabilities
+            .iter()
+            .find_map(|c| task.credentials.get(c))
+            .cloned()
+        else {
+            return Ok(None);
+        };
+        let secrets = self.secrets.clone();
+        let tenant = task.principal.tenant().clone();
+        let name = credential.secret.clone();
+        match tokio::task::spawn_blocking(move || secrets.get(&tenant, &name)).await {
+            Ok(Ok(secret)) => Ok(Some((credential, secret))),
+            Ok(Err(e)) => Err(format!("the brokered credential is unavailable: {e}")),
+            Err(e) => Err(format!("the brokered credential is unavailable: {e}")),
+        }
     }
 
     /// Appends `event`; the id (`tenant:seq`) once it is durable.

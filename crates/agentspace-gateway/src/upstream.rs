@@ -65,6 +65,8 @@ pub(crate) enum UpstreamError {
     Tls { host: String, detail: String },
     #[error("HTTP with `{host}` failed: {detail}")]
     Http { host: String, detail: String },
+    #[error("cannot apply the brokered credential: {0}")]
+    Credential(String),
 }
 
 impl UpstreamError {

@@ -228,10 +228,7 @@ async fn a_unix_socket_door_serves_its_task() {
     let listener = tokio::net::UnixListener::bind(&path).unwrap();
     let door = Door::new(
         DoorListener::Unix(listener),
-        Task {
-            principal: super::helpers::principal("t9"),
-            policy: Arc::clone(&h.task.policy),
-        },
+        Task::new(super::helpers::principal("t9"), Arc::clone(&h.task.policy)),
     );
     tokio::spawn(Arc::clone(&h.gateway).serve(door));
     let mut stream = tokio::net::UnixStream::connect(&path).await.unwrap();

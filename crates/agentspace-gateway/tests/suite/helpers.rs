@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use agentspace_audit::{AuditLog, VerifyOptions};
 use agentspace_core::{Actor, Definition, Name, Principal, TaskRef, UserId};
-use agentspace_gateway::{Door, DoorListener, Gateway, GatewayConfig, ResolveOverride, Task};
+use agentspace_gateway::{
+    Credential, Door, DoorListener, Gateway, GatewayConfig, ResolveOverride, Task,
+};
 use agentspace_policy::PolicyEngine;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -67,7 +69,11 @@ pub(crate) struct Harness {
     pub(crate) audit: AuditLog,
     /// Connections the HTTPS stand-in has accepted.
     pub(crate) upstream_connections: Arc<AtomicUsize>,
+    /// `METHOD URI authorization=VALUE` of every request the stand-ins received.
+    pub(crate) upstream_seen: Seen,
 }
+
+pub(crate) type Seen = Arc<std::sync::Mutex<Vec<String>>>;
 
 pub(crate) struct Out {
     pub(crate) status: u16,
@@ -155,6 +161,7 @@ async fn serve_upstream(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     accepted: Arc<AtomicUsize>,
+    seen: Seen,
 ) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -162,6 +169,20 @@ async fn serve_upstream(
         };
         accepted.fetch_add(1, Ordering::SeqCst);
         let tls = tls.clone();
+        let seen = Arc::clone(&seen);
+        let service = service_fn(move |req: Request<Incoming>| {
+            let line = format!(
+                "{} {} authorization={}",
+                req.method(),
+                req.uri(),
+                req.headers()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-")
+            );
+            seen.lock().unwrap().push(line);
+            echo(req)
+        });
         tokio::spawn(async move {
             let builder = {
                 let mut b = hyper::server::conn::http1::Builder::new();
@@ -172,14 +193,14 @@ async fn serve_upstream(
                 Some(acceptor) => {
                     if let Ok(s) = acceptor.accept(stream).await {
                         let _ = builder
-                            .serve_connection(TokioIo::new(s), service_fn(echo))
+                            .serve_connection(TokioIo::new(s), service)
                             .with_upgrades()
                             .await;
                     }
                 }
                 None => {
                     let _ = builder
-                        .serve_connection(TokioIo::new(stream), service_fn(echo))
+                        .serve_connection(TokioIo::new(stream), service)
                         .with_upgrades()
                         .await;
                 }
@@ -203,6 +224,15 @@ impl Harness {
 
     /// A harness whose door's task runs the agent `definition`.
     pub(crate) async fn start_with(definition: &str) -> Self {
+        Self::start_full(definition, Vec::new(), &[]).await
+    }
+
+    /// A harness with brokered `credentials` and `secrets` stored before it starts.
+    pub(crate) async fn start_full(
+        definition: &str,
+        credentials: Vec<(&str, Credential)>,
+        secrets: &[(&str, &[u8])],
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let def_path = dir.path().join("agent.yaml");
         std::fs::write(&def_path, definition).unwrap();
@@ -210,6 +240,10 @@ impl Harness {
         let state = dir.path().join("state");
         let policy = Arc::new(PolicyEngine::load(&definition, &state).unwrap());
         let audit = AuditLog::open(&state).unwrap();
+        let store = agentspace_secrets::SecretStore::open(&state);
+        for (name, value) in secrets {
+            store.set(&Name::new("acme").unwrap(), name, value).unwrap();
+        }
 
         // Stand-ins: one HTTPS server posing as api.example.com (its CA trusted only by
         // the gateway's upstream client), one plain HTTP server.
@@ -236,14 +270,21 @@ impl Harness {
         let tls_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let upstream_tls = tls_listener.local_addr().unwrap();
         let upstream_connections = Arc::new(AtomicUsize::new(0));
+        let upstream_seen = Seen::default();
         tokio::spawn(serve_upstream(
             tls_listener,
             Some(TlsAcceptor::from(Arc::new(server))),
             Arc::clone(&upstream_connections),
+            Arc::clone(&upstream_seen),
         ));
         let plain_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let upstream_plain = plain_listener.local_addr().unwrap();
-        tokio::spawn(serve_upstream(plain_listener, None, Arc::default()));
+        tokio::spawn(serve_upstream(
+            plain_listener,
+            None,
+            Arc::default(),
+            Arc::clone(&upstream_seen),
+        ));
 
         let mut config = GatewayConfig::new(&state);
         config.system_roots = false;
@@ -268,10 +309,11 @@ impl Harness {
         let proxy = listener.local_addr().unwrap();
         let door = Door::new(
             DoorListener::Tcp(listener),
-            Task {
-                principal: principal("t1"),
-                policy,
-            },
+            credentials
+                .into_iter()
+                .fold(Task::new(principal("t1"), policy), |t, (cap, cred)| {
+                    t.with_credential(cap, cred)
+                }),
         );
         let task = Arc::clone(door.task());
         tokio::spawn(Arc::clone(&gateway).serve(door));
@@ -284,6 +326,7 @@ impl Harness {
             tenant_ca,
             audit,
             upstream_connections,
+            upstream_seen,
         }
     }
 

@@ -1,3 +1,4 @@
 mod attacks;
+mod broker;
 mod e2e;
 mod helpers;

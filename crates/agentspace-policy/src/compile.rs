@@ -85,16 +85,23 @@ pub struct CompiledPolicies {
 /// base and `@approval` policies alike, with their pre-evaluable conditions.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Slice {
-    by_resource: HashMap<String, Vec<Arc<Guarded>>>,
+    /// By entity type name, then id.
+    by_resource: HashMap<String, HashMap<String, Vec<Arc<Guarded>>>>,
     any: Vec<Arc<Guarded>>,
 }
 
 impl CompiledPolicies {
-    /// The policies whose scope can match `action` on `resource` (both Cedar uids as
-    /// strings); `None` when no policy can.
-    pub(crate) fn slice(&self, action: &str, resource: &str) -> Option<&[Arc<Guarded>]> {
+    /// The policies whose scope can match `action` (its name in the schema) on
+    /// `resource` (entity type name and id); `None` when no policy can.
+    pub(crate) fn slice(&self, action: &str, resource: (&str, &str)) -> Option<&[Arc<Guarded>]> {
         let slice = self.index.get(action)?;
-        Some(slice.by_resource.get(resource).unwrap_or(&slice.any))
+        Some(
+            slice
+                .by_resource
+                .get(resource.0)
+                .and_then(|ids| ids.get(resource.1))
+                .unwrap_or(&slice.any),
+        )
     }
 }
 
@@ -137,10 +144,12 @@ fn applies_to_action(policy: &Policy, action: &str, is_http: bool) -> bool {
     }
 }
 
-/// The single resource a policy's scope is restricted to, if any.
-fn scoped_resource(policy: &Policy) -> Option<String> {
+/// The single resource a policy's scope is restricted to, if any: type name and id.
+fn scoped_resource(policy: &Policy) -> Option<(String, String)> {
     match policy.resource_constraint() {
-        cedar_policy::ResourceConstraint::Eq(uid) => Some(uid.to_string()),
+        cedar_policy::ResourceConstraint::Eq(uid) => {
+            Some((uid.type_name().to_string(), uid.id().unescaped().to_owned()))
+        }
         _ => None,
     }
 }
@@ -161,26 +170,35 @@ fn build_index(base: &PolicySet, approvals: &PolicySet) -> HashMap<String, Slice
             .collect();
         // First the resources named by scopes, so each gets its own list.
         for g in &applicable {
-            if let Some(r) = scoped_resource(&g.policy) {
-                slice.by_resource.entry(r).or_default();
+            if let Some((ty, id)) = scoped_resource(&g.policy) {
+                slice
+                    .by_resource
+                    .entry(ty)
+                    .or_default()
+                    .entry(id)
+                    .or_default();
             }
         }
         for g in applicable {
             match scoped_resource(&g.policy) {
-                Some(r) => {
-                    if let Some(list) = slice.by_resource.get_mut(&r) {
+                Some((ty, id)) => {
+                    if let Some(list) = slice
+                        .by_resource
+                        .get_mut(&ty)
+                        .and_then(|ids| ids.get_mut(&id))
+                    {
                         list.push(Arc::clone(g));
                     }
                 }
                 None => {
                     slice.any.push(Arc::clone(g));
-                    for list in slice.by_resource.values_mut() {
+                    for list in slice.by_resource.values_mut().flat_map(HashMap::values_mut) {
                         list.push(Arc::clone(g));
                     }
                 }
             }
         }
-        index.insert(action_uid(action), slice);
+        index.insert((*action).to_owned(), slice);
     }
     index
 }

@@ -63,20 +63,18 @@ impl CompiledPolicies {
                 );
             }
         };
-        let action_key = cedar_request
-            .action()
-            .map(ToString::to_string)
-            .unwrap_or_default();
-        let resource_key = cedar_request
-            .resource()
-            .map(ToString::to_string)
-            .unwrap_or_default();
         // Only the policies whose scope can match, less those whose leading conditions
         // are certainly false for this request (see `prefilter`): Cedar would find them
         // false without error, so they could not change the response.
         let mut base = PolicySet::new();
         let mut approvals = PolicySet::new();
-        for g in self.slice(&action_key, &resource_key).unwrap_or(&[]) {
+        for g in self
+            .slice(
+                request.action.cedar_name(),
+                (facts.resource.0, &facts.resource.1),
+            )
+            .unwrap_or(&[])
+        {
             if !g.may_apply(&facts) {
                 continue;
             }

@@ -4,6 +4,7 @@
 mod cmd_audit;
 mod cmd_definition;
 mod cmd_doctor;
+mod cmd_gateway;
 mod cmd_keys;
 mod cmd_policy;
 mod cmd_revoke;
@@ -54,6 +55,8 @@ enum Command {
     /// Revoke (or lift) a task, an agent, a user's use of an agent, or a capability.
     #[command(subcommand)]
     Revoke(cmd_revoke::Command),
+    /// Serve the HTTP/HTTPS gateway for one task on a local listener (demos, benchmarks).
+    Gateway(cmd_gateway::Args),
 }
 
 fn main() -> ExitCode {
@@ -78,6 +81,7 @@ fn main() -> ExitCode {
         Command::Policy(cmd) => cmd_policy::run(cmd),
         Command::Revoke(cmd) => cmd_revoke::run(&state, cmd),
         Command::Definition(cmd) => cmd_definition::run(cmd),
+        Command::Gateway(args) => cmd_gateway::run(&state, args),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,88 @@
+//! `agentspace gateway -f DEFINITION [--listen ADDR] [--user U] [--resolve HOST:PORT:ADDR]...
+//! [--upstream-ca FILE]...`: the HTTP/HTTPS gateway for one task on a local listener, for
+//! demos, benchmarks and trying a definition against real clients (`curl --proxy`).
+//! Every request is decided by the definition's policies and audited like a cell's.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use agentspace_audit::AuditLog;
+use agentspace_core::{Actor, Principal, TaskId, TaskRef, UserId};
+use agentspace_gateway::{Door, DoorListener, Gateway, GatewayConfig, ResolveOverride, Task};
+use agentspace_policy::PolicyEngine;
+use anyhow::{Context, Result};
+
+use crate::state::StateDir;
+
+/// Arguments of `agentspace gateway`.
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    /// The agent definition whose policies decide every request.
+    #[arg(short = 'f', long = "file", value_name = "DEFINITION")]
+    definition: PathBuf,
+    /// Where proxy clients connect (HTTP_PROXY / HTTPS_PROXY).
+    #[arg(long, default_value = "127.0.0.1:3128", value_name = "ADDR:PORT")]
+    listen: SocketAddr,
+    /// The user the requests are made for (default: $SUDO_USER, else $USER).
+    #[arg(long)]
+    user: Option<String>,
+    /// Send connections for HOST:PORT to ADDR (or ADDR:ADDR_PORT), like curl's --resolve.
+    #[arg(long = "resolve", value_name = "HOST:PORT:ADDR")]
+    resolve: Vec<String>,
+    /// A PEM file of CAs the gateway's upstream client trusts besides the system roots.
+    #[arg(long = "upstream-ca", value_name = "FILE")]
+    upstream_ca: Vec<PathBuf>,
+}
+
+pub(crate) fn run(state: &StateDir, args: Args) -> Result<ExitCode> {
+    let definition = crate::cmd_run::load_definition(&args.definition)?;
+    let user = args
+        .user
+        .or_else(|| std::env::var("SUDO_USER").ok())
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "root".to_owned());
+    let user = UserId::new(&user).with_context(|| format!("invalid --user `{user}`"))?;
+    let mut random = [0u8; 16];
+    getrandom::fill(&mut random)
+        .map_err(|e| anyhow::anyhow!("cannot read random bytes for the task id: {e}"))?;
+    let task_id = TaskId::from_parts(
+        crate::state::unix_nanos() / 1_000_000,
+        u128::from_le_bytes(random),
+    );
+    let principal = Principal::new(
+        definition.tenant.clone(),
+        user,
+        Actor::new(definition.name.clone(), TaskRef::from(&task_id)),
+    );
+    let mut config = GatewayConfig::new(state.path());
+    config.upstream_ca = args.upstream_ca;
+    for entry in &args.resolve {
+        config.resolve.push(ResolveOverride::parse(entry)?);
+    }
+    let policy = Arc::new(PolicyEngine::load(&definition, state.path())?);
+    let audit = AuditLog::open(state.path())?;
+    let gateway = Gateway::new(config, audit)?;
+    let ca = gateway.tenant_ca(&definition.tenant)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the gateway's runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let addr = listener.local_addr().context("cannot read the listen address")?;
+        eprintln!(
+            "agentspace gateway: task {} of `{}` for {}\n  proxy:   http://{addr}  (HTTP_PROXY / HTTPS_PROXY)\n  trust:   {}  (curl --cacert, SSL_CERT_FILE)",
+            task_id.as_str(),
+            definition.name,
+            principal.user().as_str(),
+            ca.cert_path().display(),
+        );
+        let door = Door::new(DoorListener::Tcp(listener), Task::new(principal, policy));
+        gateway.serve(door).await;
+        Ok(ExitCode::SUCCESS)
+    })
+}

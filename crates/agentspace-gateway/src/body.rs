@@ -15,6 +15,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 
 use crate::door::Task;
+use crate::usage::UsageScanner;
 
 /// Errors carried by bodies.
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -186,6 +187,8 @@ pub(crate) struct Meter {
     pub(crate) capabilities: Vec<String>,
     pub(crate) sent: Arc<AtomicU64>,
     pub(crate) received: u64,
+    /// LLM token usage reported by the response.
+    pub(crate) usage: UsageScanner,
 }
 
 impl Drop for Meter {
@@ -196,6 +199,7 @@ impl Drop for Meter {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        let tokens = self.usage.tokens();
         let task = Arc::clone(&self.task);
         let capabilities = std::mem::take(&mut self.capabilities);
         // It has happened: charged unconditionally; a store error only loses the count
@@ -203,6 +207,7 @@ impl Drop for Meter {
         runtime.spawn_blocking(move || {
             let usage = Usage {
                 bytes,
+                tokens,
                 ..Usage::default()
             };
             let _ = task
@@ -250,6 +255,7 @@ impl Body for PooledBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(data), Some(meter)) = (frame.data_ref(), this.meter.as_mut()) {
                     meter.received = meter.received.saturating_add(data.len() as u64);
+                    meter.usage.feed(data);
                 }
                 // hyper stops polling once `is_end_stream` says so: give the connection
                 // back on the last frame, not only on `None`.

@@ -26,6 +26,7 @@ mod io;
 mod proxy;
 mod ssrf;
 mod upstream;
+mod usage;
 
 pub use broker::{Apply, Credential};
 pub use ca::{CaStore, TenantCa};

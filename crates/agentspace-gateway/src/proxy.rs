@@ -38,6 +38,7 @@ use crate::error::GatewayError;
 use crate::framing::FramingGuard;
 use crate::io::{Held, Rewind};
 use crate::upstream::{Checked, Pool, Target, Upstream, UpstreamError};
+use crate::usage::UsageScanner;
 
 /// The response header that carries the gateway's decision on a refused request
 /// (`deny` or `approval-required`).
@@ -609,6 +610,7 @@ impl Gateway {
                     capabilities,
                     sent: body.sent(),
                     received: 0,
+                    usage: UsageScanner::Off,
                 };
                 self.forward(parts, body, &target, &checked, &conn.pool, meter, broker)
                     .await
@@ -767,6 +769,12 @@ impl Gateway {
         }
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
+        meter.usage = UsageScanner::for_content_type(
+            parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok()),
+        );
         let body = PooledBody::new(body, Arc::clone(pool), conn, meter).boxed_unsync();
         let body = match redact {
             Some(patterns) => {

@@ -377,3 +377,41 @@ async fn a_websocket_upgrade_to_a_denied_path_is_refused_before_it_starts() {
         "{response}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn llm_tokens_reported_by_json_and_streamed_responses_spend_the_token_budget() {
+    let h = Harness::start_with(
+        r#"apiVersion: agentspace/v1
+kind: Agent
+metadata: {name: shopper, tenant: acme}
+spec:
+  egress:
+    - name: llm
+      hosts: [api.example.com]
+      paths: ["/v1/llm/*"]
+  budgets: {tokens: 100}
+"#,
+    )
+    .await;
+    let out = h.curl(&["https://api.example.com/v1/llm/json"]).await;
+    assert_eq!(out.status, 200, "{}", out.body);
+    let out = h.curl(&["https://api.example.com/v1/llm/sse"]).await;
+    assert_eq!(out.status, 200, "{}", out.body);
+    assert!(
+        out.body.contains("message_delta"),
+        "the stream reaches the agent"
+    );
+    // Usage is charged when each response ends; wait until both are recorded.
+    let mut tokens = 0;
+    for _ in 0..200 {
+        tokens = h.task.policy.task_usage(&h.task.principal).unwrap().tokens;
+        if tokens >= 120 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(tokens, 120);
+    let out = h.curl(&["https://api.example.com/v1/llm/json"]).await;
+    assert_eq!(out.status, 403, "{}", out.body);
+    assert_eq!(out.json()["code"], "budget", "{}", out.body);
+}

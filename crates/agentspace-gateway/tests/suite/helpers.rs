@@ -136,6 +136,30 @@ async fn echo(mut req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infal
         );
         return Ok(resp);
     }
+    // Stand-ins for LLM APIs: each reports 60 tokens, as JSON or as an event stream.
+    match req.uri().path() {
+        "/v1/llm/json" => {
+            let mut resp = Response::new(Full::new(Bytes::from_static(
+                br#"{"id":"msg_1","content":[{"type":"text","text":"hi"}],"usage":{"input_tokens":20,"output_tokens":40}}"#,
+            )));
+            resp.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("application/json"),
+            );
+            return Ok(resp);
+        }
+        "/v1/llm/sse" => {
+            let mut resp = Response::new(Full::new(Bytes::from_static(
+                b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":20,\"output_tokens\":1}}}\n\nevent: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"text\":\"hi\"}}\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":40}}\n\n",
+            )));
+            resp.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("text/event-stream"),
+            );
+            return Ok(resp);
+        }
+        _ => {}
+    }
     let (parts, body) = req.into_parts();
     let bytes = body
         .collect()

@@ -415,3 +415,27 @@ spec:
     assert_eq!(out.status, 403, "{}", out.body);
     assert_eq!(out.json()["code"], "budget", "{}", out.body);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_decision_is_durable_in_the_audit_log_before_the_upstream_sees_the_request() {
+    let h = Harness::start().await;
+    for (i, url) in [
+        "https://api.example.com/v1/items/1",
+        "https://api.example.com/v1/denied",
+        "https://api.example.com/v1/items/2",
+        "http://plain.example.com/x",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let out = h.curl(&[url]).await;
+        assert!(out.status == 200 || out.status == 403, "{i}: {}", out.body);
+    }
+    let seen = h.upstream_seen.lock().unwrap().clone();
+    // Three requests reached an upstream; when each arrived, its own decision (and every
+    // earlier one, the denied one included) was already in the verified chain.
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert!(seen[0].ends_with(" audited=1"), "{seen:?}");
+    assert!(seen[1].ends_with(" audited=3"), "{seen:?}");
+    assert!(seen[2].ends_with(" audited=4"), "{seen:?}");
+}

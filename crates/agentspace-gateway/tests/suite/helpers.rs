@@ -186,6 +186,7 @@ async fn serve_upstream(
     tls: Option<TlsAcceptor>,
     accepted: Arc<AtomicUsize>,
     seen: Seen,
+    audit: AuditLog,
 ) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -194,18 +195,33 @@ async fn serve_upstream(
         accepted.fetch_add(1, Ordering::SeqCst);
         let tls = tls.clone();
         let seen = Arc::clone(&seen);
+        let audit = audit.clone();
         let service = service_fn(move |req: Request<Incoming>| {
-            let line = format!(
-                "{} {} authorization={}",
-                req.method(),
-                req.uri(),
-                req.headers()
-                    .get("authorization")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("-")
-            );
-            seen.lock().unwrap().push(line);
-            echo(req)
+            let seen = Arc::clone(&seen);
+            let audit = audit.clone();
+            async move {
+                // How many decisions are durable in the audit log when the request
+                // arrives: the request's own must already be there.
+                let audited = tokio::task::spawn_blocking(move || {
+                    audit
+                        .verify(&VerifyOptions::default())
+                        .map(|t| t.iter().map(|t| t.events).sum::<u64>())
+                        .unwrap_or(0)
+                })
+                .await
+                .unwrap_or(0);
+                let line = format!(
+                    "{} {} authorization={} audited={audited}",
+                    req.method(),
+                    req.uri(),
+                    req.headers()
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("-")
+                );
+                seen.lock().unwrap().push(line);
+                echo(req).await
+            }
         });
         tokio::spawn(async move {
             let builder = {
@@ -300,6 +316,7 @@ impl Harness {
             Some(TlsAcceptor::from(Arc::new(server))),
             Arc::clone(&upstream_connections),
             Arc::clone(&upstream_seen),
+            audit.clone(),
         ));
         let plain_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let upstream_plain = plain_listener.local_addr().unwrap();
@@ -308,6 +325,7 @@ impl Harness {
             None,
             Arc::default(),
             Arc::clone(&upstream_seen),
+            audit.clone(),
         ));
 
         let mut config = GatewayConfig::new(&state);

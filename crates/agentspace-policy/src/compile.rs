@@ -1,7 +1,7 @@
 //! Compiling an agent definition to Cedar, loading its extra `.cedar` files and
 //! validating everything against the Agent Space schema.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::Path;
 use std::str::FromStr;
@@ -17,7 +17,7 @@ use miette::Diagnostic;
 
 use crate::error::PolicyError;
 use crate::evaluate::{EntityCache, uid};
-use crate::prefilter::{AGENT, Guarded, TENANT, context_reads};
+use crate::prefilter::{AGENT, Guarded, TENANT};
 
 /// The Agent Space Cedar schema (human-readable Cedar schema syntax).
 pub const SCHEMA: &str = include_str!("schema.cedarschema");
@@ -72,9 +72,6 @@ pub struct CompiledPolicies {
     /// tenant and the agent. A decision adds the user, the task and the resource.
     pub(crate) statics: Entities,
     pub(crate) entity_cache: EntityCache,
-    /// The context attributes some policy reads; `None` when a policy uses the context
-    /// as a whole. A decision's context has only these.
-    pub(crate) context_attrs: Option<BTreeSet<String>>,
     generated: String,
     files: Vec<(String, String)>,
     warnings: Vec<String>,
@@ -201,18 +198,6 @@ fn build_index(base: &PolicySet, approvals: &PolicySet) -> HashMap<String, Slice
         index.insert((*action).to_owned(), slice);
     }
     index
-}
-
-/// The context attributes the policies read, or `None` if every one may matter.
-fn context_attrs(base: &PolicySet, approvals: &PolicySet) -> Option<BTreeSet<String>> {
-    let mut reads = BTreeSet::new();
-    for policy in base.policies().chain(approvals.policies()) {
-        let est = policy.to_json().ok()?;
-        if !context_reads(&est, &mut reads) {
-            return None;
-        }
-    }
-    Some(reads)
 }
 
 /// The schema's action entities, the tenant and the agent of `definition`.
@@ -415,7 +400,6 @@ impl CompiledPolicies {
         }
 
         let index = build_index(&base, &approvals);
-        let context_attrs = context_attrs(&base, &approvals);
         let statics = static_entities(definition).map_err(|message| PolicyError::Field {
             file: def_file.clone(),
             field: "metadata".to_owned(),
@@ -430,7 +414,6 @@ impl CompiledPolicies {
             index,
             statics,
             entity_cache: EntityCache::default(),
-            context_attrs,
             generated: generated.text,
             files,
             warnings,

@@ -12,13 +12,15 @@ use cedar_policy::{
 
 use crate::compile::CompiledPolicies;
 use crate::decision::{Decision, DenyReason};
-use crate::prefilter::{ACTION, AGENT, Facts, HOST, MCP_SERVER, TASK, TENANT, TOOL, USER};
+use crate::prefilter::{
+    ACTION, AGENT, Facts, HOST, MCP_SERVER, TASK, TENANT, TOOL, USER, attr_bit,
+};
 use crate::request::{Action, Request, Usage};
 
 /// Most nested levels and values taken from a JSON body or tool arguments; the rest is
 /// dropped (and reading it in a policy is an evaluation error, which never allows).
 const MAX_DEPTH: usize = 16;
-const MAX_VALUES: usize = 10_000;
+pub(crate) const MAX_VALUES: usize = 10_000;
 
 /// A Cedar decision before budgets: what [`CompiledPolicies::evaluate`] returns, with the
 /// capabilities the engine charges.
@@ -52,22 +54,13 @@ impl CompiledPolicies {
             return denied(DenyReason::InvalidRequest, message);
         }
         let facts = Facts::new(request, usage, now);
-        let built = build(&facts, self.context_attrs.as_ref())
-            .and_then(|r| Ok((r, self.entity_cache.get(&facts, &self.statics)?)));
-        let (cedar_request, entities) = match built {
-            Ok(v) => v,
-            Err(e) => {
-                return denied(
-                    DenyReason::Error,
-                    format!("the request cannot be evaluated: {e}"),
-                );
-            }
-        };
         // Only the policies whose scope can match, less those whose leading conditions
         // are certainly false for this request (see `prefilter`): Cedar would find them
-        // false without error, so they could not change the response.
+        // false without error, so they could not change the response. The context gets
+        // only the attributes the remaining policies read.
         let mut base = PolicySet::new();
         let mut approvals = PolicySet::new();
+        let mut wanted = 0;
         for g in self
             .slice(
                 request.action.cedar_name(),
@@ -78,6 +71,7 @@ impl CompiledPolicies {
             if !g.may_apply(&facts) {
                 continue;
             }
+            wanted |= g.reads;
             let set = if g.approval {
                 &mut approvals
             } else {
@@ -90,6 +84,17 @@ impl CompiledPolicies {
                 );
             }
         }
+        let built = build(&facts, wanted)
+            .and_then(|r| Ok((r, self.entity_cache.get(&facts, &self.statics)?)));
+        let (cedar_request, entities) = match built {
+            Ok(v) => v,
+            Err(e) => {
+                return denied(
+                    DenyReason::Error,
+                    format!("the request cannot be evaluated: {e}"),
+                );
+            }
+        };
         self.decide_sets(
             request,
             &cedar_request,
@@ -116,8 +121,8 @@ impl CompiledPolicies {
             };
         }
         let facts = Facts::new(request, usage, now);
-        let built =
-            build(&facts, None).and_then(|r| Ok((r, request_entities(&facts, &self.statics)?)));
+        let built = build(&facts, crate::prefilter::ALL_ATTRS)
+            .and_then(|r| Ok((r, request_entities(&facts, &self.statics)?)));
         match built {
             Ok((cedar_request, entities)) => self.decide_sets(
                 request,
@@ -461,13 +466,11 @@ pub(crate) fn uid(ty: &str, id: &str) -> Result<EntityUid, String> {
     ))
 }
 
-/// The Cedar request for the request behind `facts`. With `wanted`, the context has only
-/// those attributes: the ones some policy of the definition reads (an attribute no
-/// policy reads cannot change a decision, and converting it is most of the cost).
-fn build(
-    facts: &Facts<'_>,
-    wanted: Option<&BTreeSet<String>>,
-) -> Result<cedar_policy::Request, String> {
+/// The Cedar request for the request behind `facts`, with the context attributes in
+/// `wanted` ([`attr_bit`]s): those the policies to evaluate read. An attribute no
+/// evaluated policy reads cannot change the response, and converting the context is most
+/// of the cost of building the request.
+fn build(facts: &Facts<'_>, wanted: u32) -> Result<cedar_policy::Request, String> {
     let request = facts.request;
     let p = &request.principal;
     let r = &request.resource;
@@ -475,7 +478,7 @@ fn build(
     let err = |e: &dyn std::fmt::Display| e.to_string();
     let mut pairs: Vec<(String, RestrictedExpression)> = Vec::new();
     let mut add = |name: &str, value: &dyn Fn() -> Result<RestrictedExpression, String>| {
-        if wanted.is_none_or(|w| w.contains(name)) {
+        if wanted & attr_bit(name) != 0 {
             pairs.push((name.to_owned(), value()?));
         }
         Ok::<(), String>(())
@@ -522,6 +525,18 @@ fn build(
             add("port", &|| Ok(RestrictedExpression::new_long(facts.port)))?;
             add("path", &|| string(facts.path))?;
             add("query", &|| string(&request.context.query))?;
+            if wanted & attr_bit("headers") == 0 && !facts.headers_lowercase {
+                // Header names that collide once lowercased cannot be evaluated, whether
+                // or not a policy reads them.
+                RestrictedExpression::new_record(
+                    request
+                        .context
+                        .headers
+                        .keys()
+                        .map(|k| (k.to_ascii_lowercase(), RestrictedExpression::new_bool(true))),
+                )
+                .map_err(|e| err(&e))?;
+            }
             add("headers", &|| {
                 RestrictedExpression::new_record(request.context.headers.iter().map(|(k, v)| {
                     (

@@ -22,7 +22,45 @@ use std::collections::BTreeSet;
 use cedar_policy::Policy;
 use serde_json::Value as Json;
 
+use crate::evaluate::MAX_VALUES;
 use crate::request::{Action, Request, Usage};
+
+/// Every attribute a decision's context can have. What a policy reads is a bit set over
+/// them ([`attr_bit`]).
+const CONTEXT_ATTRS: [&str; 20] = [
+    "tenant",
+    "user",
+    "agent",
+    "task",
+    "chain",
+    "depth",
+    "labels",
+    "usage",
+    "time",
+    "method",
+    "host",
+    "port",
+    "path",
+    "query",
+    "headers",
+    "body",
+    "server",
+    "tool",
+    "arguments",
+    "target",
+];
+
+/// All of [`CONTEXT_ATTRS`].
+pub(crate) const ALL_ATTRS: u32 = (1 << CONTEXT_ATTRS.len()) - 1;
+
+/// The bit of a context attribute; 0 for a name the context never has (reading it is an
+/// error whatever the context holds).
+pub(crate) fn attr_bit(name: &str) -> u32 {
+    CONTEXT_ATTRS
+        .iter()
+        .position(|a| *a == name)
+        .map_or(0, |i| 1 << i)
+}
 
 /// A policy and the leading conditions that can be decided without Cedar.
 #[derive(Clone, Debug)]
@@ -30,19 +68,31 @@ pub(crate) struct Guarded {
     pub(crate) policy: Policy,
     /// An `@approval` forbid (evaluated only once the rest allows).
     pub(crate) approval: bool,
+    /// The context attributes the policy reads ([`attr_bit`]s), or [`ALL_ATTRS`].
+    pub(crate) reads: u32,
     guard: Vec<Cond>,
 }
 
 impl Guarded {
     pub(crate) fn new(policy: Policy, approval: bool) -> Self {
-        // A policy whose JSON form cannot be had simply gets no guard (always kept).
-        let guard = policy
-            .to_json()
-            .map(|est| guard_of(&est))
-            .unwrap_or_default();
+        // A policy whose JSON form cannot be had gets no guard (always kept) and the
+        // whole context.
+        let (guard, reads) = match policy.to_json() {
+            Ok(est) => {
+                let mut names = BTreeSet::new();
+                let reads = if context_reads(&est, &mut names) {
+                    names.iter().fold(0, |bits, n| bits | attr_bit(n))
+                } else {
+                    ALL_ATTRS
+                };
+                (guard_of(&est), reads)
+            }
+            Err(_) => (Vec::new(), ALL_ATTRS),
+        };
         Self {
             policy,
             approval,
+            reads,
             guard,
         }
     }
@@ -279,6 +329,8 @@ enum Rec {
     Time,
     Usage,
     Headers,
+    /// `body` (HTTP) or `arguments` (MCP): the JSON object the request carried.
+    Json,
 }
 
 /// The sets of strings of the context.
@@ -337,7 +389,12 @@ pub(crate) struct Facts<'a> {
     pub(crate) resource_parent: Option<(&'static str, String)>,
     /// Whether every header name is lowercase already (otherwise header reads are left
     /// to Cedar, which sees them lowercased).
-    headers_lowercase: bool,
+    pub(crate) headers_lowercase: bool,
+    /// The body (HTTP) or the arguments (MCP).
+    json: Option<&'a Json>,
+    /// Whether `json` has at most `MAX_VALUES` values, so that none is dropped on the
+    /// way into Cedar.
+    json_whole: bool,
     labels: &'a BTreeSet<String>,
 }
 
@@ -355,6 +412,11 @@ impl<'a> Facts<'a> {
         let day_seconds = unix.rem_euclid(86_400);
         // 1970-01-01 was a Thursday (ISO weekday 4).
         let weekday = (unix.div_euclid(86_400) + 3).rem_euclid(7) + 1;
+        let json = match &request.action {
+            Action::Http { .. } => request.context.body.as_ref(),
+            Action::Mcp => request.context.arguments.as_ref(),
+            Action::Dns | Action::Spawn => None,
+        };
         let (resource, resource_parent) = match &request.action {
             Action::Http { .. } | Action::Dns => ((HOST, host.clone()), None),
             Action::Mcp => {
@@ -397,6 +459,8 @@ impl<'a> Facts<'a> {
                 .keys()
                 .all(|k| !k.bytes().any(|b| b.is_ascii_uppercase())),
             labels: &request.context.labels,
+            json,
+            json_whole: json.is_none_or(|j| count_values(j, MAX_VALUES + 1) <= MAX_VALUES),
         }
     }
 
@@ -419,6 +483,7 @@ impl<'a> Facts<'a> {
                 "seconds" => is(Val::Long(self.usage[3])),
                 _ => Field::Absent,
             },
+            Rec::Json => self.json_field(name),
             Rec::Headers => {
                 if !self.headers_lowercase {
                     return Field::Unknown;
@@ -449,15 +514,38 @@ impl<'a> Facts<'a> {
                     (Action::Http { .. }, "path") => is(Val::Str(self.path)),
                     (Action::Http { .. }, "query") => is(Val::Str(&req.context.query)),
                     (Action::Http { .. }, "headers") => is(Val::Rec(Rec::Headers)),
-                    // JSON bodies and tool arguments are bounded and filtered on the
-                    // way into Cedar; reads of them are left to Cedar.
-                    (Action::Http { .. }, "body") | (Action::Mcp, "arguments") => Field::Unknown,
+                    (Action::Http { .. }, "body") | (Action::Mcp, "arguments") => {
+                        is(Val::Rec(Rec::Json))
+                    }
                     (Action::Mcp, "server") => is(Val::Str(r.server.as_deref().unwrap_or(""))),
                     (Action::Mcp, "tool") => is(Val::Str(r.tool.as_deref().unwrap_or(""))),
                     (Action::Spawn, "target") => is(Val::Str(&self.resource.1)),
                     _ => Field::Absent,
                 }
             }
+        }
+    }
+
+    /// A top-level attribute of the body (HTTP) or arguments (MCP) as the context has
+    /// it (see `evaluate::json_record`): JSON `null` is left out, integers are longs;
+    /// anything but a string, boolean or integer is left to Cedar, and so is every
+    /// attribute of a JSON value too large to be taken whole.
+    fn json_field(&self, name: &str) -> Field<'_> {
+        let Some(serde_json::Value::Object(map)) = self.json else {
+            // No body, or not an object: the record is empty.
+            return Field::Absent;
+        };
+        if !self.json_whole {
+            return Field::Unknown;
+        }
+        match map.get(name) {
+            None | Some(Json::Null) => Field::Absent,
+            Some(Json::Bool(b)) => Field::Is(Val::Bool(*b)),
+            Some(Json::String(s)) => Field::Is(Val::Str(s)),
+            Some(Json::Number(n)) => n
+                .as_i64()
+                .map_or(Field::Unknown, |n| Field::Is(Val::Long(n))),
+            Some(Json::Array(_) | Json::Object(_)) => Field::Unknown,
         }
     }
 
@@ -599,6 +687,30 @@ impl Cond {
             }
         })
     }
+}
+
+/// How many values `json` holds below its root (every array item and object member,
+/// nested ones included), counting no further than `limit`.
+fn count_values(json: &Json, limit: usize) -> usize {
+    let mut count = 0;
+    let mut stack: Vec<&Json> = vec![json];
+    while let Some(v) = stack.pop() {
+        match v {
+            Json::Array(items) => {
+                count += items.len();
+                stack.extend(items.iter());
+            }
+            Json::Object(map) => {
+                count += map.len();
+                stack.extend(map.values());
+            }
+            _ => {}
+        }
+        if count >= limit {
+            return count;
+        }
+    }
+    count
 }
 
 /// Cedar `==` on values known here: values of different types are not equal; records
@@ -758,6 +870,12 @@ spec:
         r#"@id("public") permit (principal, action == AgentSpace::Action::"GET", resource) when { context.path like "/public/*" };"#,
         r#"@id("is-tool") forbid (principal, action == AgentSpace::Action::"mcp", resource) when { resource is AgentSpace::Tool && context.tool == "drop" };"#,
         r#"@id("user-attr") forbid (principal, action in AgentSpace::Action::"http", resource) when { principal.user == AgentSpace::User::"eve@acme.example" };"#,
+        r#"@id("memo") forbid (principal, action in AgentSpace::Action::"http", resource) when { context.body has memo && context.body.memo == "x" };"#,
+        r#"@id("flag") forbid (principal, action == AgentSpace::Action::"POST", resource) when { context.body has flag && context.body.flag };"#,
+        r#"@id("ratio") forbid (principal, action in AgentSpace::Action::"http", resource) when { context.body has ratio && context.body.ratio == "1.5" };"#,
+        r#"@id("nested") forbid (principal, action in AgentSpace::Action::"http", resource) when { context.body has customer && context.body.customer.country == "xx" };"#,
+        r#"@id("big") @approval("big amounts") forbid (principal, action in AgentSpace::Action::"http", resource) when { context.body has amount && context.body.amount > 2500 };"#,
+        r#"@id("no-amount") forbid (principal, action == AgentSpace::Action::"PUT", resource) unless { context.body has amount };"#,
         r#"@id("scoped-path") forbid (principal, action == AgentSpace::Action::"POST", resource == AgentSpace::Host::"api.example") when { context.path like "/v1/admin/*" };"#,
     ];
 
@@ -817,6 +935,15 @@ spec:
     fn body() -> impl Strategy<Value = Option<serde_json::Value>> {
         prop_oneof![
             Just(None),
+            prop::sample::select(&["x", "y"][..])
+                .prop_map(|m| Some(serde_json::json!({"memo": m, "flag": m == "x"}))),
+            Just(Some(
+                serde_json::json!({"ratio": 1.5, "customer": {"country": "xx"}, "flag": false})
+            )),
+            // More values than are taken into Cedar: attributes are left to Cedar.
+            Just(Some(
+                serde_json::json!({"items": vec![0; 10_001], "amount": 2600})
+            )),
             (0i64..3000).prop_map(|a| Some(serde_json::json!({"amount": a}))),
             (0i64..3).prop_map(|y| Some(serde_json::json!({"y": y, "amount": null}))),
             Just(Some(serde_json::json!(["not", "an", "object"]))),
@@ -831,10 +958,10 @@ spec:
             path in prop::sample::select(&["/", "/v1/a", "/v1/a", "/v1/admin/x", "/v1/forbidden", "/x1", "/bob/1", "/public/p"][..]),
             port in prop::sample::select(&[443u16, 8443][..]),
             query in prop::sample::select(&["", "debug=1", "a=1&debug=1"][..]),
-            header in prop::option::of((
+            header in prop::collection::vec((
                 prop::sample::select(&["x-env", "X-Env", "x-mode", "X-Mode"][..]),
                 prop::sample::select(&["prod", "deny-all", "dev"][..]),
-            )),
+            ), 0..=2),
             labels in prop::sample::subsequence(&["pii", "secret"][..], 0..=2),
             body in body(),
             tool in prop::sample::select(&[("fs", "read_file"), ("fs", "write_file"), ("db", "drop"), ("db", "query")][..]),

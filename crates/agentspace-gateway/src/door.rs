@@ -8,6 +8,7 @@ use std::sync::Arc;
 use agentspace_core::Principal;
 use agentspace_policy::PolicyEngine;
 use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
 
 use crate::broker::Credential;
 
@@ -22,6 +23,8 @@ pub struct Task {
     /// Credentials by capability (egress rule name): a request allowed under that
     /// capability carries it.
     pub credentials: BTreeMap<String, Credential>,
+    /// Set once the task has ended: every connection of the task closes.
+    closed: watch::Sender<bool>,
 }
 
 impl Task {
@@ -31,7 +34,26 @@ impl Task {
             principal,
             policy,
             credentials: BTreeMap::new(),
+            closed: watch::channel(false).0,
         }
+    }
+
+    /// Ends the task at the boundary: its doors stop accepting and every open
+    /// connection, tunnel and upgraded stream of the task is closed at once (task exit,
+    /// revocation).
+    pub fn close(&self) {
+        self.closed.send_replace(true);
+    }
+
+    /// Whether [`Task::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        *self.closed.borrow()
+    }
+
+    /// Resolves once the task is closed.
+    pub(crate) async fn wait_closed(&self) {
+        let mut rx = self.closed.subscribe();
+        let _ = rx.wait_for(|closed| *closed).await;
     }
 
     /// Adds the credential that requests allowed under `capability` carry.

@@ -134,38 +134,49 @@ impl Gateway {
         self.cas.tenant(tenant)
     }
 
-    /// Serves `door` until the task ends (drop or abort the future). Accept errors
-    /// (descriptor exhaustion, aborted handshakes) are waited out, never fatal.
+    /// Serves `door` until its task is closed ([`Task::close`]), which also closes every
+    /// connection the door accepted; dropping the future only stops accepting. Accept
+    /// errors (descriptor exhaustion, aborted handshakes) are waited out, never fatal.
     pub async fn serve(self: Arc<Self>, door: Door) {
         let Door { listener, task } = door;
         let permits = Arc::new(Semaphore::new(
             self.config.limits.max_connections_per_door.max(1),
         ));
         loop {
-            let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+            let permit = tokio::select! {
+                permit = Arc::clone(&permits).acquire_owned() => permit,
+                () = task.wait_closed() => return,
+            };
+            let Ok(permit) = permit else {
                 return;
             };
             match &listener {
-                DoorListener::Tcp(l) => match l.accept().await {
-                    Ok((stream, _)) => {
-                        let _ = stream.set_nodelay(true);
-                        tokio::spawn(Arc::clone(&self).serve_connection(
-                            Held::new(stream, permit),
-                            Arc::clone(&task),
-                            Arrival::Proxy,
-                        ));
-                    }
-                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                DoorListener::Tcp(l) => tokio::select! {
+                    accepted = l.accept() => match accepted {
+                        Ok((stream, _)) => {
+                            let _ = stream.set_nodelay(true);
+                            tokio::spawn(Arc::clone(&self).serve_connection(
+                                Held::new(stream, permit),
+                                Arc::clone(&task),
+                                Arrival::Proxy,
+                            ));
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                    },
+                    () = task.wait_closed() => return,
                 },
-                DoorListener::Unix(l) => match l.accept().await {
-                    Ok((stream, _)) => {
-                        tokio::spawn(Arc::clone(&self).serve_connection(
-                            Held::new(stream, permit),
-                            Arc::clone(&task),
-                            Arrival::Proxy,
-                        ));
-                    }
-                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                DoorListener::Unix(l) => tokio::select! {
+                    accepted = l.accept() => match accepted {
+                        Ok((stream, _)) => {
+                            tokio::spawn(Arc::clone(&self).serve_connection(
+                                Held::new(stream, permit),
+                                Arc::clone(&task),
+                                Arrival::Proxy,
+                            ));
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                    },
+                    () = task.wait_closed() => return,
                 },
             }
         }
@@ -176,6 +187,9 @@ impl Gateway {
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        if task.is_closed() {
+            return;
+        }
         match arrival {
             Arrival::Proxy => {
                 self.serve_http1(
@@ -202,6 +216,7 @@ impl Gateway {
     {
         let limits = self.config.limits;
         let io = FramingGuard::new(io, Arc::clone(&conn.ambiguous));
+        let task = Arc::clone(&conn.task);
         let conn = Arc::new(conn);
         let gw = self;
         let svc = service_fn(move |req| {
@@ -215,10 +230,13 @@ impl Gateway {
             .header_read_timeout(limits.header_read_timeout)
             .max_buf_size(limits.max_header_bytes.max(8192))
             .max_headers(limits.max_headers);
-        let _ = builder
+        let serving = builder
             .serve_connection(TokioIo::new(io), svc)
-            .with_upgrades()
-            .await;
+            .with_upgrades();
+        tokio::select! {
+            _ = serving => {}
+            () = task.wait_closed() => {}
+        }
     }
 
     async fn serve_http2<IO>(self: Arc<Self>, io: IO, conn: Conn)
@@ -226,6 +244,7 @@ impl Gateway {
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let limits = self.config.limits;
+        let task = Arc::clone(&conn.task);
         let conn = Arc::new(conn);
         let gw = self;
         let svc = service_fn(move |req| {
@@ -238,7 +257,11 @@ impl Gateway {
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
             .max_concurrent_streams(128);
-        let _ = builder.serve_connection(TokioIo::new(io), svc).await;
+        let serving = builder.serve_connection(TokioIo::new(io), svc);
+        tokio::select! {
+            _ = serving => {}
+            () = task.wait_closed() => {}
+        }
     }
 
     /// A tunnel: TLS (intercepted) or plain HTTP, told apart by the first byte.
@@ -253,7 +276,10 @@ impl Gateway {
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        Box::pin(async move {
+        // The handshake phase is bounded by timeouts, and ends at once when the task
+        // closes; once serving, the HTTP loops watch for the close themselves.
+        let closing = Arc::clone(&task);
+        let tunnel = async move {
             let limits = self.config.limits;
             let mut first = [0u8; 1];
             let read = tokio::time::timeout(limits.tls_handshake_timeout, io.read(&mut first));
@@ -336,6 +362,12 @@ impl Gateway {
                 self.serve_http2(tls, conn).await;
             } else {
                 self.serve_http1(tls, conn).await;
+            }
+        };
+        Box::pin(async move {
+            tokio::select! {
+                () = tunnel => {}
+                () = closing.wait_closed() => {}
             }
         })
     }
@@ -749,10 +781,14 @@ impl Gateway {
                 };
                 let mut client = TokioIo::new(client);
                 let mut upstream = TokioIo::new(upstream);
-                if let Ok((up, down)) =
-                    tokio::io::copy_bidirectional(&mut client, &mut upstream).await
-                {
-                    meter.received = up.saturating_add(down);
+                let task = Arc::clone(&meter.task);
+                tokio::select! {
+                    copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+                        if let Ok((up, down)) = copied {
+                            meter.received = up.saturating_add(down);
+                        }
+                    }
+                    () = task.wait_closed() => {}
                 }
                 drop(meter);
             });

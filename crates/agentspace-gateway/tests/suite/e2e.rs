@@ -439,3 +439,36 @@ async fn every_decision_is_durable_in_the_audit_log_before_the_upstream_sees_the
     assert!(seen[1].ends_with(" audited=3"), "{seen:?}");
     assert!(seen[2].ends_with(" audited=4"), "{seen:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_the_task_closes_its_door_and_every_open_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let h = Harness::start().await;
+    // A kept-alive plain connection and an open CONNECT tunnel.
+    let mut plain = tokio::net::TcpStream::connect(h.proxy).await.unwrap();
+    plain
+        .write_all(b"GET http://plain.example.com/a HTTP/1.1\r\nHost: plain.example.com\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = plain.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    let mut tunnel = tokio::net::TcpStream::connect(h.proxy).await.unwrap();
+    tunnel
+        .write_all(b"CONNECT plain.example.com:80 HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    let n = tunnel.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+
+    h.task.close();
+    // Both are closed by the gateway (read returns end of stream or a reset).
+    for stream in [&mut plain, &mut tunnel] {
+        let n = stream.read(&mut buf).await.unwrap_or(0);
+        assert_eq!(n, 0);
+    }
+    // And the door accepts no more requests.
+    let out = h.curl(&["http://plain.example.com/b"]).await;
+    assert_ne!(out.status, 200, "{}", out.body);
+}

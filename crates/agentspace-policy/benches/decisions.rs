@@ -311,6 +311,33 @@ fn main() {
         std::hint::black_box(v);
     }
 
+    // The same requests, each from a task never seen before: the per-definition cache of
+    // Cedar entities (user, task, resource) misses every time.
+    let cold: Vec<(usize, Request)> = requests
+        .iter()
+        .take(5_000)
+        .enumerate()
+        .map(|(i, (d, req, _))| {
+            let mut req = req.clone();
+            req.principal = Principal::new(
+                Name::new("acme").unwrap(),
+                UserId::new("alice@acme.example").unwrap(),
+                Actor::new(
+                    Name::new(&format!("agent{d}")).unwrap(),
+                    TaskRef::new(&format!("cold{i}")).unwrap(),
+                ),
+            );
+            (*d, req)
+        })
+        .collect();
+    let mut cold_times = Vec::with_capacity(cold.len());
+    for (d, req) in &cold {
+        let t = Instant::now();
+        let decision = compiled[*d].evaluate(req);
+        cold_times.push(t.elapsed());
+        std::hint::black_box(decision);
+    }
+
     // The full decision point: revocation check, loop breaker, SQLite budgets (one
     // IMMEDIATE transaction per allowed request).
     let state = dir.path().join("state");
@@ -327,7 +354,12 @@ fn main() {
         std::hint::black_box(decision);
     }
 
-    for v in [&mut cedar_times, &mut rego_times, &mut engine_times] {
+    for v in [
+        &mut cedar_times,
+        &mut rego_times,
+        &mut cold_times,
+        &mut engine_times,
+    ] {
         v.sort();
     }
     let row = |name: &str, v: &[Duration]| {
@@ -356,6 +388,10 @@ fn main() {
     row(
         "Rego, regorus (`set_input_json` + `eval_rule`)",
         &rego_times,
+    );
+    row(
+        "Agent Space, Cedar evaluation, every request from a new task (entity cache misses)",
+        &cold_times,
     );
     row(
         "Agent Space, full decision (`PolicyEngine::decide`: + revocation, loop, SQLite budgets)",

@@ -725,9 +725,11 @@ impl Gateway {
             }
             None => (path_and_query, None),
         };
-        let uri: Uri = path_and_query
-            .parse()
-            .unwrap_or_else(|_| Uri::from_static("/"));
+        let h2 = conn.sender.is_h2();
+        if h2 {
+            // HTTP/1.1 upgrades do not exist over HTTP/2.
+            parts.headers.remove(header::UPGRADE);
+        }
         // An HTTP/1.1 upgrade (WebSocket) keeps its Upgrade header; the client's side of
         // the upgrade is taken now, before the request's parts are given away.
         let upgrade = upgrade_of(&parts.headers, parts.version);
@@ -747,22 +749,38 @@ impl Gateway {
             (false, true) => target.host.clone(),
             (false, false) => format!("{}:{}", target.host, target.port),
         };
-        if let Ok(v) = HeaderValue::from_str(&host_value) {
-            headers.insert(header::HOST, v);
-        }
+        // HTTP/1.1: origin-form and Host. HTTP/2: absolute-form, which hyper sends as
+        // `:scheme` and `:authority`, and no Host.
+        let (uri, version) = if h2 {
+            headers.remove(header::HOST);
+            let scheme = if target.tls { "https" } else { "http" };
+            (
+                format!("{scheme}://{host_value}{path_and_query}"),
+                Version::HTTP_2,
+            )
+        } else {
+            if let Ok(v) = HeaderValue::from_str(&host_value) {
+                headers.insert(header::HOST, v);
+            }
+            (path_and_query, Version::HTTP_11)
+        };
+        let uri: Uri = uri.parse().map_err(|_| UpstreamError::Http {
+            host: target.host.clone(),
+            detail: "the request target is not a valid URI".into(),
+        })?;
         let mut upstream_req = Request::new(body.boxed_unsync());
         *upstream_req.method_mut() = parts.method;
         *upstream_req.uri_mut() = uri;
-        *upstream_req.version_mut() = Version::HTTP_11;
+        *upstream_req.version_mut() = version;
         *upstream_req.headers_mut() = headers;
-        let mut resp =
-            conn.sender
-                .send_request(upstream_req)
-                .await
-                .map_err(|e| UpstreamError::Http {
-                    host: target.host.clone(),
-                    detail: e.to_string(),
-                })?;
+        let mut resp = conn
+            .sender
+            .send(upstream_req)
+            .await
+            .map_err(|e| UpstreamError::Http {
+                host: target.host.clone(),
+                detail: e.to_string(),
+            })?;
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             let Some(client_upgrade) = client_upgrade else {
                 return Err(UpstreamError::Http {

@@ -7,8 +7,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
@@ -81,7 +81,48 @@ impl UpstreamError {
 pub(crate) struct Pooled {
     target: Target,
     addr: SocketAddr,
-    pub(crate) sender: http1::SendRequest<GwBody>,
+    pub(crate) sender: Sender,
+}
+
+/// The HTTP version spoken with an upstream, as its ALPN chose.
+pub(crate) enum Sender {
+    /// One request at a time; taken out of the pool while in use.
+    H1(http1::SendRequest<GwBody>),
+    /// Multiplexed; stays in the pool and is cloned for each request.
+    H2(http2::SendRequest<GwBody>),
+}
+
+impl Sender {
+    fn is_closed(&self) -> bool {
+        match self {
+            Self::H1(s) => s.is_closed(),
+            Self::H2(s) => s.is_closed(),
+        }
+    }
+
+    async fn ready(&mut self) -> bool {
+        match self {
+            Self::H1(s) => s.ready().await.is_ok(),
+            Self::H2(s) => s.ready().await.is_ok(),
+        }
+    }
+
+    /// Whether this connection speaks HTTP/2.
+    pub(crate) fn is_h2(&self) -> bool {
+        matches!(self, Self::H2(_))
+    }
+
+    /// Sends `req`: origin-form with `Host` for HTTP/1.1, absolute-form (which becomes
+    /// `:authority`) without `Host` for HTTP/2.
+    pub(crate) async fn send(
+        &mut self,
+        req: http::Request<GwBody>,
+    ) -> Result<http::Response<hyper::body::Incoming>, hyper::Error> {
+        match self {
+            Self::H1(s) => s.send_request(req).await,
+            Self::H2(s) => s.send_request(req).await,
+        }
+    }
 }
 
 /// Idle upstream connections of one downstream connection.
@@ -92,7 +133,8 @@ const POOL_IDLE: usize = 4;
 
 /// Puts `conn` back into `pool` once its response is complete.
 pub(crate) fn checkin(pool: &Pool, conn: Pooled) {
-    if conn.sender.is_closed() {
+    // An HTTP/2 connection never left the pool.
+    if conn.sender.is_closed() || conn.sender.is_h2() {
         return;
     }
     if let Ok(mut idle) = pool.lock()
@@ -149,7 +191,7 @@ impl Upstream {
             .map_err(|e| GatewayError::Tls(e.to_string()))?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Self {
             tls: TlsConnector::from(Arc::new(tls)),
             resolve: resolve_table(&config.resolve),
@@ -246,6 +288,17 @@ impl Upstream {
                     host: target.host.clone(),
                     detail: e.to_string(),
                 })?;
+            if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                let (sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                    .await
+                    .map_err(http_err)?;
+                tokio::spawn(conn);
+                return Ok(Pooled {
+                    target: target.clone(),
+                    addr,
+                    sender: Sender::H2(sender),
+                });
+            }
             let (sender, conn) = http1::handshake(TokioIo::new(tls))
                 .await
                 .map_err(http_err)?;
@@ -253,7 +306,7 @@ impl Upstream {
             Ok(Pooled {
                 target: target.clone(),
                 addr,
-                sender,
+                sender: Sender::H1(sender),
             })
         } else {
             let (sender, conn) = http1::handshake(TokioIo::new(stream))
@@ -263,7 +316,7 @@ impl Upstream {
             Ok(Pooled {
                 target: target.clone(),
                 addr,
-                sender,
+                sender: Sender::H1(sender),
             })
         }
     }
@@ -281,12 +334,37 @@ impl Upstream {
                 let at = idle
                     .iter()
                     .position(|p| p.target == *target && checked.addrs.contains(&p.addr))?;
+                // HTTP/2 is shared: a clone goes out, the connection stays.
+                if let Some(Pooled {
+                    sender: Sender::H2(h2),
+                    target,
+                    addr,
+                }) = idle.get(at)
+                    && !h2.is_closed()
+                {
+                    return Some(Pooled {
+                        target: target.clone(),
+                        addr: *addr,
+                        sender: Sender::H2(h2.clone()),
+                    });
+                }
                 Some(idle.swap_remove(at))
             });
             let Some(mut conn) = idle else {
-                return self.connect(target, checked).await;
+                let conn = self.connect(target, checked).await?;
+                if let Sender::H2(h2) = &conn.sender
+                    && let Ok(mut idle) = pool.lock()
+                    && idle.len() < POOL_IDLE
+                {
+                    idle.push(Pooled {
+                        target: conn.target.clone(),
+                        addr: conn.addr,
+                        sender: Sender::H2(h2.clone()),
+                    });
+                }
+                return Ok(conn);
             };
-            if !conn.sender.is_closed() && conn.sender.ready().await.is_ok() {
+            if !conn.sender.is_closed() && conn.sender.ready().await {
                 return Ok(conn);
             }
         }

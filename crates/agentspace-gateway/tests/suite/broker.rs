@@ -85,7 +85,7 @@ async fn a_query_credential_replaces_the_agents_and_is_redacted_from_the_echo() 
     assert_eq!(out.json()["query"], "q=1&key=[REDACTED]");
     let upstream = h.upstream_seen.lock().unwrap().clone();
     assert!(
-        upstream[0].starts_with(&format!("GET /v1/items?q=1&key={SECRET_STR} ")),
+        upstream[0].contains(&format!("/v1/items?q=1&key={SECRET_STR} ")),
         "{upstream:?}"
     );
 }

@@ -173,6 +173,8 @@ async fn echo(mut req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infal
         .collect();
     let v = serde_json::json!({
         "method": parts.method.as_str(),
+        "version": format!("{:?}", parts.version),
+        "authority": parts.uri.authority().map(|a| a.to_string()),
         "path": parts.uri.path(),
         "query": parts.uri.query(),
         "headers": headers,
@@ -232,10 +234,18 @@ async fn serve_upstream(
             match tls {
                 Some(acceptor) => {
                     if let Ok(s) = acceptor.accept(stream).await {
-                        let _ = builder
+                        if s.get_ref().1.alpn_protocol() == Some(b"h2") {
+                            let _ = hyper::server::conn::http2::Builder::new(
+                                hyper_util::rt::TokioExecutor::new(),
+                            )
                             .serve_connection(TokioIo::new(s), service)
-                            .with_upgrades()
                             .await;
+                        } else {
+                            let _ = builder
+                                .serve_connection(TokioIo::new(s), service)
+                                .with_upgrades()
+                                .await;
+                        }
                     }
                 }
                 None => {
@@ -307,6 +317,9 @@ impl Harness {
                 PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
             )
             .unwrap();
+        let mut server = server;
+        // The HTTPS stand-in speaks HTTP/2 when asked, like most real APIs.
+        server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let tls_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let upstream_tls = tls_listener.local_addr().unwrap();
         let upstream_connections = Arc::new(AtomicUsize::new(0));

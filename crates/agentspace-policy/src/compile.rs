@@ -17,7 +17,7 @@ use miette::Diagnostic;
 
 use crate::error::PolicyError;
 use crate::evaluate::{EntityCache, uid};
-use crate::prefilter::{AGENT, Guarded, TENANT};
+use crate::prefilter::{AGENT, Candidates, Guarded, TENANT};
 
 /// The Agent Space Cedar schema (human-readable Cedar schema syntax).
 pub const SCHEMA: &str = include_str!("schema.cedarschema");
@@ -83,14 +83,14 @@ pub struct CompiledPolicies {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Slice {
     /// By entity type name, then id.
-    by_resource: HashMap<String, HashMap<String, Vec<Arc<Guarded>>>>,
-    any: Vec<Arc<Guarded>>,
+    by_resource: HashMap<String, HashMap<String, Candidates>>,
+    any: Candidates,
 }
 
 impl CompiledPolicies {
     /// The policies whose scope can match `action` (its name in the schema) on
     /// `resource` (entity type name and id); `None` when no policy can.
-    pub(crate) fn slice(&self, action: &str, resource: (&str, &str)) -> Option<&[Arc<Guarded>]> {
+    pub(crate) fn slice(&self, action: &str, resource: (&str, &str)) -> Option<&Candidates> {
         let slice = self.index.get(action)?;
         Some(
             slice
@@ -105,7 +105,7 @@ impl CompiledPolicies {
 impl Slice {
     /// The policies of this action whose scope names no single resource.
     #[cfg(test)]
-    pub(crate) fn any(&self) -> &[Arc<Guarded>] {
+    pub(crate) fn any(&self) -> &Candidates {
         &self.any
     }
 }
@@ -156,7 +156,8 @@ fn build_index(base: &PolicySet, approvals: &PolicySet) -> HashMap<String, Slice
         .policies()
         .map(|p| (p, false))
         .chain(approvals.policies().map(|p| (p, true)))
-        .map(|(p, approval)| Arc::new(Guarded::new(p.clone(), approval)))
+        .enumerate()
+        .map(|(order, (p, approval))| Arc::new(Guarded::new(p.clone(), approval, order)))
         .collect();
     let mut index = HashMap::new();
     for (action, is_http) in ACTIONS {

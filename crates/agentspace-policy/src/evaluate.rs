@@ -61,16 +61,14 @@ impl CompiledPolicies {
         let mut base = PolicySet::new();
         let mut approvals = PolicySet::new();
         let mut wanted = 0;
-        for g in self
+        let chosen = self
             .slice(
                 request.action.cedar_name(),
                 (facts.resource.0, &facts.resource.1),
             )
-            .unwrap_or(&[])
-        {
-            if !g.may_apply(&facts) {
-                continue;
-            }
+            .map(|c| c.select(&facts))
+            .unwrap_or_default();
+        for g in chosen {
             wanted |= g.reads;
             let set = if g.approval {
                 &mut approvals

@@ -17,7 +17,8 @@
 //! must equal Cedar's: the property test in `evaluate.rs` compares decisions with and
 //! without this filter.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use cedar_policy::Policy;
 use serde_json::Value as Json;
@@ -70,11 +71,13 @@ pub(crate) struct Guarded {
     pub(crate) approval: bool,
     /// The context attributes the policy reads ([`attr_bit`]s), or [`ALL_ATTRS`].
     pub(crate) reads: u32,
+    /// Position in the definition's policies: Cedar sees the chosen ones in this order.
+    order: usize,
     guard: Vec<Cond>,
 }
 
 impl Guarded {
-    pub(crate) fn new(policy: Policy, approval: bool) -> Self {
+    pub(crate) fn new(policy: Policy, approval: bool, order: usize) -> Self {
         // A policy whose JSON form cannot be had gets no guard (always kept) and the
         // whole context.
         let (guard, reads) = match policy.to_json() {
@@ -93,6 +96,7 @@ impl Guarded {
             policy,
             approval,
             reads,
+            order,
             guard,
         }
     }
@@ -160,6 +164,170 @@ pub(crate) fn context_reads(est: &Json, reads: &mut BTreeSet<String>) -> bool {
     }
 }
 
+/// The policies of one slice of the index, bucketed by the fact their first condition
+/// tests, so that a decision does not even look at the policies whose first condition
+/// is certainly false: `context.labels.contains("l")` by label,
+/// `context.headers has "h"` by header, `context.a.b == literal` by value. Every bucket a
+/// request selects still goes through [`Guarded::may_apply`].
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Candidates {
+    always: Vec<Arc<Guarded>>,
+    by_label: HashMap<String, Vec<Arc<Guarded>>>,
+    by_header: HashMap<String, Vec<Arc<Guarded>>>,
+    /// A context attribute path, and the policies by the literal it is compared with.
+    by_value: Vec<(Cond, ByLiteral)>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct ByLiteral {
+    longs: HashMap<i64, Vec<Arc<Guarded>>>,
+    strings: HashMap<String, Vec<Arc<Guarded>>>,
+}
+
+impl ByLiteral {
+    #[cfg(test)]
+    fn all(&self) -> impl Iterator<Item = &Arc<Guarded>> {
+        self.longs.values().chain(self.strings.values()).flatten()
+    }
+}
+
+/// What the first condition of a policy tests, when it is one of the bucketed forms.
+enum Key {
+    Label(String),
+    Header(String),
+    Long(Cond, i64),
+    Str(Cond, String),
+}
+
+/// `context.a` or `context.a.b`...
+fn is_context_path(c: &Cond) -> bool {
+    match c {
+        Cond::Var(Var::Context) => true,
+        Cond::Attr(inner, _) => is_context_path(inner),
+        _ => false,
+    }
+}
+
+fn key_of(first: &Cond) -> Option<Key> {
+    let context_attr = |c: &Cond, name: &str| matches!(c, Cond::Attr(inner, n) if n == name && **inner == Cond::Var(Var::Context));
+    match first {
+        Cond::Contains(set, item) if context_attr(set, "labels") => match &**item {
+            Cond::Str(l) => Some(Key::Label(l.clone())),
+            _ => None,
+        },
+        Cond::Has(record, name) if context_attr(record, "headers") => {
+            Some(Key::Header(name.clone()))
+        }
+        Cond::Cmp(CmpOp::Eq, l, r) => {
+            let (path, lit) = match (&**l, &**r) {
+                (p, lit) | (lit, p) if is_context_path(p) && !matches!(p, Cond::Var(_)) => (p, lit),
+                _ => return None,
+            };
+            match lit {
+                Cond::Long(n) => Some(Key::Long(path.clone(), *n)),
+                Cond::Str(s) => Some(Key::Str(path.clone(), s.clone())),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+impl Candidates {
+    pub(crate) fn push(&mut self, g: Arc<Guarded>) {
+        let by_value = |list: &mut Vec<(Cond, ByLiteral)>, path: Cond| -> usize {
+            match list.iter().position(|(p, _)| *p == path) {
+                Some(i) => i,
+                None => {
+                    list.push((path, ByLiteral::default()));
+                    list.len() - 1
+                }
+            }
+        };
+        match g.guard.first().and_then(key_of) {
+            Some(Key::Label(l)) => self.by_label.entry(l).or_default().push(g),
+            Some(Key::Header(h)) => self.by_header.entry(h).or_default().push(g),
+            Some(Key::Long(path, n)) => {
+                let i = by_value(&mut self.by_value, path);
+                if let Some((_, lits)) = self.by_value.get_mut(i) {
+                    lits.longs.entry(n).or_default().push(g);
+                }
+            }
+            Some(Key::Str(path, v)) => {
+                let i = by_value(&mut self.by_value, path);
+                if let Some((_, lits)) = self.by_value.get_mut(i) {
+                    lits.strings.entry(v).or_default().push(g);
+                }
+            }
+            None => self.always.push(g),
+        }
+    }
+
+    /// Every policy, for tests.
+    #[cfg(test)]
+    pub(crate) fn all(&self) -> impl Iterator<Item = &Arc<Guarded>> {
+        self.always
+            .iter()
+            .chain(self.by_label.values().flatten())
+            .chain(self.by_header.values().flatten())
+            .chain(self.by_value.iter().flat_map(|(_, lits)| lits.all()))
+    }
+
+    /// The policies that may apply to the request behind `facts`, in definition order.
+    pub(crate) fn select<'s>(&'s self, facts: &Facts<'_>) -> Vec<&'s Arc<Guarded>> {
+        let mut out: Vec<&Arc<Guarded>> = Vec::new();
+        let mut consider = |list: &'s [Arc<Guarded>]| {
+            out.extend(list.iter().filter(|g| g.may_apply(facts)));
+        };
+        consider(&self.always);
+        // `labels` is in every context.
+        for label in facts.labels {
+            if let Some(list) = self.by_label.get(label) {
+                consider(list);
+            }
+        }
+        if !self.by_header.is_empty() {
+            if facts.headers_lowercase && matches!(facts.request.action, Action::Http { .. }) {
+                for name in facts.request.context.headers.keys() {
+                    if let Some(list) = self.by_header.get(name) {
+                        consider(list);
+                    }
+                }
+            } else {
+                // Names Cedar sees lowercased, or no `headers` at all (an error): let
+                // each guard decide.
+                for list in self.by_header.values() {
+                    consider(list);
+                }
+            }
+        }
+        for (path, lits) in &self.by_value {
+            match path.eval(facts) {
+                Some(Val::Long(n)) => {
+                    if let Some(list) = lits.longs.get(&n) {
+                        consider(list);
+                    }
+                }
+                Some(Val::Str(v)) => {
+                    if let Some(list) = lits.strings.get(v) {
+                        consider(list);
+                    }
+                }
+                // A boolean or an entity equals no long or string.
+                Some(Val::Bool(_) | Val::Entity(..)) => {}
+                // Unknown, or a record or set (left to Cedar): let each guard decide.
+                _ => {
+                    for list in lits.longs.values().chain(lits.strings.values()) {
+                        consider(list);
+                    }
+                }
+            }
+        }
+        out.sort_by_key(|g| g.order);
+        out
+    }
+}
+
 /// The leading conditions of a policy in its JSON (EST) form, up to the first one of a
 /// form not handled here.
 fn guard_of(est: &Json) -> Vec<Cond> {
@@ -218,7 +386,7 @@ enum Pat {
 }
 
 /// An expression of a form this module can decide (when its operands are known).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 enum Cond {
     Bool(bool),
     Long(i64),
@@ -1000,7 +1168,7 @@ spec:
         let guarded = c
             .index
             .values()
-            .flat_map(|s| s.any())
+            .flat_map(|s| s.any().all())
             .filter(|g| g.guard_len() > 0)
             .count();
         assert!(guarded > 20, "{guarded}");

@@ -16,7 +16,7 @@ use cedar_policy::{
 use miette::Diagnostic;
 
 use crate::error::PolicyError;
-use crate::evaluate::{EntityCache, uid};
+use crate::evaluate::{EntityCache, SetCache, uid};
 use crate::prefilter::{AGENT, Candidates, Guarded, TENANT};
 
 /// The Agent Space Cedar schema (human-readable Cedar schema syntax).
@@ -72,6 +72,7 @@ pub struct CompiledPolicies {
     /// tenant and the agent. A decision adds the user, the task and the resource.
     pub(crate) statics: Entities,
     pub(crate) entity_cache: EntityCache,
+    pub(crate) set_cache: SetCache,
     generated: String,
     files: Vec<(String, String)>,
     warnings: Vec<String>,
@@ -415,6 +416,7 @@ impl CompiledPolicies {
             index,
             statics,
             entity_cache: EntityCache::default(),
+            set_cache: SetCache::default(),
             generated: generated.text,
             files,
             warnings,

@@ -13,7 +13,7 @@ use cedar_policy::{
 use crate::compile::CompiledPolicies;
 use crate::decision::{Decision, DenyReason};
 use crate::prefilter::{
-    ACTION, AGENT, Facts, HOST, MCP_SERVER, TASK, TENANT, TOOL, USER, attr_bit,
+    ACTION, AGENT, Facts, Guarded, HOST, MCP_SERVER, TASK, TENANT, TOOL, USER, attr_bit,
 };
 use crate::request::{Action, Request, Usage};
 
@@ -58,9 +58,6 @@ impl CompiledPolicies {
         // are certainly false for this request (see `prefilter`): Cedar would find them
         // false without error, so they could not change the response. The context gets
         // only the attributes the remaining policies read.
-        let mut base = PolicySet::new();
-        let mut approvals = PolicySet::new();
-        let mut wanted = 0;
         let chosen = self
             .slice(
                 request.action.cedar_name(),
@@ -68,20 +65,17 @@ impl CompiledPolicies {
             )
             .map(|c| c.select(&facts))
             .unwrap_or_default();
-        for g in chosen {
-            wanted |= g.reads;
-            let set = if g.approval {
-                &mut approvals
-            } else {
-                &mut base
-            };
-            if let Err(e) = set.add(g.policy.clone()) {
+        let wanted = chosen.iter().fold(0, |bits, g| bits | g.reads);
+        let sets = match self.set_cache.get(&chosen) {
+            Ok(sets) => sets,
+            Err(e) => {
                 return denied(
                     DenyReason::Error,
                     format!("the request cannot be evaluated: {e}"),
                 );
             }
-        }
+        };
+        let (base, approvals) = &*sets;
         let built = build(&facts, wanted)
             .and_then(|r| Ok((r, self.entity_cache.get(&facts, &self.statics)?)));
         let (cedar_request, entities) = match built {
@@ -97,7 +91,7 @@ impl CompiledPolicies {
             request,
             &cedar_request,
             &entities,
-            (&base, &approvals),
+            (base, approvals),
             approved,
         )
     }
@@ -617,6 +611,60 @@ fn request_entities(facts: &Facts<'_>, statics: &Entities) -> Result<Entities, S
         .clone()
         .add_entities(entities, None)
         .map_err(|e| err(&e))
+}
+
+/// The (base, approval) policy sets Cedar was given recently, by the policies chosen:
+/// the same few combinations come again and again, and a policy set costs allocations
+/// and copies to build. Cleared when full; a clone of the policies starts empty.
+#[derive(Default)]
+pub(crate) struct SetCache(RwLock<HashMap<Vec<usize>, Arc<Sets>>>);
+
+/// The base policies and the `@approval` policies Cedar evaluates for one decision.
+type Sets = (PolicySet, PolicySet);
+
+/// Most combinations remembered per definition.
+const SET_CACHE: usize = 4096;
+
+impl Clone for SetCache {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl std::fmt::Debug for SetCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SetCache")
+    }
+}
+
+impl SetCache {
+    /// The policy sets of `chosen` (in definition order).
+    fn get(&self, chosen: &[&Arc<Guarded>]) -> Result<Arc<Sets>, String> {
+        let key: Vec<usize> = chosen.iter().map(|g| g.order()).collect();
+        if let Ok(cache) = self.0.read()
+            && let Some(sets) = cache.get(&key)
+        {
+            return Ok(Arc::clone(sets));
+        }
+        let mut base = PolicySet::new();
+        let mut approvals = PolicySet::new();
+        for g in chosen {
+            let set = if g.approval {
+                &mut approvals
+            } else {
+                &mut base
+            };
+            set.add(g.policy.clone()).map_err(|e| e.to_string())?;
+        }
+        let sets = Arc::new((base, approvals));
+        if let Ok(mut cache) = self.0.write() {
+            if cache.len() >= SET_CACHE {
+                cache.clear();
+            }
+            cache.insert(key, Arc::clone(&sets));
+        }
+        Ok(sets)
+    }
 }
 
 /// The entities of the (user, task, resource) triples a definition decided recently.

@@ -101,6 +101,11 @@ impl Guarded {
         }
     }
 
+    /// Position in the definition's policies.
+    pub(crate) fn order(&self) -> usize {
+        self.order
+    }
+
     /// `false` only when the policy certainly evaluates to `false`, without an error,
     /// for the request behind `facts`.
     pub(crate) fn may_apply(&self, facts: &Facts<'_>) -> bool {

@@ -1049,6 +1049,7 @@ spec:
         r#"@id("nested") forbid (principal, action in AgentSpace::Action::"http", resource) when { context.body has customer && context.body.customer.country == "xx" };"#,
         r#"@id("big") @approval("big amounts") forbid (principal, action in AgentSpace::Action::"http", resource) when { context.body has amount && context.body.amount > 2500 };"#,
         r#"@id("no-amount") forbid (principal, action == AgentSpace::Action::"PUT", resource) unless { context.body has amount };"#,
+        r#"@id("get-is-http") forbid (principal, action == AgentSpace::Action::"DELETE", resource) when { AgentSpace::Action::"GET" in AgentSpace::Action::"http" && context.path like "/v1/*" };"#,
         r#"@id("scoped-path") forbid (principal, action == AgentSpace::Action::"POST", resource == AgentSpace::Host::"api.example") when { context.path like "/v1/admin/*" };"#,
     ];
 

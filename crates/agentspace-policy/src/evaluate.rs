@@ -622,8 +622,8 @@ pub(crate) struct SetCache(RwLock<HashMap<Vec<usize>, Arc<Sets>>>);
 /// The base policies and the `@approval` policies Cedar evaluates for one decision.
 type Sets = (PolicySet, PolicySet);
 
-/// Most combinations remembered per definition.
-const SET_CACHE: usize = 4096;
+/// Most combinations remembered per definition (each a few policies, about 1 KiB).
+const SET_CACHE: usize = 1024;
 
 impl Clone for SetCache {
     fn clone(&self) -> Self {
@@ -684,8 +684,9 @@ type EntityKey = (
     Option<(&'static str, String)>,
 );
 
-/// Most (user, task, resource) triples remembered per definition.
-const ENTITY_CACHE: usize = 4096;
+/// Most (user, task, resource) triples remembered per definition: each holds about 2 KiB
+/// (the actions' entities are shared), so at most about 2 MiB per definition.
+const ENTITY_CACHE: usize = 1024;
 
 impl Clone for EntityCache {
     fn clone(&self) -> Self {

@@ -966,6 +966,30 @@ mod tests {
         );
     }
 
+    /// `Facts::entity_in` knows the action hierarchy without the schema: every HTTP
+    /// method is in `http` and nothing else is in anything.
+    #[test]
+    fn the_action_hierarchy_is_what_pre_evaluation_assumes() {
+        let actions = crate::compile::schema().unwrap().action_entities().unwrap();
+        let http: cedar_policy::EntityUid = r#"AgentSpace::Action::"http""#.parse().unwrap();
+        let mut seen = 0;
+        for action in actions.iter() {
+            let uid = action.uid();
+            let name = uid.id().unescaped().to_owned();
+            let ancestors: Vec<String> = actions
+                .ancestors(&uid)
+                .map(|a| a.map(ToString::to_string).collect())
+                .unwrap_or_default();
+            if agentspace_core::HTTP_METHODS.contains(&name.as_str()) {
+                assert_eq!(ancestors, vec![http.to_string()], "{name}");
+                seen += 1;
+            } else {
+                assert!(ancestors.is_empty(), "{name}: {ancestors:?}");
+            }
+        }
+        assert_eq!(seen, agentspace_core::HTTP_METHODS.len());
+    }
+
     #[test]
     fn like_matches_whole_strings_with_stars() {
         assert!(like("/v1/score", &pat("/v1/score")));

@@ -17,7 +17,7 @@ use miette::Diagnostic;
 
 use crate::error::PolicyError;
 use crate::evaluate::{EntityCache, SetCache, uid};
-use crate::prefilter::{AGENT, Candidates, Guarded, TENANT};
+use crate::prefilter::{ACTION, AGENT, Candidates, Guarded, TENANT};
 
 /// The Agent Space Cedar schema (human-readable Cedar schema syntax).
 pub const SCHEMA: &str = include_str!("schema.cedarschema");
@@ -71,6 +71,9 @@ pub struct CompiledPolicies {
     /// The entities every request of this definition shares: the schema's actions, the
     /// tenant and the agent. A decision adds the user, the task and the resource.
     pub(crate) statics: Entities,
+    /// The statics with every action entity: what the property tests compare against.
+    #[cfg(test)]
+    pub(crate) full_statics: Entities,
     pub(crate) entity_cache: EntityCache,
     pub(crate) set_cache: SetCache,
     generated: String,
@@ -202,14 +205,16 @@ fn build_index(base: &PolicySet, approvals: &PolicySet) -> HashMap<String, Slice
     index
 }
 
-/// The schema's action entities, the tenant and the agent of `definition`.
-fn static_entities(definition: &Definition) -> Result<Entities, String> {
+/// The tenant and the agent of `definition`, with the schema's action entities when
+/// `all_actions` (otherwise a decision adds the one action it is about).
+fn static_entities(definition: &Definition, all_actions: bool) -> Result<Entities, String> {
     let tenant = uid(TENANT, definition.tenant.as_str())?;
     let agent = uid(AGENT, definition.name.as_str())?;
-    let actions = schema()
-        .map_err(|e| e.to_string())?
-        .action_entities()
-        .map_err(|e| e.to_string())?;
+    let actions = if all_actions {
+        action_entities()?.clone()
+    } else {
+        Entities::empty()
+    };
     actions
         .add_entities(
             [
@@ -219,6 +224,38 @@ fn static_entities(definition: &Definition) -> Result<Entities, String> {
             None,
         )
         .map_err(|e| e.to_string())
+}
+
+/// The schema's action entities (`POST` in `http`, ...), made once per process.
+pub(crate) fn action_entities() -> Result<&'static Entities, String> {
+    static ACTIONS: OnceLock<Result<Entities, String>> = OnceLock::new();
+    ACTIONS
+        .get_or_init(|| {
+            schema()
+                .map_err(|e| e.to_string())?
+                .action_entities()
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+/// Whether a policy's conditions name an action entity (`Action::"GET" in ...`): Cedar
+/// then looks that action up in the entities, so every action must be there. The scope
+/// only ever looks at the request's own action.
+fn names_an_action(est: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match est {
+        Value::Array(items) => items.iter().any(names_an_action),
+        Value::Object(obj) => {
+            obj.get("__entity")
+                .and_then(|e| e.get("type"))
+                .and_then(Value::as_str)
+                == Some(ACTION)
+                || obj.values().any(names_an_action)
+        }
+        _ => false,
+    }
 }
 
 /// Where a policy came from, for error locations.
@@ -402,11 +439,20 @@ impl CompiledPolicies {
         }
 
         let index = build_index(&base, &approvals);
-        let statics = static_entities(definition).map_err(|message| PolicyError::Field {
+        // A policy whose JSON form cannot be had is assumed to name an action.
+        let all_actions = base.policies().chain(approvals.policies()).any(|p| {
+            p.to_json().map_or(true, |est| {
+                est.get("conditions").is_some_and(names_an_action)
+            })
+        });
+        let entities_error = |message| PolicyError::Field {
             file: def_file.clone(),
             field: "metadata".to_owned(),
             message,
-        })?;
+        };
+        let statics = static_entities(definition, all_actions).map_err(entities_error)?;
+        #[cfg(test)]
+        let full_statics = static_entities(definition, true).map_err(entities_error)?;
         Ok(Self {
             tenant: definition.tenant.to_string(),
             agent: definition.name.to_string(),
@@ -415,6 +461,8 @@ impl CompiledPolicies {
             meta,
             index,
             statics,
+            #[cfg(test)]
+            full_statics,
             entity_cache: EntityCache::default(),
             set_cache: SetCache::default(),
             generated: generated.text,

@@ -10,7 +10,7 @@ use cedar_policy::{
     PolicySet, RestrictedExpression,
 };
 
-use crate::compile::CompiledPolicies;
+use crate::compile::{CompiledPolicies, action_entities};
 use crate::decision::{Decision, DenyReason};
 use crate::prefilter::{
     ACTION, AGENT, Facts, Guarded, HOST, MCP_SERVER, TASK, TENANT, TOOL, USER, attr_bit,
@@ -114,7 +114,7 @@ impl CompiledPolicies {
         }
         let facts = Facts::new(request, usage, now);
         let built = build(&facts, crate::prefilter::ALL_ATTRS)
-            .and_then(|r| Ok((r, request_entities(&facts, &self.statics)?)));
+            .and_then(|r| Ok((r, request_entities(&facts, &self.full_statics)?)));
         match built {
             Ok((cedar_request, entities)) => self.decide_sets(
                 request,
@@ -576,7 +576,13 @@ fn request_entities(facts: &Facts<'_>, statics: &Entities) -> Result<Entities, S
     let agent = uid(AGENT, p.current().agent.as_str())?;
     let task = uid(TASK, p.current().task.as_str())?;
     let resource = uid(facts.resource.0, &facts.resource.1)?;
-    let mut entities = vec![
+    let action = uid(ACTION, facts.request.action.cedar_name())?;
+    let mut entities = Vec::with_capacity(5);
+    // Already among the statics when they hold every action; identical, so no conflict.
+    if let Some(a) = action_entities()?.get(&action) {
+        entities.push(a.clone());
+    }
+    entities.extend([
         Entity::new_no_attrs(user.clone(), HashSet::from([tenant.clone()])),
         Entity::new(
             task,
@@ -593,7 +599,7 @@ fn request_entities(facts: &Facts<'_>, statics: &Entities) -> Result<Entities, S
             HashSet::from([agent.clone(), tenant]),
         )
         .map_err(|e| err(&e))?,
-    ];
+    ]);
     // Starting another instance of this agent: its entity is among the statics.
     if resource != agent {
         let mut parents = HashSet::new();
@@ -667,16 +673,17 @@ impl SetCache {
     }
 }
 
-/// The entities of the (user, task, resource) triples a definition decided recently.
+/// The entities of the (action, user, task, resource) a definition decided recently.
 /// They are the same for every request of a task to one resource, and building them
 /// (Cedar computes the transitive closure of the hierarchy) costs more than the rest of
 /// a decision. Cleared when full; a clone of the policies starts empty.
 #[derive(Default)]
 pub(crate) struct EntityCache(RwLock<HashMap<EntityKey, Arc<Entities>>>);
 
-/// User, task, resource (type, id) and the resource's parent: everything the entities
-/// of a request depend on besides the definition's tenant and agent.
+/// Action, user, task, resource (type, id) and the resource's parent: everything the
+/// entities of a request depend on besides the definition's tenant and agent.
 type EntityKey = (
+    String,
     String,
     String,
     &'static str,
@@ -684,8 +691,8 @@ type EntityKey = (
     Option<(&'static str, String)>,
 );
 
-/// Most (user, task, resource) triples remembered per definition: each holds about 2 KiB
-/// (the actions' entities are shared), so at most about 2 MiB per definition.
+/// Most (action, user, task, resource) remembered per definition: each holds a few
+/// entities (under 2 KiB), so at most about 2 MiB per definition.
 const ENTITY_CACHE: usize = 1024;
 
 impl Clone for EntityCache {
@@ -706,6 +713,7 @@ impl EntityCache {
     fn get(&self, facts: &Facts<'_>, statics: &Entities) -> Result<Arc<Entities>, String> {
         let p = &facts.request.principal;
         let key: EntityKey = (
+            facts.request.action.cedar_name().to_owned(),
             p.user().as_str().to_owned(),
             p.current().task.as_str().to_owned(),
             facts.resource.0,

@@ -1,6 +1,7 @@
 //! Evaluating one request against compiled policies with Cedar: no state, no I/O.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
@@ -678,7 +679,7 @@ impl SetCache {
 /// (Cedar computes the transitive closure of the hierarchy) costs more than the rest of
 /// a decision. Cleared when full; a clone of the policies starts empty.
 #[derive(Default)]
-pub(crate) struct EntityCache(RwLock<HashMap<EntityKey, Arc<Entities>>>);
+pub(crate) struct EntityCache(RwLock<HashMap<u64, (EntityKey, Arc<Entities>)>>);
 
 /// Action, user, task, resource (type, id) and the resource's parent: everything the
 /// entities of a request depend on besides the definition's tenant and agent.
@@ -720,8 +721,17 @@ impl EntityCache {
             facts.resource.1.clone(),
             facts.resource_parent.clone(),
         );
+        // Keyed by a digest of the key, so that growing the map rehashes integers, not
+        // strings (a rehash of hundreds of string keys showed in the p99); the key is
+        // kept and compared, so a collision is only a miss.
+        let digest = {
+            let mut h = std::hash::DefaultHasher::new();
+            key.hash(&mut h);
+            h.finish()
+        };
         if let Ok(cache) = self.0.read()
-            && let Some(entities) = cache.get(&key)
+            && let Some((k, entities)) = cache.get(&digest)
+            && *k == key
         {
             return Ok(Arc::clone(entities));
         }
@@ -730,7 +740,7 @@ impl EntityCache {
             if cache.len() >= ENTITY_CACHE {
                 cache.clear();
             }
-            cache.insert(key, Arc::clone(&entities));
+            cache.insert(digest, (key, Arc::clone(&entities)));
         }
         Ok(entities)
     }

@@ -97,8 +97,9 @@ impl CompiledPolicies {
         )
     }
 
-    /// [`Self::evaluate_full`] with every policy handed to Cedar: no index, no
-    /// pre-evaluation. The reference the property tests compare against.
+    /// [`Self::evaluate_full`] the plain way: every policy handed to Cedar (no index, no
+    /// pre-evaluation), the whole context, every action entity, no caches. The reference
+    /// the property tests compare against.
     #[cfg(test)]
     pub(crate) fn evaluate_unsliced(
         &self,

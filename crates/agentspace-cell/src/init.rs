@@ -79,16 +79,34 @@ fn setup(
     for procs in &spec.cgroup_procs {
         fs::write(procs, "0").map_err(|e| format!("join cgroup `{}`: {e}", procs.display()))?;
     }
+    let new_net = if spec.netns.is_some() {
+        CloneFlags::empty()
+    } else {
+        CloneFlags::CLONE_NEWNET
+    };
     unshare(
         CloneFlags::CLONE_NEWCGROUP
             | CloneFlags::CLONE_NEWNS
-            | CloneFlags::CLONE_NEWNET
             | CloneFlags::CLONE_NEWUTS
-            | CloneFlags::CLONE_NEWIPC,
+            | CloneFlags::CLONE_NEWIPC
+            | new_net,
     )
     .map_err(|e| format!("create namespaces (cgroup, mount, network, uts, ipc): {e}"))?;
     nix::unistd::sethostname(&spec.hostname).map_err(|e| format!("set hostname: {e}"))?;
-    sys::loopback_up().map_err(|e| format!("bring up loopback: {e}"))?;
+    match &spec.netns {
+        // The door's namespace: its loopback is up and the door listens there.
+        Some(path) => {
+            let ns = fs::File::open(path).map_err(|e| {
+                format!(
+                    "open the door's network namespace `{}`: {e}",
+                    path.display()
+                )
+            })?;
+            nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET)
+                .map_err(|e| format!("join the door's network namespace: {e}"))?;
+        }
+        None => sys::loopback_up().map_err(|e| format!("bring up loopback: {e}"))?,
+    }
     rootfs::build_and_enter(spec).map_err(|e| e.to_string())?;
 
     // No supplementary groups survive (the host's root group above all).
@@ -115,7 +133,7 @@ fn setup(
     sys::clear_capabilities().map_err(|e| format!("clear capabilities: {e}"))?;
     sys::set_non_dumpable().map_err(|e| format!("set non-dumpable: {e}"))?;
 
-    let enforced = landlock::restrict(landlock_abi)?;
+    let enforced = landlock::restrict(landlock_abi, &spec.door_ports)?;
     filter
         .load()
         .map_err(|e| format!("load seccomp filter: {e}"))?;

@@ -8,7 +8,7 @@
 //! reported, never silently assumed.
 
 use landlock::{
-    ABI, Access, AccessFs, AccessNet, CompatLevel, Compatible, Ruleset, RulesetAttr,
+    ABI, Access, AccessFs, AccessNet, CompatLevel, Compatible, NetPort, Ruleset, RulesetAttr,
     RulesetCreatedAttr, RulesetStatus, Scope, path_beneath_rules,
 };
 
@@ -22,7 +22,7 @@ pub(crate) struct Enforced {
 pub(crate) const WRITABLE: &[&str] = &["/workspace", "/tmp", "/home/agent", "/dev"];
 
 /// Restricts the calling process (and its future children).
-pub(crate) fn restrict(abi_version: i32) -> Result<Enforced, String> {
+pub(crate) fn restrict(abi_version: i32, door_ports: &[u16]) -> Result<Enforced, String> {
     let abi = match abi_version {
         i32::MIN..=0 => return Err("landlock is not enabled in this kernel (add `landlock` to the `lsm=` boot parameter; kernel 5.13 or newer)".to_owned()),
         1 => ABI::V1,
@@ -42,7 +42,11 @@ pub(crate) fn restrict(abi_version: i32) -> Result<Enforced, String> {
         ruleset = ruleset
             .handle_access(AccessNet::from_all(abi))
             .map_err(err)?;
-        parts.push("tcp bind/connect denied".to_owned());
+        parts.push(if door_ports.is_empty() {
+            "tcp bind/connect denied".to_owned()
+        } else {
+            format!("tcp connect only to the door ({door_ports:?}), bind denied")
+        });
     }
     if abi_version >= 6 {
         ruleset = ruleset.scope(Scope::from_all(abi)).map_err(err)?;
@@ -56,6 +60,13 @@ pub(crate) fn restrict(abi_version: i32) -> Result<Enforced, String> {
         .add_rules(path_beneath_rules(["/"], read_exec))
         .map_err(err)?
         .add_rules(path_beneath_rules(WRITABLE, all))
+        .map_err(err)?
+        .add_rules(
+            door_ports
+                .iter()
+                .filter(|_| abi_version >= 4)
+                .map(|p| Ok::<_, landlock::RulesetError>(NetPort::new(*p, AccessNet::ConnectTcp))),
+        )
         .map_err(err)?
         .restrict_self()
         .map_err(err)?;

@@ -44,6 +44,9 @@ pub enum CellError {
         "running a cell needs root (uid 0); rootless cells are not supported yet — run with sudo, or see docs/operations.md"
     )]
     NotRoot,
+    /// The network door could not be created.
+    #[error("cannot create the cell's network door: {0}")]
+    Door(String),
     /// The workspace given does not exist or is not a directory.
     #[error("workspace `{0}` is not a directory; create it or fix spec.workspace")]
     Workspace(PathBuf),

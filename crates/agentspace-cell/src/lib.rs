@@ -13,6 +13,7 @@
 
 mod cgroup;
 mod doctor;
+mod door;
 mod init;
 mod landlock;
 mod launch;
@@ -25,6 +26,7 @@ mod workspace;
 
 pub use cgroup::{CellCgroup, CgroupError, CgroupLimits, CgroupStats};
 pub use doctor::{Check, HostReport, host_report};
+pub use door::{DOOR_PORT, NetworkDoor};
 pub use init::reset_signal;
 pub use launch::{CellError, Launcher, RunningCell, SUPERVISOR_ARG, prepare_task_dir};
 pub use spec::{AGENT_ID, CellReport, CellSpec};

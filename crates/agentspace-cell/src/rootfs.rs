@@ -280,6 +280,16 @@ fn build_etc(etc: &Path, spec: &CellSpec) -> Result<(), RootfsError> {
         let dst = etc.join(name);
         copy_tree(&src, &dst)?;
     }
+    // The tenant's interception CA joins the bundle, so TLS through the door verifies.
+    if let Some(extra) = &spec.extra_ca {
+        let bundle = etc.join("ssl/certs/ca-certificates.crt");
+        let mut text = fs::read_to_string(&bundle).unwrap_or_default();
+        let pem = fs::read_to_string(extra).map_err(|e| fail("read CA", extra, e))?;
+        text.push('\n');
+        text.push_str(&pem);
+        mkdir(&etc.join("ssl/certs"))?;
+        fs::write(&bundle, text).map_err(|e| fail("write", &bundle, e))?;
+    }
     // /etc/alternatives holds only symlinks that Debian's /usr/bin links go through.
     let alt = Path::new("/etc/alternatives");
     if alt.is_dir() {

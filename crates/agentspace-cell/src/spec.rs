@@ -34,6 +34,15 @@ pub struct CellSpec {
     pub cgroup_procs: Vec<PathBuf>,
     /// Wall-clock limit in milliseconds.
     pub timeout_ms: u64,
+    /// The network namespace to join (the door's), instead of a new empty one.
+    #[serde(default)]
+    pub netns: Option<PathBuf>,
+    /// TCP ports inside the cell the agent may connect to (the door's).
+    #[serde(default)]
+    pub door_ports: Vec<u16>,
+    /// PEM certificates appended to the cell's CA bundle (the tenant's interception CA).
+    #[serde(default)]
+    pub extra_ca: Option<PathBuf>,
 }
 
 /// What the supervisor reports back after the cell is gone.

@@ -30,6 +30,13 @@ pub(crate) struct Args {
     /// After the run, apply the task's workspace changes to the host workspace.
     #[arg(long)]
     commit_workspace: bool,
+    /// For the gateway's upstream connections: send HOST:PORT to ADDR (or ADDR:ADDR_PORT),
+    /// like curl's --resolve. For local stand-ins of internet services.
+    #[arg(long = "resolve", value_name = "HOST:PORT:ADDR")]
+    resolve: Vec<String>,
+    /// A PEM file of CAs the gateway's upstream client trusts besides the system roots.
+    #[arg(long = "upstream-ca", value_name = "FILE")]
+    upstream_ca: Vec<PathBuf>,
     /// The program to run in the cell and its arguments.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<String>,
@@ -100,14 +107,35 @@ pub(crate) fn run(state: &StateDir, args: Args) -> Result<ExitCode> {
             return Ok(ExitCode::from(crate::EXIT_AGENTSPACE_FAILED));
         }
     };
-    let outcome = run_cell(
-        forwarded,
+    let boundary = match Boundary::start(
+        state,
         &definition,
         &task,
         &user,
-        host_id,
-        &task_dir,
-        &args.command,
+        &args.resolve,
+        &args.upstream_ca,
+    ) {
+        Ok(b) => b,
+        Err(e) => {
+            let code = finish(&mut manifest, &definition, &task_dir, Err(e), false);
+            write_manifest(&task_dir, &manifest)?;
+            cleanup(&task_dir);
+            return Ok(ExitCode::from(
+                u8::try_from(code).unwrap_or(crate::EXIT_AGENTSPACE_FAILED),
+            ));
+        }
+    };
+    let outcome = run_cell(
+        Task {
+            definition: &definition,
+            id: &task,
+            user: &user,
+            host_id,
+            dir: &task_dir,
+            command: &args.command,
+        },
+        boundary.as_ref(),
+        forwarded,
     );
     let mut code = finish(
         &mut manifest,
@@ -175,15 +203,109 @@ fn block_forwarded_signals() -> Result<SigSet> {
     Ok(forwarded)
 }
 
-fn run_cell(
-    forwarded: SigSet,
-    definition: &Definition,
-    task: &TaskId,
-    user: &str,
+/// The control boundary of one task: the cell's network namespace with its door, and the
+/// gateway serving the door from outside the cell. Started only for definitions with
+/// egress rules; a cell without them has no network at all.
+struct Boundary {
+    door: agentspace_cell::NetworkDoor,
+    ca: PathBuf,
+    runtime: tokio::runtime::Runtime,
+    task: std::sync::Arc<agentspace_gateway::Task>,
+}
+
+impl Boundary {
+    fn start(
+        state: &StateDir,
+        definition: &Definition,
+        task: &TaskId,
+        user: &str,
+        resolve: &[String],
+        upstream_ca: &[PathBuf],
+    ) -> Result<Option<Self>> {
+        use agentspace_core::{Actor, Principal, TaskRef, UserId};
+        use agentspace_gateway::{Door, DoorListener, Gateway, GatewayConfig, ResolveOverride};
+        if definition.governance.egress.is_empty() {
+            if !resolve.is_empty() || !upstream_ca.is_empty() {
+                bail!(
+                    "--resolve and --upstream-ca configure the gateway, which runs only for definitions with `spec.egress` rules"
+                );
+            }
+            return Ok(None);
+        }
+        let mut config = GatewayConfig::new(state.path());
+        config.upstream_ca = upstream_ca.to_vec();
+        for entry in resolve {
+            config.resolve.push(ResolveOverride::parse(entry)?);
+        }
+        let user = UserId::new(user).with_context(|| format!("invalid user `{user}`"))?;
+        let principal = Principal::new(
+            definition.tenant.clone(),
+            user,
+            Actor::new(definition.name.clone(), TaskRef::from(task)),
+        );
+        let policy = std::sync::Arc::new(agentspace_policy::PolicyEngine::load(
+            definition,
+            state.path(),
+        )?);
+        let gateway = Gateway::new(config, agentspace_audit::AuditLog::open(state.path())?)?;
+        let ca = gateway
+            .tenant_ca(&definition.tenant)?
+            .cert_path()
+            .to_path_buf();
+        let mut door = agentspace_cell::NetworkDoor::create()?;
+        let listener = door.take_listener().context("the door has no listener")?;
+        listener
+            .set_nonblocking(true)
+            .context("cannot make the door non-blocking")?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .context("cannot start the gateway's runtime")?;
+        let gw_task = agentspace_gateway::Task::new(principal, policy);
+        let door_in_gateway = runtime.block_on(async {
+            let listener =
+                tokio::net::TcpListener::from_std(listener).context("cannot serve the door")?;
+            anyhow::Ok(Door::new(DoorListener::Tcp(listener), gw_task))
+        })?;
+        let task = std::sync::Arc::clone(door_in_gateway.task());
+        runtime.spawn(gateway.serve(door_in_gateway));
+        Ok(Some(Self {
+            door,
+            ca,
+            runtime,
+            task,
+        }))
+    }
+}
+
+impl Drop for Boundary {
+    fn drop(&mut self) {
+        // The task is over: its door stops accepting and every connection closes.
+        self.task.close();
+        let _ = &self.runtime;
+    }
+}
+
+/// One task, as the cell needs it.
+struct Task<'a> {
+    definition: &'a Definition,
+    id: &'a TaskId,
+    user: &'a str,
     host_id: u32,
-    task_dir: &Path,
-    command: &[String],
-) -> Result<Outcome> {
+    dir: &'a Path,
+    command: &'a [String],
+}
+
+fn run_cell(t: Task<'_>, boundary: Option<&Boundary>, forwarded: SigSet) -> Result<Outcome> {
+    let Task {
+        definition,
+        id: task,
+        user,
+        host_id,
+        dir: task_dir,
+        command,
+    } = t;
     let limits = definition.limits;
     let cgroup = CellCgroup::create(
         task.as_str(),
@@ -197,13 +319,18 @@ fn run_cell(
         task_dir: task_dir.to_path_buf(),
         hostname: definition.name.to_string(),
         argv: command.to_vec(),
-        env: cell_env(definition, task, user),
+        env: cell_env(definition, task, user, boundary.is_some()),
         workspace: definition.workspace.clone(),
         read_only: definition.read_only.clone(),
         host_id,
         tmp_bytes: (limits.memory_bytes / 4).max(16 << 20),
         cgroup_procs: cgroup.procs_files(),
         timeout_ms: u64::try_from(limits.timeout.as_millis()).unwrap_or(u64::MAX),
+        netns: boundary.map(|b| b.door.netns_path()),
+        door_ports: boundary
+            .map(|_| vec![agentspace_cell::DOOR_PORT])
+            .unwrap_or_default(),
+        extra_ca: boundary.map(|b| b.ca.clone()),
     };
 
     let mut cell = Launcher::current_exe().start(&spec)?;
@@ -229,8 +356,39 @@ fn run_cell(
 }
 
 /// The agent's environment: nothing from the host but TERM; the definition's `env` last.
-fn cell_env(definition: &Definition, task: &TaskId, user: &str) -> BTreeMap<String, String> {
+fn cell_env(
+    definition: &Definition,
+    task: &TaskId,
+    user: &str,
+    door: bool,
+) -> BTreeMap<String, String> {
     let mut env = BTreeMap::new();
+    if door {
+        // Every usual way for programs to find the proxy and trust its CA.
+        let proxy = format!("http://127.0.0.1:{}", agentspace_cell::DOOR_PORT);
+        for name in [
+            "HTTP_PROXY",
+            "HTTPS_PROXY",
+            "ALL_PROXY",
+            "http_proxy",
+            "https_proxy",
+            "all_proxy",
+        ] {
+            env.insert(name.into(), proxy.clone());
+        }
+        env.insert("NO_PROXY".into(), "localhost,127.0.0.1".into());
+        env.insert("no_proxy".into(), "localhost,127.0.0.1".into());
+        let bundle = "/etc/ssl/certs/ca-certificates.crt".to_owned();
+        for name in [
+            "SSL_CERT_FILE",
+            "REQUESTS_CA_BUNDLE",
+            "NODE_EXTRA_CA_CERTS",
+            "CURL_CA_BUNDLE",
+            "GIT_SSL_CAINFO",
+        ] {
+            env.insert(name.into(), bundle.clone());
+        }
+    }
     env.insert(
         "PATH".into(),
         "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),

@@ -1,6 +1,7 @@
 pub mod support;
 
 mod admin;
+mod boundary;
 mod definitions;
 mod escape;
 mod run;

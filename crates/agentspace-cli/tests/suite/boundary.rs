@@ -1,0 +1,260 @@
+//! The control boundary around a real cell: a definition with egress rules gets a network
+//! namespace whose only exit is the gateway's door. Real TLS to a local HTTPS stand-in
+//! posing as a named host; its CA is trusted only by the gateway's upstream client.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use super::support::{Ran, Sandbox, privileged};
+
+struct Upstream {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const UPSTREAM: &str = r#"
+import http.server, ssl, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = ("upstream saw %s\n" % self.path).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+s = http.server.HTTPServer(("127.0.0.1", 0), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[1], sys.argv[2])
+s.socket = ctx.wrap_socket(s.socket, server_side=True)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"#;
+
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let st = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "openssl {args:?}");
+}
+
+/// A test CA and an HTTPS server for `api.example.test` signed by it.
+fn upstream(s: &Sandbox) -> Upstream {
+    let d = s.path();
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=agentspace test CA",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "leaf.key",
+            "-out",
+            "leaf.csr",
+            "-subj",
+            "/CN=api.example.test",
+        ],
+    );
+    std::fs::write(d.join("ext"), "subjectAltName=DNS:api.example.test\n").unwrap();
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "leaf.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext",
+        ],
+    );
+    let mut child = Command::new("python3")
+        .current_dir(d)
+        .args(["-c", UPSTREAM, "leaf.pem", "leaf.key"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    Upstream {
+        child,
+        port: line.trim().parse().unwrap(),
+    }
+}
+
+const GOVERNED: &str = "apiVersion: agentspace/v1
+kind: Agent
+metadata: {name: fetcher, tenant: acme}
+spec:
+  workspace: ./workspace
+  egress:
+    - name: api
+      hosts: [api.example.test]
+      methods: [GET]
+      paths: [\"/v1/*\"]
+  resources: {memory: 256Mi, pids: 64, cpu: 1.0, timeout: 60s}
+";
+
+#[test]
+fn the_cell_reaches_allowed_hosts_only_through_the_gateway() {
+    if !privileged() {
+        return;
+    }
+    let s = Sandbox::new();
+    let up = upstream(&s);
+    let def = s.definition("governed.yaml", GOVERNED);
+    let script = format!(
+        "curl -sS https://api.example.test/v1/ok; \
+         echo '--'; curl -sS https://api.example.test/v2/no; echo; \
+         echo '--'; curl -sS -m 3 --noproxy '*' https://api.example.test/v1/direct || echo DIRECT-FAILED; \
+         echo '--'; curl -sS -m 3 --noproxy '*' https://127.0.0.1:{port}/v1/by-ip -k || echo BY-IP-FAILED; \
+         echo '--'; curl -sS -m 3 --noproxy '' -x http://127.0.0.1:3128 http://127.0.0.1:{port}/v1/ssrf; echo; \
+         echo '--'; python3 -c \"import urllib.request; print(urllib.request.urlopen('https://api.example.test/v1/python').read().decode())\"",
+        port = up.port
+    );
+    let mut c = s.command();
+    c.args(["run", "--user", "alice", "-f"])
+        .arg(&def)
+        .args([
+            "--resolve",
+            &format!("api.example.test:443:127.0.0.1:{}", up.port),
+        ])
+        .arg("--upstream-ca")
+        .arg(s.path().join("ca.pem"))
+        .args(["--", "sh", "-c", &script]);
+    let r: Ran = c.output().unwrap().into();
+    assert_eq!(r.code, 0, "{r:?}");
+    let parts: Vec<&str> = r.stdout.split("--\n").collect();
+    assert_eq!(parts[0], "upstream saw /v1/ok\n", "{r:?}");
+    let denied: serde_json::Value =
+        serde_json::from_str(parts[1].trim()).unwrap_or_else(|e| panic!("{e}: {r:?}"));
+    assert_eq!(denied["decision"], "deny");
+    assert!(denied["audit_id"].as_str().is_some());
+    assert!(
+        parts[2].contains("DIRECT-FAILED"),
+        "a program ignoring the proxy got out: {r:?}"
+    );
+    assert!(
+        parts[3].contains("BY-IP-FAILED"),
+        "the upstream was reachable by address: {r:?}"
+    );
+    assert!(
+        !parts[4].contains("upstream saw"),
+        "SSRF through the door reached the host: {r:?}"
+    );
+    assert!(parts[4].contains("\"decision\":\"deny\""), "{r:?}");
+    assert_eq!(
+        parts[5], "upstream saw /v1/python\n\n",
+        "Python's TLS did not trust the tenant CA: {r:?}"
+    );
+
+    // Every request was decided and audited, and the log verifies.
+    let q = s
+        .command()
+        .args([
+            "audit",
+            "query",
+            "--kind",
+            "http_request",
+            "--format",
+            "jsonl",
+        ])
+        .output()
+        .unwrap();
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&q.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event"].clone())
+        .collect();
+    let seen: Vec<(String, String)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["decision"].as_str().unwrap_or("").to_owned(),
+                e["resource"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        seen.contains(&("allow".into(), "https://api.example.test:443/v1/ok".into())),
+        "{seen:?}"
+    );
+    assert!(
+        seen.contains(&("deny".into(), "https://api.example.test:443/v2/no".into())),
+        "{seen:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| e["user"] == "alice" && e["agent"] == "fetcher"),
+        "{events:?}"
+    );
+    assert_eq!(
+        s.command()
+            .args(["audit", "verify"])
+            .output()
+            .unwrap()
+            .status
+            .code(),
+        Some(0)
+    );
+}
+
+#[test]
+fn gateway_options_without_egress_rules_are_refused() {
+    if !privileged() {
+        return;
+    }
+    let s = Sandbox::new();
+    let r = s.run(&s.path().join("hello.yaml"), &["true"]);
+    assert_eq!(r.code, 0);
+    let mut c = s.command();
+    c.args(["run", "-f"])
+        .arg(s.path().join("hello.yaml"))
+        .args(["--resolve", "a.example:443:127.0.0.1", "--", "true"]);
+    let r: Ran = c.output().unwrap().into();
+    assert_eq!(r.code, 125, "{r:?}");
+    assert!(r.stderr.contains("spec.egress"), "{r:?}");
+}

@@ -262,7 +262,32 @@ impl Boundary {
             .enable_all()
             .build()
             .context("cannot start the gateway's runtime")?;
-        let gw_task = agentspace_gateway::Task::new(principal, policy);
+        let mut gw_task = agentspace_gateway::Task::new(principal, policy);
+        for rule in &definition.governance.egress {
+            if let Some(c) = &rule.credential {
+                use agentspace_core::CredentialApply;
+                use agentspace_gateway::{Apply, Credential};
+                let apply = match &c.apply {
+                    CredentialApply::Header { name, format } => Apply::Header {
+                        name: name.clone(),
+                        format: format.clone(),
+                    },
+                    CredentialApply::Basic { username } => Apply::Basic {
+                        username: username.clone(),
+                    },
+                    CredentialApply::Query { param } => Apply::Query {
+                        param: param.clone(),
+                    },
+                };
+                gw_task = gw_task.with_credential(
+                    rule.name.as_str(),
+                    Credential {
+                        secret: c.secret.clone(),
+                        apply,
+                    },
+                );
+            }
+        }
         let door_in_gateway = runtime.block_on(async {
             let listener =
                 tokio::net::TcpListener::from_std(listener).context("cannot serve the door")?;

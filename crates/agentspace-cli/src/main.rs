@@ -9,6 +9,7 @@ mod cmd_keys;
 mod cmd_policy;
 mod cmd_revoke;
 mod cmd_run;
+mod cmd_secret;
 mod cmd_tasks;
 mod state;
 
@@ -41,6 +42,9 @@ enum Command {
     /// List and inspect tasks.
     #[command(subcommand)]
     Tasks(cmd_tasks::Command),
+    /// Store, list and remove the secrets the gateway injects.
+    #[command(subcommand)]
+    Secret(cmd_secret::Command),
     /// Report what this host supports for cells.
     Doctor(cmd_doctor::Args),
     /// Validate agent definitions; print the definition JSON Schema.
@@ -77,6 +81,7 @@ fn main() -> ExitCode {
         Command::Audit(args) => cmd_audit::run(&state, args),
         Command::Tasks(cmd) => cmd_tasks::run(&state, cmd),
         Command::Doctor(args) => cmd_doctor::run(args),
+        Command::Secret(cmd) => cmd_secret::run(&state, cmd),
         Command::Keys(cmd) => cmd_keys::run(&state, cmd),
         Command::Policy(cmd) => cmd_policy::run(cmd),
         Command::Revoke(cmd) => cmd_revoke::run(&state, cmd),

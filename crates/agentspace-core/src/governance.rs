@@ -47,6 +47,138 @@ pub struct RawEgressRule {
     /// Hold matching requests for a human's approval.
     #[serde(default)]
     pub approval: Option<RawApproval>,
+    /// A credential the gateway injects into every request of this capability. The agent
+    /// never sees it; one the agent sends itself is removed.
+    #[serde(default)]
+    pub credential: Option<RawCredential>,
+}
+
+/// How a brokered credential is applied: exactly one of `header`, `basic`, `query`.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawCredential {
+    /// The secret's name in the tenant's store (`agentspace secret set`).
+    pub secret: String,
+    /// A header to set, e.g. `Authorization`.
+    #[serde(default)]
+    pub header: Option<String>,
+    /// The header's value, `{}` standing for the secret (default `{}`), e.g. `Bearer {}`.
+    #[serde(default)]
+    pub format: Option<String>,
+    /// HTTP basic authentication: the secret is the password.
+    #[serde(default)]
+    pub basic: Option<RawBasicAuth>,
+    /// A query parameter whose value is the secret.
+    #[serde(default)]
+    pub query: Option<String>,
+}
+
+/// HTTP basic authentication.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawBasicAuth {
+    /// The user name.
+    pub username: String,
+}
+
+/// A validated brokered credential.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CredentialRef {
+    /// The secret's name in the tenant's store.
+    pub secret: String,
+    /// How it is applied.
+    pub apply: CredentialApply,
+}
+
+/// How a credential is applied to a request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum CredentialApply {
+    /// A header whose value is `format` with `{}` replaced by the secret.
+    Header {
+        /// The header's name.
+        name: String,
+        /// The value pattern.
+        format: String,
+    },
+    /// HTTP basic authentication.
+    Basic {
+        /// The user name.
+        username: String,
+    },
+    /// A query parameter.
+    Query {
+        /// The parameter's name.
+        param: String,
+    },
+}
+
+fn validate_credential(c: &RawCredential) -> Result<CredentialRef, (String, String)> {
+    let token_ok = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 128
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    };
+    if !token_ok(&c.secret) {
+        return Err((
+            "secret".to_owned(),
+            format!(
+                "`{}` is not a secret name (1-128 letters, digits, `-`, `_`, `.`)",
+                c.secret
+            ),
+        ));
+    }
+    let apply = match (&c.header, &c.basic, &c.query) {
+        (Some(name), None, None) => {
+            if !token_ok(name) {
+                return Err((
+                    "header".to_owned(),
+                    format!("`{name}` is not a header name"),
+                ));
+            }
+            let format = c.format.clone().unwrap_or_else(|| "{}".to_owned());
+            if format.matches("{}").count() != 1 || format.contains(['\r', '\n']) {
+                return Err(("format".to_owned(), "write the value with exactly one `{}` for the secret, on one line (e.g. `Bearer {}`)".to_owned()));
+            }
+            CredentialApply::Header {
+                name: name.clone(),
+                format,
+            }
+        }
+        (None, Some(b), None) if c.format.is_none() => {
+            if b.username.contains(':') || b.username.contains(['\r', '\n']) {
+                return Err((
+                    "basic.username".to_owned(),
+                    "a basic-auth user name cannot contain `:` or line breaks".to_owned(),
+                ));
+            }
+            CredentialApply::Basic {
+                username: b.username.clone(),
+            }
+        }
+        (None, None, Some(param)) if c.format.is_none() => {
+            if !token_ok(param) {
+                return Err((
+                    "query".to_owned(),
+                    format!("`{param}` is not a query parameter name"),
+                ));
+            }
+            CredentialApply::Query {
+                param: param.clone(),
+            }
+        }
+        _ => {
+            return Err((
+                "header".to_owned(),
+                "give exactly one of `header` (with an optional `format`), `basic` or `query`"
+                    .to_owned(),
+            ));
+        }
+    };
+    Ok(CredentialRef {
+        secret: c.secret.clone(),
+        apply,
+    })
 }
 
 /// When a request needs a human's approval.
@@ -150,6 +282,8 @@ pub struct EgressRule {
     pub budget: Quota,
     /// The approval requirement, if any.
     pub approval: Option<Approval>,
+    /// The credential the gateway injects, if any.
+    pub credential: Option<CredentialRef>,
 }
 
 /// A validated approval requirement.
@@ -298,6 +432,13 @@ pub(crate) fn validate_egress(raw: &[RawEgressRule]) -> Result<Vec<EgressRule>, 
             }
             None => None,
         };
+        let credential = match &rule.credential {
+            Some(c) => Some(
+                validate_credential(c)
+                    .map_err(|(sub, m)| (field(&format!("credential.{sub}")), m))?,
+            ),
+            None => None,
+        };
         out.push(EgressRule {
             name: rule.name.clone(),
             hosts,
@@ -305,6 +446,7 @@ pub(crate) fn validate_egress(raw: &[RawEgressRule]) -> Result<Vec<EgressRule>, 
             paths,
             budget,
             approval,
+            credential,
         });
     }
     Ok(out)
@@ -483,5 +625,59 @@ mod tests {
         assert!(quota(Some(0), None, None).is_err());
         assert!(quota(None, Some(Size::from_bytes(0)), None).is_err());
         assert_eq!(quota(Some(5), None, None).map(|q| q.requests), Ok(Some(5)));
+    }
+}
+
+#[cfg(test)]
+mod credential_tests {
+    use super::*;
+
+    fn raw(yaml: &str) -> RawCredential {
+        serde_yaml_ng::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn the_three_forms_validate() {
+        let c = validate_credential(&raw(
+            "{secret: stripe-key, header: Authorization, format: 'Bearer {}'}",
+        ))
+        .unwrap();
+        assert_eq!(
+            c.apply,
+            CredentialApply::Header {
+                name: "Authorization".into(),
+                format: "Bearer {}".into()
+            }
+        );
+        let c = validate_credential(&raw("{secret: s, basic: {username: bot}}")).unwrap();
+        assert_eq!(
+            c.apply,
+            CredentialApply::Basic {
+                username: "bot".into()
+            }
+        );
+        let c = validate_credential(&raw("{secret: s, query: api_key}")).unwrap();
+        assert_eq!(
+            c.apply,
+            CredentialApply::Query {
+                param: "api_key".into()
+            }
+        );
+    }
+
+    #[test]
+    fn ambiguous_or_malformed_credentials_are_refused() {
+        for bad in [
+            "{secret: s}",
+            "{secret: s, header: A, query: q}",
+            "{secret: s, header: A, format: 'no placeholder'}",
+            "{secret: s, header: A, format: '{} {}'}",
+            "{secret: s, query: q, format: '{}'}",
+            "{secret: 'a b', header: A}",
+            "{secret: s, header: 'X: y'}",
+            "{secret: s, basic: {username: 'a:b'}}",
+        ] {
+            assert!(validate_credential(&raw(bad)).is_err(), "{bad}");
+        }
     }
 }

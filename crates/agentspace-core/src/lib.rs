@@ -21,9 +21,9 @@ pub use definition::{
     Spec, definition_json_schema,
 };
 pub use governance::{
-    Approval, Budgets, DEFAULT_APPROVAL_TIMEOUT, DEFAULT_LOOP_LIMIT, EgressRule, Governance,
-    HTTP_METHODS, Quota, RawApproval, RawBudgets, RawCapabilityBudget, RawEgressRule,
-    RawWindowBudget, WindowBudget,
+    Approval, Budgets, CredentialApply, CredentialRef, DEFAULT_APPROVAL_TIMEOUT,
+    DEFAULT_LOOP_LIMIT, EgressRule, Governance, HTTP_METHODS, Quota, RawApproval, RawBasicAuth,
+    RawBudgets, RawCapabilityBudget, RawCredential, RawEgressRule, RawWindowBudget, WindowBudget,
 };
 pub use ids::{InvalidName, Name, TaskId};
 pub use principal::{

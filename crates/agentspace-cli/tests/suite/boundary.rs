@@ -23,7 +23,13 @@ const UPSTREAM: &str = r#"
 import http.server, ssl, sys
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
-        body = ("upstream saw %s\n" % self.path).encode()
+        auth = self.headers.get("Authorization")
+        with open("seen.log", "a") as f:
+            f.write("%s auth=%s\n" % (self.path, auth))
+        if self.path.startswith("/v1/echo-auth"):
+            body = ("you sent %s\n" % auth).encode()
+        else:
+            body = ("upstream saw %s\n" % self.path).encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -135,6 +141,7 @@ spec:
       hosts: [api.example.test]
       methods: [GET]
       paths: [\"/v1/*\"]
+      credential: {secret: api-key, header: Authorization, format: \"Bearer {}\"}
   resources: {memory: 256Mi, pids: 64, cpu: 1.0, timeout: 60s}
 ";
 
@@ -146,12 +153,20 @@ fn the_cell_reaches_allowed_hosts_only_through_the_gateway() {
     let s = Sandbox::new();
     let up = upstream(&s);
     let def = s.definition("governed.yaml", GOVERNED);
+    let mut set = s.command();
+    set.args(["secret", "set", "--tenant", "acme", "api-key"])
+        .stdin(Stdio::piped());
+    let mut child = set.spawn().unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"s3cr3t-token-value\n").unwrap();
+    assert!(child.wait().unwrap().success());
     let script = format!(
         "curl -sS https://api.example.test/v1/ok; \
          echo '--'; curl -sS https://api.example.test/v2/no; echo; \
          echo '--'; curl -sS -m 3 --noproxy '*' https://api.example.test/v1/direct || echo DIRECT-FAILED; \
          echo '--'; curl -sS -m 3 --noproxy '*' https://127.0.0.1:{port}/v1/by-ip -k || echo BY-IP-FAILED; \
          echo '--'; curl -sS -m 3 --noproxy '' -x http://127.0.0.1:3128 http://127.0.0.1:{port}/v1/ssrf; echo; \
+         echo '--'; curl -sS -H 'Authorization: Bearer agent-made-up' https://api.example.test/v1/echo-auth; \
+         echo '--'; env; grep -r s3cr3t-tok\"\"en-value /workspace /tmp /home /etc /dev/shm -s -l; echo; \
          echo '--'; python3 -c \"import urllib.request; print(urllib.request.urlopen('https://api.example.test/v1/python').read().decode())\"",
         port = up.port
     );
@@ -186,10 +201,47 @@ fn the_cell_reaches_allowed_hosts_only_through_the_gateway() {
         "SSRF through the door reached the host: {r:?}"
     );
     assert!(parts[4].contains("\"decision\":\"deny\""), "{r:?}");
+    assert!(
+        !parts[5].contains("s3cr3t"),
+        "the brokered secret reached the agent in a response: {r:?}"
+    );
+    assert!(parts[5].starts_with("you sent "), "{r:?}");
+    assert!(
+        !parts[6].contains("s3cr3t-token-value"),
+        "the secret is in the cell's environment or files: {r:?}"
+    );
     assert_eq!(
-        parts[5], "upstream saw /v1/python\n\n",
+        parts[7], "upstream saw /v1/python\n\n",
         "Python's TLS did not trust the tenant CA: {r:?}"
     );
+    // The upstream saw the injected credential, never the agent's own.
+    let seen = std::fs::read_to_string(s.path().join("seen.log")).unwrap();
+    assert!(
+        seen.contains("/v1/ok auth=Bearer s3cr3t-token-value"),
+        "{seen}"
+    );
+    assert!(
+        seen.contains("/v1/echo-auth auth=Bearer s3cr3t-token-value"),
+        "{seen}"
+    );
+    assert!(!seen.contains("agent-made-up"), "{seen}");
+    // Nor is the secret in the audit log or the task's files.
+    let export = s
+        .command()
+        .args(["audit", "export", "--format", "jsonl"])
+        .output()
+        .unwrap();
+    assert!(export.status.success());
+    assert!(!String::from_utf8_lossy(&export.stdout).contains("s3cr3t-token-value"));
+    for e in std::fs::read_dir(s.state().join("tasks"))
+        .unwrap()
+        .flatten()
+    {
+        for f in ["stdout.log", "stderr.log", "manifest.json", "cell.json"] {
+            let text = std::fs::read_to_string(e.path().join(f)).unwrap_or_default();
+            assert!(!text.contains("s3cr3t-token-value"), "secret in {f}");
+        }
+    }
 
     // Every request was decided and audited, and the log verifies.
     let q = s

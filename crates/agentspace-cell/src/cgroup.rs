@@ -312,14 +312,19 @@ fn sweep_stale(parent: &Path) {
     let Ok(entries) = fs::read_dir(parent) else {
         return;
     };
-    for entry in entries.flatten() {
+    // Only directories are cells' groups; `file_type` comes from the directory listing,
+    // so the control files are never stat'ed on this path of every cell start.
+    for entry in entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+    {
         let old = entry
             .metadata()
             .and_then(|m| m.modified())
             .ok()
             .and_then(|t| t.elapsed().ok())
             .is_some_and(|age| age > std::time::Duration::from_secs(60));
-        if old && entry.path().is_dir() {
+        if old {
             let _ = fs::remove_dir(entry.path());
         }
     }

@@ -202,30 +202,13 @@ impl<T: AsyncRead + Unpin> AsyncRead for FramingGuard<T> {
         if let Poll::Ready(Ok(())) = polled
             && !matches!(this.state, State::Done)
         {
-            let fresh = buf.filled().get(before..).unwrap_or(&[]).to_vec();
-            this.feed(&fresh);
+            this.feed(buf.filled().get(before..).unwrap_or(&[]));
         }
         polled
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for FramingGuard<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-}
+crate::io::delegate_async_write!(impl[T: AsyncWrite + Unpin] FramingGuard<T>);
 
 #[cfg(test)]
 mod tests {

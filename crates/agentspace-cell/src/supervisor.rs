@@ -147,7 +147,6 @@ fn supervise(spec: &CellSpec) -> CellReport {
 
     let mut report = CellReport::default();
     let mut lines = BufReader::new(fs::File::from(up_r));
-    let mut down = Some(down_w);
     let mut status_open = true;
     let mut interrupts = 0;
     let deadline = started + Duration::from_millis(spec.timeout_ms);
@@ -183,7 +182,7 @@ fn supervise(spec: &CellSpec) -> CellReport {
             let mut line = String::new();
             match lines.read_line(&mut line) {
                 Ok(0) | Err(_) => status_open = false,
-                Ok(_) => handle_status(line.trim_end(), init_pid, spec, &mut down, &mut report),
+                Ok(_) => handle_status(line.trim_end(), init_pid, spec, &down_w, &mut report),
             }
         }
         while let Ok(Some(info)) = sfd.read_signal() {
@@ -214,7 +213,7 @@ fn supervise(spec: &CellSpec) -> CellReport {
     if status_open {
         let mut rest = String::new();
         while lines.read_line(&mut rest).unwrap_or(0) > 0 {
-            handle_status(rest.trim_end(), init_pid, spec, &mut down, &mut report);
+            handle_status(rest.trim_end(), init_pid, spec, &down_w, &mut report);
             rest.clear();
         }
     }
@@ -243,7 +242,7 @@ fn handle_status(
     line: &str,
     init_pid: Pid,
     spec: &CellSpec,
-    down: &mut Option<std::os::fd::OwnedFd>,
+    down: &std::os::fd::OwnedFd,
     report: &mut CellReport,
 ) {
     if line == "userns" {
@@ -260,10 +259,8 @@ fn handle_status(
         });
         match written {
             Ok(()) => {
-                // Keep our end open: the init treats its closing as our death.
-                if let Some(fd) = down.as_ref() {
-                    let _ = nix::unistd::write(fd, b"1");
-                }
+                // Our end stays open: the init treats its closing as our death.
+                let _ = nix::unistd::write(down, b"1");
             }
             Err(e) => {
                 report.error = Some(format!("write the cell's user namespace id maps: {e}"));

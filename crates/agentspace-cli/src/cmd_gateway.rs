@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use agentspace_audit::AuditLog;
-use agentspace_core::{Actor, Principal, TaskId, TaskRef, UserId};
+use agentspace_core::{Actor, Principal, TaskRef, UserId};
 use agentspace_gateway::{Door, DoorListener, Gateway, GatewayConfig, ResolveOverride, Task};
 use agentspace_policy::PolicyEngine;
 use anyhow::{Context, Result};
@@ -38,19 +38,9 @@ pub(crate) struct Args {
 
 pub(crate) fn run(state: &StateDir, args: Args) -> Result<ExitCode> {
     let definition = crate::cmd_run::load_definition(&args.definition)?;
-    let user = args
-        .user
-        .or_else(|| std::env::var("SUDO_USER").ok())
-        .or_else(|| std::env::var("USER").ok())
-        .unwrap_or_else(|| "root".to_owned());
+    let user = crate::state::default_user(args.user);
     let user = UserId::new(&user).with_context(|| format!("invalid --user `{user}`"))?;
-    let mut random = [0u8; 16];
-    getrandom::fill(&mut random)
-        .map_err(|e| anyhow::anyhow!("cannot read random bytes for the task id: {e}"))?;
-    let task_id = TaskId::from_parts(
-        crate::state::unix_nanos() / 1_000_000,
-        u128::from_le_bytes(random),
-    );
+    let (task_id, _) = crate::state::new_task_id(crate::state::unix_nanos())?;
     let principal = Principal::new(
         definition.tenant.clone(),
         user,

@@ -53,10 +53,7 @@ pub(crate) fn run(state: &StateDir, args: Args) -> Result<ExitCode> {
     let definition = load_definition(&args.definition)?;
     let user = resolve_user(args.user)?;
     let now = crate::state::unix_nanos();
-    let mut random = [0u8; 16];
-    getrandom::fill(&mut random)
-        .map_err(|e| anyhow::anyhow!("cannot read random bytes for the task id: {e}"))?;
-    let task = TaskId::from_parts(now / 1_000_000, u128::from_le_bytes(random));
+    let (task, random) = crate::state::new_task_id(now)?;
     // A host uid no host account uses; distinct per task so two cells never share one.
     let host_id = 0x4000_0000
         + (u32::from_le_bytes([random[0], random[1], random[2], random[3]]) % 0x3000_0000);
@@ -164,10 +161,7 @@ pub(crate) fn load_definition(path: &Path) -> Result<Definition> {
 }
 
 fn resolve_user(given: Option<String>) -> Result<String> {
-    let user = given
-        .or_else(|| std::env::var("SUDO_USER").ok())
-        .or_else(|| std::env::var("USER").ok())
-        .unwrap_or_else(|| "root".to_owned());
+    let user = crate::state::default_user(given);
     let valid = !user.is_empty()
         && user.len() <= 128
         && user
@@ -209,7 +203,8 @@ fn block_forwarded_signals() -> Result<SigSet> {
 struct Boundary {
     door: agentspace_cell::NetworkDoor,
     ca: PathBuf,
-    runtime: tokio::runtime::Runtime,
+    /// Runs the gateway serving the door; held so it lives as long as the cell.
+    _runtime: tokio::runtime::Runtime,
     task: std::sync::Arc<agentspace_gateway::Task>,
 }
 
@@ -298,7 +293,7 @@ impl Boundary {
         Ok(Some(Self {
             door,
             ca,
-            runtime,
+            _runtime: runtime,
             task,
         }))
     }
@@ -308,7 +303,6 @@ impl Drop for Boundary {
     fn drop(&mut self) {
         // The task is over: its door stops accepting and every connection closes.
         self.task.close();
-        let _ = &self.runtime;
     }
 }
 

@@ -47,3 +47,23 @@ pub(crate) fn unix_nanos() -> u64 {
         .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
+
+/// The user a task acts for: `--user`, else the user who ran `sudo`, else `$USER`, else
+/// `root`. Callers validate it for their use.
+pub(crate) fn default_user(given: Option<String>) -> String {
+    given
+        .or_else(|| std::env::var("SUDO_USER").ok())
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "root".to_owned())
+}
+
+/// A new task id for a task starting at `now_nanos`, with the random bytes it was made
+/// from (the launcher also derives the task's host uid from them).
+pub(crate) fn new_task_id(now_nanos: u64) -> anyhow::Result<(agentspace_core::TaskId, [u8; 16])> {
+    let mut random = [0u8; 16];
+    getrandom::fill(&mut random)
+        .map_err(|e| anyhow::anyhow!("cannot read random bytes for the task id: {e}"))?;
+    let id =
+        agentspace_core::TaskId::from_parts(now_nanos / 1_000_000, u128::from_le_bytes(random));
+    Ok((id, random))
+}

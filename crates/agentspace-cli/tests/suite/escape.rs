@@ -113,6 +113,30 @@ fn escape_suite() {
         !r.stdout.contains("AGENTSPACE_CELL_SPEC") && !r.stdout.contains("usr"),
     ));
 
+    // A descriptor the caller left open (a shell's `7<file`) must not reach the cell.
+    let secret = s.path().join("host-secret.txt");
+    std::fs::write(&secret, "host-only-marker\n").unwrap();
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "exec 7<'{}'; exec '{}' --state-dir '{}' run -f '{}' -- sh -c 'cat <&7; ls /proc/self/fd; exit 0'",
+            secret.display(),
+            super::support::agentspace_bin(),
+            s.state().display(),
+            s.path().join("hello.yaml").display(),
+        ))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let r: Ran = out.into();
+    results.push(check(
+        "read a descriptor inherited from the caller",
+        &r,
+        r.code == 0
+            && !r.stdout.contains("host-only-marker")
+            && !r.stdout.lines().any(|l| l == "7"),
+    ));
+
     // Kernel surfaces.
     results.push(py_attempt(&s, "mount a filesystem", "r = libc.mount(b'none', b'/tmp', b'tmpfs', 0, None)\nprint('ESCAPED' if r == 0 else 'BLOCKED %d' % ctypes.get_errno())"));
     results.push(py_attempt(&s, "unshare a user namespace", "r = libc.unshare(0x10000000)\nprint('ESCAPED' if r == 0 else 'BLOCKED %d' % ctypes.get_errno())"));

@@ -274,6 +274,14 @@ fn escape_suite() {
         ..a
     });
 
+    // Landlock's network rules stand on their own: even on the cell's own loopback, where
+    // the network namespace alone would allow it, no TCP port can be bound.
+    results.push(py_attempt(
+        &s,
+        "bind a TCP port inside the cell (Landlock, independent of the namespace)",
+        "t = socket.socket()\nt.bind(('127.0.0.1', 8080))\nprint('ESCAPED')",
+    ));
+
     // Resources.
     let small = s.definition(
         "small.yaml",

@@ -18,6 +18,7 @@ use crate::governance::{
 };
 use crate::ids::Name;
 use crate::quantity::{Cpu, Duration, Size};
+use crate::tools::{RawFlowRule, RawToolServer, Tools, validate_tools};
 
 /// An agent definition as written in YAML.
 #[derive(Clone, Debug, Deserialize, JsonSchema)]
@@ -90,14 +91,13 @@ pub struct Spec {
     /// Space schema when the definition is loaded.
     #[serde(default)]
     pub policies: Vec<String>,
-    /// MCP tool servers: not supported yet.
+    /// MCP tool servers the agent may use through the boundary's MCP endpoint. A server
+    /// not listed, and a tool not in its `allow` list, does not exist for the agent.
     #[serde(default)]
-    #[schemars(skip)]
-    pub tools: Option<Unsupported>,
-    /// Data-flow rules: not supported yet.
+    pub tools: Vec<RawToolServer>,
+    /// Data-flow rules: where data with a label may go once the task has read it.
     #[serde(default)]
-    #[schemars(skip)]
-    pub flows: Option<Unsupported>,
+    pub flows: Vec<RawFlowRule>,
     /// The same request (action, resource and arguments) more than this many times in a
     /// row is denied with reason `loop` (default 3).
     #[serde(default)]
@@ -168,20 +168,6 @@ fn default_timeout() -> Duration {
 )]
 fn unreachable_cpu() -> Cpu {
     panic!("1.0 cores is valid")
-}
-
-/// A field that a later version will enforce. Accepting it now and ignoring it would be a
-/// silent downgrade, so any value is an error.
-#[derive(Clone, Debug)]
-pub struct Unsupported;
-
-impl<'de> Deserialize<'de> for Unsupported {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        serde::de::IgnoredAny::deserialize(d)?;
-        Err(serde::de::Error::custom(
-            "this field is not supported yet: this version of Agent Space cannot enforce it, so it refuses the definition rather than ignore it; remove the field",
-        ))
-    }
 }
 
 /// A validated agent definition.
@@ -384,6 +370,14 @@ impl Definition {
             policies,
             loop_limit: validate_loop_limit(raw.spec.loop_limit).map_err(governed)?,
             spawn: validate_spawn(&raw.spec.spawn).map_err(governed)?,
+            tools: Tools::default(),
+        };
+        let egress_names: Vec<&str> = governance.egress.iter().map(|r| r.name.as_str()).collect();
+        let tools = validate_tools(&raw.spec.tools, &raw.spec.flows, &egress_names, base)
+            .map_err(governed)?;
+        let governance = Governance {
+            tools,
+            ..governance
         };
 
         Ok(Self {
@@ -562,14 +556,170 @@ spec:
         assert!(e.message.contains("unknown field `pid`"), "{e}");
     }
 
+    /// The `spec` of issue 6, as written, with an egress rule `scoring` and a server
+    /// `templates` for the flow rule to name.
+    const TOOLS: &str = r#"apiVersion: agentspace/v1
+kind: Agent
+metadata:
+  name: credit-officer
+  tenant: acme
+spec:
+  egress:
+    - name: scoring
+      hosts: [scoring.internal.example]
+  tools:
+    - server: customer-db
+      command: [python3, ./servers/customer_db.py]   # started OUTSIDE the cell by the boundary
+      allow: [lookup_customer]
+      labels: [pii]                                  # what this source's results carry
+    - server: hr
+      url: http://hr.internal.example/mcp            # a streamable-HTTP server
+      allow: []                                      # nothing: the agent never sees it
+    - server: mail
+      command: [python3, ./servers/mail.py]
+      allow: [send_mail]
+      clearedFor: []                                 # may not receive pii
+      approval: {when: 'true', timeout: 10m}
+    - server: templates
+      command: [python3, ./servers/templates.py]
+      allow: [render]
+  flows:
+    - label: pii
+      mayFlowTo: [scoring, templates]                # egress rules and tool servers cleared for pii
+  loopLimit: 3
+"#;
+
     #[test]
-    fn fields_of_later_versions_are_refused_not_ignored() {
-        for field in ["tools", "flows"] {
-            let text = format!("{HELLO}  {field}:\n    - name: x\n");
-            let e = parse(&text).unwrap_err();
-            assert_eq!(e.field.as_deref(), Some(format!("spec.{field}").as_str()));
-            assert!(e.message.contains("not supported yet"), "{e}");
+    fn issue_6_tools_and_flows_are_accepted_as_written() {
+        let d = parse(TOOLS).unwrap();
+        let t = &d.governance.tools;
+        assert_eq!(t.servers.len(), 4);
+        let db = &t.servers[0];
+        assert_eq!(db.name.as_str(), "customer-db");
+        assert_eq!(
+            db.transport,
+            crate::ToolTransport::Stdio {
+                command: vec!["python3".into(), "./servers/customer_db.py".into()],
+                cwd: PathBuf::from("/defs"),
+            }
+        );
+        assert_eq!(db.allow, vec!["lookup_customer"]);
+        assert!(db.labels.contains("pii"));
+        assert_eq!(
+            t.servers[1].transport,
+            crate::ToolTransport::Http {
+                url: "http://hr.internal.example/mcp".into()
+            }
+        );
+        assert!(t.servers[1].allow.is_empty());
+        let mail = &t.servers[2];
+        assert!(mail.cleared_for.is_empty());
+        let approval = mail.approval.as_ref().unwrap();
+        assert_eq!(approval.when.as_deref(), Some("true"));
+        assert_eq!(approval.timeout.as_secs(), 600);
+        assert_eq!(t.flows.len(), 1);
+        assert_eq!(t.flows[0].label, "pii");
+        assert!(t.cleared("scoring", "pii"));
+        assert!(t.cleared("templates", "pii"));
+        assert!(
+            t.cleared("customer-db", "pii"),
+            "a source is cleared for its own labels"
+        );
+        assert!(!t.cleared("mail", "pii"));
+        assert!(!t.cleared("hr", "pii"));
+        assert_eq!(d.governance.loop_limit, 3);
+    }
+
+    #[test]
+    fn bad_tools_and_flows_name_the_field() {
+        let cases: &[(&str, &str, &str, &str)] = &[
+            (
+                "- server: hr",
+                "- server: mail",
+                "spec.tools[2].server",
+                "defined twice",
+            ),
+            (
+                "- server: templates",
+                "- server: scoring",
+                "spec.tools[3].server",
+                "also an egress rule",
+            ),
+            (
+                "url: http://hr.internal.example/mcp",
+                "url: http://hr.internal.example/mcp\n      command: [x]",
+                "spec.tools[1].command",
+                "not both",
+            ),
+            (
+                "url: http://hr.internal.example/mcp",
+                "allow: []\n      labels: []",
+                "spec.tools[1]",
+                "",
+            ),
+            (
+                "url: http://hr.internal.example/mcp",
+                "url: ftp://hr.internal.example/mcp",
+                "spec.tools[1].url",
+                "not an `http://`",
+            ),
+            (
+                "allow: [send_mail]",
+                "allow: [send_mail, send_mail]",
+                "spec.tools[2].allow",
+                "listed twice",
+            ),
+            (
+                "allow: [send_mail]",
+                "allow: [\"mail/*\"]",
+                "spec.tools[2].allow",
+                "not a tool name",
+            ),
+            (
+                "labels: [pii]",
+                "labels: [PII]",
+                "spec.tools[0].labels",
+                "not a label",
+            ),
+            (
+                "mayFlowTo: [scoring, templates]",
+                "mayFlowTo: [scoring, payroll]",
+                "spec.flows[0].mayFlowTo",
+                "`payroll` is neither an egress rule",
+            ),
+            (
+                "timeout: 10m}",
+                "timeout: 0s}",
+                "spec.tools[2].approval.timeout",
+                "longer than zero",
+            ),
+            (
+                "command: [python3, ./servers/mail.py]",
+                "command: []",
+                "spec.tools[2].command",
+                "program",
+            ),
+        ];
+        for (from, to, field, message) in cases {
+            assert!(TOOLS.contains(from), "{from}");
+            let to = to.replace("\\n", "\n");
+            let e = parse(&TOOLS.replacen(from, &to, 1)).unwrap_err();
+            assert!(
+                e.field.as_deref().is_some_and(|f| f.starts_with(field)),
+                "{from} -> {e}"
+            );
+            assert!(e.message.contains(message), "{from} -> {e}");
+            // Keys inside a flow mapping (`{when: .., timeout: ..}`) have no line of
+            // their own to find.
+            if !field.contains("approval") {
+                assert!(e.line.is_some(), "{e}");
+            }
         }
+        let e = parse(&TOOLS.replace("  loopLimit: 3", "    - label: pii\n      mayFlowTo: []"))
+            .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("spec.flows[1].label"), "{e}");
+        let e = parse(&TOOLS.replace("labels: [pii]", "labels: [pii]\n      env: {}")).unwrap_err();
+        assert!(e.message.contains("unknown field `env`"), "{e}");
     }
 
     /// The `spec` of issue 3, as written, under the metadata of the credit officer.
@@ -715,6 +865,10 @@ spec:
             "spawn",
             "perUser",
             "approval",
+            "tools",
+            "flows",
+            "mayFlowTo",
+            "clearedFor",
         ] {
             assert!(
                 schema.contains(&format!("\"{field}\"")),

@@ -328,6 +328,8 @@ pub struct Governance {
     pub loop_limit: u32,
     /// Agents (same tenant) this agent may start.
     pub spawn: Vec<Name>,
+    /// MCP tool servers and data-flow rules.
+    pub tools: crate::tools::Tools,
 }
 
 /// A problem in the governed sections: the dotted field and the message.

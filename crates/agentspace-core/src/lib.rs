@@ -12,6 +12,7 @@ mod ids;
 mod principal;
 mod quantity;
 mod task;
+mod tools;
 
 pub use audit_event::{
     AUDIT_SCHEMA_VERSION, AuditDecision, AuditEvent, AuditKind, format_audit_time, parse_audit_time,
@@ -31,3 +32,4 @@ pub use principal::{
 };
 pub use quantity::{Cpu, Duration, Size};
 pub use task::{LimitHit, ManifestLimits, TaskManifest, TaskState};
+pub use tools::{FlowRule, RawFlowRule, RawToolServer, ToolServer, ToolTransport, Tools};

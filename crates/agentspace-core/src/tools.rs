@@ -1,0 +1,381 @@
+//! The tool sections of an agent definition: MCP tool servers (`spec.tools`) and
+//! data-flow rules (`spec.flows`).
+//!
+//! As elsewhere, two layers: the `Raw*` serde model as written (strict, with a JSON
+//! Schema) and the validated form ([`ToolServer`], [`FlowRule`]) that
+//! `agentspace-policy` compiles to Cedar and flow checks, and the gateway serves.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::governance::{Approval, DEFAULT_APPROVAL_TIMEOUT, RawApproval};
+use crate::ids::Name;
+
+/// Most characters of an MCP tool name (as the MCP specification bounds them).
+const MAX_TOOL_NAME: usize = 128;
+/// Most characters of a data label.
+const MAX_LABEL: usize = 64;
+
+/// One MCP tool server as written under `spec.tools`.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawToolServer {
+    /// The server's name: policies, flow rules and the audit log refer to it, and the
+    /// agent sees its tools under it. Distinct from every other server and egress rule.
+    pub server: Name,
+    /// A stdio server: the program and its arguments, started by the boundary OUTSIDE
+    /// the cell (working directory: the definition's directory) on the first call and
+    /// stopped with the task. Exactly one of `command` and `url`.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// A streamable-HTTP server (`http://host[:port]/path`). Exactly one of `command`
+    /// and `url`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// The tools the agent may see and call. Omitted or empty: none (the agent never
+    /// sees this server).
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Data labels this server's results carry (`pii`): a result taints the task's
+    /// session with them.
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// Data labels this server may receive (in addition to `spec.flows`). A server is
+    /// always cleared for the labels its own results carry.
+    #[serde(default)]
+    pub cleared_for: Vec<String>,
+    /// Hold this server's tool calls for a human's approval; `when` is a Cedar
+    /// expression over the call (`context.tool`, `context.arguments`).
+    #[serde(default)]
+    pub approval: Option<RawApproval>,
+}
+
+/// One data-flow rule as written under `spec.flows`.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawFlowRule {
+    /// The data label (`pii`).
+    pub label: String,
+    /// The destinations cleared for it: egress rule names and tool server names. Once
+    /// a task's session carries the label, every other destination is denied (`flow`).
+    pub may_flow_to: Vec<Name>,
+}
+
+/// How the boundary reaches a tool server.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum ToolTransport {
+    /// A program speaking MCP over stdin/stdout, started outside the cell.
+    Stdio {
+        /// The program and its arguments.
+        command: Vec<String>,
+        /// Its working directory: the definition's directory.
+        cwd: PathBuf,
+    },
+    /// A streamable-HTTP MCP endpoint.
+    Http {
+        /// The endpoint URL.
+        url: String,
+    },
+}
+
+/// A validated tool server.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ToolServer {
+    /// The server's name.
+    pub name: Name,
+    /// How to reach it.
+    pub transport: ToolTransport,
+    /// The tools the agent may see and call, in file order.
+    pub allow: Vec<String>,
+    /// Labels its results carry.
+    pub labels: BTreeSet<String>,
+    /// Labels it may receive besides those of `spec.flows` and its own.
+    pub cleared_for: BTreeSet<String>,
+    /// The approval requirement of its calls, if any.
+    pub approval: Option<Approval>,
+}
+
+/// A validated data-flow rule.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FlowRule {
+    /// The label.
+    pub label: String,
+    /// Egress rule names and tool server names cleared for it.
+    pub may_flow_to: Vec<Name>,
+}
+
+/// The validated tool sections.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Tools {
+    /// Tool servers, in file order.
+    pub servers: Vec<ToolServer>,
+    /// Flow rules, in file order.
+    pub flows: Vec<FlowRule>,
+}
+
+impl Tools {
+    /// The server named `name`.
+    pub fn server(&self, name: &str) -> Option<&ToolServer> {
+        self.servers.iter().find(|s| s.name.as_str() == name)
+    }
+
+    /// Whether `destination` (an egress rule or tool server name) may receive data
+    /// labelled `label`: a flow rule names it, or it is a server that lists the label in
+    /// `clearedFor` or carries the label itself.
+    pub fn cleared(&self, destination: &str, label: &str) -> bool {
+        self.flows
+            .iter()
+            .any(|f| f.label == label && f.may_flow_to.iter().any(|d| d.as_str() == destination))
+            || self
+                .server(destination)
+                .is_some_and(|s| s.cleared_for.contains(label) || s.labels.contains(label))
+    }
+}
+
+type FieldError = (String, String);
+
+/// Checks `spec.tools` and `spec.flows` against each other and the egress rule names.
+pub(crate) fn validate_tools(
+    servers: &[RawToolServer],
+    flows: &[RawFlowRule],
+    egress_names: &[&str],
+    base: &Path,
+) -> Result<Tools, FieldError> {
+    let mut out = Tools::default();
+    let mut names = BTreeSet::new();
+    for (i, raw) in servers.iter().enumerate() {
+        let field = |sub: &str| format!("spec.tools[{i}].{sub}");
+        let name = raw.server.as_str();
+        if !names.insert(name) {
+            return Err((
+                field("server"),
+                format!("server `{name}` is defined twice; give each server its own name"),
+            ));
+        }
+        if egress_names.contains(&name) {
+            return Err((
+                field("server"),
+                format!(
+                    "`{name}` is also an egress rule name; flow rules name both, so give the server another name"
+                ),
+            ));
+        }
+        let transport = match (&raw.command, &raw.url) {
+            (Some(command), None) => {
+                if command.is_empty() || command.first().is_some_and(String::is_empty) {
+                    return Err((
+                        field("command"),
+                        "give the program and its arguments, e.g. `[python3, ./server.py]`"
+                            .to_owned(),
+                    ));
+                }
+                if command.iter().any(|a| a.contains('\0')) {
+                    return Err((
+                        field("command"),
+                        "an argument contains a NUL byte".to_owned(),
+                    ));
+                }
+                ToolTransport::Stdio {
+                    command: command.clone(),
+                    cwd: base.to_path_buf(),
+                }
+            }
+            (None, Some(url)) => {
+                check_url(url).map_err(|m| (field("url"), m))?;
+                ToolTransport::Http { url: url.clone() }
+            }
+            (Some(_), Some(_)) => {
+                return Err((
+                    field("command"),
+                    "give either `command` (a stdio server) or `url` (a streamable-HTTP server), not both".to_owned(),
+                ));
+            }
+            (None, None) => {
+                return Err((
+                    field("server"),
+                    "give `command` (a stdio server started outside the cell) or `url` (a streamable-HTTP server)".to_owned(),
+                ));
+            }
+        };
+        let mut allow = Vec::new();
+        for tool in &raw.allow {
+            check_tool_name(tool).map_err(|m| (field("allow"), m))?;
+            if allow.contains(tool) {
+                return Err((field("allow"), format!("tool `{tool}` is listed twice")));
+            }
+            allow.push(tool.clone());
+        }
+        let labels = label_set(&raw.labels).map_err(|m| (field("labels"), m))?;
+        let cleared_for = label_set(&raw.cleared_for).map_err(|m| (field("clearedFor"), m))?;
+        let approval = match &raw.approval {
+            Some(a) => Some(validate_approval(a).map_err(|(sub, m)| (field(&sub), m))?),
+            None => None,
+        };
+        out.servers.push(ToolServer {
+            name: raw.server.clone(),
+            transport,
+            allow,
+            labels,
+            cleared_for,
+            approval,
+        });
+    }
+
+    let mut labels = BTreeSet::new();
+    for (i, raw) in flows.iter().enumerate() {
+        let field = |sub: &str| format!("spec.flows[{i}].{sub}");
+        check_label(&raw.label).map_err(|m| (field("label"), m))?;
+        if !labels.insert(raw.label.as_str()) {
+            return Err((
+                field("label"),
+                format!(
+                    "label `{}` has two rules; list all its destinations in one",
+                    raw.label
+                ),
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        for dest in &raw.may_flow_to {
+            let d = dest.as_str();
+            if !seen.insert(d) {
+                return Err((field("mayFlowTo"), format!("`{d}` is listed twice")));
+            }
+            if !egress_names.contains(&d) && !names.contains(d) {
+                return Err((
+                    field("mayFlowTo"),
+                    format!(
+                        "`{d}` is neither an egress rule (`spec.egress[].name`) nor a tool server (`spec.tools[].server`) of this definition"
+                    ),
+                ));
+            }
+        }
+        out.flows.push(FlowRule {
+            label: raw.label.clone(),
+            may_flow_to: raw.may_flow_to.clone(),
+        });
+    }
+    Ok(out)
+}
+
+fn validate_approval(a: &RawApproval) -> Result<Approval, FieldError> {
+    if let Some(when) = &a.when {
+        if when.trim().is_empty() {
+            return Err((
+                "approval.when".to_owned(),
+                "the condition is empty; write a Cedar expression or omit `when` to always require approval".to_owned(),
+            ));
+        }
+        if when.len() > 4096 {
+            return Err((
+                "approval.when".to_owned(),
+                "the condition is longer than 4096 characters".to_owned(),
+            ));
+        }
+    }
+    let timeout = a
+        .timeout
+        .map_or(DEFAULT_APPROVAL_TIMEOUT, crate::quantity::Duration::get);
+    if timeout.is_zero() {
+        return Err((
+            "approval.timeout".to_owned(),
+            "must be longer than zero".to_owned(),
+        ));
+    }
+    Ok(Approval {
+        when: a.when.clone(),
+        timeout,
+    })
+}
+
+/// An MCP tool name: 1-128 of letters, digits, `_`, `-` and `.`.
+fn check_tool_name(tool: &str) -> Result<(), String> {
+    let ok = !tool.is_empty()
+        && tool.len() <= MAX_TOOL_NAME
+        && tool
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{tool}` is not a tool name (1-{MAX_TOOL_NAME} letters, digits, `_`, `-` or `.`; list each tool by its exact name)"
+        ))
+    }
+}
+
+/// A data label: 1-64 lowercase letters, digits, `-` and `_`.
+fn check_label(label: &str) -> Result<(), String> {
+    let ok = !label.is_empty()
+        && label.len() <= MAX_LABEL
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{label}` is not a label (1-{MAX_LABEL} lowercase letters, digits, `-` or `_`, e.g. `pii`)"
+        ))
+    }
+}
+
+fn label_set(list: &[String]) -> Result<BTreeSet<String>, String> {
+    let mut set = BTreeSet::new();
+    for label in list {
+        check_label(label)?;
+        if !set.insert(label.clone()) {
+            return Err(format!("`{label}` is listed twice"));
+        }
+    }
+    Ok(set)
+}
+
+/// `http://` or `https://`, a host, no credentials, whitespace or fragment.
+fn check_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
+    let Some(rest) = rest else {
+        return Err(format!(
+            "`{url}` is not an `http://` or `https://` URL of a streamable-HTTP MCP endpoint"
+        ));
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.is_empty() || authority.contains('@') {
+        return Err(format!(
+            "`{url}` has no host, or has user info (put credentials in the secret store, not the URL)"
+        ));
+    }
+    if url
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == '#')
+    {
+        return Err(format!("`{url}` has whitespace or a fragment"));
+    }
+    if url.len() > 2048 {
+        return Err("the URL is longer than 2048 characters".to_owned());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_labels_and_urls() {
+        assert!(check_tool_name("lookup_customer").is_ok());
+        assert!(check_tool_name("a/b").is_err());
+        assert!(check_tool_name("*").is_err());
+        assert!(check_label("pii").is_ok());
+        assert!(check_label("PII").is_err());
+        assert!(check_url("http://hr.internal.example/mcp").is_ok());
+        assert!(check_url("https://127.0.0.1:8080/mcp").is_ok());
+        for bad in ["ftp://x", "http://", "http://u:p@x/", "http://x/ y", "x"] {
+            assert!(check_url(bad).is_err(), "{bad}");
+        }
+    }
+}

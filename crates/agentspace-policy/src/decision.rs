@@ -58,6 +58,8 @@ pub enum DenyReason {
     Loop,
     /// A budget is spent.
     Budget,
+    /// The task's session carries a data label the destination is not cleared for.
+    Flow,
     /// The request could not be evaluated (policy evaluation error, store unavailable):
     /// fail closed.
     Error,
@@ -67,7 +69,7 @@ pub enum DenyReason {
 
 impl DenyReason {
     /// The stable code (`not-permitted`, `forbidden`, `revoked`, `loop`, `budget`,
-    /// `error`, `invalid-request`).
+    /// `flow`, `error`, `invalid-request`).
     pub fn code(self) -> &'static str {
         match self {
             Self::NotPermitted => "not-permitted",
@@ -75,6 +77,7 @@ impl DenyReason {
             Self::Revoked => "revoked",
             Self::Loop => "loop",
             Self::Budget => "budget",
+            Self::Flow => "flow",
             Self::Error => "error",
             Self::InvalidRequest => "invalid-request",
         }

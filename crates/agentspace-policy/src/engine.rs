@@ -12,6 +12,7 @@ use crate::compile::CompiledPolicies;
 use crate::decision::{Decision, DenyReason};
 use crate::error::PolicyError;
 use crate::evaluate::describe;
+use crate::flow::Taint;
 use crate::request::{Action, Request, Usage};
 use crate::revocation::Revocations;
 use crate::store;
@@ -31,6 +32,8 @@ pub struct PolicyEngine {
     revocations: Revocations,
     /// Per task: the digest of its last request and how many times in a row it came.
     loops: Mutex<HashMap<String, ([u8; 32], u32)>>,
+    /// Per task: the data labels its session has read (see [`crate::flow`]).
+    taint: Taint,
 }
 
 impl PolicyEngine {
@@ -53,6 +56,7 @@ impl PolicyEngine {
             budgets: BudgetStore::open(state_dir)?,
             revocations: Revocations::open(state_dir)?,
             loops: Mutex::new(HashMap::new()),
+            taint: Taint::default(),
         })
     }
 
@@ -89,6 +93,10 @@ impl PolicyEngine {
     }
 
     fn try_decide(&self, request: &Request, approved: bool) -> Result<Decision, PolicyError> {
+        // The session's labels join the request's own (those the gateway found in it),
+        // so policies see them as `context.labels` and the flow check covers both.
+        let tainted = self.taint.with_session_labels(request)?;
+        let request = tainted.as_ref().unwrap_or(request);
         let p = &request.principal;
         if let Some(why) = self.revocations.check(p, &[])? {
             return Ok(Decision::deny(
@@ -127,6 +135,9 @@ impl PolicyEngine {
         let Decision::Allow { .. } = &evaluated.decision else {
             return Ok(evaluated.decision);
         };
+        if let Some(denied) = crate::flow::check(&gov.tools, request, &evaluated.capabilities) {
+            return Ok(denied);
+        }
         if let Some(why) = self.revocations.check(p, &evaluated.capabilities)? {
             return Ok(Decision::deny(
                 DenyReason::Revoked,
@@ -235,6 +246,25 @@ impl PolicyEngine {
             }
         }
         self.budgets.charge(&charges).map(|_| ())
+    }
+
+    /// Taints the session of `principal`'s task with `labels` (read from a tool server's
+    /// result): from now on, every action of the task is allowed only to destinations
+    /// cleared for them. Returns the labels that are new to the session.
+    pub fn taint(
+        &self,
+        principal: &Principal,
+        labels: impl IntoIterator<Item = String>,
+    ) -> Result<std::collections::BTreeSet<String>, PolicyError> {
+        self.taint.add(principal, labels)
+    }
+
+    /// The data labels the session of `principal`'s task carries.
+    pub fn session_labels(
+        &self,
+        principal: &Principal,
+    ) -> Result<std::collections::BTreeSet<String>, PolicyError> {
+        self.taint.labels(principal)
     }
 
     /// What a task has used so far (requests, bytes, tokens, seconds).

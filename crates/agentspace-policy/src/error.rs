@@ -51,6 +51,9 @@ pub enum PolicyError {
         /// What failed.
         message: String,
     },
+    /// The per-task taint state (data labels a session has read) cannot be used.
+    #[error("the data-flow taint state cannot be used: {0}; the action is denied")]
+    Taint(String),
     /// The built-in schema is broken; a bug in Agent Space.
     #[error(
         "the built-in Agent Space Cedar schema is invalid: {0}; this is a bug, please report it"

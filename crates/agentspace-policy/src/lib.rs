@@ -15,6 +15,7 @@ mod decision;
 mod engine;
 mod error;
 mod evaluate;
+mod flow;
 mod prefilter;
 mod request;
 mod revocation;

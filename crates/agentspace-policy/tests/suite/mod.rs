@@ -2,6 +2,7 @@ mod budgets;
 mod compile;
 mod decide;
 mod delegation;
+mod flows;
 mod helpers;
 mod loops;
 mod props;

@@ -1,0 +1,249 @@
+//! Tool allowlists, tool approvals and data-flow rules (taint).
+
+use agentspace_policy::{
+    Action, Decision, DenyReason, PolicyEngine, Request, RequestContext, Resource,
+};
+use pretty_assertions::assert_eq;
+
+use super::helpers::*;
+
+/// The credit officer's tools, as issue 6 writes them, with the destinations its flow
+/// rule names.
+const TOOLS: &str = "apiVersion: agentspace/v1
+kind: Agent
+metadata: {name: credit-officer, tenant: acme}
+spec:
+  egress:
+    - name: scoring
+      hosts: [scoring.internal.example]
+    - name: public-web
+      hosts: [www.example.org]
+  tools:
+    - server: customer-db
+      command: [python3, ./servers/customer_db.py]
+      allow: [lookup_customer]
+      labels: [pii]
+    - server: templates
+      command: [python3, ./servers/templates.py]
+      allow: [render_letter]
+    - server: hr
+      url: http://hr.internal.example/mcp
+      allow: []
+    - server: mail
+      command: [python3, ./servers/mail.py]
+      allow: [send_mail]
+      clearedFor: []
+      approval: {when: 'context.arguments has to && context.arguments.to like \"*@external.example\"', timeout: 10m}
+  flows:
+    - label: pii
+      mayFlowTo: [scoring, templates]
+";
+
+fn mcp(
+    p: &agentspace_core::Principal,
+    server: &str,
+    tool: &str,
+    args: serde_json::Value,
+) -> Request {
+    Request {
+        principal: p.clone(),
+        action: Action::Mcp,
+        resource: Resource {
+            server: Some(server.to_owned()),
+            tool: Some(tool.to_owned()),
+            ..Resource::default()
+        },
+        context: RequestContext {
+            arguments: Some(args),
+            time: Some(OFFICE_HOURS),
+            ..RequestContext::default()
+        },
+    }
+}
+
+#[test]
+fn allowed_tools_are_permitted_and_nothing_else() {
+    let f = Fixture::new(TOOLS, &[]);
+    let e = PolicyEngine::load(&f.definition, &f.state()).unwrap();
+    let p = principal("credit-officer", "t1");
+    let d = e.decide(&mcp(
+        &p,
+        "customer-db",
+        "lookup_customer",
+        serde_json::json!({"id": "c-001"}),
+    ));
+    assert!(d.is_allow(), "{d}");
+    assert_eq!(d.policies(), ["tools.customer-db.lookup_customer"]);
+    for (server, tool) in [
+        ("customer-db", "delete_customer"),
+        ("hr", "list_salaries"),
+        ("medical", "get_record"),
+    ] {
+        let d = e.decide(&mcp(&p, server, tool, serde_json::json!({})));
+        assert_eq!(d.deny_reason(), Some(DenyReason::NotPermitted), "{d}");
+    }
+}
+
+#[test]
+fn tool_approval_conditions_read_the_arguments() {
+    let f = Fixture::new(TOOLS, &[]);
+    let e = PolicyEngine::load(&f.definition, &f.state()).unwrap();
+    let p = principal("credit-officer", "t1");
+    let inside = e.decide(&mcp(
+        &p,
+        "mail",
+        "send_mail",
+        serde_json::json!({"to": "bob@acme.example"}),
+    ));
+    assert!(inside.is_allow(), "{inside}");
+    let outside = e.decide(&mcp(
+        &p,
+        "mail",
+        "send_mail",
+        serde_json::json!({"to": "eve@external.example"}),
+    ));
+    let Decision::ApprovalRequired {
+        policies, timeout, ..
+    } = &outside
+    else {
+        panic!("{outside}");
+    };
+    assert_eq!(policies, &["tools.mail.approval"]);
+    assert_eq!(timeout.as_secs(), 600);
+}
+
+#[test]
+fn taint_limits_every_destination_of_the_session_to_cleared_ones() {
+    let f = Fixture::new(TOOLS, &[]);
+    let e = PolicyEngine::load(&f.definition, &f.state()).unwrap();
+    let p = principal("credit-officer", "t1");
+    let mail = mcp(
+        &p,
+        "mail",
+        "send_mail",
+        serde_json::json!({"to": "bob@acme.example", "body": "hi"}),
+    );
+    // Before the session has read anything, mail and the web are open.
+    assert!(e.decide(&mail).is_allow());
+    assert!(
+        e.decide(&http(&p, "GET", "www.example.org", "/"))
+            .is_allow()
+    );
+
+    let new = e.taint(&p, ["pii".to_owned()]).unwrap();
+    assert_eq!(new.into_iter().collect::<Vec<_>>(), ["pii"]);
+    assert!(
+        e.taint(&p, ["pii".to_owned()]).unwrap().is_empty(),
+        "taint is a set"
+    );
+    assert_eq!(e.session_labels(&p).unwrap().len(), 1);
+
+    let d = e.decide(&mail);
+    assert_eq!(d.deny_reason(), Some(DenyReason::Flow), "{d}");
+    assert!(d.message().contains("`mail` is not cleared"), "{d}");
+    let d = e.decide(&http(&p, "GET", "www.example.org", "/"));
+    assert_eq!(d.deny_reason(), Some(DenyReason::Flow), "{d}");
+    assert!(d.message().contains("`public-web` is not cleared"), "{d}");
+    // Cleared destinations: an egress rule and a tool server named by the flow rule, and
+    // the source itself.
+    assert!(
+        e.decide(&http(&p, "POST", "scoring.internal.example", "/v1/score"))
+            .is_allow()
+    );
+    assert!(
+        e.decide(&mcp(
+            &p,
+            "templates",
+            "render_letter",
+            serde_json::json!({"n": 1})
+        ))
+        .is_allow()
+    );
+    assert!(
+        e.decide(&mcp(
+            &p,
+            "customer-db",
+            "lookup_customer",
+            serde_json::json!({"id": "c-002"})
+        ))
+        .is_allow()
+    );
+    // DNS carries no session data.
+    let dns = Request {
+        action: Action::Dns,
+        resource: Resource {
+            host: Some("www.example.org".into()),
+            ..Resource::default()
+        },
+        ..http(&p, "GET", "www.example.org", "/")
+    };
+    assert!(e.decide(&dns).is_allow());
+    // Another task of the same agent is untainted.
+    let q = principal("credit-officer", "t2");
+    assert!(
+        e.decide(&http(&q, "GET", "www.example.org", "/"))
+            .is_allow()
+    );
+}
+
+#[test]
+fn labels_found_in_a_request_are_checked_like_session_labels() {
+    let f = Fixture::new(TOOLS, &[]);
+    let e = PolicyEngine::load(&f.definition, &f.state()).unwrap();
+    let p = principal("credit-officer", "t1");
+    let mut r = mcp(&p, "mail", "send_mail", serde_json::json!({"body": "key"}));
+    r.context.labels.insert("secret".into());
+    let d = e.decide(&r);
+    assert_eq!(d.deny_reason(), Some(DenyReason::Flow), "{d}");
+    // The request's own labels do not taint the session.
+    assert!(e.session_labels(&p).unwrap().is_empty());
+}
+
+#[test]
+fn policies_see_the_session_labels() {
+    let f = Fixture::new(
+        &format!("{TOOLS}  policies: [./no-pii-scoring.cedar]\n"),
+        &[(
+            "no-pii-scoring.cedar",
+            r#"@id("no-pii-to-scoring") forbid (principal, action, resource == AgentSpace::Host::"scoring.internal.example") when { context.labels.contains("pii") };"#,
+        )],
+    );
+    let e = PolicyEngine::load(&f.definition, &f.state()).unwrap();
+    let p = principal("credit-officer", "t1");
+    let score = http(&p, "POST", "scoring.internal.example", "/v1/score");
+    assert!(e.decide(&score).is_allow());
+    e.taint(&p, ["pii".to_owned()]).unwrap();
+    let d = e.decide(&score);
+    assert_eq!(d.deny_reason(), Some(DenyReason::Forbidden), "{d}");
+    assert_eq!(d.policies(), ["no-pii-to-scoring"]);
+}
+
+#[test]
+fn tools_compile_to_readable_cedar() {
+    let f = Fixture::new(TOOLS, &[]);
+    let text = agentspace_policy::CompiledPolicies::compile(&f.definition)
+        .unwrap()
+        .cedar_text();
+    assert!(
+        text.contains(r#"resource == AgentSpace::Tool::"customer-db/lookup_customer""#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"resource in AgentSpace::McpServer::"mail""#),
+        "{text}"
+    );
+    assert!(!text.contains("hr/"), "{text}");
+}
+
+#[test]
+fn a_bad_tool_approval_condition_names_the_field() {
+    let f = Fixture::new(
+        &TOOLS.replace(
+            "context.arguments has to &&",
+            "context.arguments has to &&&",
+        ),
+        &[],
+    );
+    let e = agentspace_policy::CompiledPolicies::compile(&f.definition).unwrap_err();
+    assert!(e.to_string().contains("spec.tools[3].approval.when"), "{e}");
+}

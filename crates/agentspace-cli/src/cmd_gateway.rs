@@ -1,7 +1,8 @@
 //! `agentspace gateway -f DEFINITION [--listen ADDR] [--user U] [--resolve HOST:PORT:ADDR]...
 //! [--upstream-ca FILE]...`: the HTTP/HTTPS gateway for one task on a local listener, for
 //! demos, benchmarks and trying a definition against real clients (`curl --proxy`).
-//! Every request is decided by the definition's policies and audited like a cell's.
+//! Every request is decided by the definition's policies, carries the credentials its
+//! egress rules broker, and is audited like a cell's.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,7 +11,9 @@ use std::sync::Arc;
 
 use agentspace_audit::AuditLog;
 use agentspace_core::{Actor, Principal, TaskRef, UserId};
-use agentspace_gateway::{Door, DoorListener, Gateway, GatewayConfig, ResolveOverride, Task};
+use agentspace_gateway::{
+    Credential, Door, DoorListener, Gateway, GatewayConfig, ResolveOverride, Task,
+};
 use agentspace_policy::PolicyEngine;
 use anyhow::{Context, Result};
 
@@ -71,7 +74,13 @@ pub(crate) fn run(state: &StateDir, args: Args) -> Result<ExitCode> {
             principal.user().as_str(),
             ca.cert_path().display(),
         );
-        let door = Door::new(DoorListener::Tcp(listener), Task::new(principal, policy));
+        let mut task = Task::new(principal, policy);
+        for rule in &definition.governance.egress {
+            if let Some(credential) = &rule.credential {
+                task = task.with_credential(rule.name.as_str(), Credential::from(credential));
+            }
+        }
+        let door = Door::new(DoorListener::Tcp(listener), task);
         gateway.serve(door).await;
         Ok(ExitCode::SUCCESS)
     })

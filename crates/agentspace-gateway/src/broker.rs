@@ -59,6 +59,29 @@ pub struct Credential {
     pub apply: Apply,
 }
 
+impl From<&agentspace_core::CredentialRef> for Credential {
+    /// The credential an egress rule of a definition declares.
+    fn from(c: &agentspace_core::CredentialRef) -> Self {
+        use agentspace_core::CredentialApply;
+        let apply = match &c.apply {
+            CredentialApply::Header { name, format } => Apply::Header {
+                name: name.clone(),
+                format: format.clone(),
+            },
+            CredentialApply::Basic { username } => Apply::Basic {
+                username: username.clone(),
+            },
+            CredentialApply::Query { param } => Apply::Query {
+                param: param.clone(),
+            },
+        };
+        Self {
+            secret: c.secret.clone(),
+            apply,
+        }
+    }
+}
+
 /// Why a credential could not be applied.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum BrokerError {

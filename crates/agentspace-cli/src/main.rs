@@ -10,6 +10,7 @@ mod cmd_policy;
 mod cmd_revoke;
 mod cmd_run;
 mod cmd_secret;
+mod cmd_serve;
 mod cmd_tasks;
 mod state;
 
@@ -61,6 +62,8 @@ enum Command {
     Revoke(cmd_revoke::Command),
     /// Serve the HTTP/HTTPS gateway for one task on a local listener (demos, benchmarks).
     Gateway(cmd_gateway::Args),
+    /// Run the control plane (REST API, approvals, event stream); bootstrap a tenant's admin.
+    Serve(cmd_serve::Args),
 }
 
 fn main() -> ExitCode {
@@ -87,6 +90,7 @@ fn main() -> ExitCode {
         Command::Revoke(cmd) => cmd_revoke::run(&state, cmd),
         Command::Definition(cmd) => cmd_definition::run(cmd),
         Command::Gateway(args) => cmd_gateway::run(&state, args),
+        Command::Serve(args) => cmd_serve::run(&state, args),
     };
     match result {
         Ok(code) => code,

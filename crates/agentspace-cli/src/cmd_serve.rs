@@ -1,0 +1,67 @@
+//! `agentspace serve`: the control plane (REST API, approvals, event stream), and
+//! `--bootstrap-admin` to create a tenant's first admin and print their token once.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use agentspace_core::Name;
+use agentspace_server::{Server, ServerConfig};
+use anyhow::{Context, Result};
+
+use crate::state::StateDir;
+
+/// `agentspace serve` options.
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    /// Address to listen on. The API speaks plain HTTP: keep it on loopback, or put a
+    /// TLS-terminating proxy in front.
+    #[arg(long, default_value = "127.0.0.1:7171", value_name = "ADDR")]
+    listen: SocketAddr,
+    /// Audit store: `postgres://...` or `sqlite:PATH` (default: SQLite in the state directory).
+    #[arg(long, env = "AGENTSPACE_AUDIT_URL", value_name = "URL")]
+    audit_url: Option<String>,
+    /// Create tenant `--tenant` with this user as its first admin, print the admin's API
+    /// token once, and exit (without serving).
+    #[arg(long, value_name = "USER", requires = "tenant")]
+    bootstrap_admin: Option<String>,
+    /// The tenant to create with `--bootstrap-admin`.
+    #[arg(long, requires = "bootstrap_admin")]
+    tenant: Option<String>,
+}
+
+pub(crate) fn run(state: &StateDir, args: Args) -> Result<ExitCode> {
+    if let (Some(admin), Some(tenant)) = (&args.bootstrap_admin, &args.tenant) {
+        let tenant = Name::new(tenant).context("invalid `--tenant`")?;
+        let token = agentspace_server::bootstrap_admin(
+            state.path(),
+            args.audit_url.as_deref(),
+            &tenant,
+            admin,
+        )?;
+        eprintln!(
+            "created tenant `{tenant}` with admin `{admin}`; their API token (shown only now, keep it safe):"
+        );
+        println!("{}", token.token);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the control plane's runtime")?;
+    let config = ServerConfig {
+        state_dir: state.path().to_owned(),
+        listen: args.listen,
+        audit_url: args.audit_url,
+    };
+    runtime.block_on(async move {
+        let server = Server::bind(config).await?;
+        eprintln!(
+            "agentspace: control plane on http://{} (state `{}`)",
+            server.local_addr()?,
+            state.path().display()
+        );
+        // Runs until the process is stopped: every acknowledged change is durable.
+        server.serve(std::future::pending()).await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}

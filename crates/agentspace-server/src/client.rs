@@ -1,0 +1,231 @@
+//! A small blocking client for the control plane's API over plain HTTP/1.1, for the CLI
+//! (`agentspace approvals --server URL`). It speaks only `http://` and is meant for a
+//! server on loopback or behind a local TLS-terminating proxy; it keeps the CLI free of
+//! an HTTP client stack.
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+/// Largest answer read, in bytes.
+const MAX_RESPONSE: u64 = 64 * 1024 * 1024;
+
+/// Why a call failed before an HTTP answer was read.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server URL is not `http://HOST:PORT`.
+    #[error("server URL `{0}` is not `http://HOST[:PORT]`: use e.g. `http://127.0.0.1:7171`")]
+    Url(String),
+    /// The connection failed.
+    #[error(
+        "cannot talk to the control plane at `{url}`: {message}; is `agentspace serve` running there?"
+    )]
+    Io {
+        /// The server.
+        url: String,
+        /// What failed.
+        message: String,
+    },
+    /// The answer is not HTTP as expected.
+    #[error("the control plane at `{url}` answered something that is not HTTP/1.1: {message}")]
+    Protocol {
+        /// The server.
+        url: String,
+        /// What was wrong.
+        message: String,
+    },
+}
+
+/// An HTTP answer.
+#[derive(Clone, Debug)]
+pub struct Response {
+    /// The status code.
+    pub status: u16,
+    /// The body (de-chunked).
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// The body as JSON (`null` when it is not JSON).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// For an error answer, `error: detail` from the body; the body text otherwise.
+    pub fn error_message(&self) -> String {
+        let v = self.json();
+        match (
+            v.get("error").and_then(|e| e.as_str()),
+            v.get("detail").and_then(|d| d.as_str()),
+        ) {
+            (Some(e), Some(d)) => format!("{e} ({d})"),
+            (Some(e), None) => e.to_owned(),
+            _ => String::from_utf8_lossy(&self.body).into_owned(),
+        }
+    }
+}
+
+/// A client of one server, with one bearer token.
+#[derive(Clone)]
+pub struct Client {
+    url: String,
+    authority: String,
+    token: Option<String>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// A client of the server at `url` (`http://HOST[:PORT]`), sending `token` (if any)
+    /// as `Authorization: Bearer`.
+    pub fn new(url: &str, token: Option<&str>) -> Result<Self, ClientError> {
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or_else(|| ClientError::Url(url.to_owned()))?;
+        let authority = rest.trim_end_matches('/');
+        if authority.is_empty() || authority.contains('/') || authority.contains('@') {
+            return Err(ClientError::Url(url.to_owned()));
+        }
+        let authority = if authority
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
+            authority.to_owned()
+        } else {
+            format!("{authority}:80")
+        };
+        Ok(Self {
+            url: url.trim_end_matches('/').to_owned(),
+            authority,
+            token: token.map(str::to_owned),
+            timeout: Duration::from_secs(60),
+        })
+    }
+
+    /// `GET path`.
+    pub fn get(&self, path: &str) -> Result<Response, ClientError> {
+        self.request("GET", path, None)
+    }
+
+    /// `POST path` with a JSON body.
+    pub fn post(&self, path: &str, body: &serde_json::Value) -> Result<Response, ClientError> {
+        self.request("POST", path, Some(body))
+    }
+
+    /// Any method, with an optional JSON body.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<Response, ClientError> {
+        let io = |e: std::io::Error| ClientError::Io {
+            url: self.url.clone(),
+            message: e.to_string(),
+        };
+        let addr = self
+            .authority
+            .to_socket_addrs()
+            .map_err(io)?
+            .next()
+            .ok_or_else(|| ClientError::Url(self.url.clone()))?;
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).map_err(io)?;
+        stream.set_read_timeout(Some(self.timeout)).map_err(io)?;
+        stream.set_write_timeout(Some(self.timeout)).map_err(io)?;
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAccept: application/json\r\n",
+            self.authority
+        );
+        if let Some(token) = &self.token {
+            head.push_str(&format!("Authorization: Bearer {token}\r\n"));
+        }
+        if method != "GET" {
+            head.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            ));
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes()).map_err(io)?;
+        stream.write_all(body.as_bytes()).map_err(io)?;
+        let mut raw = Vec::new();
+        stream
+            .take(MAX_RESPONSE)
+            .read_to_end(&mut raw)
+            .map_err(io)?;
+        parse_response(&raw).map_err(|message| ClientError::Protocol {
+            url: self.url.clone(),
+            message,
+        })
+    }
+}
+
+fn parse_response(raw: &[u8]) -> Result<Response, String> {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("no end of headers")?;
+    let head = std::str::from_utf8(raw.get(..split).ok_or("short answer")?)
+        .map_err(|_| "headers are not UTF-8")?;
+    let body = raw.get(split + 4..).unwrap_or_default();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok())
+        .ok_or_else(|| format!("bad status line `{status_line}`"))?;
+    let chunked = lines.any(|l| {
+        l.split_once(':').is_some_and(|(k, v)| {
+            k.trim().eq_ignore_ascii_case("transfer-encoding")
+                && v.trim().eq_ignore_ascii_case("chunked")
+        })
+    });
+    let body = if chunked {
+        dechunk(body)?
+    } else {
+        body.to_vec()
+    };
+    Ok(Response { status, body })
+}
+
+fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    loop {
+        let end = data
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or("truncated chunk size")?;
+        let size_text = std::str::from_utf8(data.get(..end).unwrap_or_default())
+            .map_err(|_| "bad chunk size")?;
+        let size_text = size_text.split(';').next().unwrap_or_default().trim();
+        let size = usize::from_str_radix(size_text, 16).map_err(|_| "bad chunk size")?;
+        data = data.get(end + 2..).unwrap_or_default();
+        if size == 0 {
+            return Ok(out);
+        }
+        out.extend_from_slice(data.get(..size).ok_or("truncated chunk")?);
+        data = data.get(size + 2..).unwrap_or_default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_response;
+
+    #[test]
+    fn reads_chunked_and_plain_answers() {
+        let r = parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap();
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"abcde"[..]));
+        let r = parse_response(b"HTTP/1.1 404 Not Found\r\ncontent-length: 2\r\n\r\n{}").unwrap();
+        assert_eq!((r.status, r.body.as_slice()), (404, &b"{}"[..]));
+    }
+}

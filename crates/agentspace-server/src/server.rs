@@ -1,0 +1,223 @@
+//! The server: routes, the OpenAPI document, binding and serving, and the bootstrap of a
+//! tenant's first admin.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentspace_audit::AuditLog;
+use agentspace_core::Name;
+use axum::Router;
+use axum::routing::{delete, get, post, put};
+use utoipa::OpenApi;
+
+use crate::api::{self, App, AppState};
+use crate::approvals::ApprovalStore;
+use crate::auth::{Accounts, NewToken};
+use crate::error::ServerError;
+use crate::events;
+use crate::store::Db;
+
+/// How the control plane runs.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// The state directory (tasks, audit, policy, secrets, and `server/control.db`).
+    pub state_dir: PathBuf,
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// The audit store (`postgres://...`, `sqlite:PATH`); SQLite in the state directory
+    /// when `None`.
+    pub audit_url: Option<String>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Agent Space control plane",
+        description = "Definitions, tasks, approvals, audit, revocations, secrets (names only), budgets, tenants, users and roles. Every endpoint under /v1 takes `Authorization: Bearer <token>` and sees only the caller's tenant. Errors are `{\"error\": ..., \"detail\": ...}`."
+    ),
+    paths(
+        api::me, api::tenants,
+        api::users, api::add_user, api::set_roles, api::delete_user,
+        api::tokens, api::create_token, api::delete_token,
+        api::register_definition, api::definitions, api::definition,
+        api::definition_versions, api::definition_version, api::definition_diff,
+        api::tasks, api::task, api::task_budget, api::budgets,
+        api::approvals, api::approval, api::approve, api::deny,
+        api::audit_events, api::audit_verify, api::audit_export,
+        api::revocations, api::revoke, api::lift,
+        api::secrets,
+        events::events,
+    ),
+    components(schemas(crate::error::ErrorBody)),
+    modifiers(&BearerAuth),
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The OpenAPI document of the API, generated from the handlers.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
+    axum::Json(openapi())
+}
+
+fn router(app: AppState) -> Router {
+    Router::new()
+        .route("/openapi.json", get(openapi_json))
+        .route("/v1/me", get(api::me))
+        .route("/v1/tenants", get(api::tenants))
+        .route("/v1/users", get(api::users).post(api::add_user))
+        .route("/v1/users/{name}", delete(api::delete_user))
+        .route("/v1/users/{name}/roles", put(api::set_roles))
+        .route(
+            "/v1/users/{name}/tokens",
+            get(api::tokens).post(api::create_token),
+        )
+        .route("/v1/tokens/{id}", delete(api::delete_token))
+        .route(
+            "/v1/definitions",
+            get(api::definitions).post(api::register_definition),
+        )
+        .route("/v1/definitions/{name}", get(api::definition))
+        .route(
+            "/v1/definitions/{name}/versions",
+            get(api::definition_versions),
+        )
+        .route(
+            "/v1/definitions/{name}/versions/{version}",
+            get(api::definition_version),
+        )
+        .route("/v1/definitions/{name}/diff", get(api::definition_diff))
+        .route("/v1/tasks", get(api::tasks))
+        .route("/v1/tasks/{id}", get(api::task))
+        .route("/v1/tasks/{id}/budget", get(api::task_budget))
+        .route("/v1/budgets", get(api::budgets))
+        .route("/v1/approvals", get(api::approvals))
+        .route("/v1/approvals/{id}", get(api::approval))
+        .route("/v1/approvals/{id}/approve", post(api::approve))
+        .route("/v1/approvals/{id}/deny", post(api::deny))
+        .route("/v1/audit/events", get(api::audit_events))
+        .route("/v1/audit/verify", get(api::audit_verify))
+        .route("/v1/audit/export", get(api::audit_export))
+        .route("/v1/revocations", get(api::revocations).post(api::revoke))
+        .route("/v1/revocations/lift", post(api::lift))
+        .route("/v1/secrets", get(api::secrets))
+        .route("/v1/events", get(events::events))
+        .fallback(api::not_found)
+        .with_state(app)
+}
+
+fn open_audit(state_dir: &Path, audit_url: Option<&str>) -> Result<AuditLog, ServerError> {
+    Ok(match audit_url {
+        Some(url) => AuditLog::open_url(state_dir, url)?,
+        None => AuditLog::open(state_dir)?,
+    })
+}
+
+/// A bound, not yet serving, control plane.
+pub struct Server {
+    app: AppState,
+    listener: tokio::net::TcpListener,
+}
+
+impl Server {
+    /// Opens the state (control database, audit log, revocations) and binds the listener.
+    pub async fn bind(config: ServerConfig) -> Result<Self, ServerError> {
+        let ServerConfig {
+            state_dir,
+            listen,
+            audit_url,
+        } = config;
+        let app = tokio::task::spawn_blocking(move || -> Result<App, ServerError> {
+            let db = Arc::new(Db::open(&state_dir)?);
+            let audit = open_audit(&state_dir, audit_url.as_deref())?;
+            let revocations = agentspace_policy::Revocations::open(&state_dir)?;
+            Ok(App {
+                approvals: ApprovalStore::new(Arc::clone(&db), audit.clone()),
+                state_dir,
+                db,
+                audit,
+                revocations,
+            })
+        })
+        .await
+        .map_err(|e| ServerError::Io(format!("cannot open the control plane's state: {e}")))??;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| ServerError::Io(format!("cannot listen on `{listen}`: {e}")))?;
+        Ok(Self {
+            app: Arc::new(app),
+            listener,
+        })
+    }
+
+    /// The address it listens on (the port chosen, when bound to port 0).
+    pub fn local_addr(&self) -> Result<SocketAddr, ServerError> {
+        self.listener
+            .local_addr()
+            .map_err(|e| ServerError::Io(format!("cannot read the listening address: {e}")))
+    }
+
+    /// The approval store, for a gateway in the same process.
+    pub fn approvals(&self) -> ApprovalStore {
+        self.app.approvals.clone()
+    }
+
+    /// Serves until `shutdown` completes. Approvals past their deadline are denied every
+    /// second (also those left pending across a restart).
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let approvals = self.app.approvals.clone();
+        let sweeper = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let store = approvals.clone();
+                // A failing sweep is retried on the next tick; waiters expire on their own.
+                let _ = tokio::task::spawn_blocking(move || store.expire_overdue()).await;
+            }
+        });
+        let result = axum::serve(self.listener, router(self.app))
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(|e| ServerError::Io(format!("the control plane stopped: {e}")));
+        sweeper.abort();
+        result
+    }
+}
+
+/// Creates `tenant` with its first admin `admin` and returns the admin's token (shown
+/// once). Refuses a tenant that exists. Audited in the tenant's log.
+pub fn bootstrap_admin(
+    state_dir: &Path,
+    audit_url: Option<&str>,
+    tenant: &Name,
+    admin: &str,
+) -> Result<NewToken, ServerError> {
+    let db = Db::open(state_dir)?;
+    let audit = open_audit(state_dir, audit_url)?;
+    Accounts {
+        db: &db,
+        audit: &audit,
+    }
+    .bootstrap(tenant, admin)
+}

@@ -1,0 +1,196 @@
+//! Human approvals: the store the gateway uses, decided through the API.
+
+use std::time::Duration;
+
+use agentspace_core::{AuditKind, Name};
+use agentspace_server::{ApprovalContext, ApprovalState, Resolution};
+use pretty_assertions::assert_eq;
+use serde_json::json;
+
+use super::harness::{TestServer, audit_events};
+
+pub fn context(tenant: &str, user: &str, four_eyes: bool, timeout_secs: u64) -> ApprovalContext {
+    ApprovalContext {
+        tenant: Name::new(tenant).unwrap(),
+        user: user.to_owned(),
+        task: Some("01jabcdefghjkmnpqrstvwxyz0".to_owned()),
+        agent: Some("credit-officer".to_owned()),
+        action: "POST".to_owned(),
+        resource: "https://payments.example.com/v1/transfers".to_owned(),
+        policies: vec!["approval-payments".to_owned()],
+        reason: Some("payments over 1000 need approval".to_owned()),
+        request: serde_json::from_value(json!({"method": "POST", "host": "payments.example.com"}))
+            .unwrap(),
+        budget: Some(json!({"requests": 3})),
+        four_eyes,
+        timeout_secs,
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn an_approver_approves_and_the_waiting_request_sees_it() {
+    let server = TestServer::start();
+    let admin = server.bootstrap("acme", "alice");
+    let approver = admin.user(&server, "apu", &["approver"]);
+    let store = server.approvals.clone();
+    let tenant = Name::new("acme").unwrap();
+    let id = store.request(context("acme", "bob", true, 60)).unwrap();
+
+    let pending = approver.get("/v1/approvals").json();
+    assert_eq!(pending.as_array().unwrap().len(), 1);
+    assert_eq!(pending[0]["id"], id.as_str());
+    assert_eq!(pending[0]["state"], "pending");
+    assert_eq!(
+        pending[0]["context"]["resource"],
+        "https://payments.example.com/v1/transfers"
+    );
+    assert_eq!(pending[0]["context"]["budget"], json!({"requests": 3}));
+
+    // The gateway waits; the approver decides in the meantime.
+    let waiter = {
+        let (store, tenant, id) = (store.clone(), tenant.clone(), id.clone());
+        std::thread::spawn(move || {
+            runtime().block_on(store.wait(&tenant, &id, Duration::from_secs(30)))
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let r = approver.post(
+        &format!("/v1/approvals/{id}/approve"),
+        json!({"comment": "checked the invoice"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.error_message());
+    let started = std::time::Instant::now();
+    let Resolution::Decided(done) = waiter.join().unwrap().unwrap() else {
+        panic!("still pending")
+    };
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(done.state, ApprovalState::Approved);
+    assert_eq!(done.approver.as_deref(), Some("apu"));
+    assert_eq!(done.comment.as_deref(), Some("checked the invoice"));
+
+    // Decided once: a second decision conflicts; nothing is pending any more.
+    let r = approver.post(&format!("/v1/approvals/{id}/deny"), json!({}));
+    assert_eq!(r.status, 409);
+    assert_eq!(approver.get("/v1/approvals").json(), json!([]));
+    assert_eq!(
+        approver.get("/v1/approvals?state=approved").json()[0]["id"],
+        id.as_str()
+    );
+
+    let events: Vec<_> = audit_events(server.state(), "acme")
+        .into_iter()
+        .filter(|e| e.details.get("approval").and_then(|a| a.as_str()) == Some(id.as_str()))
+        .collect();
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0].kind, AuditKind::ApprovalRequested);
+    assert_eq!(events[0].user.as_deref(), Some("bob"));
+    assert_eq!(events[0].policies, ["approval-payments"]);
+    assert_eq!(events[1].kind, AuditKind::ApprovalGranted);
+    assert_eq!(events[1].details["approver"], "apu");
+    assert_eq!(events[1].details["comment"], "checked the invoice");
+}
+
+#[test]
+fn deny_keeps_the_comment_and_four_eyes_stops_self_approval() {
+    let server = TestServer::start();
+    let admin = server.bootstrap("acme", "alice");
+    let bob = admin.user(&server, "bob", &["approver"]);
+    let store = &server.approvals;
+
+    // Bob's own task asks; four-eyes bars him.
+    let id = store.request(context("acme", "bob", true, 60)).unwrap();
+    let r = bob.post(&format!("/v1/approvals/{id}/approve"), json!({}));
+    assert_eq!(r.status, 403);
+    assert!(
+        r.error_message().contains("four-eyes"),
+        "{}",
+        r.error_message()
+    );
+    let r = admin.post(
+        &format!("/v1/approvals/{id}/deny"),
+        json!({"comment": "no transfers on Fridays"}),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["state"], "denied");
+    assert_eq!(r.json()["comment"], "no transfers on Fridays");
+
+    // Without four-eyes the requester may decide.
+    let id = store.request(context("acme", "bob", false, 60)).unwrap();
+    let r = bob.post(&format!("/v1/approvals/{id}/approve"), json!({}));
+    assert_eq!(r.status, 200, "{}", r.error_message());
+
+    let denied = audit_events(server.state(), "acme")
+        .into_iter()
+        .find(|e| e.kind == AuditKind::ApprovalDenied)
+        .unwrap();
+    assert_eq!(denied.details["comment"], "no transfers on Fridays");
+    assert_eq!(denied.details["approver"], "alice");
+    assert_eq!(denied.decision, Some(agentspace_core::AuditDecision::Deny));
+}
+
+#[test]
+fn an_undecided_approval_times_out_as_a_deny() {
+    let server = TestServer::start();
+    let admin = server.bootstrap("acme", "alice");
+    let store = server.approvals.clone();
+    let tenant = Name::new("acme").unwrap();
+    let id = store.request(context("acme", "bob", false, 1)).unwrap();
+    let Resolution::Decided(a) = runtime()
+        .block_on(store.wait(&tenant, &id, Duration::from_secs(10)))
+        .unwrap()
+    else {
+        panic!("not decided")
+    };
+    assert_eq!(a.state, ApprovalState::TimedOut);
+    let r = admin.post(&format!("/v1/approvals/{id}/approve"), json!({}));
+    assert_eq!(r.status, 409);
+    let timeout = audit_events(server.state(), "acme")
+        .into_iter()
+        .find(|e| e.kind == AuditKind::ApprovalDenied)
+        .unwrap();
+    assert_eq!(timeout.action, "timeout");
+
+    // A short wait on a long approval ends pending.
+    let id = store.request(context("acme", "bob", false, 600)).unwrap();
+    let r = runtime()
+        .block_on(store.wait(&tenant, &id, Duration::from_millis(100)))
+        .unwrap();
+    assert_eq!(r, Resolution::Pending);
+}
+
+#[test]
+fn a_restart_loses_no_pending_approval() {
+    let server = TestServer::start();
+    server.bootstrap("acme", "alice");
+    let admin_token = {
+        let admin = server.bootstrap("beta", "bea");
+        admin.post("/v1/users/bea/tokens", json!({})).json()["token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let id = server
+        .approvals
+        .request(context("beta", "bob", true, 600))
+        .unwrap();
+    let dir = server.stop().unwrap();
+
+    let server = TestServer::start_on(dir.path());
+    let admin = server.api(&admin_token);
+    let pending = admin.get("/v1/approvals").json();
+    assert_eq!(pending[0]["id"], id.as_str());
+    let r = admin.post(
+        &format!("/v1/approvals/{id}/approve"),
+        json!({"comment": "ok"}),
+    );
+    assert_eq!(r.status, 200);
+    drop(server);
+    drop(dir);
+}

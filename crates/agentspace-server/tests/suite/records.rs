@@ -1,0 +1,181 @@
+//! Tasks, audit, revocations, secrets, budgets and the OpenAPI document.
+
+use pretty_assertions::assert_eq;
+use serde_json::json;
+
+use super::harness::{TestServer, audit_events, definition, write_task};
+
+#[test]
+fn tasks_are_listed_from_the_state_directory() {
+    let server = TestServer::start();
+    let admin = server.bootstrap("acme", "alice");
+    let a = write_task(server.state(), "acme", "writer", "bob");
+    let b = write_task(server.state(), "acme", "writer", "carol");
+    write_task(server.state(), "other", "writer", "eve");
+    let list = admin.get("/v1/tasks").json();
+    let mut ids: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["task"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    let mut want = vec![a.as_str(), b.as_str()];
+    want.sort();
+    assert_eq!(ids, want);
+    let one = admin.get(&format!("/v1/tasks/{a}"));
+    assert_eq!(one.status, 200);
+    assert_eq!(one.json()["user"], "bob");
+    assert_eq!(admin.get("/v1/tasks/not-a-task-id").status, 404);
+    assert_eq!(admin.get("/v1/tasks/..%2F..%2Fetc").status, 404);
+
+    // Budgets: the registered definition's limits and the task's use.
+    let def = format!(
+        "{}  budgets:\n    requests: 10\n",
+        definition("acme", "writer", "64Mi")
+    );
+    let r = admin.post("/v1/definitions", json!({"definition": def}));
+    assert_eq!(r.status, 201, "{}", r.error_message());
+    let budgets = admin.get("/v1/budgets").json();
+    assert_eq!(budgets[0]["agent"], "writer");
+    assert_eq!(budgets[0]["budgets"]["task"]["requests"], 10, "{budgets}");
+    let used = admin.get(&format!("/v1/tasks/{a}/budget"));
+    assert_eq!(used.status, 200, "{}", used.error_message());
+    assert_eq!(used.json()["usage"]["requests"], 0);
+}
+
+#[test]
+fn audit_is_queried_verified_and_exported() {
+    let server = TestServer::start();
+    let admin = server.bootstrap("acme", "alice");
+    let auditor = admin.user(&server, "audrey", &["auditor"]);
+    admin.post(
+        "/v1/definitions",
+        json!({"definition": definition("acme", "w", "64Mi")}),
+    );
+
+    let all = auditor.get("/v1/audit/events").json();
+    let kinds: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"]["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "policy_change",
+            "policy_change",
+            "policy_change",
+            "definition_change"
+        ]
+    );
+    assert!(all[0]["hash"].is_string() && all[0]["sig"].is_string());
+    let some = auditor
+        .get("/v1/audit/events?kind=definition_change&limit=5")
+        .json();
+    assert_eq!(some.as_array().unwrap().len(), 1);
+    let r = auditor.get("/v1/audit/events?kind=nope");
+    assert_eq!(r.status, 400);
+    assert!(r.json()["detail"].as_str().unwrap().contains("task_start"));
+    assert_eq!(auditor.get("/v1/audit/events?colour=red").status, 400);
+
+    let v = auditor.get("/v1/audit/verify").json();
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["events"], 4);
+
+    let export = auditor.get("/v1/audit/export?format=ocsf");
+    assert_eq!(export.status, 200);
+    let lines: Vec<&str> = std::str::from_utf8(&export.body).unwrap().lines().collect();
+    assert_eq!(lines.len(), 4);
+    let first: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    assert!(first.get("class_uid").is_some(), "{first}");
+    let jsonl = auditor.get("/v1/audit/export");
+    assert_eq!(std::str::from_utf8(&jsonl.body).unwrap().lines().count(), 4);
+}
+
+#[test]
+fn revocations_are_made_listed_lifted_and_audited() {
+    let server = TestServer::start();
+    let admin = server.bootstrap("acme", "alice");
+    let r = admin.post(
+        "/v1/revocations",
+        json!({"kind": "user-agent", "user": "bob", "agent": "writer", "reason": "left the team"}),
+    );
+    assert_eq!(r.status, 201, "{}", r.error_message());
+    let list = admin.get("/v1/revocations").json();
+    assert_eq!(list[0]["kind"], "user-agent");
+    assert_eq!(list[0]["reason"], "left the team");
+    // The policy engine sees it (same store as `agentspace revoke`).
+    let store = agentspace_policy::Revocations::open(server.state()).unwrap();
+    assert_eq!(store.list().unwrap().len(), 1);
+    let lifted = admin.post(
+        "/v1/revocations/lift",
+        json!({"kind": "user-agent", "user": "bob", "agent": "writer"}),
+    );
+    assert_eq!(lifted.json()["lifted"], true);
+    assert_eq!(admin.get("/v1/revocations").json(), json!([]));
+    let r = admin.post(
+        "/v1/revocations",
+        json!({"kind": "agent", "agent": "Not A Name"}),
+    );
+    assert_eq!(r.status, 400);
+
+    let actions: Vec<(String, String)> = audit_events(server.state(), "acme")
+        .into_iter()
+        .filter(|e| e.kind == agentspace_core::AuditKind::Revocation)
+        .map(|e| (e.action, e.user.unwrap()))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("revoke".to_owned(), "alice".to_owned()),
+            ("lift".to_owned(), "alice".to_owned())
+        ]
+    );
+}
+
+#[test]
+fn secrets_show_names_never_values() {
+    let server = TestServer::start();
+    let admin = server.bootstrap("acme", "alice");
+    let store = agentspace_secrets::SecretStore::open(server.state());
+    let tenant = agentspace_core::Name::new("acme").unwrap();
+    store
+        .set(&tenant, "scoring-key", b"s3cr3t-value-123")
+        .unwrap();
+    let r = admin.get("/v1/secrets");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json(), json!(["scoring-key"]));
+    assert!(!String::from_utf8_lossy(&r.body).contains("s3cr3t"));
+}
+
+#[test]
+fn the_openapi_document_lists_every_endpoint_with_bearer_auth() {
+    let server = TestServer::start();
+    let r = server.anonymous().get("/openapi.json");
+    assert_eq!(r.status, 200);
+    let doc = r.json();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    let paths = doc["paths"].as_object().unwrap();
+    for p in [
+        "/v1/approvals/{id}/approve",
+        "/v1/definitions",
+        "/v1/events",
+        "/v1/audit/verify",
+    ] {
+        assert!(paths.contains_key(p), "{p} missing");
+    }
+    assert_eq!(
+        doc,
+        serde_json::to_value(agentspace_server::openapi()).unwrap()
+    );
+    // Unknown paths answer JSON too.
+    let r = server.anonymous().get("/v2/nothing");
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["error"], "no such endpoint");
+}

@@ -1,6 +1,7 @@
 //! The `agentspace` command: argument parsing and wiring only. Each area's subcommands
 //! live in their own `cmd_*.rs` module; the work itself lives in the library crates.
 
+mod cmd_approvals;
 mod cmd_audit;
 mod cmd_definition;
 mod cmd_doctor;
@@ -62,6 +63,8 @@ enum Command {
     Revoke(cmd_revoke::Command),
     /// Serve the HTTP/HTTPS gateway for one task on a local listener (demos, benchmarks).
     Gateway(cmd_gateway::Args),
+    /// List, approve and deny held actions on a running control plane.
+    Approvals(cmd_approvals::Args),
     /// Run the control plane (REST API, approvals, event stream); bootstrap a tenant's admin.
     Serve(cmd_serve::Args),
 }
@@ -91,6 +94,7 @@ fn main() -> ExitCode {
         Command::Definition(cmd) => cmd_definition::run(cmd),
         Command::Gateway(args) => cmd_gateway::run(&state, args),
         Command::Serve(args) => cmd_serve::run(&state, args),
+        Command::Approvals(args) => cmd_approvals::run(args),
     };
     match result {
         Ok(code) => code,

@@ -133,7 +133,7 @@ fn setup(
     sys::clear_capabilities().map_err(|e| format!("clear capabilities: {e}"))?;
     sys::set_non_dumpable().map_err(|e| format!("set non-dumpable: {e}"))?;
 
-    let enforced = landlock::restrict(landlock_abi, &spec.door_ports)?;
+    let enforced = landlock::restrict(landlock_abi, spec.network_door)?;
     filter
         .load()
         .map_err(|e| format!("load seccomp filter: {e}"))?;

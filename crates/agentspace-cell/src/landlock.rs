@@ -1,14 +1,14 @@
 //! The cell's Landlock ruleset: an independent second fence inside the mount namespace.
 //!
 //! Read and execute everywhere in the cell's root (which already holds only what the cell
-//! may see); write only to the workspace, /tmp, the home directory and /dev. TCP bind and
-//! connect are refused on every port (the cell has no network; the gateway's door, when it
-//! exists, is the only port to allow). Abstract unix sockets and signals are scoped to the
+//! may see); write only to the workspace, /tmp, the home directory and /dev. TCP bind is
+//! refused on every port, and so is connect in a cell without a network door (behind a
+//! door, the namespace's firewall sends every connection to the gateway). Abstract unix sockets and signals are scoped to the
 //! cell. Landlock itself is required; the network and scope parts need ABI 4 and 6 and are
 //! reported, never silently assumed.
 
 use landlock::{
-    ABI, Access, AccessFs, AccessNet, CompatLevel, Compatible, NetPort, Ruleset, RulesetAttr,
+    ABI, Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, Ruleset, RulesetAttr,
     RulesetCreatedAttr, RulesetStatus, Scope, path_beneath_rules,
 };
 
@@ -22,7 +22,7 @@ pub(crate) struct Enforced {
 pub(crate) const WRITABLE: &[&str] = &["/workspace", "/tmp", "/home/agent", "/dev"];
 
 /// Restricts the calling process (and its future children).
-pub(crate) fn restrict(abi_version: i32, door_ports: &[u16]) -> Result<Enforced, String> {
+pub(crate) fn restrict(abi_version: i32, network_door: bool) -> Result<Enforced, String> {
     let abi = match abi_version {
         i32::MIN..=0 => return Err("landlock is not enabled in this kernel (add `landlock` to the `lsm=` boot parameter; kernel 5.13 or newer)".to_owned()),
         1 => ABI::V1,
@@ -39,14 +39,19 @@ pub(crate) fn restrict(abi_version: i32, door_ports: &[u16]) -> Result<Enforced,
         .map_err(err)?;
     let mut parts = vec![format!("filesystem (ABI {abi_version})")];
     if abi_version >= 4 {
-        ruleset = ruleset
-            .handle_access(AccessNet::from_all(abi))
-            .map_err(err)?;
-        parts.push(if door_ports.is_empty() {
-            "tcp bind/connect denied".to_owned()
+        // Behind a network door every TCP connection is redirected to the gateway by the
+        // namespace's firewall, whatever its port, so only binding is denied here.
+        // Without a door there is nothing to connect to, and both are denied.
+        let (access, summary) = if network_door {
+            (
+                BitFlags::from(AccessNet::BindTcp),
+                "tcp bind denied (connections end at the door)",
+            )
         } else {
-            format!("tcp connect only to the door ({door_ports:?}), bind denied")
-        });
+            (AccessNet::from_all(abi), "tcp bind/connect denied")
+        };
+        ruleset = ruleset.handle_access(access).map_err(err)?;
+        parts.push(summary.to_owned());
     }
     if abi_version >= 6 {
         ruleset = ruleset.scope(Scope::from_all(abi)).map_err(err)?;
@@ -60,13 +65,6 @@ pub(crate) fn restrict(abi_version: i32, door_ports: &[u16]) -> Result<Enforced,
         .add_rules(path_beneath_rules(["/"], read_exec))
         .map_err(err)?
         .add_rules(path_beneath_rules(WRITABLE, all))
-        .map_err(err)?
-        .add_rules(
-            door_ports
-                .iter()
-                .filter(|_| abi_version >= 4)
-                .map(|p| Ok::<_, landlock::RulesetError>(NetPort::new(*p, AccessNet::ConnectTcp))),
-        )
         .map_err(err)?
         .restrict_self()
         .map_err(err)?;

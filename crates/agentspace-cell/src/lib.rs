@@ -26,7 +26,7 @@ mod workspace;
 
 pub use cgroup::{CellCgroup, CgroupError, CgroupLimits, CgroupStats};
 pub use doctor::{Check, HostReport, host_report};
-pub use door::{DOOR_PORT, NetworkDoor};
+pub use door::{DNS_PORT, DOOR_PORT, DoorSockets, MCP_PORT, NetworkDoor, TRANSPARENT_PORT};
 pub use init::reset_signal;
 pub use launch::{CellError, Launcher, RunningCell, SUPERVISOR_ARG, prepare_task_dir};
 pub use spec::{AGENT_ID, CellReport, CellSpec};

@@ -37,9 +37,11 @@ pub struct CellSpec {
     /// The network namespace to join (the door's), instead of a new empty one.
     #[serde(default)]
     pub netns: Option<PathBuf>,
-    /// TCP ports inside the cell the agent may connect to (the door's).
+    /// Whether the namespace is a network door's: TCP connections are then left to its
+    /// firewall (every one ends at the gateway), and Landlock denies only binding.
+    /// Without a door, Landlock denies TCP connect and bind outright.
     #[serde(default)]
-    pub door_ports: Vec<u16>,
+    pub network_door: bool,
     /// PEM certificates appended to the cell's CA bundle (the tenant's interception CA).
     #[serde(default)]
     pub extra_ca: Option<PathBuf>,

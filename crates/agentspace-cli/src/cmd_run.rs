@@ -248,10 +248,15 @@ impl Boundary {
             .cert_path()
             .to_path_buf();
         let mut door = agentspace_cell::NetworkDoor::create()?;
-        let listener = door.take_listener().context("the door has no listener")?;
-        listener
-            .set_nonblocking(true)
-            .context("cannot make the door non-blocking")?;
+        let sockets = door.take_sockets().context("the door has no sockets")?;
+        for nonblocking in [
+            sockets.proxy.set_nonblocking(true),
+            sockets.transparent.set_nonblocking(true),
+            sockets.dns_tcp.set_nonblocking(true),
+            sockets.dns_udp.set_nonblocking(true),
+        ] {
+            nonblocking.context("cannot make the door non-blocking")?;
+        }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -283,13 +288,28 @@ impl Boundary {
                 );
             }
         }
-        let door_in_gateway = runtime.block_on(async {
-            let listener =
-                tokio::net::TcpListener::from_std(listener).context("cannot serve the door")?;
-            anyhow::Ok(Door::new(DoorListener::Tcp(listener), gw_task))
+        // The explicit proxy, the transparent door and the resolver all serve the same
+        // task: however a connection leaves the cell, it is decided as this task.
+        let task = runtime.block_on(async {
+            let serve = || "cannot serve the door";
+            let proxy = tokio::net::TcpListener::from_std(sockets.proxy).context(serve())?;
+            let transparent =
+                tokio::net::TcpListener::from_std(sockets.transparent).context(serve())?;
+            let dns_udp = tokio::net::UdpSocket::from_std(sockets.dns_udp).context(serve())?;
+            let dns_tcp = tokio::net::TcpListener::from_std(sockets.dns_tcp).context(serve())?;
+            let door = Door::new(DoorListener::Tcp(proxy), gw_task);
+            let task = std::sync::Arc::clone(door.task());
+            tokio::spawn(std::sync::Arc::clone(&gateway).serve(door));
+            tokio::spawn(
+                std::sync::Arc::clone(&gateway)
+                    .serve_transparent(transparent, std::sync::Arc::clone(&task)),
+            );
+            tokio::spawn(
+                std::sync::Arc::clone(&gateway).serve_dns(dns_udp, std::sync::Arc::clone(&task)),
+            );
+            tokio::spawn(gateway.serve_dns_tcp(dns_tcp, std::sync::Arc::clone(&task)));
+            anyhow::Ok(task)
         })?;
-        let task = std::sync::Arc::clone(door_in_gateway.task());
-        runtime.spawn(gateway.serve(door_in_gateway));
         Ok(Some(Self {
             door,
             ca,
@@ -346,9 +366,7 @@ fn run_cell(t: Task<'_>, boundary: Option<&Boundary>, forwarded: SigSet) -> Resu
         cgroup_procs: cgroup.procs_files(),
         timeout_ms: u64::try_from(limits.timeout.as_millis()).unwrap_or(u64::MAX),
         netns: boundary.map(|b| b.door.netns_path()),
-        door_ports: boundary
-            .map(|_| vec![agentspace_cell::DOOR_PORT])
-            .unwrap_or_default(),
+        network_door: boundary.is_some(),
         extra_ca: boundary.map(|b| b.ca.clone()),
     };
 

@@ -25,6 +25,8 @@ pub struct Task {
     pub credentials: BTreeMap<String, Credential>,
     /// Set once the task has ended: every connection of the task closes.
     closed: watch::Sender<bool>,
+    /// The names the task looked up through the cell's resolver, by synthetic address.
+    pub(crate) names: crate::dns::Names,
 }
 
 impl Task {
@@ -35,6 +37,7 @@ impl Task {
             policy,
             credentials: BTreeMap::new(),
             closed: watch::channel(false).0,
+            names: crate::dns::Names::default(),
         }
     }
 

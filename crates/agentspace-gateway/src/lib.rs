@@ -19,18 +19,24 @@ mod body;
 mod broker;
 mod ca;
 mod config;
+mod dns;
 mod door;
 mod error;
 mod framing;
 mod io;
 mod proxy;
 mod ssrf;
+mod transparent;
 mod upstream;
 mod usage;
 
 pub use broker::{Apply, Credential};
 pub use ca::{CaStore, TenantCa};
 pub use config::{GatewayConfig, Limits, ResolveOverride};
+pub use dns::{
+    Query, QueryError, QueryKind, SYNTHETIC_NETWORK, SYNTHETIC_PREFIX, is_synthetic, parse_query,
+    tunnelling,
+};
 pub use door::{Arrival, Door, DoorListener, Task};
 pub use error::GatewayError;
 pub use proxy::{DECISION_HEADER, Gateway};

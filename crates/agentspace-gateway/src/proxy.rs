@@ -128,6 +128,11 @@ impl Gateway {
         }))
     }
 
+    /// The gateway's settings.
+    pub(crate) fn config(&self) -> &GatewayConfig {
+        &self.config
+    }
+
     /// The interception CA of `tenant` (created on first use), whose certificate the
     /// tenant's cells must trust.
     pub fn tenant_ca(&self, tenant: &Name) -> Result<Arc<TenantCa>, GatewayError> {
@@ -204,7 +209,10 @@ impl Gateway {
                 .await
             }
             Arrival::Transparent { original } => {
-                self.serve_tunnel(io, task, None, Some(original.ip()), original.port())
+                let Ok(name) = self.transparent_name(&task, original).await else {
+                    return;
+                };
+                self.serve_tunnel(io, task, name, Some(original.ip()), original.port())
                     .await;
             }
         }
@@ -867,7 +875,7 @@ impl Gateway {
     }
 
     /// Appends `event`; the id (`tenant:seq`) once it is durable.
-    async fn append(&self, event: AuditEvent) -> Result<String, String> {
+    pub(crate) async fn append(&self, event: AuditEvent) -> Result<String, String> {
         let audit = self.audit.clone();
         match tokio::task::spawn_blocking(move || audit.append(event)).await {
             Ok(Ok(receipt)) => Ok(format!("{}:{}", receipt.tenant, receipt.seq)),
@@ -876,7 +884,7 @@ impl Gateway {
         }
     }
 
-    async fn audit_refusal(
+    pub(crate) async fn audit_refusal(
         &self,
         task: &Arc<Task>,
         action: &str,
@@ -892,7 +900,7 @@ impl Gateway {
     }
 }
 
-fn base_event(task: &Task, action: &str, resource: String) -> AuditEvent {
+pub(crate) fn base_event(task: &Task, action: &str, resource: String) -> AuditEvent {
     let p = &task.principal;
     let mut event = AuditEvent::new(p.tenant(), AuditKind::HttpRequest, action);
     event.task = Some(p.current().task.as_str().to_owned());

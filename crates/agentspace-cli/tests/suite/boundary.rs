@@ -7,9 +7,9 @@ use std::process::{Child, Command, Stdio};
 
 use super::support::{Ran, Sandbox, privileged};
 
-struct Upstream {
+pub(super) struct Upstream {
     child: Child,
-    port: u16,
+    pub(super) port: u16,
 }
 
 impl Drop for Upstream {
@@ -55,7 +55,7 @@ fn openssl(dir: &std::path::Path, args: &[&str]) {
 }
 
 /// A test CA and an HTTPS server for `api.example.test` signed by it.
-fn upstream(s: &Sandbox) -> Upstream {
+pub(super) fn upstream(s: &Sandbox) -> Upstream {
     let d = s.path();
     openssl(
         d,
@@ -162,7 +162,7 @@ fn the_cell_reaches_allowed_hosts_only_through_the_gateway() {
     let script = format!(
         "curl -sS https://api.example.test/v1/ok; \
          echo '--'; curl -sS https://api.example.test/v2/no; echo; \
-         echo '--'; curl -sS -m 3 --noproxy '*' https://api.example.test/v1/direct || echo DIRECT-FAILED; \
+         echo '--'; curl -sS -m 5 --noproxy '*' https://api.example.test/v1/direct || echo DIRECT-FAILED; \
          echo '--'; curl -sS -m 3 --noproxy '*' https://127.0.0.1:{port}/v1/by-ip -k || echo BY-IP-FAILED; \
          echo '--'; curl -sS -m 3 --noproxy '' -x http://127.0.0.1:3128 http://127.0.0.1:{port}/v1/ssrf; echo; \
          echo '--'; curl -sS -H 'Authorization: Bearer agent-made-up' https://api.example.test/v1/echo-auth; \
@@ -188,10 +188,8 @@ fn the_cell_reaches_allowed_hosts_only_through_the_gateway() {
         serde_json::from_str(parts[1].trim()).unwrap_or_else(|e| panic!("{e}: {r:?}"));
     assert_eq!(denied["decision"], "deny");
     assert!(denied["audit_id"].as_str().is_some());
-    assert!(
-        parts[2].contains("DIRECT-FAILED"),
-        "a program ignoring the proxy got out: {r:?}"
-    );
+    // A program ignoring the proxy is intercepted and governed the same way.
+    assert_eq!(parts[2], "upstream saw /v1/direct\n", "{r:?}");
     assert!(
         parts[3].contains("BY-IP-FAILED"),
         "the upstream was reachable by address: {r:?}"
@@ -222,6 +220,10 @@ fn the_cell_reaches_allowed_hosts_only_through_the_gateway() {
     );
     assert!(
         seen.contains("/v1/echo-auth auth=Bearer s3cr3t-token-value"),
+        "{seen}"
+    );
+    assert!(
+        seen.contains("/v1/direct auth=Bearer s3cr3t-token-value"),
         "{seen}"
     );
     assert!(!seen.contains("agent-made-up"), "{seen}");

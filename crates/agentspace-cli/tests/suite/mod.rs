@@ -3,5 +3,6 @@ pub mod support;
 mod admin;
 mod boundary;
 mod definitions;
+mod door;
 mod escape;
 mod run;

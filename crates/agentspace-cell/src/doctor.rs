@@ -193,6 +193,22 @@ pub fn host_report() -> HostReport {
         },
         "",
     ));
+    // The network door of cells with egress rules: a namespace with its route, its
+    // nftables redirect and its sockets, made for real and thrown away.
+    let door = if root {
+        crate::door::NetworkDoor::create().map(drop).map_err(|e| e.to_string())
+    } else {
+        Err("needs root".to_owned())
+    };
+    checks.push(check(
+        "network door",
+        door.is_ok(),
+        match door {
+            Ok(()) => "namespace, local route, nftables redirect and door sockets work".into(),
+            Err(e) => e,
+        },
+        "install iproute2 and nftables (apt-get install iproute2 nftables) and run as root; the kernel needs nf_tables with nat (CONFIG_NFT_NAT, CONFIG_NFT_REDIR)",
+    ));
     HostReport { kernel, checks }
 }
 

@@ -511,6 +511,63 @@ pub(crate) async fn task(
     ))
 }
 
+/// Which log and how much of it.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LogQuery {
+    /// `stdout` (default) or `stderr`.
+    stream: Option<String>,
+    /// Only the last this many bytes (default and most: 1 MiB).
+    tail_bytes: Option<u64>,
+}
+
+/// Largest piece of a log returned at once.
+const MAX_LOG: u64 = 1024 * 1024;
+
+/// The end of a task's stdout or stderr log, as the agent wrote it (text/plain; admin,
+/// auditor, developer).
+#[utoipa::path(get, path = "/v1/tasks/{id}/logs", tag = "tasks", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the task id"), LogQuery),
+    responses((status = 200, body = String, content_type = "text/plain"), (status = 404, body = crate::error::ErrorBody)))]
+pub(crate) async fn task_logs(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(q): Query<LogQuery>,
+) -> Result<Response, ServerError> {
+    caller.require(&[Role::Admin, Role::Auditor, Role::Developer])?;
+    let file = match q.stream.as_deref().unwrap_or("stdout") {
+        "stdout" => "stdout.log",
+        "stderr" => "stderr.log",
+        other => {
+            return Err(ServerError::bad_request(
+                format!("`stream={other}` is not a log"),
+                "use stdout or stderr",
+            ));
+        }
+    };
+    let want = q.tail_bytes.unwrap_or(MAX_LOG).min(MAX_LOG);
+    let body = blocking(&app, move |app| {
+        use std::io::{Read, Seek, SeekFrom};
+        let m = task_manifest(app, &caller.tenant, &id)?;
+        let task = m.get("task").and_then(|t| t.as_str()).unwrap_or_default();
+        let path = app.state_dir.join("tasks").join(task).join(file);
+        let Ok(mut f) = std::fs::File::open(&path) else {
+            return Ok(Vec::new());
+        };
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        f.seek(SeekFrom::Start(len.saturating_sub(want)))
+            .map_err(|e| ServerError::Io(format!("cannot read `{}`: {e}", path.display())))?;
+        let mut out = Vec::new();
+        f.take(want)
+            .read_to_end(&mut out)
+            .map_err(|e| ServerError::Io(format!("cannot read `{}`: {e}", path.display())))?;
+        Ok(out)
+    })
+    .await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
+}
+
 /// A task's budget use and its definition's budgets.
 #[derive(Serialize, ToSchema)]
 pub(crate) struct TaskBudget {

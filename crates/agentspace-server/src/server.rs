@@ -44,7 +44,7 @@ pub struct ServerConfig {
         api::tokens, api::create_token, api::delete_token,
         api::register_definition, api::definitions, api::definition,
         api::definition_versions, api::definition_version, api::definition_diff,
-        api::tasks, api::task, api::task_budget, api::budgets,
+        api::tasks, api::task, api::task_logs, api::task_budget, api::budgets,
         api::approvals, api::approval, api::approve, api::deny,
         api::audit_events, api::audit_verify, api::audit_export,
         api::revocations, api::revoke, api::lift,
@@ -107,6 +107,7 @@ fn router(app: AppState) -> Router {
         .route("/v1/definitions/{name}/diff", get(api::definition_diff))
         .route("/v1/tasks", get(api::tasks))
         .route("/v1/tasks/{id}", get(api::task))
+        .route("/v1/tasks/{id}/logs", get(api::task_logs))
         .route("/v1/tasks/{id}/budget", get(api::task_budget))
         .route("/v1/budgets", get(api::budgets))
         .route("/v1/approvals", get(api::approvals))

@@ -122,6 +122,12 @@ fn every_endpoint_refuses_or_hides_another_tenants_things() {
         ("get", "/v1/tasks/{id}", format!("/v1/tasks/{task}"), None),
         (
             "get",
+            "/v1/tasks/{id}/logs",
+            format!("/v1/tasks/{task}/logs"),
+            None,
+        ),
+        (
+            "get",
             "/v1/tasks/{id}/budget",
             format!("/v1/tasks/{task}/budget"),
             None,

@@ -27,6 +27,23 @@ fn tasks_are_listed_from_the_state_directory() {
     assert_eq!(one.status, 200);
     assert_eq!(one.json()["user"], "bob");
     assert_eq!(admin.get("/v1/tasks/not-a-task-id").status, 404);
+    // Logs: the end of what the agent wrote.
+    std::fs::write(
+        server.state().join("tasks").join(&a).join("stdout.log"),
+        "first line\nsecond line\n",
+    )
+    .unwrap();
+    let log = admin.get(&format!("/v1/tasks/{a}/logs?tail_bytes=12"));
+    assert_eq!(log.status, 200);
+    assert_eq!(log.body, b"second line\n");
+    let log = admin.get(&format!("/v1/tasks/{a}/logs?stream=stderr"));
+    assert_eq!((log.status, log.body.len()), (200, 0));
+    assert_eq!(
+        admin
+            .get(&format!("/v1/tasks/{a}/logs?stream=stdin"))
+            .status,
+        400
+    );
     assert_eq!(admin.get("/v1/tasks/..%2F..%2Fetc").status, 404);
 
     // Budgets: the registered definition's limits and the task's use.

@@ -24,6 +24,7 @@ mod door;
 mod error;
 mod framing;
 mod io;
+mod mcp;
 mod proxy;
 mod ssrf;
 mod transparent;
@@ -39,5 +40,6 @@ pub use dns::{
 };
 pub use door::{Arrival, Door, DoorListener, Task};
 pub use error::GatewayError;
+pub use mcp::{MCP_DOOR_PORT, MCP_PATH, McpGateway};
 pub use proxy::{DECISION_HEADER, Gateway};
 pub use ssrf::refused_address;

@@ -65,6 +65,11 @@ impl PolicyEngine {
         &self.policies
     }
 
+    /// The definition's tool servers and flow rules (what the MCP gateway serves).
+    pub fn tools(&self) -> &agentspace_core::Tools {
+        &self.definition.governance.tools
+    }
+
     /// Decides `request`: revocation, loop breaker, time budget, Cedar (default deny,
     /// forbid overrides permit, `@approval` forbids hold), capability revocation, then an
     /// atomic charge of one request to every budget that applies. Only

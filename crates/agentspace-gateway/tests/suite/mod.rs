@@ -2,3 +2,4 @@ mod attacks;
 mod broker;
 mod e2e;
 mod helpers;
+mod mcp;

@@ -1,0 +1,862 @@
+//! The MCP endpoint a task's agent reaches (streamable HTTP) and the per-call pipeline.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use agentspace_audit::AuditLog;
+use agentspace_core::{AuditDecision, AuditEvent, AuditKind, ToolServer, Tools};
+use agentspace_identity::{CallTarget, Identity};
+use agentspace_policy::{
+    Action, Decision, DenyReason, Request as PolicyRequest, RequestContext, Resource,
+};
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use super::content;
+use super::jsonrpc::{self, Message};
+use super::schema::Validator;
+use super::upstream::{ServerRequest, Upstream};
+use crate::door::Task;
+
+/// The port of the MCP door inside a cell: the agent reaches its tools at
+/// `http://127.0.0.1:3130/mcp`.
+pub const MCP_DOOR_PORT: u16 = 3130;
+/// The path of the MCP endpoint.
+pub const MCP_PATH: &str = "/mcp";
+
+/// Most bytes of one message from the agent.
+const MAX_BODY: usize = 4 << 20;
+/// Most MCP sessions open at once on one task's door.
+const MAX_SESSIONS: usize = 64;
+/// Most pages of `tools/list` read from one server.
+const MAX_PAGES: usize = 32;
+/// Revisions of the `initialize` handshake the endpoint speaks, newest first.
+const PROTOCOLS: &[&str] = &["2025-11-25", "2025-06-18", "2025-03-26"];
+/// The response header that carries the session id.
+const SESSION_HEADER: &str = "mcp-session-id";
+
+/// The MCP gateway: serves one MCP endpoint per task, each on a listener that belongs
+/// to that task. One per process; share it as `Arc`.
+pub struct McpGateway {
+    audit: AuditLog,
+    identity: Arc<Identity>,
+}
+
+impl std::fmt::Debug for McpGateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("McpGateway").finish_non_exhaustive()
+    }
+}
+
+/// A tool the agent may see: where it lives and its compiled schemas.
+struct Entry {
+    server: String,
+    /// The tool's own name at its server.
+    tool: String,
+    input: Result<Arc<Validator>, String>,
+    output: Option<Result<Arc<Validator>, String>>,
+}
+
+/// What the agent sees: the allowed tools as their servers describe them.
+#[derive(Default)]
+struct Catalog {
+    tools: Vec<Value>,
+    entries: HashMap<String, Entry>,
+    /// Servers that could not be listed, with why (audited with the listing).
+    unavailable: BTreeMap<String, String>,
+}
+
+/// The MCP side of one task: its tool servers (started on demand, stopped when this is
+/// dropped), the catalog and the sessions.
+struct TaskTools {
+    task: Arc<Task>,
+    tools: Tools,
+    upstreams: tokio::sync::Mutex<HashMap<String, Arc<Upstream>>>,
+    catalog: tokio::sync::Mutex<Option<Arc<Catalog>>>,
+    sessions: Mutex<HashSet<String>>,
+    refused: mpsc::UnboundedSender<ServerRequest>,
+}
+
+/// What a refused call tells the agent.
+struct Refusal {
+    code: i64,
+    message: String,
+    data: Option<Value>,
+}
+
+impl McpGateway {
+    /// A gateway writing every decision to `audit` and minting per-call identity tokens
+    /// with `identity`.
+    pub fn new(audit: AuditLog, identity: Arc<Identity>) -> Arc<Self> {
+        Arc::new(Self { audit, identity })
+    }
+
+    /// Serves the MCP endpoint of `task` on `listener` until the task is closed
+    /// ([`Task::close`]); then its tool servers are stopped and its connections closed.
+    /// Everything accepted on `listener` acts as the task, whatever the client sends.
+    /// The tools are those of the task's definition (`spec.tools`).
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, task: Arc<Task>) {
+        let tools = task.policy.tools().clone();
+        let (refused, mut refusals) = mpsc::unbounded_channel();
+        let state = Arc::new(TaskTools {
+            task: Arc::clone(&task),
+            tools,
+            upstreams: tokio::sync::Mutex::default(),
+            catalog: tokio::sync::Mutex::default(),
+            sessions: Mutex::default(),
+            refused,
+        });
+        let auditor = {
+            let me = Arc::clone(&self);
+            let task = Arc::clone(&task);
+            tokio::spawn(async move {
+                while let Some(r) = refusals.recv().await {
+                    let mut event =
+                        base_event(&task, "server-request", format!("mcp://{}", r.server));
+                    event.decision = Some(AuditDecision::Deny);
+                    event.reason = Some(format!(
+                        "tool server `{}` asked the client for `{}`; requests from tool servers are refused at the boundary",
+                        r.server, r.method
+                    ));
+                    event.details.insert("code".into(), json!("server-request"));
+                    let _ = me.append(event).await;
+                }
+            })
+        };
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                () = task.wait_closed() => break,
+            };
+            let Ok((stream, _)) = accepted else {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let me = Arc::clone(&self);
+            let state = Arc::clone(&state);
+            let task = Arc::clone(&task);
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    let me = Arc::clone(&me);
+                    let state = Arc::clone(&state);
+                    async move { Ok::<_, Infallible>(me.handle(&state, req).await) }
+                });
+                let conn = http1::Builder::new()
+                    .keep_alive(true)
+                    .serve_connection(TokioIo::new(stream), service);
+                tokio::select! {
+                    _ = conn => {}
+                    () = task.wait_closed() => {}
+                }
+            });
+        }
+        auditor.abort();
+        // Dropping the last reference to `state` stops the task's tool servers; open
+        // connections hold one until they see the task closed, which they do at once.
+        drop(state);
+    }
+
+    async fn handle(&self, state: &TaskTools, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        if req.uri().path() != MCP_PATH {
+            return plain(StatusCode::NOT_FOUND, "the MCP endpoint is /mcp");
+        }
+        let session = req
+            .headers()
+            .get(SESSION_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        match *req.method() {
+            Method::POST => {}
+            Method::DELETE => {
+                let removed = session
+                    .is_some_and(|s| state.sessions.lock().is_ok_and(|mut set| set.remove(&s)));
+                return if removed {
+                    plain(StatusCode::OK, "")
+                } else {
+                    plain(StatusCode::NOT_FOUND, "no such session")
+                };
+            }
+            _ => {
+                // No server-initiated stream: the gateway sends nothing unasked.
+                let mut resp = plain(StatusCode::METHOD_NOT_ALLOWED, "use POST");
+                resp.headers_mut().insert(
+                    header::ALLOW,
+                    http::HeaderValue::from_static("POST, DELETE"),
+                );
+                return resp;
+            }
+        }
+        let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => {
+                return rpc_response(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &jsonrpc::error(
+                        &Value::Null,
+                        jsonrpc::INVALID_REQUEST,
+                        "the message is larger than 4 MiB or could not be read",
+                        None,
+                    ),
+                    None,
+                );
+            }
+        };
+        let value: Value = match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(e) => {
+                return rpc_response(
+                    StatusCode::BAD_REQUEST,
+                    &jsonrpc::error(
+                        &Value::Null,
+                        jsonrpc::PARSE_ERROR,
+                        &format!("the body is not JSON: {e}"),
+                        None,
+                    ),
+                    None,
+                );
+            }
+        };
+        let (id, method, params) = match jsonrpc::parse(value) {
+            Ok(Message::Request { id, method, params }) => (id, method, params),
+            Ok(Message::Notification { .. } | Message::Response { .. }) => {
+                return plain(StatusCode::ACCEPTED, "");
+            }
+            Err((code, message)) => {
+                return rpc_response(
+                    StatusCode::BAD_REQUEST,
+                    &jsonrpc::error(&Value::Null, code, &message, None),
+                    None,
+                );
+            }
+        };
+        if method == "initialize" {
+            return self.initialize(state, &id, params.as_ref());
+        }
+        let known = session
+            .as_ref()
+            .is_some_and(|s| state.sessions.lock().is_ok_and(|set| set.contains(s)));
+        if !known && method != "server/discover" {
+            let (status, message) = if session.is_none() {
+                (
+                    StatusCode::BAD_REQUEST,
+                    "send the Mcp-Session-Id header of your session (from `initialize`)",
+                )
+            } else {
+                (
+                    StatusCode::NOT_FOUND,
+                    "the session is unknown or was ended; initialize a new one",
+                )
+            };
+            return rpc_response(
+                status,
+                &jsonrpc::error(&id, jsonrpc::INVALID_REQUEST, message, None),
+                None,
+            );
+        }
+        let answer = match method.as_str() {
+            "ping" => jsonrpc::result(&id, json!({})),
+            "tools/list" => self.list_tools(state, &id).await,
+            "tools/call" => self.call_tool(state, &id, params.unwrap_or_default()).await,
+            other => jsonrpc::error(
+                &id,
+                jsonrpc::METHOD_NOT_FOUND,
+                &format!(
+                    "method `{other}` is not served through the Agent Space boundary (tools only)"
+                ),
+                None,
+            ),
+        };
+        rpc_response(StatusCode::OK, &answer, None)
+    }
+
+    fn initialize(
+        &self,
+        state: &TaskTools,
+        id: &Value,
+        params: Option<&Map<String, Value>>,
+    ) -> Response<Full<Bytes>> {
+        let asked = params
+            .and_then(|p| p.get("protocolVersion"))
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let version = PROTOCOLS
+            .iter()
+            .find(|v| **v == asked)
+            .or(PROTOCOLS.first())
+            .copied()
+            .unwrap_or("2025-11-25");
+        let Ok(session) = new_session_id() else {
+            return rpc_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &jsonrpc::error(
+                    id,
+                    jsonrpc::INTERNAL_ERROR,
+                    "no randomness for a session id",
+                    None,
+                ),
+                None,
+            );
+        };
+        match state.sessions.lock() {
+            Ok(mut set) if set.len() < MAX_SESSIONS => {
+                set.insert(session.clone());
+            }
+            _ => {
+                return rpc_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &jsonrpc::error(
+                        id,
+                        jsonrpc::INTERNAL_ERROR,
+                        "too many MCP sessions on this task; end one (DELETE) first",
+                        None,
+                    ),
+                    None,
+                );
+            }
+        }
+        let result = json!({
+            "protocolVersion": version,
+            "capabilities": {"tools": {"listChanged": false}},
+            "serverInfo": {"name": "agentspace", "version": env!("CARGO_PKG_VERSION")},
+            "instructions": "Tools of this task, governed by Agent Space: every call is decided, audited and may be denied.",
+        });
+        rpc_response(StatusCode::OK, &jsonrpc::result(id, result), Some(&session))
+    }
+
+    /// The catalog of the task, listing the servers with allowed tools on first use.
+    async fn catalog(&self, state: &TaskTools) -> Arc<Catalog> {
+        let mut slot = state.catalog.lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Arc::clone(c);
+        }
+        let mut catalog = Catalog::default();
+        for server in state.tools.servers.iter().filter(|s| !s.allow.is_empty()) {
+            let name = server.name.as_str();
+            let listed = match self.upstream(state, server).await {
+                Ok(up) => list_all(&up).await,
+                Err(e) => Err(e),
+            };
+            let tools = match listed {
+                Ok(t) => t,
+                Err(e) => {
+                    catalog.unavailable.insert(name.to_owned(), e);
+                    continue;
+                }
+            };
+            for tool in tools {
+                let Some(tool_name) = tool.get("name").and_then(Value::as_str) else {
+                    continue;
+                };
+                if !server.allow.iter().any(|a| a == tool_name)
+                    || catalog.entries.contains_key(tool_name)
+                {
+                    continue;
+                }
+                let input = tool
+                    .get("inputSchema")
+                    .ok_or_else(|| "the tool has no inputSchema".to_owned())
+                    .and_then(Validator::compile)
+                    .map(Arc::new);
+                let output = tool
+                    .get("outputSchema")
+                    .map(|s| Validator::compile(s).map(Arc::new));
+                catalog.entries.insert(
+                    tool_name.to_owned(),
+                    Entry {
+                        server: name.to_owned(),
+                        tool: tool_name.to_owned(),
+                        input,
+                        output,
+                    },
+                );
+                catalog.tools.push(tool);
+            }
+        }
+        let catalog = Arc::new(catalog);
+        *slot = Some(Arc::clone(&catalog));
+        catalog
+    }
+
+    /// The running session with `server`, started on first use.
+    async fn upstream(
+        &self,
+        state: &TaskTools,
+        server: &ToolServer,
+    ) -> Result<Arc<Upstream>, String> {
+        let mut ups = state.upstreams.lock().await;
+        if let Some(u) = ups.get(server.name.as_str()) {
+            return Ok(Arc::clone(u));
+        }
+        if state.task.is_closed() {
+            return Err("the task has ended".to_owned());
+        }
+        let up = Upstream::start(
+            server.name.as_str(),
+            &server.transport,
+            state.refused.clone(),
+        )
+        .await
+        .map(Arc::new)
+        .map_err(|e| e.to_string())?;
+        ups.insert(server.name.to_string(), Arc::clone(&up));
+        Ok(up)
+    }
+
+    async fn list_tools(&self, state: &TaskTools, id: &Value) -> Value {
+        let catalog = self.catalog(state).await;
+        let mut event = base_event(&state.task, "tools/list", "mcp://*".to_owned());
+        event.decision = Some(AuditDecision::Allow);
+        let names: Vec<&str> = catalog.entries.keys().map(String::as_str).collect();
+        event.details.insert("tools".into(), json!(names));
+        if !catalog.unavailable.is_empty() {
+            event
+                .details
+                .insert("unavailable".into(), json!(catalog.unavailable));
+        }
+        if let Err(e) = self.append(event).await {
+            return jsonrpc::error(id, jsonrpc::INTERNAL_ERROR, &audit_failed(&e), None);
+        }
+        jsonrpc::result(id, json!({"tools": catalog.tools}))
+    }
+
+    /// One `tools/call`: identity → content checks on the arguments → policy
+    /// (approvals, loop breaker, flow rules, budgets) → input schema → audit →
+    /// forward with the per-call token → output schema → injection checks on the
+    /// result → taint → audit.
+    async fn call_tool(&self, state: &TaskTools, id: &Value, params: Map<String, Value>) -> Value {
+        let started = Instant::now();
+        let task = &state.task;
+        let name = params
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let arguments = match params.get("arguments") {
+            None | Some(Value::Null) => Value::Object(Map::new()),
+            Some(v @ Value::Object(_)) => v.clone(),
+            Some(_) => {
+                return jsonrpc::error(
+                    id,
+                    jsonrpc::INVALID_PARAMS,
+                    "`arguments` must be an object",
+                    None,
+                );
+            }
+        };
+        let args_digest = sha256(&serde_json::to_vec(&arguments).unwrap_or_default());
+        let catalog = self.catalog(state).await;
+        let Some(entry) = catalog.entries.get(&name) else {
+            // Not allowed, or not there at all: the agent cannot tell the two apart.
+            let mut event = base_event(task, "tools/call", format!("mcp://?/{name}"));
+            event.decision = Some(AuditDecision::Deny);
+            event.reason = Some(format!(
+                "`{name}` is not a tool this agent may use (its definition's `spec.tools[].allow` does not list it)"
+            ));
+            event
+                .details
+                .insert("code".into(), json!(DenyReason::NotPermitted.code()));
+            event.args_digest = Some(args_digest);
+            if let Err(e) = self.append(event).await {
+                return jsonrpc::error(id, jsonrpc::INTERNAL_ERROR, &audit_failed(&e), None);
+            }
+            return jsonrpc::error(
+                id,
+                jsonrpc::INVALID_PARAMS,
+                &format!("Unknown tool: {name}"),
+                None,
+            );
+        };
+        let server = entry.server.clone();
+        let resource = format!("mcp://{server}/{}", entry.tool);
+
+        let findings = content::scan_arguments(&arguments);
+        let request = PolicyRequest {
+            principal: task.principal.clone(),
+            action: Action::Mcp,
+            resource: Resource {
+                server: Some(server.clone()),
+                tool: Some(entry.tool.clone()),
+                ..Resource::default()
+            },
+            context: RequestContext {
+                arguments: Some(arguments.clone()),
+                labels: findings.labels(),
+                ..RequestContext::default()
+            },
+        };
+        let policy = Arc::clone(&task.policy);
+        let decision = tokio::task::spawn_blocking(move || policy.decide(&request))
+            .await
+            .unwrap_or_else(|e| Decision::Deny {
+                reason: DenyReason::Error,
+                policies: Vec::new(),
+                message: format!("the decision point failed: {e}"),
+            });
+        let session_labels = task
+            .policy
+            .session_labels(&task.principal)
+            .unwrap_or_default();
+
+        let mut event = base_event(task, "tools/call", resource.clone());
+        event.args_digest = Some(args_digest);
+        event.request.insert("server".into(), json!(server));
+        event.request.insert("tool".into(), json!(entry.tool));
+        let argument_names: Vec<&String> = arguments
+            .as_object()
+            .map(|o| o.keys().collect())
+            .unwrap_or_default();
+        event
+            .request
+            .insert("arguments".into(), json!(argument_names));
+        if !findings.kinds.is_empty() {
+            event
+                .details
+                .insert("detected".into(), json!(findings.kinds));
+        }
+        if !session_labels.is_empty() {
+            event.details.insert("labels".into(), json!(session_labels));
+        }
+        event.policies = decision.policies().to_vec();
+        let mut refusal = match &decision {
+            Decision::Allow { .. } => None,
+            Decision::Deny {
+                reason, message, ..
+            } => Some((reason.code().to_owned(), message.clone(), false)),
+            Decision::ApprovalRequired { message, .. } => {
+                Some(("approval-required".to_owned(), message.clone(), true))
+            }
+        };
+        if refusal.is_none() {
+            let checked = match &entry.input {
+                Ok(v) => v
+                    .validate(&arguments)
+                    .map_err(|e| format!("the arguments do not match the tool's inputSchema: {e}")),
+                Err(e) => Err(format!(
+                    "the tool's inputSchema cannot be used, so it cannot be called: {e}"
+                )),
+            };
+            if let Err(message) = checked {
+                refusal = Some(("invalid-arguments".to_owned(), message, false));
+            }
+        }
+        // The identity the upstream receives: the user and agent chain, for this call.
+        let token = if refusal.is_none() {
+            match self.call_token(state, &server).await {
+                Ok(t) => Some(t),
+                Err(message) => {
+                    refusal = Some(("identity".to_owned(), message, false));
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        match &refusal {
+            None => event.decision = Some(AuditDecision::Allow),
+            Some((code, message, approval)) => {
+                event.decision = Some(if *approval {
+                    AuditDecision::ApprovalRequired
+                } else {
+                    AuditDecision::Deny
+                });
+                event.reason = Some(message.clone());
+                event.details.insert("code".into(), json!(code));
+            }
+        }
+        event.latency_us = u64::try_from(started.elapsed().as_micros()).ok();
+        let audit_id = match self.append(event).await {
+            Ok(a) => a,
+            Err(e) => {
+                return jsonrpc::error(
+                    id,
+                    jsonrpc::DENIED,
+                    &audit_failed(&e),
+                    Some(json!({"decision": "deny", "code": "audit"})),
+                );
+            }
+        };
+        if let Some((code, message, approval)) = refusal {
+            let r = refusal_of(&code, message, approval, decision.policies(), &audit_id);
+            return jsonrpc::error(id, r.code, &r.message, r.data);
+        }
+
+        // Forward.
+        let Some(server_def) = state.tools.server(&server) else {
+            return jsonrpc::error(
+                id,
+                jsonrpc::INTERNAL_ERROR,
+                "the tool's server is gone",
+                None,
+            );
+        };
+        let mut forwarded = params.clone();
+        forwarded.insert("arguments".into(), arguments);
+        let answer = match self.upstream(state, server_def).await {
+            Ok(up) => up
+                .request("tools/call", Value::Object(forwarded), token.as_deref())
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
+        let mut result_event = base_event(task, "tools/result", resource);
+        result_event.details.insert("call".into(), json!(audit_id));
+        let reply = match answer {
+            Err(message) => {
+                result_event.status = Some(jsonrpc::INTERNAL_ERROR);
+                result_event.reason = Some(message.clone());
+                jsonrpc::error(
+                    id,
+                    jsonrpc::INTERNAL_ERROR,
+                    &message,
+                    Some(json!({"audit_id": audit_id})),
+                )
+            }
+            Ok(body) => {
+                if let Some(error) = body.get("error") {
+                    result_event.status = error.get("code").and_then(Value::as_i64);
+                    json!({"jsonrpc": "2.0", "id": id, "error": error})
+                } else {
+                    let mut result = body.get("result").cloned().unwrap_or_else(|| json!({}));
+                    result_event.status = Some(0);
+                    // The result's structured content must match the declared schema.
+                    if let (Some(out), Some(structured)) =
+                        (&entry.output, result.get("structuredContent"))
+                    {
+                        let checked = match out {
+                            Ok(v) => v.validate(structured),
+                            Err(e) => Err(e.clone()),
+                        };
+                        if let Err(e) = checked {
+                            let message = format!(
+                                "the tool's result does not match its outputSchema, so it is withheld: {e}"
+                            );
+                            result_event.decision = Some(AuditDecision::Deny);
+                            result_event.reason = Some(message.clone());
+                            result_event
+                                .details
+                                .insert("code".into(), json!("invalid-result"));
+                            result = json!({"content": [{"type": "text", "text": message}], "isError": true});
+                        }
+                    }
+                    let flags = content::scan_result(&result);
+                    if !flags.is_empty() {
+                        result_event.details.insert("flags".into(), json!(flags));
+                        if let Some(obj) = result.as_object_mut() {
+                            let meta = obj.entry("_meta").or_insert_with(|| json!({}));
+                            if let Some(meta) = meta.as_object_mut() {
+                                meta.insert("agentspace/flags".into(), json!(flags));
+                            }
+                        }
+                    }
+                    jsonrpc::result(id, result)
+                }
+            }
+        };
+        // Whatever came back was read by the session: it carries the server's labels.
+        if !server_def.labels.is_empty() {
+            match task
+                .policy
+                .taint(&task.principal, server_def.labels.iter().cloned())
+            {
+                Ok(new) => {
+                    if !new.is_empty() {
+                        result_event.details.insert("taint".into(), json!(new));
+                    }
+                }
+                Err(e) => {
+                    result_event.reason = Some(e.to_string());
+                    let _ = self.append(result_event).await;
+                    return jsonrpc::error(
+                        id,
+                        jsonrpc::DENIED,
+                        &format!("the result is withheld: {e}"),
+                        None,
+                    );
+                }
+            }
+        }
+        let labels: BTreeSet<String> = task
+            .policy
+            .session_labels(&task.principal)
+            .unwrap_or_default();
+        if !labels.is_empty() {
+            result_event.details.insert("labels".into(), json!(labels));
+        }
+        result_event.latency_us = u64::try_from(started.elapsed().as_micros()).ok();
+        if let Err(e) = self.append(result_event).await {
+            return jsonrpc::error(id, jsonrpc::DENIED, &audit_failed(&e), None);
+        }
+        reply
+    }
+
+    /// Mints the per-call token for a call to `server`.
+    async fn call_token(&self, state: &TaskTools, server: &str) -> Result<String, String> {
+        let url = match state.tools.server(server).map(|s| &s.transport) {
+            Some(agentspace_core::ToolTransport::Http { url }) => url.clone(),
+            _ => format!("http://{server}"),
+        };
+        let identity = Arc::clone(&self.identity);
+        let principal = state.task.principal.clone();
+        tokio::task::spawn_blocking(move || {
+            let target = CallTarget::new("POST", &url).map_err(|e| e.to_string())?;
+            identity
+                .mint_call_token(&principal, &target)
+                .map(|t| t.as_str().to_owned())
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r)
+        .map_err(|e| {
+            format!("the per-call identity token cannot be minted, so the call is refused: {e}")
+        })
+    }
+
+    async fn append(&self, event: AuditEvent) -> Result<String, String> {
+        let audit = self.audit.clone();
+        match tokio::task::spawn_blocking(move || audit.append(event)).await {
+            Ok(Ok(receipt)) => Ok(format!("{}:{}", receipt.tenant, receipt.seq)),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// Every page of a server's `tools/list`.
+async fn list_all(up: &Upstream) -> Result<Vec<Value>, String> {
+    let mut tools = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..MAX_PAGES {
+        let params = match &cursor {
+            Some(c) => json!({"cursor": c}),
+            None => json!({}),
+        };
+        let body = up
+            .request("tools/list", params, None)
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(e) = body.get("error") {
+            return Err(format!("`tools/list` failed: {e}"));
+        }
+        let result = body.get("result");
+        if let Some(list) = result
+            .and_then(|r| r.get("tools"))
+            .and_then(Value::as_array)
+        {
+            tools.extend(list.iter().cloned());
+        }
+        cursor = result
+            .and_then(|r| r.get("nextCursor"))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        if cursor.is_none() {
+            break;
+        }
+    }
+    Ok(tools)
+}
+
+fn refusal_of(
+    code: &str,
+    message: String,
+    approval: bool,
+    policies: &[String],
+    audit_id: &str,
+) -> Refusal {
+    if approval {
+        Refusal {
+            code: jsonrpc::APPROVAL_REQUIRED,
+            data: Some(json!({
+                "decision": "approval-required",
+                "reason": "approval required",
+                "message": message,
+                "policy": policies.first(),
+                "policies": policies,
+                "audit_id": audit_id,
+            })),
+            message: format!("approval required: {message}"),
+        }
+    } else if code == "invalid-arguments" {
+        Refusal {
+            code: jsonrpc::INVALID_PARAMS,
+            data: Some(
+                json!({"decision": "deny", "code": code, "reason": message, "audit_id": audit_id}),
+            ),
+            message,
+        }
+    } else {
+        Refusal {
+            code: jsonrpc::DENIED,
+            data: Some(json!({
+                "decision": "deny",
+                "reason": message,
+                "code": code,
+                "policy": policies.first(),
+                "policies": policies,
+                "audit_id": audit_id,
+            })),
+            message,
+        }
+    }
+}
+
+fn audit_failed(e: &str) -> String {
+    format!("the decision could not be written to the audit log, so the call is refused: {e}")
+}
+
+fn base_event(task: &Task, action: &str, resource: String) -> AuditEvent {
+    let p = &task.principal;
+    let mut event = AuditEvent::new(p.tenant(), AuditKind::McpCall, action);
+    event.task = Some(p.current().task.as_str().to_owned());
+    event.user = Some(p.user().as_str().to_owned());
+    event.agent = Some(p.current().agent.as_str().to_owned());
+    event.delegation = p
+        .delegators()
+        .iter()
+        .map(|a| format!("{}/{}", a.agent.as_str(), a.task.as_str()))
+        .collect();
+    event.resource = Some(resource);
+    event
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+fn new_session_id() -> Result<String, getrandom::Error> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes)?;
+    Ok(hex::encode(bytes))
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+    *resp.status_mut() = status;
+    resp
+}
+
+fn rpc_response(status: StatusCode, body: &Value, session: Option<&str>) -> Response<Full<Bytes>> {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let mut resp = Response::new(Full::new(Bytes::from(bytes)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    if let Some(s) = session.and_then(|s| http::HeaderValue::from_str(s).ok()) {
+        resp.headers_mut().insert(SESSION_HEADER, s);
+    }
+    resp
+}

@@ -1,0 +1,553 @@
+//! Tool servers behind the gateway: stdio programs the boundary starts outside the cell,
+//! and streamable-HTTP endpoints. Each is an MCP client session of the gateway's own,
+//! opened with `initialize` on first use.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agentspace_core::ToolTransport;
+use bytes::Bytes;
+use http::{Method, Request, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::{Map, Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::jsonrpc;
+
+/// The MCP revision the gateway asks its tool servers for (the newest one negotiated
+/// with `initialize`).
+pub(crate) const UPSTREAM_PROTOCOL: &str = "2025-11-25";
+/// Most bytes of one message from a tool server.
+const MAX_MESSAGE: u64 = 16 << 20;
+/// How long one call to a tool server may take, start-up included.
+pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// The `_meta` key that carries the per-call identity token to a stdio server (HTTP
+/// servers get the `Agentspace-Identity` header).
+pub(crate) const IDENTITY_META: &str = "agentspace/identity";
+
+/// Why a tool server could not answer.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum UpstreamError {
+    /// The program could not be started.
+    #[error("cannot start tool server `{server}` (`{program}`): {source}")]
+    Start {
+        server: String,
+        program: String,
+        source: std::io::Error,
+    },
+    /// It exited or closed its output.
+    #[error("tool server `{server}` closed the connection")]
+    Closed { server: String },
+    /// It did not answer in time.
+    #[error("tool server `{server}` did not answer within {}s", CALL_TIMEOUT.as_secs())]
+    Timeout { server: String },
+    /// The HTTP exchange failed.
+    #[error("tool server `{server}`: {message}")]
+    Http { server: String, message: String },
+    /// It answered something that is not MCP.
+    #[error("tool server `{server}` broke the protocol: {message}")]
+    Protocol { server: String, message: String },
+}
+
+/// A request a tool server sent to the client (sampling, elicitation, roots): refused
+/// by the gateway, reported so it is audited.
+#[derive(Debug, Clone)]
+pub(crate) struct ServerRequest {
+    /// The server's name.
+    pub(crate) server: String,
+    /// The method it asked for.
+    pub(crate) method: String,
+}
+
+/// One tool server session.
+pub(crate) struct Upstream {
+    name: String,
+    conn: Conn,
+    next_id: AtomicU64,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+enum Conn {
+    Stdio(StdioConn),
+    Http(HttpConn),
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Map<String, Value>>>>>;
+
+struct StdioConn {
+    /// Killed when dropped: the server lives as long as the task's MCP door.
+    _child: Child,
+    stdin: Arc<tokio::sync::Mutex<ChildStdin>>,
+    pending: Pending,
+    reader: JoinHandle<()>,
+    replier: JoinHandle<()>,
+}
+
+impl Drop for StdioConn {
+    fn drop(&mut self) {
+        self.reader.abort();
+        self.replier.abort();
+    }
+}
+
+struct HttpConn {
+    authority: String,
+    path: String,
+    session: Mutex<Option<String>>,
+}
+
+impl Upstream {
+    /// Starts (stdio) or connects to (HTTP) server `name` and runs the `initialize`
+    /// handshake. Server-initiated requests are refused and sent to `refused`.
+    pub(crate) async fn start(
+        name: &str,
+        transport: &ToolTransport,
+        refused: mpsc::UnboundedSender<ServerRequest>,
+    ) -> Result<Self, UpstreamError> {
+        let conn = match transport {
+            ToolTransport::Stdio { command, cwd } => {
+                Conn::Stdio(spawn(name, command, cwd, refused)?)
+            }
+            ToolTransport::Http { url } => Conn::Http(HttpConn::new(name, url)?),
+        };
+        let upstream = Self {
+            name: name.to_owned(),
+            conn,
+            next_id: AtomicU64::new(1),
+        };
+        let init = json!({
+            "protocolVersion": UPSTREAM_PROTOCOL,
+            "capabilities": {},
+            "clientInfo": {"name": "agentspace-gateway", "version": env!("CARGO_PKG_VERSION")},
+        });
+        let response = upstream.request("initialize", init, None).await?;
+        if let Some(e) = response.get("error") {
+            return Err(upstream.protocol(format!("`initialize` failed: {e}")));
+        }
+        upstream
+            .send(jsonrpc::notification("notifications/initialized"))
+            .await?;
+        Ok(upstream)
+    }
+
+    fn protocol(&self, message: String) -> UpstreamError {
+        UpstreamError::Protocol {
+            server: self.name.clone(),
+            message,
+        }
+    }
+
+    /// Sends a request and waits for its response (`result` or `error`, as sent).
+    /// `identity` is the per-call token for this request.
+    pub(crate) async fn request(
+        &self,
+        method: &str,
+        mut params: Value,
+        identity: Option<&str>,
+    ) -> Result<Map<String, Value>, UpstreamError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let timeout = |_| UpstreamError::Timeout {
+            server: self.name.clone(),
+        };
+        match &self.conn {
+            Conn::Stdio(s) => {
+                if let (Some(token), Some(obj)) = (identity, params.as_object_mut()) {
+                    let meta = obj.entry("_meta").or_insert_with(|| json!({}));
+                    if let Some(meta) = meta.as_object_mut() {
+                        meta.insert(IDENTITY_META.to_owned(), json!(token));
+                    }
+                }
+                let (tx, rx) = oneshot::channel();
+                s.pending
+                    .lock()
+                    .map_err(|_| self.protocol("the pending-call table is poisoned".into()))?
+                    .insert(id, tx);
+                self.send(jsonrpc::request(id, method, params)).await?;
+                let answer = tokio::time::timeout(CALL_TIMEOUT, rx)
+                    .await
+                    .map_err(timeout);
+                if let Ok(mut pending) = s.pending.lock() {
+                    pending.remove(&id);
+                }
+                answer?.map_err(|_| UpstreamError::Closed {
+                    server: self.name.clone(),
+                })
+            }
+            Conn::Http(h) => {
+                let message = jsonrpc::request(id, method, params);
+                tokio::time::timeout(
+                    CALL_TIMEOUT,
+                    h.post(&self.name, &message, identity, Some(id)),
+                )
+                .await
+                .map_err(timeout)?
+                .and_then(|r| r.ok_or_else(|| self.protocol(format!("no response to `{method}`"))))
+            }
+        }
+    }
+
+    /// Sends a notification.
+    async fn send(&self, message: Value) -> Result<(), UpstreamError> {
+        match &self.conn {
+            Conn::Stdio(s) => {
+                let mut line =
+                    serde_json::to_vec(&message).map_err(|e| self.protocol(e.to_string()))?;
+                line.push(b'\n');
+                let mut stdin = s.stdin.lock().await;
+                let closed = |_| UpstreamError::Closed {
+                    server: self.name.clone(),
+                };
+                stdin.write_all(&line).await.map_err(closed)?;
+                stdin.flush().await.map_err(closed)
+            }
+            Conn::Http(h) => {
+                tokio::time::timeout(CALL_TIMEOUT, h.post(&self.name, &message, None, None))
+                    .await
+                    .map_err(|_| UpstreamError::Timeout {
+                        server: self.name.clone(),
+                    })?
+                    .map(|_| ())
+            }
+        }
+    }
+}
+
+/// Starts a stdio server: its own process group, an empty environment but `PATH` and
+/// `LANG`, stdin/stdout piped, stderr discarded (it could echo secrets into our logs).
+fn spawn(
+    name: &str,
+    command: &[String],
+    cwd: &std::path::Path,
+    refused: mpsc::UnboundedSender<ServerRequest>,
+) -> Result<StdioConn, UpstreamError> {
+    let (program, args) = command.split_first().ok_or_else(|| UpstreamError::Start {
+        server: name.to_owned(),
+        program: String::new(),
+        source: std::io::Error::other("the command is empty"),
+    })?;
+    let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
+    let mut child = Command::new(program)
+        .args(args)
+        .current_dir(cwd)
+        .env_clear()
+        .env("PATH", path)
+        .env("LANG", "C.UTF-8")
+        .env("PYTHONUNBUFFERED", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .process_group(0)
+        .spawn()
+        .map_err(|source| UpstreamError::Start {
+            server: name.to_owned(),
+            program: program.clone(),
+            source,
+        })?;
+    let closed = || UpstreamError::Closed {
+        server: name.to_owned(),
+    };
+    let stdin = child.stdin.take().ok_or_else(closed)?;
+    let stdout = child.stdout.take().ok_or_else(closed)?;
+    let pending: Pending = Arc::default();
+    let (replies_tx, mut replies_rx) = mpsc::unbounded_channel::<Value>();
+    let reader = tokio::spawn(read_stdio(
+        name.to_owned(),
+        stdout,
+        Arc::clone(&pending),
+        refused,
+        replies_tx,
+    ));
+    let stdin = Arc::new(tokio::sync::Mutex::new(stdin));
+    let writer = Arc::clone(&stdin);
+    // Refusals of server-initiated requests go back on stdin, which the reader does
+    // not hold; this task writes them. It ends with the reader (its only sender).
+    let replier = tokio::spawn(async move {
+        while let Some(reply) = replies_rx.recv().await {
+            let Ok(mut line) = serde_json::to_vec(&reply) else {
+                continue;
+            };
+            line.push(b'\n');
+            let mut w = writer.lock().await;
+            if w.write_all(&line).await.is_err() || w.flush().await.is_err() {
+                break;
+            }
+        }
+    });
+    let conn = StdioConn {
+        _child: child,
+        stdin,
+        pending,
+        reader,
+        replier,
+    };
+    Ok(conn)
+}
+
+/// Reads a stdio server's messages: responses complete their calls; requests of the
+/// server are refused (and reported); notifications are dropped.
+async fn read_stdio(
+    server: String,
+    stdout: tokio::process::ChildStdout,
+    pending: Pending,
+    refused: mpsc::UnboundedSender<ServerRequest>,
+    replies: mpsc::UnboundedSender<Value>,
+) {
+    let mut reader = BufReader::new(stdout);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let read = (&mut reader)
+            .take(MAX_MESSAGE + 1)
+            .read_until(b'\n', &mut line)
+            .await;
+        match read {
+            Ok(0) | Err(_) => break,
+            Ok(n) if n as u64 > MAX_MESSAGE => break,
+            Ok(_) => {}
+        }
+        let Ok(value) = serde_json::from_slice::<Value>(&line) else {
+            continue;
+        };
+        match jsonrpc::parse(value) {
+            Ok(jsonrpc::Message::Response { id, body }) => {
+                let waiter = id
+                    .as_u64()
+                    .and_then(|id| pending.lock().ok().and_then(|mut p| p.remove(&id)));
+                if let Some(tx) = waiter {
+                    let _ = tx.send(body);
+                }
+            }
+            Ok(jsonrpc::Message::Request { id, method, .. }) => {
+                let _ = refused.send(ServerRequest {
+                    server: server.clone(),
+                    method,
+                });
+                let _ = replies.send(refusal(&id));
+            }
+            Ok(jsonrpc::Message::Notification { .. }) | Err(_) => {}
+        }
+    }
+    // Whoever still waits learns the server is gone.
+    if let Ok(mut p) = pending.lock() {
+        p.clear();
+    }
+}
+
+/// The answer to a server-initiated request.
+pub(crate) fn refusal(id: &Value) -> Value {
+    jsonrpc::error(
+        id,
+        jsonrpc::METHOD_NOT_FOUND,
+        "requests from tool servers (sampling, elicitation, roots) are not served through the Agent Space boundary",
+        None,
+    )
+}
+
+impl HttpConn {
+    fn new(server: &str, url: &str) -> Result<Self, UpstreamError> {
+        let bad = |message: String| UpstreamError::Http {
+            server: server.to_owned(),
+            message,
+        };
+        let Some(rest) = url.strip_prefix("http://") else {
+            return Err(bad(format!(
+                "`{url}`: only `http://` tool servers are supported so far (https is not yet)"
+            )));
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (
+                rest.get(..i).unwrap_or_default(),
+                rest.get(i..).unwrap_or("/"),
+            ),
+            None => (rest, "/"),
+        };
+        Ok(Self {
+            authority: authority.to_owned(),
+            path: path.to_owned(),
+            session: Mutex::new(None),
+        })
+    }
+
+    /// POSTs one message; for a request (`id`), reads the response from a JSON body or
+    /// an SSE stream.
+    async fn post(
+        &self,
+        server: &str,
+        message: &Value,
+        identity: Option<&str>,
+        id: Option<u64>,
+    ) -> Result<Option<Map<String, Value>>, UpstreamError> {
+        let fail = |message: String| UpstreamError::Http {
+            server: server.to_owned(),
+            message,
+        };
+        let addr = if self.authority.contains(':') {
+            self.authority.clone()
+        } else {
+            format!("{}:80", self.authority)
+        };
+        let stream = tokio::net::TcpStream::connect(&addr)
+            .await
+            .map_err(|e| fail(format!("cannot connect to `{addr}`: {e}")))?;
+        let _ = stream.set_nodelay(true);
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        tokio::spawn(conn);
+        let body = serde_json::to_vec(message).map_err(|e| fail(e.to_string()))?;
+        let mut req = Request::builder()
+            .method(Method::POST)
+            .uri(&self.path)
+            .header(header::HOST, &self.authority)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::ACCEPT, "application/json, text/event-stream")
+            .header("mcp-protocol-version", UPSTREAM_PROTOCOL);
+        let session = self.session.lock().ok().and_then(|s| s.clone());
+        if let Some(s) = &session {
+            req = req.header("mcp-session-id", s);
+        }
+        if let Some(token) = identity {
+            req = req.header("agentspace-identity", token);
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| fail(e.to_string()))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        if let Some(s) = resp
+            .headers()
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+            && let Ok(mut slot) = self.session.lock()
+        {
+            *slot = Some(s.to_owned());
+        }
+        let status = resp.status();
+        let Some(id) = id else {
+            return if status.is_success() {
+                Ok(None)
+            } else {
+                Err(fail(format!("answered {status} to a notification")))
+            };
+        };
+        if status != StatusCode::OK {
+            return Err(fail(format!("answered {status}")));
+        }
+        let sse = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        let mut body = resp.into_body();
+        let mut buf: Vec<u8> = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| fail(e.to_string()))?;
+            if let Some(data) = frame.data_ref() {
+                buf.extend_from_slice(data);
+            }
+            if buf.len() as u64 > MAX_MESSAGE {
+                return Err(fail("the response is larger than 16 MiB".into()));
+            }
+            if sse && let Some(found) = sse_response(&mut buf, id) {
+                return Ok(Some(found));
+            }
+        }
+        if sse {
+            buf.extend_from_slice(b"\n\n");
+            return sse_response(&mut buf, id)
+                .map(Some)
+                .ok_or_else(|| fail("the event stream ended without the response".into()));
+        }
+        let value: Value =
+            serde_json::from_slice(&buf).map_err(|e| fail(format!("the body is not JSON: {e}")))?;
+        match jsonrpc::parse(value) {
+            Ok(jsonrpc::Message::Response { body, .. }) => Ok(Some(body)),
+            _ => Err(fail("the body is not a JSON-RPC response".into())),
+        }
+    }
+}
+
+/// Takes complete SSE events off the front of `buf`; returns the JSON-RPC response
+/// with `id` once one has come. Other events (notifications, server requests) are
+/// dropped: this client never answers them.
+fn sse_response(buf: &mut Vec<u8>, id: u64) -> Option<Map<String, Value>> {
+    loop {
+        let text = String::from_utf8_lossy(buf).replace("\r\n", "\n");
+        let end = text.find("\n\n")?;
+        let event = text.get(..end).unwrap_or_default().to_owned();
+        let consumed = text.get(..end + 2).map_or(0, str::len);
+        // Map the consumed length back onto the raw bytes (CRLF shrank by one each).
+        let raw_consumed = raw_len(buf, consumed);
+        buf.drain(..raw_consumed.min(buf.len()));
+        let data: Vec<&str> = event
+            .lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .map(|d| d.strip_prefix(' ').unwrap_or(d))
+            .collect();
+        if data.is_empty() {
+            continue;
+        }
+        let Ok(value) = serde_json::from_str::<Value>(&data.join("\n")) else {
+            continue;
+        };
+        if let Ok(jsonrpc::Message::Response { id: got, body }) = jsonrpc::parse(value)
+            && got.as_u64() == Some(id)
+        {
+            return Some(body);
+        }
+    }
+}
+
+/// How many bytes of `raw` make `normalised` characters once CRLF is read as LF.
+fn raw_len(raw: &[u8], normalised: usize) -> usize {
+    let mut n = 0;
+    let mut i = 0;
+    while n < normalised && i < raw.len() {
+        if raw.get(i) == Some(&b'\r') && raw.get(i + 1) == Some(&b'\n') {
+            i += 2;
+        } else {
+            i += 1;
+        }
+        n += 1;
+    }
+    i
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_events_are_read_until_the_response() {
+        let mut buf = b"event: message\r\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\r\n\r\nevent: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{\"ok\":true}}\n\n".to_vec();
+        let body = sse_response(&mut buf, 7).unwrap();
+        assert_eq!(body.get("result"), Some(&json!({"ok": true})));
+        let mut partial = b"data: {\"jsonrpc\":\"2.0\",\"id\":7,".to_vec();
+        assert!(sse_response(&mut partial, 7).is_none());
+    }
+
+    #[test]
+    fn only_plain_http_urls_are_taken() {
+        assert!(HttpConn::new("hr", "https://hr.example/mcp").is_err());
+        let h = HttpConn::new("hr", "http://127.0.0.1:8080/mcp").unwrap();
+        assert_eq!(h.authority, "127.0.0.1:8080");
+        assert_eq!(h.path, "/mcp");
+    }
+}

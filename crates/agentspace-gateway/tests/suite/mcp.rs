@@ -1,0 +1,305 @@
+//! The MCP gateway end to end: the credit officer of examples/credit-officer/ (its
+//! definition and its Python MCP servers, started by the gateway as stdio programs),
+//! and the official MCP Python SDK as the agent, on loopback.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use agentspace_audit::{AuditLog, Filter, VerifyOptions};
+use agentspace_core::{Actor, Definition, Name, Principal, TaskRef, UserId};
+use agentspace_gateway::{McpGateway, Task};
+use agentspace_identity::Identity;
+use agentspace_policy::PolicyEngine;
+use serde_json::Value;
+use tokio::net::TcpListener;
+
+fn example_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/credit-officer")
+        .canonicalize()
+        .unwrap()
+}
+
+/// The Python SDK must be installed (scripts/install-deps does it).
+fn require_python_mcp() {
+    let ok = std::process::Command::new("python3")
+        .args(["-c", "import mcp.client, mcp.server.mcpserver"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "the MCP Python SDK is missing: run scripts/install-deps (pip install of `mcp`)"
+    );
+}
+
+struct Scenario {
+    _dir: tempfile::TempDir,
+    audit: AuditLog,
+    task: Arc<Task>,
+    url: String,
+}
+
+async fn start(definition_text: Option<String>) -> Scenario {
+    require_python_mcp();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let def_path = example_dir().join("credit-officer.yaml");
+    let text = definition_text.unwrap_or_else(|| std::fs::read_to_string(&def_path).unwrap());
+    let definition = Definition::parse(&def_path, &text).unwrap();
+    let policy = Arc::new(PolicyEngine::load(&definition, &state).unwrap());
+    let audit = AuditLog::open(&state).unwrap();
+    let identity = Arc::new(Identity::open(&state));
+    let principal = Principal::new(
+        Name::new("acme").unwrap(),
+        UserId::new("alice@acme.example").unwrap(),
+        Actor::new(
+            Name::new("credit-officer").unwrap(),
+            TaskRef::new("t-mcp").unwrap(),
+        ),
+    );
+    let task = Arc::new(Task::new(principal, policy));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+    tokio::spawn(McpGateway::new(audit.clone(), identity).serve(listener, Arc::clone(&task)));
+    Scenario {
+        _dir: dir,
+        audit,
+        task,
+        url,
+    }
+}
+
+/// Runs examples/credit-officer/agent.py against `url`: its steps by name.
+async fn run_agent(url: &str) -> BTreeMap<String, Value> {
+    let script = example_dir().join("agent.py");
+    let output = tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        tokio::process::Command::new("python3")
+            .arg(&script)
+            .arg(url)
+            .output(),
+    )
+    .await
+    .expect("the agent did not finish in 120 s")
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the agent failed: {}\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+            (v["step"].as_str().unwrap().to_owned(), v)
+        })
+        .collect()
+}
+
+async fn events(audit: &AuditLog) -> Vec<Value> {
+    let audit = audit.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut events = Vec::new();
+        audit
+            .query(
+                &Filter {
+                    tenant: Some("acme".into()),
+                    ..Filter::default()
+                },
+                |e| {
+                    events.push(serde_json::to_value(&e.event).unwrap());
+                    Ok(true)
+                },
+            )
+            .unwrap();
+        events
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_credit_officer_scenario_end_to_end() {
+    let s = start(None).await;
+    let steps = run_agent(&s.url).await;
+    let step = |name: &str| -> &Value {
+        steps
+            .get(name)
+            .unwrap_or_else(|| panic!("no step `{name}` in {steps:#?}"))
+    };
+
+    // Only allowed tools are listed: never HR, medical or delete_customer.
+    assert_eq!(
+        step("list")["tools"],
+        serde_json::json!(["lookup_customer", "render_letter", "score", "send_mail"])
+    );
+    // Mail outside needs approval (the HTTP gateway's `approval required`).
+    assert_eq!(step("mail-external")["ok"], false);
+    assert_eq!(step("mail-external")["reason"], "approval required");
+    // The lookup is allowed and returns the customer.
+    assert_eq!(step("lookup")["ok"], true, "{}", step("lookup"));
+    assert_eq!(step("lookup")["structured"]["name"], "Jane Doe");
+    // Tools not allowed look exactly like tools that do not exist.
+    for (name, tool) in [
+        ("hr", "list_salaries"),
+        ("medical", "get_record"),
+        ("delete", "delete_customer"),
+    ] {
+        assert_eq!(step(name)["ok"], false);
+        assert_eq!(step(name)["error"], -32602, "{}", step(name));
+        assert_eq!(step(name)["message"], format!("Unknown tool: {tool}"));
+    }
+    // After the lookup the session carries pii: mail is not cleared for it.
+    assert_eq!(step("mail-after-lookup")["ok"], false);
+    assert_eq!(
+        step("mail-after-lookup")["code"],
+        "flow",
+        "{}",
+        step("mail-after-lookup")
+    );
+    // Scoring is cleared for pii; the fourth identical call in a row is a loop.
+    for n in 1..=3 {
+        let s = step(&format!("score-{n}"));
+        assert_eq!(s["ok"], true, "{s}");
+        assert_eq!(s["structured"]["customer_id"], "c-001");
+    }
+    assert_eq!(step("score-4")["code"], "loop", "{}", step("score-4"));
+    assert_eq!(step("score-bad-arguments")["code"], "invalid-arguments");
+    // The tampered record is delivered, flagged.
+    let tampered = step("lookup-tampered");
+    assert_eq!(tampered["ok"], true);
+    assert_eq!(tampered["flags"], serde_json::json!(["instruction"]));
+    assert_eq!(step("letter")["ok"], true);
+    assert!(
+        step("letter")["text"]
+            .as_str()
+            .unwrap()
+            .contains("Jane Doe")
+    );
+
+    // Every step is in the audit log, which verifies.
+    let events = events(&s.audit).await;
+    let find = |action: &str, resource: &str| -> Vec<&Value> {
+        events
+            .iter()
+            .filter(|e| e["action"] == action && e["resource"] == resource)
+            .collect()
+    };
+    let lookups = find("tools/call", "mcp://customer-db/lookup_customer");
+    assert_eq!(lookups.len(), 2);
+    assert_eq!(lookups[0]["decision"], "allow");
+    assert_eq!(lookups[0]["kind"], "mcp_call");
+    assert_eq!(lookups[0]["user"], "alice@acme.example");
+    assert!(
+        lookups[0]["args_digest"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
+    let results = find("tools/result", "mcp://customer-db/lookup_customer");
+    assert_eq!(results[0]["details"]["taint"], serde_json::json!(["pii"]));
+    assert_eq!(
+        results[1]["details"]["flags"],
+        serde_json::json!(["instruction"])
+    );
+    for tool in ["list_salaries", "get_record", "delete_customer"] {
+        let denied = find("tools/call", &format!("mcp://?/{tool}"));
+        assert_eq!(denied.len(), 1, "{tool}");
+        assert_eq!(denied[0]["decision"], "deny");
+        assert_eq!(denied[0]["details"]["code"], "not-permitted");
+    }
+    let mails = find("tools/call", "mcp://mail/send_mail");
+    assert_eq!(mails[0]["decision"], "approval_required");
+    assert_eq!(mails[1]["decision"], "deny");
+    assert_eq!(mails[1]["details"]["code"], "flow");
+    assert_eq!(mails[1]["details"]["labels"], serde_json::json!(["pii"]));
+    let scores = find("tools/call", "mcp://scoring/score");
+    let codes: Vec<&Value> = scores.iter().map(|e| &e["details"]["code"]).collect();
+    assert_eq!(
+        codes,
+        [
+            &Value::Null,
+            &Value::Null,
+            &Value::Null,
+            &serde_json::json!("loop"),
+            &serde_json::json!("invalid-arguments")
+        ]
+    );
+    // No result is audited for a refused call, and every allowed call has one after it.
+    assert_eq!(find("tools/result", "mcp://scoring/score").len(), 3);
+    // Nothing of HR or medical was ever started or asked.
+    assert!(!events.iter().any(|e| {
+        e["resource"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("mcp://hr") || r.starts_with("mcp://medical"))
+    }));
+    let audit = s.audit.clone();
+    let verified = tokio::task::spawn_blocking(move || {
+        audit.verify(&VerifyOptions {
+            tenant: Some("acme".into()),
+            ..VerifyOptions::default()
+        })
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        verified.iter().map(|t| t.events).sum::<u64>(),
+        events.len() as u64
+    );
+    s.task.close();
+}
+
+/// A streamable-HTTP tool server (the scoring server of the example, served by the
+/// Python SDK over HTTP with SSE responses) behind the gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_streamable_http_tool_server() {
+    require_python_mcp();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut server = tokio::process::Command::new("python3")
+        .arg(example_dir().join("servers/scoring.py"))
+        .args(["--http", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Readiness, not timing: wait until it accepts connections.
+    let mut ready = false;
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(ready, "the scoring server did not start");
+    let text = std::fs::read_to_string(example_dir().join("credit-officer.yaml"))
+        .unwrap()
+        .replace(
+            "command: [python3, ./servers/scoring.py]",
+            &format!("url: http://127.0.0.1:{port}/mcp"),
+        );
+    assert!(text.contains("url: http://127.0.0.1:"));
+    let s = start(Some(text)).await;
+    let steps = run_agent(&s.url).await;
+    for n in 1..=3 {
+        let step = &steps[&format!("score-{n}")];
+        assert_eq!(step["ok"], true, "{step}");
+        assert_eq!(step["structured"]["band"], "A", "{step}");
+    }
+    assert_eq!(steps["score-4"]["code"], "loop");
+    assert_eq!(steps["mail-after-lookup"]["code"], "flow");
+    s.task.close();
+    let _ = server.kill().await;
+}

@@ -297,3 +297,51 @@ fn programs_that_ignore_the_proxy_are_governed_and_nothing_else_gets_out() {
         Some(0)
     );
 }
+
+#[test]
+fn a_capability_budget_runs_out_for_a_program_in_a_cell() {
+    if !privileged() {
+        return;
+    }
+    let s = Sandbox::new();
+    let up = upstream(&s);
+    let def = s.definition(
+        "budget.yaml",
+        "apiVersion: agentspace/v1
+kind: Agent
+metadata: {name: fetcher, tenant: acme}
+spec:
+  workspace: ./workspace
+  egress:
+    - name: api
+      hosts: [api.example.test]
+      methods: [GET]
+      budget: {requests: 2}
+  resources: {memory: 256Mi, pids: 64, cpu: 1.0, timeout: 60s}
+",
+    );
+    // Two requests through the proxy and one around it: the budget counts them all.
+    let script = "curl -sS https://api.example.test/v1/one; echo; \
+                  curl -sS --noproxy '*' https://api.example.test/v1/two; echo; \
+                  curl -sS https://api.example.test/v1/three; echo";
+    let mut c = s.command();
+    c.args(["run", "--user", "alice", "-f"])
+        .arg(&def)
+        .args([
+            "--resolve",
+            &format!("api.example.test:443:127.0.0.1:{}", up.port),
+        ])
+        .arg("--upstream-ca")
+        .arg(s.path().join("ca.pem"))
+        .args(["--", "sh", "-c", script]);
+    let r: Ran = c.output().unwrap().into();
+    assert_eq!(r.code, 0, "{r:?}");
+    let lines: Vec<&str> = r.stdout.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(lines[0], "upstream saw /v1/one", "{r:?}");
+    assert_eq!(lines[1], "upstream saw /v1/two", "{r:?}");
+    let third: serde_json::Value = serde_json::from_str(lines[2]).unwrap();
+    assert_eq!(third["decision"], "deny", "{r:?}");
+    assert_eq!(third["code"], "budget", "{r:?}");
+    let seen = std::fs::read_to_string(s.path().join("seen.log")).unwrap();
+    assert!(!seen.contains("/v1/three"), "{seen}");
+}

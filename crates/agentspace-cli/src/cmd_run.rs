@@ -219,10 +219,11 @@ impl Boundary {
     ) -> Result<Option<Self>> {
         use agentspace_core::{Actor, Principal, TaskRef, UserId};
         use agentspace_gateway::{Door, DoorListener, Gateway, GatewayConfig, ResolveOverride};
-        if definition.governance.egress.is_empty() {
+        if definition.governance.egress.is_empty() && definition.governance.tools.servers.is_empty()
+        {
             if !resolve.is_empty() || !upstream_ca.is_empty() {
                 bail!(
-                    "--resolve and --upstream-ca configure the gateway, which runs only for definitions with `spec.egress` rules"
+                    "--resolve and --upstream-ca configure the gateway, which runs only for definitions with `spec.egress` or `spec.tools`"
                 );
             }
             return Ok(None);
@@ -247,6 +248,10 @@ impl Boundary {
             .tenant_ca(&definition.tenant)?
             .cert_path()
             .to_path_buf();
+        let mcp_gateway = agentspace_gateway::McpGateway::new(
+            agentspace_audit::AuditLog::open(state.path())?,
+            std::sync::Arc::new(agentspace_identity::Identity::open(state.path())),
+        );
         let mut door = agentspace_cell::NetworkDoor::create()?;
         let sockets = door.take_sockets().context("the door has no sockets")?;
         for nonblocking in [
@@ -254,6 +259,7 @@ impl Boundary {
             sockets.transparent.set_nonblocking(true),
             sockets.dns_tcp.set_nonblocking(true),
             sockets.dns_udp.set_nonblocking(true),
+            sockets.mcp.set_nonblocking(true),
         ] {
             nonblocking.context("cannot make the door non-blocking")?;
         }
@@ -297,6 +303,7 @@ impl Boundary {
                 tokio::net::TcpListener::from_std(sockets.transparent).context(serve())?;
             let dns_udp = tokio::net::UdpSocket::from_std(sockets.dns_udp).context(serve())?;
             let dns_tcp = tokio::net::TcpListener::from_std(sockets.dns_tcp).context(serve())?;
+            let mcp = tokio::net::TcpListener::from_std(sockets.mcp).context(serve())?;
             let door = Door::new(DoorListener::Tcp(proxy), gw_task);
             let task = std::sync::Arc::clone(door.task());
             tokio::spawn(std::sync::Arc::clone(&gateway).serve(door));
@@ -308,6 +315,9 @@ impl Boundary {
                 std::sync::Arc::clone(&gateway).serve_dns(dns_udp, std::sync::Arc::clone(&task)),
             );
             tokio::spawn(gateway.serve_dns_tcp(dns_tcp, std::sync::Arc::clone(&task)));
+            // The tools of `spec.tools`, at http://127.0.0.1:3130/mcp in the cell; with
+            // none, the endpoint lists no tools and every call is refused and audited.
+            tokio::spawn(mcp_gateway.serve(mcp, std::sync::Arc::clone(&task)));
             anyhow::Ok(task)
         })?;
         Ok(Some(Self {
@@ -415,6 +425,14 @@ fn cell_env(
         }
         env.insert("NO_PROXY".into(), "localhost,127.0.0.1".into());
         env.insert("no_proxy".into(), "localhost,127.0.0.1".into());
+        env.insert(
+            "AGENTSPACE_MCP_URL".into(),
+            format!(
+                "http://127.0.0.1:{}{}",
+                agentspace_cell::MCP_PORT,
+                agentspace_gateway::MCP_PATH
+            ),
+        );
         let bundle = "/etc/ssl/certs/ca-certificates.crt".to_owned();
         for name in [
             "SSL_CERT_FILE",

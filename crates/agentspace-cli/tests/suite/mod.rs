@@ -6,3 +6,4 @@ mod definitions;
 mod door;
 mod escape;
 mod run;
+mod tools;

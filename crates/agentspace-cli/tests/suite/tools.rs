@@ -1,0 +1,99 @@
+//! The credit officer of examples/credit-officer/ in a real cell: its agent, on the
+//! official MCP Python SDK, reaches its tools only through the cell's MCP endpoint, and
+//! the boundary governs every call (allowlist, flow, loop, schema, injection flags).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::support::{Ran, Sandbox, privileged};
+
+fn python_mcp() -> bool {
+    let ok = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", "import mcp.client"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "the MCP Python SDK is missing for /usr/bin/python3 in CI (scripts/install-deps installs it)"
+        );
+        eprintln!("skipped: /usr/bin/python3 cannot import mcp (run scripts/install-deps)");
+    }
+    ok
+}
+
+#[test]
+fn the_credit_officer_scenario_runs_in_a_cell_and_every_tool_call_is_governed() {
+    if !privileged() || !python_mcp() {
+        return;
+    }
+    let s = Sandbox::new();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/credit-officer");
+    let mut c = s.command();
+    c.args(["run", "--user", "alice", "-f"])
+        .arg(example.join("credit-officer.yaml"))
+        .args(["--", "python3", "/workspace/agent.py"]);
+    let r: Ran = c.output().unwrap().into();
+    assert_eq!(r.code, 0, "{r:?}");
+    let steps: BTreeMap<String, serde_json::Value> = r
+        .stdout
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}: {r:?}"));
+            (v["step"].as_str().unwrap().to_owned(), v)
+        })
+        .collect();
+    let step = |name: &str| &steps[name];
+    assert_eq!(
+        step("list")["tools"],
+        serde_json::json!(["lookup_customer", "render_letter", "score", "send_mail"]),
+        "{r:?}"
+    );
+    assert_eq!(step("lookup")["ok"], true, "{r:?}");
+    assert_eq!(step("lookup")["structured"]["id"], "c-001");
+    for hidden in ["hr", "medical", "delete"] {
+        assert_eq!(step(hidden)["ok"], false, "{hidden}: {r:?}");
+    }
+    assert_eq!(step("mail-after-lookup")["code"], "flow", "{r:?}");
+    assert_eq!(step("score-1")["ok"], true, "{r:?}");
+    assert_eq!(step("score-4")["code"], "loop", "{r:?}");
+    assert_eq!(
+        step("lookup-tampered")["flags"],
+        serde_json::json!(["instruction"]),
+        "{r:?}"
+    );
+
+    // Every call is on the record as alice's, and the record verifies.
+    let q = s
+        .command()
+        .args(["audit", "query", "--kind", "mcp_call", "--format", "jsonl"])
+        .output()
+        .unwrap();
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&q.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event"].clone())
+        .collect();
+    assert!(events.len() >= 10, "{events:#?}");
+    assert!(
+        events
+            .iter()
+            .all(|e| e["user"] == "alice" && e["agent"] == "credit-officer"),
+        "{events:#?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["decision"] == "deny" && e["details"]["code"] == "flow"),
+        "{events:#?}"
+    );
+    assert_eq!(
+        s.command()
+            .args(["audit", "verify"])
+            .output()
+            .unwrap()
+            .status
+            .code(),
+        Some(0)
+    );
+}

@@ -377,4 +377,17 @@ mod tests {
         );
         assert!(scan_result(&json!({"content": [{"type": "text", "text": "Dear Ms Doe, your loan is approved."}]})).is_empty());
     }
+
+    proptest::proptest! {
+        /// Whatever a tool or an agent sends, the scanners answer and never panic.
+        #[test]
+        fn scanners_never_panic(s in proptest::prelude::any::<String>(), n in proptest::prelude::any::<u64>()) {
+            let v = json!({"s": s, "n": n, "a": [s.clone(), {"k": s.clone()}]});
+            let _ = scan_arguments(&v);
+            let _ = scan_result(&v);
+            let _ = has_iban(&s);
+            let _ = has_card_number(&s);
+            let _ = has_jwt(&s);
+        }
+    }
 }

@@ -303,3 +303,216 @@ async fn mcp_streamable_http_tool_server() {
     s.task.close();
     let _ = server.kill().await;
 }
+
+fn servers_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/servers")
+}
+
+/// Runs tests/servers/call.py: each `(tool, arguments)` in turn, one JSON line each.
+async fn call(url: &str, calls: &[(&str, &str)]) -> Vec<Value> {
+    let mut cmd = tokio::process::Command::new("python3");
+    cmd.arg(servers_dir().join("call.py")).arg(url);
+    for (tool, args) in calls {
+        cmd.args([tool, args]);
+    }
+    let output = tokio::time::timeout(std::time::Duration::from_secs(60), cmd.output())
+        .await
+        .expect("the client did not finish in 60 s")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The upstream receives the per-call identity token (over stdio in `_meta`, over HTTP
+/// in the `Agentspace-Identity` header): a one-time token for the user and the agent,
+/// for exactly that server, that verifies against the tenant's keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_upstreams_receive_the_per_call_identity() {
+    require_python_mcp();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let script = servers_dir().join("whoami.py");
+    let mut http_server = tokio::process::Command::new("python3")
+        .arg(&script)
+        .args(["--http", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut ready = false;
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(ready, "the whoami server did not start");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let text = format!(
+        "apiVersion: agentspace/v1
+kind: Agent
+metadata: {{name: credit-officer, tenant: acme}}
+spec:
+  tools:
+    - server: local
+      command: [python3, {script}]
+      allow: [whoami]
+    - server: remote
+      url: {url}
+      allow: [whoami]
+",
+        script = script.display()
+    );
+    let def_path = dir.path().join("agent.yaml");
+    let definition = Definition::parse(&def_path, &text).unwrap();
+    let policy = Arc::new(PolicyEngine::load(&definition, &state).unwrap());
+    let audit = AuditLog::open(&state).unwrap();
+    let identity = Arc::new(Identity::open(&state));
+    let principal = Principal::new(
+        Name::new("acme").unwrap(),
+        UserId::new("alice@acme.example").unwrap(),
+        Actor::new(
+            Name::new("credit-officer").unwrap(),
+            TaskRef::new("t-id").unwrap(),
+        ),
+    );
+    let task = Arc::new(Task::new(principal.clone(), policy));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mcp = format!("http://{}/mcp", listener.local_addr().unwrap());
+    tokio::spawn(McpGateway::new(audit, Arc::clone(&identity)).serve(listener, Arc::clone(&task)));
+    // Both servers offer `whoami`: the first in the definition (stdio) serves it.
+    let out = call(&mcp, &[("whoami", "{}")]).await;
+    let stdio_token = out[0]["text"].as_str().unwrap().to_owned();
+    let tenant = Name::new("acme").unwrap();
+    let target = agentspace_identity::CallTarget::new("POST", "http://local").unwrap();
+    let verified = identity
+        .verify(
+            &stdio_token,
+            &agentspace_identity::Expected::call(&tenant, &target),
+            &agentspace_identity::NothingRevoked,
+        )
+        .unwrap_or_else(|e| panic!("{e}: {stdio_token}"));
+    assert_eq!(verified.principal(), &principal);
+    // Once only.
+    assert!(
+        identity
+            .verify(
+                &stdio_token,
+                &agentspace_identity::Expected::call(&tenant, &target),
+                &agentspace_identity::NothingRevoked,
+            )
+            .is_err()
+    );
+    task.close();
+
+    // The HTTP server alone: the stdio one allows nothing now.
+    let text = text.replacen("      allow: [whoami]\n", "      allow: []\n", 1);
+    let definition = Definition::parse(&def_path, &text).unwrap();
+    let policy = Arc::new(PolicyEngine::load(&definition, &state).unwrap());
+    let task = Arc::new(Task::new(principal.clone(), policy));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mcp = format!("http://{}/mcp", listener.local_addr().unwrap());
+    let audit = AuditLog::open(&state).unwrap();
+    tokio::spawn(McpGateway::new(audit, Arc::clone(&identity)).serve(listener, Arc::clone(&task)));
+    let out = call(&mcp, &[("whoami", "{}")]).await;
+    let http_token = out[0]["text"].as_str().unwrap().to_owned();
+    let target = agentspace_identity::CallTarget::new("POST", &url).unwrap();
+    let verified = identity
+        .verify(
+            &http_token,
+            &agentspace_identity::Expected::call(&tenant, &target),
+            &agentspace_identity::NothingRevoked,
+        )
+        .unwrap_or_else(|e| panic!("{e}: {http_token}"));
+    assert_eq!(verified.principal(), &principal);
+    task.close();
+    let _ = http_server.kill().await;
+}
+
+/// The taint a tool result leaves stops the task's HTTP egress too: the HTTP gateway and
+/// the MCP gateway of a task share its policy engine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_taint_stops_http_egress_of_the_same_task() {
+    let text = std::fs::read_to_string(example_dir().join("credit-officer.yaml"))
+        .unwrap()
+        .replace(
+            "spec:\n",
+            "spec:\n  egress:\n    - name: public-web\n      hosts: [www.example.org]\n",
+        );
+    let s = start(Some(text)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = agentspace_gateway::Gateway::new(
+        agentspace_gateway::GatewayConfig::new(dir.path().join("gw")),
+        s.audit.clone(),
+    )
+    .unwrap();
+    let door = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = door.local_addr().unwrap();
+    let task = Arc::clone(&s.task);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = door.accept().await {
+            tokio::spawn(Arc::clone(&gateway).serve_connection(
+                stream,
+                Arc::clone(&task),
+                agentspace_gateway::Arrival::Proxy,
+            ));
+        }
+    });
+
+    let out = call(
+        &s.url,
+        &[("lookup_customer", r#"{"customer_id": "c-001"}"#)],
+    )
+    .await;
+    assert_eq!(out[0]["ok"], true, "{}", out[0]);
+    let curl = tokio::process::Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "--max-time",
+            "30",
+            "-x",
+        ])
+        .arg(format!("http://{proxy}"))
+        .arg("http://www.example.org/")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&curl.stdout);
+    let (body, status) = stdout.rsplit_once('\n').unwrap();
+    assert_eq!(status, "403", "{stdout}");
+    let body: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(body["code"], "flow", "{body}");
+    assert!(
+        body["reason"]
+            .as_str()
+            .unwrap()
+            .contains("`public-web` is not cleared"),
+        "{body}"
+    );
+    let events = events(&s.audit).await;
+    let http = events.iter().find(|e| e["kind"] == "http_request").unwrap();
+    assert_eq!(http["decision"], "deny");
+    assert_eq!(http["details"]["code"], "flow");
+    s.task.close();
+}

@@ -77,7 +77,7 @@ fn roles_text(roles: &BTreeSet<Role>) -> String {
         .join(",")
 }
 
-fn roles_parse(text: &str) -> BTreeSet<Role> {
+pub(crate) fn roles_parse(text: &str) -> BTreeSet<Role> {
     // An unknown stored role grants nothing (fail closed).
     text.split(',').filter_map(Role::parse).collect()
 }

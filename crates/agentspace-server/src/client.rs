@@ -41,11 +41,22 @@ pub enum ClientError {
 pub struct Response {
     /// The status code.
     pub status: u16,
+    /// The headers, names lowercased, in order.
+    pub headers: Vec<(String, String)>,
     /// The body (de-chunked).
     pub body: Vec<u8>,
 }
 
 impl Response {
+    /// Every value of header `name` (lowercase).
+    pub fn header_values(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
     /// The body as JSON (`null` when it is not JSON).
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
@@ -126,6 +137,27 @@ impl Client {
         path: &str,
         body: Option<&serde_json::Value>,
     ) -> Result<Response, ClientError> {
+        let body = body.map(|b| b.to_string());
+        let mut headers = vec![("Accept", "application/json")];
+        if method != "GET" {
+            headers.push(("Content-Type", "application/json"));
+        }
+        self.send(
+            method,
+            path,
+            &headers,
+            body.as_deref().unwrap_or_default().as_bytes(),
+        )
+    }
+
+    /// Any method with the given extra headers and body (for forms and cookies).
+    pub fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<Response, ClientError> {
         let io = |e: std::io::Error| ClientError::Io {
             url: self.url.clone(),
             message: e.to_string(),
@@ -139,23 +171,22 @@ impl Client {
         let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).map_err(io)?;
         stream.set_read_timeout(Some(self.timeout)).map_err(io)?;
         stream.set_write_timeout(Some(self.timeout)).map_err(io)?;
-        let body = body.map(|b| b.to_string()).unwrap_or_default();
         let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAccept: application/json\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
             self.authority
         );
         if let Some(token) = &self.token {
             head.push_str(&format!("Authorization: Bearer {token}\r\n"));
         }
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
         if method != "GET" {
-            head.push_str(&format!(
-                "Content-Type: application/json\r\nContent-Length: {}\r\n",
-                body.len()
-            ));
+            head.push_str(&format!("Content-Length: {}\r\n", body.len()));
         }
         head.push_str("\r\n");
         stream.write_all(head.as_bytes()).map_err(io)?;
-        stream.write_all(body.as_bytes()).map_err(io)?;
+        stream.write_all(body).map_err(io)?;
         let mut raw = Vec::new();
         stream
             .take(MAX_RESPONSE)
@@ -183,18 +214,23 @@ fn parse_response(raw: &[u8]) -> Result<Response, String> {
         .nth(1)
         .and_then(|s| s.parse::<u16>().ok())
         .ok_or_else(|| format!("bad status line `{status_line}`"))?;
-    let chunked = lines.any(|l| {
-        l.split_once(':').is_some_and(|(k, v)| {
-            k.trim().eq_ignore_ascii_case("transfer-encoding")
-                && v.trim().eq_ignore_ascii_case("chunked")
-        })
-    });
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
     let body = if chunked {
         dechunk(body)?
     } else {
         body.to_vec()
     };
-    Ok(Response { status, body })
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
 }
 
 fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, String> {

@@ -16,6 +16,7 @@ mod approvals;
 mod audit;
 mod auth;
 pub mod client;
+mod console;
 mod definitions;
 mod error;
 mod events;

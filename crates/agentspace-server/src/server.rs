@@ -17,8 +17,8 @@ use crate::api::{self, App, AppState};
 use crate::approvals::ApprovalStore;
 use crate::auth::{Accounts, NewToken};
 use crate::error::ServerError;
-use crate::events;
 use crate::store::Db;
+use crate::{console, events};
 
 /// How the control plane runs.
 #[derive(Clone, Debug)]
@@ -121,6 +121,17 @@ fn router(app: AppState) -> Router {
         .route("/v1/revocations/lift", post(api::lift))
         .route("/v1/secrets", get(api::secrets))
         .route("/v1/events", get(events::events))
+        .route(
+            "/console",
+            get(|| async { axum::response::Redirect::permanent("/console/") }),
+        )
+        .route("/console/", get(console::home))
+        .route(
+            "/console/login",
+            get(console::login_form).post(console::login),
+        )
+        .route("/console/logout", post(console::logout))
+        .route("/console/approvals/{id}/{verb}", post(console::decide))
         .fallback(api::not_found)
         .with_state(app)
 }

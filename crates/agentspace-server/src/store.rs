@@ -57,6 +57,13 @@ CREATE TABLE IF NOT EXISTS approval (
   decided_at   INTEGER
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS approval_pending ON approval (tenant, state, requested_at);
+CREATE TABLE IF NOT EXISTS session (
+  hash       TEXT PRIMARY KEY NOT NULL,
+  token_id   TEXT NOT NULL REFERENCES token(id) ON DELETE CASCADE,
+  csrf       TEXT NOT NULL,
+  created_at INTEGER NOT NULL,
+  expires_at INTEGER NOT NULL
+) WITHOUT ROWID;
 ";
 
 /// The database handle, shared by the API and the approval store.

@@ -1,5 +1,6 @@
 mod approvals;
 mod auth;
+mod console;
 mod definitions;
 mod events;
 mod harness;

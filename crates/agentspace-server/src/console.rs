@@ -1,0 +1,389 @@
+//! The web console's first pages, served by the same binary: a login page that turns an
+//! API token into a session cookie, and the approval queue with approve and deny.
+//!
+//! - The session cookie is `HttpOnly; SameSite=Strict; Path=/console`, 256 random bits,
+//!   stored as SHA-256 only, tied to the token it was made from (revoking the token ends
+//!   the session) and valid for 12 hours.
+//! - Every state-changing form carries a CSRF token that must equal the session's
+//!   (compared in constant time); the login form uses a double-submit cookie.
+//! - Pages have no script; a strict Content-Security-Policy forbids any, and framing.
+
+use std::fmt::Write as _;
+
+use axum::extract::{Form, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use rusqlite::{OptionalExtension, params};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::api::{AppState, blocking};
+use crate::approvals::{ApprovalState, Outcome};
+use crate::auth::{Caller, Role};
+use crate::error::ServerError;
+use crate::extract::Path;
+use crate::store::{now_ms, random_hex};
+
+const SESSION_COOKIE: &str = "agentspace_session";
+const LOGIN_COOKIE: &str = "agentspace_login";
+const SESSION_MS: i64 = 12 * 3600 * 1000;
+
+fn hash(text: &str) -> String {
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+fn same(a: &str, b: &str) -> bool {
+    bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+}
+
+/// HTML-escapes `text`.
+fn esc(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+}
+
+fn set_cookie(name: &str, value: &str, max_age_secs: i64) -> HeaderValue {
+    let text =
+        format!("{name}={value}; HttpOnly; SameSite=Strict; Path=/console; Max-Age={max_age_secs}");
+    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// A page with the console's headers.
+fn page(status: StatusCode, title: &str, body: &str, cookies: Vec<HeaderValue>) -> Response {
+    let html = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{} · Agent Space</title>\
+<style>body{{font:15px system-ui,sans-serif;margin:2rem auto;max-width:60rem;color:#1a1a1a}}\
+table{{border-collapse:collapse;width:100%}}td,th{{border-bottom:1px solid #ddd;padding:.4rem;text-align:left;vertical-align:top}}\
+.err{{color:#a00}}form.inline{{display:inline}}</style></head><body><h1>Agent Space</h1>{body}</body></html>",
+        esc(title)
+    );
+    let mut response = (status, axum::response::Html(html)).into_response();
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    for c in cookies {
+        h.append(header::SET_COOKIE, c);
+    }
+    response
+}
+
+fn login_page(status: StatusCode, error: Option<&str>) -> Result<Response, ServerError> {
+    let csrf = random_hex::<32>()?;
+    let error = error
+        .map(|e| format!("<p class=\"err\">{}</p>", esc(e)))
+        .unwrap_or_default();
+    let body = format!(
+        "<h2>Sign in</h2>{error}<form method=\"post\" action=\"/console/login\">\
+<input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+<p><label>API token <input type=\"password\" name=\"token\" autocomplete=\"off\" size=\"60\" required></label></p>\
+<p><button type=\"submit\">Sign in</button></p></form>\
+<p>An admin makes tokens with <code>POST /v1/users/NAME/tokens</code>; the first comes from \
+<code>agentspace serve --bootstrap-admin</code>.</p>"
+    );
+    Ok(page(
+        status,
+        "Sign in",
+        &body,
+        vec![set_cookie(LOGIN_COOKIE, &csrf, 600)],
+    ))
+}
+
+/// `GET /console/login`.
+pub(crate) async fn login_form() -> Result<Response, ServerError> {
+    login_page(StatusCode::OK, None)
+}
+
+/// The login form's fields.
+#[derive(Deserialize)]
+pub(crate) struct LoginForm {
+    token: String,
+    csrf: String,
+}
+
+/// `POST /console/login`: checks the double-submit token and the API token, makes a
+/// session and sends the browser to the console.
+pub(crate) async fn login(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Result<Response, ServerError> {
+    let expected = cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
+    if expected.len() != 64 || !same(&expected, &form.csrf) {
+        return login_page(
+            StatusCode::FORBIDDEN,
+            Some("the sign-in form expired or did not come from this page; try again"),
+        );
+    }
+    let token = form.token.trim().to_owned();
+    let session = blocking(&app, move |app| {
+        let Some(caller) = app.accounts().authenticate(&token)? else {
+            return Ok(None);
+        };
+        let id = random_hex::<32>()?;
+        let csrf = random_hex::<32>()?;
+        let now = now_ms();
+        app.db.with(|c| {
+            c.execute(
+                "DELETE FROM session WHERE expires_at <= ?1",
+                params![now],
+            )?;
+            c.execute(
+                "INSERT INTO session (hash, token_id, csrf, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![hash(&id), caller.token_id, csrf, now, now.saturating_add(SESSION_MS)],
+            )
+        })?;
+        Ok(Some(id))
+    })
+    .await?;
+    let Some(id) = session else {
+        return login_page(
+            StatusCode::UNAUTHORIZED,
+            Some("that token is not valid (unknown, revoked or mistyped)"),
+        );
+    };
+    let mut response = Redirect::to("/console/").into_response();
+    *response.status_mut() = StatusCode::SEE_OTHER;
+    let h = response.headers_mut();
+    h.append(
+        header::SET_COOKIE,
+        set_cookie(SESSION_COOKIE, &id, SESSION_MS / 1000),
+    );
+    h.append(header::SET_COOKIE, set_cookie(LOGIN_COOKIE, "", 0));
+    Ok(response)
+}
+
+/// The signed-in user and the session's CSRF token.
+struct Session {
+    caller: Caller,
+    csrf: String,
+    hash: String,
+}
+
+async fn session(app: &AppState, headers: &HeaderMap) -> Result<Option<Session>, ServerError> {
+    let Some(id) = cookie(headers, SESSION_COOKIE).filter(|v| v.len() == 64) else {
+        return Ok(None);
+    };
+    blocking(app, move |app| {
+        let h = hash(&id);
+        let row: Option<(String, String, String, String)> = app.db.with(|c| {
+            c.query_row(
+                "SELECT s.csrf, t.tenant, t.user, u.roles FROM session s
+                 JOIN token t ON t.id = s.token_id
+                 JOIN user u ON u.tenant = t.tenant AND u.name = t.user
+                 WHERE s.hash = ?1 AND s.expires_at > ?2",
+                params![h, now_ms()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()
+        })?;
+        let Some((csrf, tenant, user, roles)) = row else {
+            return Ok(None);
+        };
+        let Ok(tenant) = agentspace_core::Name::new(&tenant) else {
+            return Ok(None);
+        };
+        Ok(Some(Session {
+            caller: Caller {
+                tenant,
+                user,
+                roles: crate::auth::roles_parse(&roles),
+                token_id: String::new(),
+            },
+            csrf,
+            hash: h,
+        }))
+    })
+    .await
+}
+
+fn to_login() -> Response {
+    let mut r = Redirect::to("/console/login").into_response();
+    *r.status_mut() = StatusCode::SEE_OTHER;
+    r
+}
+
+/// `GET /console/`: who is signed in and the pending approvals.
+pub(crate) async fn home(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ServerError> {
+    let Some(s) = session(&app, &headers).await? else {
+        return Ok(to_login());
+    };
+    let roles: Vec<&str> = s.caller.roles.iter().map(|r| r.as_str()).collect();
+    let mut body = format!(
+        "<p>Signed in as <b>{}</b> of tenant <b>{}</b> ({}).</p>\
+<form method=\"post\" action=\"/console/logout\"><input type=\"hidden\" name=\"csrf\" value=\"{}\"><button>Sign out</button></form>",
+        esc(&s.caller.user),
+        esc(s.caller.tenant.as_str()),
+        esc(&roles.join(", ")),
+        s.csrf
+    );
+    let can_read = [Role::Admin, Role::Approver, Role::Auditor]
+        .iter()
+        .any(|r| s.caller.roles.contains(r));
+    let can_decide = [Role::Admin, Role::Approver]
+        .iter()
+        .any(|r| s.caller.roles.contains(r));
+    if can_read {
+        let tenant = s.caller.tenant.clone();
+        let pending = blocking(&app, move |app| {
+            app.approvals
+                .list(&tenant, Some(ApprovalState::Pending), 200)
+        })
+        .await?;
+        body.push_str("<h2>Waiting for approval</h2>");
+        if pending.is_empty() {
+            body.push_str("<p>Nothing is waiting.</p>");
+        } else {
+            body.push_str("<table><tr><th>user</th><th>agent</th><th>action</th><th>resource</th><th>why</th><th>until</th><th></th></tr>");
+            for a in pending {
+                let c = &a.context;
+                let _ = write!(
+                    body,
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>",
+                    esc(&c.user),
+                    esc(c.agent.as_deref().unwrap_or("-")),
+                    esc(&c.action),
+                    esc(&c.resource),
+                    esc(c.reason.as_deref().unwrap_or("")),
+                    esc(&a.expires_at)
+                );
+                if can_decide {
+                    for (verb, label) in [("approve", "Approve"), ("deny", "Deny")] {
+                        let _ = write!(
+                            body,
+                            "<form class=\"inline\" method=\"post\" action=\"/console/approvals/{}/{verb}\">\
+<input type=\"hidden\" name=\"csrf\" value=\"{}\"><input name=\"comment\" placeholder=\"comment\" size=\"14\">\
+<button>{label}</button></form> ",
+                            esc(&a.id),
+                            s.csrf
+                        );
+                    }
+                }
+                body.push_str("</td></tr>");
+            }
+            body.push_str("</table>");
+        }
+    }
+    Ok(page(StatusCode::OK, "Console", &body, Vec::new()))
+}
+
+/// A state-changing form's CSRF field (and, for decisions, the comment).
+#[derive(Deserialize)]
+pub(crate) struct ActionForm {
+    csrf: String,
+    #[serde(default)]
+    comment: String,
+}
+
+fn bad_csrf() -> Response {
+    page(
+        StatusCode::FORBIDDEN,
+        "Refused",
+        "<p class=\"err\">The form did not come from this console session (CSRF check failed); reload the console and try again.</p>",
+        Vec::new(),
+    )
+}
+
+/// `POST /console/logout`.
+pub(crate) async fn logout(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<ActionForm>,
+) -> Result<Response, ServerError> {
+    let Some(s) = session(&app, &headers).await? else {
+        return Ok(to_login());
+    };
+    if !same(&s.csrf, &form.csrf) {
+        return Ok(bad_csrf());
+    }
+    blocking(&app, move |app| {
+        app.db
+            .with(|c| c.execute("DELETE FROM session WHERE hash = ?1", params![s.hash]))
+    })
+    .await?;
+    let mut r = to_login();
+    r.headers_mut()
+        .append(header::SET_COOKIE, set_cookie(SESSION_COOKIE, "", 0));
+    Ok(r)
+}
+
+/// `POST /console/approvals/{id}/approve|deny`.
+pub(crate) async fn decide(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path((id, verb)): Path<(String, String)>,
+    Form(form): Form<ActionForm>,
+) -> Result<Response, ServerError> {
+    let Some(s) = session(&app, &headers).await? else {
+        return Ok(to_login());
+    };
+    if !same(&s.csrf, &form.csrf) {
+        return Ok(bad_csrf());
+    }
+    let outcome = match verb.as_str() {
+        "approve" => Outcome::Approve,
+        "deny" => Outcome::Deny,
+        _ => return Err(crate::api::not_found().await),
+    };
+    let caller = s.caller;
+    caller.require(&[Role::Admin, Role::Approver])?;
+    let result = blocking(&app, move |app| {
+        app.approvals
+            .decide(&caller.tenant, &id, &caller.user, outcome, &form.comment)
+    })
+    .await;
+    match result {
+        Ok(_) => {
+            let mut r = Redirect::to("/console/").into_response();
+            *r.status_mut() = StatusCode::SEE_OTHER;
+            Ok(r)
+        }
+        Err(e) => Ok(page(
+            e.status(),
+            "Refused",
+            &format!(
+                "<p class=\"err\">{}</p><p><a href=\"/console/\">Back</a></p>",
+                esc(&e.to_string())
+            ),
+            Vec::new(),
+        )),
+    }
+}

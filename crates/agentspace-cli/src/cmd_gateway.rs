@@ -1,11 +1,12 @@
-//! `agentspace gateway -f DEFINITION [--listen ADDR] [--user U] [--resolve HOST:PORT:ADDR]...
-//! [--upstream-ca FILE]...`: the HTTP/HTTPS gateway for one task on a local listener, for
-//! demos, benchmarks and trying a definition against real clients (`curl --proxy`).
+//! `agentspace gateway -f DEFINITION [--listen ADDR] [--user U] [--config FILE]
+//! [--resolve HOST:PORT:ADDR]... [--upstream-ca FILE]...`: the HTTP/HTTPS gateway for
+//! one task on a local listener, for demos, benchmarks and trying a definition against
+//! real clients (`curl --proxy`).
 //! Every request is decided by the definition's policies, carries the credentials its
 //! egress rules broker, and is audited like a cell's.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -31,12 +32,45 @@ pub(crate) struct Args {
     /// The user the requests are made for (default: $SUDO_USER, else $USER).
     #[arg(long)]
     user: Option<String>,
+    #[command(flatten)]
+    gateway: GatewayOptions,
+}
+
+/// The gateway's operator settings, shared by `agentspace gateway` and `agentspace run`:
+/// a config file, and flags that add to it.
+#[derive(clap::Args, Debug, Default)]
+pub(crate) struct GatewayOptions {
+    /// A gateway config file (YAML: `resolve`, `upstreamCa`, `limits`); --resolve and
+    /// --upstream-ca add to it, and a --resolve for the same HOST:PORT wins.
+    #[arg(long = "config", value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Send connections for HOST:PORT to ADDR (or ADDR:ADDR_PORT), like curl's --resolve.
+    /// For local stand-ins of internet services.
     #[arg(long = "resolve", value_name = "HOST:PORT:ADDR")]
     resolve: Vec<String>,
     /// A PEM file of CAs the gateway's upstream client trusts besides the system roots.
     #[arg(long = "upstream-ca", value_name = "FILE")]
     upstream_ca: Vec<PathBuf>,
+}
+
+impl GatewayOptions {
+    /// Whether any option was given.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.config.is_none() && self.resolve.is_empty() && self.upstream_ca.is_empty()
+    }
+
+    /// The gateway's settings: defaults, then the config file, then the flags.
+    pub(crate) fn config(&self, state_dir: &Path) -> Result<GatewayConfig> {
+        let mut config = GatewayConfig::new(state_dir);
+        if let Some(file) = &self.config {
+            config.load_file(file)?;
+        }
+        config.upstream_ca.extend(self.upstream_ca.iter().cloned());
+        for entry in &self.resolve {
+            config.resolve.push(ResolveOverride::parse(entry)?);
+        }
+        Ok(config)
+    }
 }
 
 pub(crate) fn run(state: &StateDir, args: Args) -> Result<ExitCode> {
@@ -49,11 +83,7 @@ pub(crate) fn run(state: &StateDir, args: Args) -> Result<ExitCode> {
         user,
         Actor::new(definition.name.clone(), TaskRef::from(&task_id)),
     );
-    let mut config = GatewayConfig::new(state.path());
-    config.upstream_ca = args.upstream_ca;
-    for entry in &args.resolve {
-        config.resolve.push(ResolveOverride::parse(entry)?);
-    }
+    let config = args.gateway.config(state.path())?;
     let policy = Arc::new(PolicyEngine::load(&definition, state.path())?);
     let audit = AuditLog::open(state.path())?;
     let gateway = Gateway::new(config, audit)?;

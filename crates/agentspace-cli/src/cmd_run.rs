@@ -30,13 +30,9 @@ pub(crate) struct Args {
     /// After the run, apply the task's workspace changes to the host workspace.
     #[arg(long)]
     commit_workspace: bool,
-    /// For the gateway's upstream connections: send HOST:PORT to ADDR (or ADDR:ADDR_PORT),
-    /// like curl's --resolve. For local stand-ins of internet services.
-    #[arg(long = "resolve", value_name = "HOST:PORT:ADDR")]
-    resolve: Vec<String>,
-    /// A PEM file of CAs the gateway's upstream client trusts besides the system roots.
-    #[arg(long = "upstream-ca", value_name = "FILE")]
-    upstream_ca: Vec<PathBuf>,
+    /// The gateway's operator settings (--config, --resolve, --upstream-ca).
+    #[command(flatten)]
+    gateway: crate::cmd_gateway::GatewayOptions,
     /// The program to run in the cell and its arguments.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<String>,
@@ -104,14 +100,7 @@ pub(crate) fn run(state: &StateDir, args: Args) -> Result<ExitCode> {
             return Ok(ExitCode::from(crate::EXIT_AGENTSPACE_FAILED));
         }
     };
-    let boundary = match Boundary::start(
-        state,
-        &definition,
-        &task,
-        &user,
-        &args.resolve,
-        &args.upstream_ca,
-    ) {
+    let boundary = match Boundary::start(state, &definition, &task, &user, &args.gateway) {
         Ok(b) => b,
         Err(e) => {
             let code = finish(&mut manifest, &definition, &task_dir, Err(e), false);
@@ -214,25 +203,20 @@ impl Boundary {
         definition: &Definition,
         task: &TaskId,
         user: &str,
-        resolve: &[String],
-        upstream_ca: &[PathBuf],
+        options: &crate::cmd_gateway::GatewayOptions,
     ) -> Result<Option<Self>> {
         use agentspace_core::{Actor, Principal, TaskRef, UserId};
-        use agentspace_gateway::{Door, DoorListener, Gateway, GatewayConfig, ResolveOverride};
+        use agentspace_gateway::{Door, DoorListener, Gateway};
         if definition.governance.egress.is_empty() && definition.governance.tools.servers.is_empty()
         {
-            if !resolve.is_empty() || !upstream_ca.is_empty() {
+            if !options.is_empty() {
                 bail!(
-                    "--resolve and --upstream-ca configure the gateway, which runs only for definitions with `spec.egress` or `spec.tools`"
+                    "--config, --resolve and --upstream-ca configure the gateway, which runs only for definitions with `spec.egress` or `spec.tools`"
                 );
             }
             return Ok(None);
         }
-        let mut config = GatewayConfig::new(state.path());
-        config.upstream_ca = upstream_ca.to_vec();
-        for entry in resolve {
-            config.resolve.push(ResolveOverride::parse(entry)?);
-        }
+        let config = options.config(state.path())?;
         let user = UserId::new(user).with_context(|| format!("invalid user `{user}`"))?;
         let principal = Principal::new(
             definition.tenant.clone(),
@@ -283,6 +267,10 @@ impl Boundary {
                     },
                     CredentialApply::Query { param } => Apply::Query {
                         param: param.clone(),
+                    },
+                    CredentialApply::AwsSigV4 { region, service } => Apply::AwsSigV4 {
+                        region: region.clone(),
+                        service: service.clone(),
                     },
                 };
                 gw_task = gw_task.with_credential(

@@ -51,6 +51,28 @@ pub struct RawEgressRule {
     /// never sees it; one the agent sends itself is removed.
     #[serde(default)]
     pub credential: Option<RawCredential>,
+    /// `intercept` (default): the gateway terminates TLS and decides each request.
+    /// `passthrough`: for clients that pin certificates; the gateway reads only the TLS
+    /// server name, decides the connection on host and port, and relays the encrypted
+    /// bytes. A passthrough rule cannot have `methods`, `paths` or `credential`.
+    #[serde(default)]
+    pub tls: Option<TlsMode>,
+    /// The hosts are internal services (loopback or private addresses) the agent may
+    /// reach. Each host must be an exact name or an IP address; cloud metadata and other
+    /// link-local addresses stay refused unless named as an IP address.
+    #[serde(default)]
+    pub internal: Option<bool>,
+}
+
+/// How the gateway handles TLS to a rule's hosts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// Terminate TLS with the tenant's CA and decide every HTTP request.
+    #[default]
+    Intercept,
+    /// Relay the TLS connection untouched; decide it on the server name and port.
+    Passthrough,
 }
 
 /// How a brokered credential is applied: exactly one of `header`, `basic`, `query`.
@@ -71,6 +93,20 @@ pub struct RawCredential {
     /// A query parameter whose value is the secret.
     #[serde(default)]
     pub query: Option<String>,
+    /// Sign every request with AWS Signature Version 4; the secret holds
+    /// `ACCESS_KEY_ID:SECRET_ACCESS_KEY` or `ACCESS_KEY_ID:SECRET_ACCESS_KEY:SESSION_TOKEN`.
+    #[serde(default)]
+    pub aws_sig_v4: Option<RawAwsSigV4>,
+}
+
+/// Where AWS Signature Version 4 signatures are scoped.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawAwsSigV4 {
+    /// The AWS region, e.g. `us-east-1`.
+    pub region: String,
+    /// The service's signing name, e.g. `s3`, `execute-api`, `bedrock`.
+    pub service: String,
 }
 
 /// HTTP basic authentication.
@@ -110,6 +146,13 @@ pub enum CredentialApply {
         /// The parameter's name.
         param: String,
     },
+    /// AWS Signature Version 4 signing.
+    AwsSigV4 {
+        /// The region, e.g. `us-east-1`.
+        region: String,
+        /// The service's signing name, e.g. `s3`.
+        service: String,
+    },
 }
 
 fn validate_credential(c: &RawCredential) -> Result<CredentialRef, (String, String)> {
@@ -128,8 +171,38 @@ fn validate_credential(c: &RawCredential) -> Result<CredentialRef, (String, Stri
             ),
         ));
     }
-    let apply = match (&c.header, &c.basic, &c.query) {
-        (Some(name), None, None) => {
+    let apply = match (&c.header, &c.basic, &c.query, &c.aws_sig_v4) {
+        (None, None, None, Some(aws)) if c.format.is_none() => {
+            let scope_ok = |s: &str| {
+                !s.is_empty()
+                    && s.len() <= 64
+                    && s.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            };
+            if !scope_ok(&aws.region) {
+                return Err((
+                    "awsSigV4.region".to_owned(),
+                    format!(
+                        "`{}` is not an AWS region (lowercase letters, digits and `-`, e.g. `us-east-1`)",
+                        aws.region
+                    ),
+                ));
+            }
+            if !scope_ok(&aws.service) {
+                return Err((
+                    "awsSigV4.service".to_owned(),
+                    format!(
+                        "`{}` is not an AWS service signing name (lowercase letters, digits and `-`, e.g. `s3`)",
+                        aws.service
+                    ),
+                ));
+            }
+            CredentialApply::AwsSigV4 {
+                region: aws.region.clone(),
+                service: aws.service.clone(),
+            }
+        }
+        (Some(name), None, None, None) => {
             if !token_ok(name) {
                 return Err((
                     "header".to_owned(),
@@ -145,7 +218,7 @@ fn validate_credential(c: &RawCredential) -> Result<CredentialRef, (String, Stri
                 format,
             }
         }
-        (None, Some(b), None) if c.format.is_none() => {
+        (None, Some(b), None, None) if c.format.is_none() => {
             if b.username.contains(':') || b.username.contains(['\r', '\n']) {
                 return Err((
                     "basic.username".to_owned(),
@@ -156,7 +229,7 @@ fn validate_credential(c: &RawCredential) -> Result<CredentialRef, (String, Stri
                 username: b.username.clone(),
             }
         }
-        (None, None, Some(param)) if c.format.is_none() => {
+        (None, None, Some(param), None) if c.format.is_none() => {
             if !token_ok(param) {
                 return Err((
                     "query".to_owned(),
@@ -170,7 +243,7 @@ fn validate_credential(c: &RawCredential) -> Result<CredentialRef, (String, Stri
         _ => {
             return Err((
                 "header".to_owned(),
-                "give exactly one of `header` (with an optional `format`), `basic` or `query`"
+                "give exactly one of `header` (with an optional `format`), `basic`, `query` or `awsSigV4`"
                     .to_owned(),
             ));
         }
@@ -284,6 +357,40 @@ pub struct EgressRule {
     pub approval: Option<Approval>,
     /// The credential the gateway injects, if any.
     pub credential: Option<CredentialRef>,
+    /// Whether TLS to these hosts is intercepted or passed through.
+    pub tls: TlsMode,
+    /// Whether the hosts are internal services the SSRF guard lets through.
+    pub internal: bool,
+}
+
+impl EgressRule {
+    /// Whether `host` (lowercase, no trailing dot) is one of this rule's hosts: equal to
+    /// an exact host, or a subdomain of a `*.domain` pattern.
+    pub fn names_host(&self, host: &str) -> bool {
+        self.hosts.iter().any(|pattern| host_matches(pattern, host))
+    }
+}
+
+/// Whether `host` matches `pattern` (`api.example.com`, or `*.example.com` for any
+/// subdomain, not the domain itself).
+pub fn host_matches(pattern: &str, host: &str) -> bool {
+    match pattern.strip_prefix("*.") {
+        Some(domain) => host
+            .strip_suffix(domain)
+            .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.')),
+        None => pattern == host,
+    }
+}
+
+/// Whether some host could match both patterns.
+fn patterns_overlap(a: &str, b: &str) -> bool {
+    match (a.strip_prefix("*."), b.strip_prefix("*.")) {
+        (None, None) => a == b,
+        (Some(_), None) => host_matches(a, b),
+        (None, Some(_)) => host_matches(b, a),
+        // `*.x.example.com` and `*.example.com` share `a.x.example.com`.
+        (Some(da), Some(db)) => da == db || host_matches(a, db) || host_matches(b, da),
+    }
 }
 
 /// A validated approval requirement.
@@ -354,10 +461,40 @@ pub(crate) fn validate_egress(raw: &[RawEgressRule]) -> Result<Vec<EgressRule>, 
         }
         let mut hosts = Vec::new();
         for host in &rule.hosts {
-            let host = host.to_ascii_lowercase();
-            check_host(&host).map_err(|m| (field("hosts"), m))?;
+            let host = normalize_host(host).map_err(|m| (field("hosts"), m))?;
             if !hosts.contains(&host) {
                 hosts.push(host);
+            }
+        }
+        let internal = rule.internal.unwrap_or(false);
+        if internal && let Some(wild) = hosts.iter().find(|h| h.starts_with("*.")) {
+            return Err((
+                field("hosts"),
+                format!(
+                    "`{wild}` is a wildcard, and an `internal: true` rule must name each internal service exactly (a name or an IP address), so that no other name can reach internal addresses"
+                ),
+            ));
+        }
+        let tls = rule.tls.unwrap_or_default();
+        if tls == TlsMode::Passthrough {
+            // Only the server name and port are visible in a passed-through connection.
+            let unenforceable = [
+                ("methods", rule.methods.is_some(), "methods"),
+                ("paths", rule.paths.is_some(), "paths"),
+                ("credential", rule.credential.is_some(), "a credential"),
+                (
+                    "budget.tokens",
+                    rule.budget.as_ref().is_some_and(|b| b.tokens.is_some()),
+                    "a token budget",
+                ),
+            ];
+            if let Some((sub, _, what)) = unenforceable.iter().find(|(_, set, _)| *set) {
+                return Err((
+                    field(sub),
+                    format!(
+                        "a `tls: passthrough` rule cannot have {what}: the gateway does not see inside a passed-through connection, so it could not enforce it; remove `{sub}`, or remove `tls: passthrough` to have TLS intercepted"
+                    ),
+                ));
             }
         }
         let mut methods = Vec::new();
@@ -449,7 +586,29 @@ pub(crate) fn validate_egress(raw: &[RawEgressRule]) -> Result<Vec<EgressRule>, 
             budget,
             approval,
             credential,
+            tls,
+            internal,
         });
+    }
+    // A host is either intercepted or passed through, never both: which one must not
+    // depend on the order of the rules.
+    for (i, pass) in out.iter().enumerate() {
+        if pass.tls != TlsMode::Passthrough {
+            continue;
+        }
+        for other in out.iter().filter(|r| r.tls == TlsMode::Intercept) {
+            for p in &pass.hosts {
+                if let Some(o) = other.hosts.iter().find(|o| patterns_overlap(p, o)) {
+                    return Err((
+                        format!("spec.egress[{i}].hosts"),
+                        format!(
+                            "`{p}` is passed through here but rule `{}` intercepts `{o}`; a host is either intercepted or passed through, so give the two rules hosts that do not overlap",
+                            other.name
+                        ),
+                    ));
+                }
+            }
+        }
     }
     Ok(out)
 }
@@ -532,6 +691,21 @@ fn quota(requests: Option<u64>, bytes: Option<Size>, tokens: Option<u64>) -> Res
         bytes: bytes.map(Size::bytes),
         tokens,
     })
+}
+
+/// A host as rules hold it: an IP address in its canonical form (`::1`, brackets
+/// optional), or a lowercase DNS name, optionally prefixed `*.`.
+fn normalize_host(host: &str) -> Result<String, String> {
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
+        return Ok(ip.to_string());
+    }
+    let host = host.to_ascii_lowercase();
+    check_host(&host)?;
+    Ok(host)
 }
 
 /// A DNS name (lowercase labels of letters, digits and `-`), optionally prefixed `*.`.
@@ -681,5 +855,107 @@ mod credential_tests {
         ] {
             assert!(validate_credential(&raw(bad)).is_err(), "{bad}");
         }
+    }
+}
+
+#[cfg(test)]
+mod egress_tests {
+    use super::*;
+
+    fn egress(yaml: &str) -> Result<Vec<EgressRule>, FieldError> {
+        let raw: Vec<RawEgressRule> = serde_yaml_ng::from_str(yaml).unwrap();
+        validate_egress(&raw)
+    }
+
+    fn refused(yaml: &str, field: &str, words: &str) {
+        let (f, m) = egress(yaml).unwrap_err();
+        assert_eq!(f, field, "{m}");
+        assert!(m.contains(words), "{m}");
+    }
+
+    #[test]
+    fn aws_sig_v4_validates_region_and_service() {
+        let rules =
+            egress("[{name: s3, hosts: [s3.amazonaws.com], credential: {secret: aws-key, awsSigV4: {region: us-east-1, service: s3}}}]")
+                .unwrap();
+        assert_eq!(
+            rules[0].credential.as_ref().unwrap().apply,
+            CredentialApply::AwsSigV4 {
+                region: "us-east-1".into(),
+                service: "s3".into()
+            }
+        );
+        refused(
+            "[{name: s3, hosts: [a.com], credential: {secret: k, awsSigV4: {region: 'US East', service: s3}}}]",
+            "spec.egress[0].credential.awsSigV4.region",
+            "not an AWS region",
+        );
+        refused(
+            "[{name: s3, hosts: [a.com], credential: {secret: k, header: A, awsSigV4: {region: us-east-1, service: s3}}}]",
+            "spec.egress[0].credential.header",
+            "exactly one",
+        );
+    }
+
+    #[test]
+    fn passthrough_rules_refuse_what_they_cannot_enforce() {
+        let rules = egress("[{name: pinned, hosts: [pinned.example.com], tls: passthrough, budget: {requests: 3, bytes: 1Mi}}]").unwrap();
+        assert_eq!(rules[0].tls, TlsMode::Passthrough);
+        for (extra, field) in [
+            (
+                "credential: {secret: k, header: Authorization}",
+                "spec.egress[0].credential",
+            ),
+            ("methods: [GET]", "spec.egress[0].methods"),
+            ("paths: [/v1/*]", "spec.egress[0].paths"),
+            ("budget: {tokens: 10}", "spec.egress[0].budget.tokens"),
+        ] {
+            refused(
+                &format!("[{{name: pinned, hosts: [p.example.com], tls: passthrough, {extra}}}]"),
+                field,
+                "cannot have",
+            );
+        }
+    }
+
+    #[test]
+    fn a_host_is_either_intercepted_or_passed_through() {
+        refused(
+            "[{name: api, hosts: ['*.example.com']}, {name: pinned, hosts: [pinned.example.com], tls: passthrough}]",
+            "spec.egress[1].hosts",
+            "either intercepted or passed through",
+        );
+        refused(
+            "[{name: pinned, hosts: ['*.a.example.com'], tls: passthrough}, {name: api, hosts: ['*.example.com']}]",
+            "spec.egress[0].hosts",
+            "rule `api`",
+        );
+        assert!(egress("[{name: api, hosts: [api.example.com, '*.x.example.com']}, {name: pinned, hosts: [pinned.example.com, '*.example.org'], tls: passthrough}]").is_ok());
+    }
+
+    #[test]
+    fn internal_rules_name_each_service_exactly() {
+        let rules =
+            egress("[{name: db, hosts: [db.corp, '10.0.0.5', '[FD00::1]'], internal: true}]")
+                .unwrap();
+        assert!(rules[0].internal);
+        assert_eq!(rules[0].hosts, ["db.corp", "10.0.0.5", "fd00::1"]);
+        refused(
+            "[{name: db, hosts: ['*.corp'], internal: true}]",
+            "spec.egress[0].hosts",
+            "wildcard",
+        );
+        assert!(!egress("[{name: api, hosts: [a.com]}]").unwrap()[0].internal);
+    }
+
+    #[test]
+    fn host_patterns_match_subdomains_only() {
+        assert!(host_matches("*.example.com", "a.example.com"));
+        assert!(host_matches("*.example.com", "a.b.example.com"));
+        assert!(!host_matches("*.example.com", "example.com"));
+        assert!(!host_matches("*.example.com", "badexample.com"));
+        assert!(host_matches("api.example.com", "api.example.com"));
+        assert!(patterns_overlap("*.example.com", "*.a.example.com"));
+        assert!(!patterns_overlap("*.example.com", "*.example.org"));
     }
 }

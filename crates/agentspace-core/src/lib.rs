@@ -23,8 +23,9 @@ pub use definition::{
 };
 pub use governance::{
     Approval, Budgets, CredentialApply, CredentialRef, DEFAULT_APPROVAL_TIMEOUT,
-    DEFAULT_LOOP_LIMIT, EgressRule, Governance, HTTP_METHODS, Quota, RawApproval, RawBasicAuth,
-    RawBudgets, RawCapabilityBudget, RawCredential, RawEgressRule, RawWindowBudget, WindowBudget,
+    DEFAULT_LOOP_LIMIT, EgressRule, Governance, HTTP_METHODS, Quota, RawApproval, RawAwsSigV4,
+    RawBasicAuth, RawBudgets, RawCapabilityBudget, RawCredential, RawEgressRule, RawWindowBudget,
+    TlsMode, WindowBudget, host_matches,
 };
 pub use ids::{InvalidName, Name, TaskId};
 pub use principal::{

@@ -91,6 +91,26 @@ impl RequestBody {
         ))
     }
 
+    /// The whole body, when it is at most `window` bytes: read now (up to `window` bytes
+    /// held) unless it was read for inspection already. `None` when it is longer; it then
+    /// streams on as it comes, the bytes held first.
+    pub(crate) async fn whole(&mut self, window: usize) -> Result<Option<Bytes>, hyper::Error> {
+        if self.held.is_none()
+            && let Some(rest) = self.rest.take()
+        {
+            let (read, whole) = Self::inspect(rest, window, self.max).await?;
+            self.held = read.held;
+            self.rest = read.rest;
+            self.seen = read.seen;
+            return Ok(whole);
+        }
+        Ok(match (&self.held, &self.rest) {
+            (Some(held), None) => Some(held.clone()),
+            (None, None) => Some(Bytes::new()),
+            _ => None,
+        })
+    }
+
     /// The count of bytes forwarded so far.
     pub(crate) fn sent(&self) -> Arc<AtomicU64> {
         Arc::clone(&self.sent)

@@ -48,6 +48,15 @@ pub enum Apply {
         /// The parameter's name.
         param: String,
     },
+    /// AWS Signature Version 4: the secret is `ACCESS_KEY_ID:SECRET_ACCESS_KEY` or
+    /// `ACCESS_KEY_ID:SECRET_ACCESS_KEY:SESSION_TOKEN`, and every request is signed for
+    /// `region` and `service`.
+    AwsSigV4 {
+        /// The region, e.g. `us-east-1`.
+        region: String,
+        /// The service's signing name, e.g. `s3`.
+        service: String,
+    },
 }
 
 /// A credential a capability's requests carry: which secret, applied how.
@@ -73,6 +82,10 @@ impl From<&agentspace_core::CredentialRef> for Credential {
             },
             CredentialApply::Query { param } => Apply::Query {
                 param: param.clone(),
+            },
+            CredentialApply::AwsSigV4 { region, service } => Apply::AwsSigV4 {
+                region: region.clone(),
+                service: service.clone(),
             },
         };
         Self {
@@ -108,6 +121,14 @@ pub(crate) fn patterns(secret: &[u8], apply: &Apply) -> Vec<Zeroizing<Vec<u8>>> 
         let encoded = percent_encode(secret);
         if encoded.as_slice() != secret {
             out.push(Zeroizing::new(encoded));
+        }
+    }
+    if let Apply::AwsSigV4 { .. } = apply {
+        // The secret access key and the session token, each on its own (the access key
+        // id names the key; it is not secret).
+        let text = secret.strip_suffix(b"\n").unwrap_or(secret);
+        for part in text.splitn(3, |&b| b == b':').skip(1) {
+            out.push(Zeroizing::new(part.to_vec()));
         }
     }
     out.retain(|p| !p.is_empty());
@@ -166,6 +187,14 @@ pub(crate) fn apply(
                 .map_err(|_| BrokerError::HeaderValue(credential.secret.clone()))?;
             value.set_sensitive(true);
             headers.insert(header::AUTHORIZATION, value);
+            Ok(path_and_query.to_owned())
+        }
+        // Signed once the request's final form is known (`crate::sigv4::sign`); here
+        // only what the agent may have signed itself goes.
+        Apply::AwsSigV4 { .. } => {
+            for name in crate::sigv4::AMZ_HEADERS {
+                headers.remove(name);
+            }
             Ok(path_and_query.to_owned())
         }
         Apply::Query { param } => {

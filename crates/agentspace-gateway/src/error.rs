@@ -46,7 +46,34 @@ pub enum GatewayError {
         /// What is wrong with it.
         detail: String,
     },
+    /// A gateway config file is malformed.
+    #[error(
+        "invalid gateway config `{}`{}: field `{field}`: {message}",
+        path.display(),
+        location(*line, *column)
+    )]
+    ConfigFile {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line, when known.
+        line: Option<usize>,
+        /// 1-based column, when known.
+        column: Option<usize>,
+        /// The field path (`limits.connectTimeout`).
+        field: String,
+        /// What is wrong and what is expected.
+        message: String,
+    },
     /// The TLS configuration could not be built.
     #[error("cannot configure TLS: {0}")]
     Tls(String),
+}
+
+/// ` at line L column C`, as far as known.
+fn location(line: Option<usize>, column: Option<usize>) -> String {
+    match (line, column) {
+        (Some(l), Some(c)) => format!(" at line {l} column {c}"),
+        (Some(l), None) => format!(" at line {l}"),
+        _ => String::new(),
+    }
 }

@@ -102,5 +102,34 @@ impl<T: AsyncRead + Unpin, H: Unpin> AsyncRead for Held<T, H> {
     }
 }
 
+/// A stream that adds the bytes read from it to a shared count, so a relay that ends
+/// abruptly (reset, task closed) still knows what passed.
+pub(crate) struct Counted<T> {
+    inner: T,
+    read: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<T> Counted<T> {
+    pub(crate) fn new(inner: T, read: std::sync::Arc<std::sync::atomic::AtomicU64>) -> Self {
+        Self { inner, read }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let n = buf.filled().len().saturating_sub(before) as u64;
+        this.read.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        polled
+    }
+}
+
+delegate_async_write!(impl[T: AsyncWrite + Unpin] Counted<T>);
 delegate_async_write!(impl[T: AsyncWrite + Unpin] Rewind<T>);
 delegate_async_write!(impl[T: AsyncWrite + Unpin, H: Unpin] Held<T, H>);

@@ -18,6 +18,7 @@
 mod body;
 mod broker;
 mod ca;
+mod client_hello;
 mod config;
 mod dns;
 mod door;
@@ -26,6 +27,8 @@ mod framing;
 mod io;
 mod mcp;
 mod proxy;
+mod rules;
+mod sigv4;
 mod ssrf;
 mod transparent;
 mod upstream;

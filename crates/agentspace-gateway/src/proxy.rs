@@ -30,15 +30,20 @@ use tokio::sync::Semaphore;
 use tokio_rustls::LazyConfigAcceptor;
 
 use crate::body::{GwBody, Meter, PooledBody, RequestBody, full};
-use crate::broker::{self, Credential, RedactBody};
+use crate::broker::{self, Apply, Credential, RedactBody};
 use crate::ca::{CaStore, TenantCa};
+use crate::client_hello;
 use crate::config::GatewayConfig;
 use crate::door::{Arrival, Door, DoorListener, Task};
 use crate::error::GatewayError;
 use crate::framing::FramingGuard;
 use crate::io::{Held, Rewind};
+use crate::rules;
+use crate::sigv4;
 use crate::upstream::{Checked, Pool, Target, Upstream, UpstreamError};
 use crate::usage::UsageScanner;
+
+mod passthrough;
 
 /// The response header that carries the gateway's decision on a refused request
 /// (`deny` or `approval-required`).
@@ -294,7 +299,46 @@ impl Gateway {
             let Ok(Ok(1)) = read.await else {
                 return;
             };
-            let io = Rewind::new(Bytes::copy_from_slice(&first), io);
+            let mut held = bytes::BytesMut::from(&first[..]);
+            // A transparent arrival to a passed-through host (named already, or only in
+            // its ClientHello): read the ClientHello to decide. Anything else goes on to
+            // interception with the bytes read put back. (CONNECT to a passed-through
+            // host never gets here: it is decided before the tunnel is answered.)
+            let named = host.as_ref().filter(|h| rules::passes_through(&task, h));
+            if first == [0x16]
+                && (host.is_none() || named.is_some())
+                && rules::any_passthrough(&task)
+            {
+                let hello = tokio::time::timeout(
+                    limits.tls_handshake_timeout,
+                    client_hello::read(&mut io, &mut held),
+                );
+                match hello.await {
+                    Ok(Ok(hello)) => {
+                        let name = named
+                            .cloned()
+                            .or_else(|| hello.sni.as_deref().and_then(valid_host))
+                            .filter(|n| rules::passes_through(&task, n));
+                        if let Some(name) = name {
+                            self.transparent_passthrough(
+                                io,
+                                held.freeze(),
+                                task,
+                                name,
+                                &hello,
+                                port,
+                            )
+                            .await;
+                            return;
+                        }
+                    }
+                    // A passed-through host takes TLS only.
+                    Ok(Err(_)) if named.is_some() => return,
+                    Ok(Err(_)) => {}
+                    Err(_) => return,
+                }
+            }
+            let io = Rewind::new(held.freeze(), io);
             if first != [0x16] {
                 let fixed = Fixed {
                     host,
@@ -411,6 +455,9 @@ impl Gateway {
                     "CONNECT needs `host:port` with a valid host name or IP address",
                 );
             };
+            if rules::passes_through(&conn.task, &host) {
+                return self.connect_passthrough(req, &conn, host, port).await;
+            }
             let on_upgrade = hyper::upgrade::on(&mut req);
             let task = Arc::clone(&conn.task);
             let gw = Arc::clone(&self);
@@ -524,45 +571,7 @@ impl Gateway {
                 policies: Vec::new(),
                 message: format!("the decision point failed: {e}"),
             });
-        let verdict = match decision {
-            Decision::Allow {
-                policies,
-                capabilities,
-                ..
-            } => match self.upstream.resolve(&target).await {
-                Ok(checked) => match self.credential_for(task, &capabilities).await {
-                    Ok(broker) => Verdict::Allow {
-                        checked,
-                        policies,
-                        capabilities,
-                        broker,
-                    },
-                    Err(message) => Verdict::Deny {
-                        code: "credential".into(),
-                        message,
-                        policies,
-                    },
-                },
-                Err(e) if e.is_refusal() => Verdict::Deny {
-                    code: "ssrf".into(),
-                    message: e.to_string(),
-                    policies,
-                },
-                Err(e) => Verdict::Unreachable(e),
-            },
-            Decision::Deny {
-                reason,
-                policies,
-                message,
-            } => Verdict::Deny {
-                code: reason.code().into(),
-                message,
-                policies,
-            },
-            Decision::ApprovalRequired {
-                policies, message, ..
-            } => Verdict::Approval { message, policies },
-        };
+        let verdict = self.verdict(task, decision, &target).await;
         let mut event = base_event(task, &method, format!("{}{}", target.origin(), path));
         let mut summary = Map::new();
         summary.insert("method".into(), json!(method));
@@ -580,63 +589,11 @@ impl Gateway {
         summary.insert("headers".into(), json!(names));
         event.request = summary;
         event.args_digest = window.as_deref().map(sha256);
-        match &verdict {
-            Verdict::Allow {
-                policies,
-                capabilities,
-                checked,
-                broker,
-            } => {
-                if let Some((credential, _)) = broker {
-                    event
-                        .details
-                        .insert("credential".into(), json!(credential.secret));
-                }
-                event.decision = Some(AuditDecision::Allow);
-                event.policies = policies.clone();
-                event
-                    .details
-                    .insert("capabilities".into(), json!(capabilities));
-                if checked.overridden {
-                    event.details.insert("resolve_override".into(), json!(true));
-                }
-            }
-            Verdict::Deny {
-                code,
-                message,
-                policies,
-            } => {
-                event.decision = Some(AuditDecision::Deny);
-                event.policies = policies.clone();
-                event.reason = Some(message.clone());
-                event.details.insert("code".into(), json!(code));
-            }
-            Verdict::Approval { message, policies } => {
-                event.decision = Some(AuditDecision::ApprovalRequired);
-                event.policies = policies.clone();
-                event.reason = Some(message.clone());
-            }
-            Verdict::Unreachable(e) => {
-                event.decision = Some(AuditDecision::Deny);
-                event.reason = Some(e.to_string());
-                event.details.insert("code".into(), json!("upstream"));
-            }
-        }
+        annotate(&mut event, &verdict);
         event.latency_us = u64::try_from(started.elapsed().as_micros()).ok();
         let audit_id = match self.append(event).await {
             Ok(id) => id,
-            Err(e) => {
-                return refusal(
-                    "deny",
-                    json!({
-                        "decision": "deny",
-                        "reason": format!("the decision could not be written to the audit log, so the request is refused: {e}"),
-                        "code": "audit",
-                        "policy": null,
-                        "audit_id": null,
-                    }),
-                );
-            }
+            Err(e) => return audit_failed(&e),
         };
         match verdict {
             Verdict::Allow {
@@ -656,41 +613,55 @@ impl Gateway {
                     .await
                     .unwrap_or_else(|e| error(StatusCode::BAD_GATEWAY, &e.to_string()))
             }
-            Verdict::Deny {
-                code,
+            refused => refused_response(refused, &audit_id),
+        }
+    }
+
+    /// What becomes of a decision: an allowed request is resolved and checked by the
+    /// SSRF guard (as far as the rules that allowed it may reach) and gets its brokered
+    /// credential, either of which can still deny it.
+    async fn verdict(&self, task: &Task, decision: Decision, target: &Target) -> Verdict {
+        match decision {
+            Decision::Allow {
+                policies,
+                capabilities,
+                ..
+            } => {
+                let reach = rules::reach(task, &capabilities, &target.host);
+                match self.upstream.resolve(target, reach).await {
+                    Ok(checked) => match self.credential_for(task, &capabilities).await {
+                        Ok(broker) => Verdict::Allow {
+                            checked,
+                            policies,
+                            capabilities,
+                            broker,
+                        },
+                        Err(message) => Verdict::Deny {
+                            code: "credential".into(),
+                            message,
+                            policies,
+                        },
+                    },
+                    Err(e) if e.is_refusal() => Verdict::Deny {
+                        code: "ssrf".into(),
+                        message: e.to_string(),
+                        policies,
+                    },
+                    Err(e) => Verdict::Unreachable(e),
+                }
+            }
+            Decision::Deny {
+                reason,
+                policies,
+                message,
+            } => Verdict::Deny {
+                code: reason.code().into(),
                 message,
                 policies,
-            } => refusal(
-                "deny",
-                json!({
-                    "decision": "deny",
-                    "reason": message,
-                    "code": code,
-                    "policy": policies.first(),
-                    "policies": policies,
-                    "audit_id": audit_id,
-                }),
-            ),
-            Verdict::Approval { message, policies } => refusal(
-                "approval-required",
-                json!({
-                    "decision": "approval-required",
-                    "reason": "approval required",
-                    "message": message,
-                    "policy": policies.first(),
-                    "policies": policies,
-                    "audit_id": audit_id,
-                }),
-            ),
-            Verdict::Unreachable(e) => {
-                let mut resp = json_response(
-                    StatusCode::BAD_GATEWAY,
-                    json!({"error": e.to_string(), "audit_id": audit_id}),
-                );
-                resp.headers_mut()
-                    .insert(DECISION_HEADER, HeaderValue::from_static("deny"));
-                resp
-            }
+            },
+            Decision::ApprovalRequired {
+                policies, message, ..
+            } => Verdict::Approval { message, policies },
         }
     }
 
@@ -701,7 +672,7 @@ impl Gateway {
     async fn forward(
         &self,
         mut parts: http::request::Parts,
-        body: RequestBody,
+        mut body: RequestBody,
         target: &Target,
         checked: &Checked,
         pool: &Pool,
@@ -757,6 +728,24 @@ impl Gateway {
             (false, true) => target.host.clone(),
             (false, false) => format!("{}:{}", target.host, target.port),
         };
+        if let Some((credential, secret)) = &broker
+            && let Apply::AwsSigV4 { region, service } = &credential.apply
+        {
+            let payload_hash = self.payload_hash(&mut body).await?;
+            let signing = sigv4::Signing {
+                method: parts.method.as_str(),
+                host: &host_value,
+                path_and_query: &path_and_query,
+                payload_hash: &payload_hash,
+                region,
+                service,
+                now: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+            };
+            sigv4::sign(&mut headers, &signing, &credential.secret, secret.expose())
+                .map_err(|e| UpstreamError::Credential(e.to_string()))?;
+        }
         // HTTP/1.1: origin-form and Host. HTTP/2: absolute-form, which hyper sends as
         // `:scheme` and `:authority`, and no Host.
         let (uri, version) = if h2 {
@@ -850,6 +839,27 @@ impl Gateway {
         Ok(Response::from_parts(parts, body))
     }
 
+    /// The SHA-256 a SigV4 signature covers: of the whole body when it fits in the
+    /// inspection window (read now if it was not), else `UNSIGNED-PAYLOAD`.
+    async fn payload_hash(&self, body: &mut RequestBody) -> Result<String, UpstreamError> {
+        let limits = self.config.limits;
+        match tokio::time::timeout(
+            limits.header_read_timeout,
+            body.whole(limits.inspect_window),
+        )
+        .await
+        {
+            Ok(Ok(Some(bytes))) => Ok(sigv4::payload_hash(&bytes)),
+            Ok(Ok(None)) => Ok(sigv4::UNSIGNED_PAYLOAD.to_owned()),
+            Ok(Err(e)) => Err(UpstreamError::Credential(format!(
+                "cannot read the request body to sign it: {e}"
+            ))),
+            Err(_) => Err(UpstreamError::Credential(
+                "the request body came too slowly to be signed; send it without pauses".into(),
+            )),
+        }
+    }
+
     /// The credential the first brokered capability of an allowed request carries, with
     /// its secret; an error (a missing or unreadable secret) denies the request.
     async fn credential_for(
@@ -868,7 +878,13 @@ impl Gateway {
         let tenant = task.principal.tenant().clone();
         let name = credential.secret.clone();
         match tokio::task::spawn_blocking(move || secrets.get(&tenant, &name)).await {
-            Ok(Ok(secret)) => Ok(Some((credential, secret))),
+            Ok(Ok(secret)) => {
+                if let Apply::AwsSigV4 { .. } = credential.apply {
+                    sigv4::check_secret(&credential.secret, secret.expose())
+                        .map_err(|e| e.to_string())?;
+                }
+                Ok(Some((credential, secret)))
+            }
             Ok(Err(e)) => Err(format!("the brokered credential is unavailable: {e}")),
             Err(e) => Err(format!("the brokered credential is unavailable: {e}")),
         }
@@ -915,6 +931,114 @@ pub(crate) fn base_event(task: &Task, action: &str, resource: String) -> AuditEv
     event
 }
 
+/// Records a verdict in its audit event.
+fn annotate(event: &mut AuditEvent, verdict: &Verdict) {
+    match verdict {
+        Verdict::Allow {
+            policies,
+            capabilities,
+            checked,
+            broker,
+        } => {
+            if let Some((credential, _)) = broker {
+                event
+                    .details
+                    .insert("credential".into(), json!(credential.secret));
+            }
+            event.decision = Some(AuditDecision::Allow);
+            event.policies = policies.clone();
+            event
+                .details
+                .insert("capabilities".into(), json!(capabilities));
+            if checked.internal {
+                event.details.insert("internal".into(), json!(true));
+            }
+            if checked.overridden {
+                event.details.insert("resolve_override".into(), json!(true));
+            }
+        }
+        Verdict::Deny {
+            code,
+            message,
+            policies,
+        } => {
+            event.decision = Some(AuditDecision::Deny);
+            event.policies = policies.clone();
+            event.reason = Some(message.clone());
+            event.details.insert("code".into(), json!(code));
+        }
+        Verdict::Approval { message, policies } => {
+            event.decision = Some(AuditDecision::ApprovalRequired);
+            event.policies = policies.clone();
+            event.reason = Some(message.clone());
+        }
+        Verdict::Unreachable(e) => {
+            event.decision = Some(AuditDecision::Deny);
+            event.reason = Some(e.to_string());
+            event.details.insert("code".into(), json!("upstream"));
+        }
+    }
+}
+
+/// The answer to a request that is not forwarded, naming its audit event.
+fn refused_response(verdict: Verdict, audit_id: &str) -> Response<GwBody> {
+    match verdict {
+        Verdict::Deny {
+            code,
+            message,
+            policies,
+        } => refusal(
+            "deny",
+            json!({
+                "decision": "deny",
+                "reason": message,
+                "code": code,
+                "policy": policies.first(),
+                "policies": policies,
+                "audit_id": audit_id,
+            }),
+        ),
+        Verdict::Approval { message, policies } => refusal(
+            "approval-required",
+            json!({
+                "decision": "approval-required",
+                "reason": "approval required",
+                "message": message,
+                "policy": policies.first(),
+                "policies": policies,
+                "audit_id": audit_id,
+            }),
+        ),
+        Verdict::Unreachable(e) => {
+            let mut resp = json_response(
+                StatusCode::BAD_GATEWAY,
+                json!({"error": e.to_string(), "audit_id": audit_id}),
+            );
+            resp.headers_mut()
+                .insert(DECISION_HEADER, HeaderValue::from_static("deny"));
+            resp
+        }
+        Verdict::Allow { .. } => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "an allowed request was refused; this is a bug",
+        ),
+    }
+}
+
+/// The answer when the decision could not be made durable: the request is refused.
+fn audit_failed(e: &str) -> Response<GwBody> {
+    refusal(
+        "deny",
+        json!({
+            "decision": "deny",
+            "reason": format!("the decision could not be written to the audit log, so the request is refused: {e}"),
+            "code": "audit",
+            "policy": null,
+            "audit_id": null,
+        }),
+    )
+}
+
 fn sha256(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
@@ -923,8 +1047,9 @@ fn sha256(bytes: &[u8]) -> String {
 /// removed from IPv6; `None` unless it is an IP address or a DNS name.
 fn valid_host(host: &str) -> Option<String> {
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.parse::<IpAddr>().is_ok() {
-        return Some(host.to_ascii_lowercase());
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        // Canonical, as rules hold IP addresses (`::1`, never `0:0:0:0:0:0:0:1`).
+        return Some(ip.to_string());
     }
     let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
     let ok = !host.is_empty()

@@ -18,7 +18,7 @@ use tokio_rustls::TlsConnector;
 use crate::body::GwBody;
 use crate::config::{GatewayConfig, resolve_table};
 use crate::error::GatewayError;
-use crate::ssrf::refused_address;
+use crate::ssrf::{Reach, refused};
 
 /// Where a request goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,12 +46,13 @@ impl Target {
 pub(crate) enum UpstreamError {
     /// The SSRF guard refused the address.
     #[error(
-        "`{host}` resolves to {addr}, a {kind} address; the gateway does not connect to internal addresses unless the operator names the service (--resolve)"
+        "`{host}` resolves to {addr}, a {kind} address; the gateway does not connect to internal addresses unless {hint}"
     )]
     Internal {
         host: String,
         addr: IpAddr,
         kind: &'static str,
+        hint: &'static str,
     },
     #[error("cannot resolve `{host}`: {detail}")]
     Resolve { host: String, detail: String },
@@ -150,6 +151,8 @@ pub(crate) struct Checked {
     pub(crate) addrs: Vec<SocketAddr>,
     /// Whether a resolve override named the service.
     pub(crate) overridden: bool,
+    /// Whether an `internal: true` rule let an internal address through.
+    pub(crate) internal: bool,
 }
 
 pub(crate) struct Upstream {
@@ -199,13 +202,18 @@ impl Upstream {
         })
     }
 
-    /// Resolves `target` and checks every address; a name with any internal address is
-    /// refused as a whole.
-    pub(crate) async fn resolve(&self, target: &Target) -> Result<Checked, UpstreamError> {
+    /// Resolves `target` and checks every address against what the allowing rules may
+    /// `reach`; a name with any refused address is refused as a whole.
+    pub(crate) async fn resolve(
+        &self,
+        target: &Target,
+        reach: Reach,
+    ) -> Result<Checked, UpstreamError> {
         if let Some(addr) = self.resolve.get(&(target.host.clone(), target.port)) {
             return Ok(Checked {
                 addrs: vec![*addr],
                 overridden: true,
+                internal: false,
             });
         }
         let addrs: Vec<SocketAddr> = if let Ok(ip) = target.host.parse::<IpAddr>() {
@@ -226,17 +234,57 @@ impl Upstream {
             });
         }
         for addr in &addrs {
-            if let Some(kind) = refused_address(addr.ip()) {
+            if let Some(kind) = refused(addr.ip(), reach) {
                 return Err(UpstreamError::Internal {
                     host: target.host.clone(),
                     addr: addr.ip(),
                     kind,
+                    hint: match reach {
+                        Reach::Public => {
+                            "an egress rule with `internal: true` names this host exactly, or the operator names the service (--resolve)"
+                        }
+                        Reach::Internal => {
+                            "an `internal: true` rule names this very IP address (link-local and cloud metadata addresses are never reached by name)"
+                        }
+                        Reach::Literal => "never, for this kind of address",
+                    },
                 });
             }
         }
         Ok(Checked {
+            internal: reach != Reach::Public
+                && addrs
+                    .iter()
+                    .any(|a| refused(a.ip(), Reach::Public).is_some()),
             addrs,
             overridden: false,
+        })
+    }
+
+    /// A TCP connection to the first reachable checked address.
+    pub(crate) async fn connect_tcp(
+        &self,
+        target: &Target,
+        checked: &Checked,
+    ) -> Result<(TcpStream, SocketAddr), UpstreamError> {
+        let mut last = None;
+        for addr in &checked.addrs {
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => {
+                    let _ = s.set_nodelay(true);
+                    return Ok((s, *addr));
+                }
+                Ok(Err(e)) => last = Some((addr, e.to_string())),
+                Err(_) => last = Some((addr, "timed out".to_owned())),
+            }
+        }
+        let (addr, detail) = last
+            .map(|(a, d)| (a.to_string(), d))
+            .unwrap_or_else(|| ("-".into(), "no address".into()));
+        Err(UpstreamError::Connect {
+            host: target.host.clone(),
+            addr,
+            detail,
         })
     }
 
@@ -247,29 +295,7 @@ impl Upstream {
         target: &Target,
         checked: &Checked,
     ) -> Result<Pooled, UpstreamError> {
-        let mut last = None;
-        let mut stream = None;
-        for addr in &checked.addrs {
-            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
-                Ok(Ok(s)) => {
-                    stream = Some((s, *addr));
-                    break;
-                }
-                Ok(Err(e)) => last = Some((addr, e.to_string())),
-                Err(_) => last = Some((addr, "timed out".to_owned())),
-            }
-        }
-        let Some((stream, addr)) = stream else {
-            let (addr, detail) = last
-                .map(|(a, d)| (a.to_string(), d))
-                .unwrap_or_else(|| ("-".into(), "no address".into()));
-            return Err(UpstreamError::Connect {
-                host: target.host.clone(),
-                addr,
-                detail,
-            });
-        };
-        let _ = stream.set_nodelay(true);
+        let (stream, addr) = self.connect_tcp(target, checked).await?;
         let http_err = |e: hyper::Error| UpstreamError::Http {
             host: target.host.clone(),
             detail: e.to_string(),

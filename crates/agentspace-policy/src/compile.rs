@@ -8,7 +8,7 @@ use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use agentspace_core::{DEFAULT_APPROVAL_TIMEOUT, Definition, EgressRule};
+use agentspace_core::{DEFAULT_APPROVAL_TIMEOUT, Definition, EgressRule, TlsMode};
 use cedar_policy::{
     Effect, Entities, Entity, Expression, Policy, PolicyId, PolicySet, Schema, ValidationMode,
     Validator,
@@ -126,6 +126,7 @@ const ACTIONS: &[(&str, bool)] = &[
     ("dns", false),
     ("mcp", false),
     ("spawn", false),
+    ("tunnel", false),
 ];
 
 fn action_uid(name: &str) -> String {
@@ -570,7 +571,10 @@ fn generate(def: &Definition, def_file: &str) -> Result<Generated, PolicyError> 
     for (i, rule) in g.egress.iter().enumerate() {
         let field = format!("spec.egress[{i}]");
         let hosts = host_condition(rule);
-        let actions = if rule.methods.is_empty() {
+        let actions = if rule.tls == TlsMode::Passthrough {
+            // Only the server name and port of a passed-through connection are known.
+            "action == AgentSpace::Action::\"tunnel\"".to_owned()
+        } else if rule.methods.is_empty() {
             "action in AgentSpace::Action::\"http\"".to_owned()
         } else {
             let list: Vec<String> = rule

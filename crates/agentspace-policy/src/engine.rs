@@ -70,6 +70,12 @@ impl PolicyEngine {
         &self.definition.governance.tools
     }
 
+    /// The agent definition this engine decides for (the gateway reads its egress rules'
+    /// TLS mode and `internal` flag from it).
+    pub fn definition(&self) -> &Definition {
+        &self.definition
+    }
+
     /// Decides `request`: revocation, loop breaker, time budget, Cedar (default deny,
     /// forbid overrides permit, `@approval` forbids hold), capability revocation, then an
     /// atomic charge of one request to every budget that applies. Only
@@ -109,7 +115,11 @@ impl PolicyEngine {
                 format!("{} is denied: {why}", describe(request)),
             ));
         }
-        if let Some(d) = self.loop_check(request) {
+        // A passed-through connection is not a request: clients open one per request or
+        // reconnect at will, and its host and port are all there is to compare.
+        if !matches!(request.action, Action::Tunnel)
+            && let Some(d) = self.loop_check(request)
+        {
             return Ok(d);
         }
 
@@ -335,10 +345,11 @@ fn window_bucket(now: u64, window: std::time::Duration) -> i64 {
     i64::try_from(now / secs).unwrap_or(i64::MAX)
 }
 
-/// HTTP and MCP calls are what budgets count; DNS lookups and spawns are not.
+/// HTTP and MCP calls (and passed-through connections, each counted as one request) are
+/// what budgets count; DNS lookups and spawns are not.
 fn charges_budgets(action: &Action) -> bool {
     match action {
-        Action::Http { .. } | Action::Mcp => true,
+        Action::Http { .. } | Action::Mcp | Action::Tunnel => true,
         Action::Dns | Action::Spawn => false,
     }
 }

@@ -337,7 +337,7 @@ impl CompiledPolicies {
                     check_path(path)?;
                 }
             }
-            Action::Dns => check_host(r.host.as_deref())?,
+            Action::Dns | Action::Tunnel => check_host(r.host.as_deref())?,
             Action::Mcp => {
                 if r.server.as_deref().is_none_or(str::is_empty)
                     || r.tool.as_deref().is_none_or(str::is_empty)
@@ -367,6 +367,8 @@ fn check_host(host: Option<&str>) -> Result<(), String> {
         {
             Ok(())
         }
+        // An IPv6 literal, as the gateway writes it (canonical, no brackets).
+        Some(h) if h.parse::<std::net::Ipv6Addr>().is_ok() => Ok(()),
         Some(h) => Err(format!("`{h}` is not a host name")),
         None => Err("the request needs `resource.host`".to_owned()),
     }
@@ -426,6 +428,11 @@ pub(crate) fn describe(request: &Request) -> String {
             r.path.as_deref().unwrap_or("/")
         ),
         Action::Dns => format!("DNS lookup of `{}`", r.host.as_deref().unwrap_or("?")),
+        Action::Tunnel => format!(
+            "TLS connection to `{}:{}`",
+            r.host.as_deref().unwrap_or("?"),
+            r.port.unwrap_or(443)
+        ),
         Action::Mcp => format!(
             "MCP call `{}/{}`",
             r.server.as_deref().unwrap_or("?"),
@@ -545,6 +552,10 @@ fn build(facts: &Facts<'_>, wanted: u32) -> Result<cedar_policy::Request, String
             })?;
         }
         Action::Dns => add("host", &|| string(&facts.host))?,
+        Action::Tunnel => {
+            add("host", &|| string(&facts.host))?;
+            add("port", &|| Ok(RestrictedExpression::new_long(facts.port)))?;
+        }
         Action::Mcp => {
             add("server", &|| {
                 string(r.server.as_deref().unwrap_or_default())

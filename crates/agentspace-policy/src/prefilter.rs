@@ -588,10 +588,10 @@ impl<'a> Facts<'a> {
         let json = match &request.action {
             Action::Http { .. } => request.context.body.as_ref(),
             Action::Mcp => request.context.arguments.as_ref(),
-            Action::Dns | Action::Spawn => None,
+            Action::Dns | Action::Spawn | Action::Tunnel => None,
         };
         let (resource, resource_parent) = match &request.action {
-            Action::Http { .. } | Action::Dns => ((HOST, host.clone()), None),
+            Action::Http { .. } | Action::Dns | Action::Tunnel => ((HOST, host.clone()), None),
             Action::Mcp => {
                 let server = r.server.clone().unwrap_or_default();
                 let tool = r.tool.as_deref().unwrap_or_default();
@@ -682,8 +682,10 @@ impl<'a> Facts<'a> {
                 let r = &req.resource;
                 match (&req.action, name) {
                     (Action::Http { method }, "method") => is(Val::Str(method)),
-                    (Action::Http { .. } | Action::Dns, "host") => is(Val::Str(&self.host)),
-                    (Action::Http { .. }, "port") => is(Val::Long(self.port)),
+                    (Action::Http { .. } | Action::Dns | Action::Tunnel, "host") => {
+                        is(Val::Str(&self.host))
+                    }
+                    (Action::Http { .. } | Action::Tunnel, "port") => is(Val::Long(self.port)),
                     (Action::Http { .. }, "path") => is(Val::Str(self.path)),
                     (Action::Http { .. }, "query") => is(Val::Str(&req.context.query)),
                     (Action::Http { .. }, "headers") => is(Val::Rec(Rec::Headers)),
@@ -1049,6 +1051,7 @@ spec:
         r#"@id("bob") permit (principal, action in AgentSpace::Action::"http", resource) when { context.user == "bob@acme.example" && context.path like "/bob/*" };"#,
         r#"@id("query") forbid (principal, action == AgentSpace::Action::"GET", resource) when { context.query like "*debug=1*" };"#,
         r#"@id("port") forbid (principal, action in AgentSpace::Action::"http", resource) when { context.port != 443 && !(context.method == "GET") };"#,
+        r#"@id("tunnel-port") permit (principal, action == AgentSpace::Action::"tunnel", resource) when { context.port == 443 && context.host like "*.example" };"#,
         r#"@id("host-when") permit (principal, action == AgentSpace::Action::"GET", resource) when { resource == AgentSpace::Host::"d.example" || context.host like "*.d.example" };"#,
         r#"@id("mcp") permit (principal, action == AgentSpace::Action::"mcp", resource in AgentSpace::McpServer::"fs") when { context.tool like "read*" };"#,
         r#"@id("mcp-in") permit (principal, action == AgentSpace::Action::"mcp", resource) when { resource in AgentSpace::McpServer::"db" && context.server == "db" };"#,
@@ -1127,6 +1130,7 @@ spec:
             1 => Just(Action::Dns),
             1 => Just(Action::Mcp),
             1 => Just(Action::Spawn),
+            1 => Just(Action::Tunnel),
         ]
     }
 
@@ -1172,6 +1176,7 @@ spec:
                 Action::Dns => Resource { host: Some(host.to_owned()), ..Resource::default() },
                 Action::Mcp => Resource { server: Some(tool.0.to_owned()), tool: Some(tool.1.to_owned()), ..Resource::default() },
                 Action::Spawn => Resource { agent: Some(name(target)), ..Resource::default() },
+                Action::Tunnel => Resource { host: Some(host.to_owned()), port: Some(port), ..Resource::default() },
             };
             Request {
                 principal,

@@ -40,6 +40,9 @@ pub enum Action {
     Mcp,
     /// Starting another agent (`"spawn"`) named by `resource.agent`.
     Spawn,
+    /// A TLS connection passed through without interception (`"tunnel"`) to
+    /// `resource.host` and `resource.port`: decided on the server name and port only.
+    Tunnel,
 }
 
 impl Action {
@@ -50,6 +53,7 @@ impl Action {
             Self::Dns => "dns",
             Self::Mcp => "mcp",
             Self::Spawn => "spawn",
+            Self::Tunnel => "tunnel",
         }
     }
 }
@@ -63,7 +67,7 @@ pub struct Resource {
     /// Host name (HTTP, DNS); compared lowercase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
-    /// TCP port (HTTP; default 443).
+    /// TCP port (HTTP and tunnels; default 443).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
     /// URL path, starting with `/` (HTTP; default `/`).

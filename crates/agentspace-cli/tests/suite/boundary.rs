@@ -312,3 +312,159 @@ fn gateway_options_without_egress_rules_are_refused() {
     assert_eq!(r.code, 125, "{r:?}");
     assert!(r.stderr.contains("spec.egress"), "{r:?}");
 }
+
+const PLAIN: &str = "apiVersion: agentspace/v1
+kind: Agent
+metadata: {name: fetcher, tenant: acme}
+spec:
+  workspace: ./workspace
+  egress:
+    - name: api
+      hosts: [api.example.test]
+      methods: [GET]
+  resources: {memory: 256Mi, pids: 64, cpu: 1.0, timeout: 60s}
+";
+
+#[test]
+fn a_gateway_config_file_routes_and_trusts_and_flags_win_over_it() {
+    if !privileged() {
+        return;
+    }
+    let s = Sandbox::new();
+    let up = upstream(&s);
+    let def = s.definition("plain.yaml", PLAIN);
+    // The file points the name at a closed port; the flag, given after, wins.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let config = s.definition(
+        "gateway.yaml",
+        &format!(
+            "# operator settings\nresolve:\n  - api.example.test:443:127.0.0.1:{}\nupstreamCa: [ca.pem]\nlimits:\n  connectTimeout: 5s\n  maxHeaderBytes: 32Ki\n",
+            up.port
+        ),
+    );
+    let run = |extra: &[String]| -> Ran {
+        let mut c = s.command();
+        c.args(["run", "--user", "alice", "-f"])
+            .arg(&def)
+            .arg("--config")
+            .arg(&config)
+            .args(extra)
+            .args(["--", "curl", "-sS", "https://api.example.test/v1/config"]);
+        c.output().unwrap().into()
+    };
+    let r = run(&[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.stdout, "upstream saw /v1/config\n", "{r:?}");
+    std::fs::write(
+        &config,
+        format!(
+            "resolve: [\"api.example.test:443:127.0.0.1:{closed_port}\"]\nupstreamCa: [ca.pem]\n"
+        ),
+    )
+    .unwrap();
+    let r = run(&[
+        "--resolve".into(),
+        format!("api.example.test:443:127.0.0.1:{}", up.port),
+    ]);
+    assert_eq!(r.stdout, "upstream saw /v1/config\n", "{r:?}");
+
+    // A mistake in the file names the file, the line and the field, and nothing runs.
+    std::fs::write(&config, "resolve: []\nlimits:\n  conectTimeout: 5s\n").unwrap();
+    let r = run(&[]);
+    assert_eq!(r.code, 125, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("gateway.yaml` at line 3 column 3: field `limits.conectTimeout`"),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn a_pinning_client_in_the_cell_gets_the_upstreams_own_certificate() {
+    if !privileged() {
+        return;
+    }
+    let s = Sandbox::new();
+    let up = upstream(&s);
+    // The agent trusts only the stand-in's CA, as a client that pins it would.
+    std::fs::copy(
+        s.path().join("ca.pem"),
+        s.path().join("workspace/pinned-ca.pem"),
+    )
+    .unwrap();
+    let def = s.definition(
+        "pinned.yaml",
+        &PLAIN.replace("      methods: [GET]\n", "      tls: passthrough\n"),
+    );
+    let mut c = s.command();
+    c.args(["run", "--user", "alice", "-f"])
+        .arg(&def)
+        .args([
+            "--resolve",
+            &format!("api.example.test:443:127.0.0.1:{}", up.port),
+        ])
+        .arg("--upstream-ca")
+        .arg(s.path().join("ca.pem"))
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "curl -sS --cacert /workspace/pinned-ca.pem https://api.example.test/v1/pinned; \
+             echo '--'; curl -sS https://api.example.test/v1/tenant-ca >/dev/null 2>&1 || echo NOT-INTERCEPTED",
+        ]);
+    let r: Ran = c.output().unwrap().into();
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        r.stdout, "upstream saw /v1/pinned\n--\nNOT-INTERCEPTED\n",
+        "{r:?}"
+    );
+    let q = s
+        .command()
+        .args([
+            "audit",
+            "query",
+            "--kind",
+            "http_request",
+            "--format",
+            "jsonl",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&q.stdout);
+    assert!(
+        text.contains("\"action\":\"TUNNEL\"") && text.contains("tls://api.example.test:443"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_passthrough_rule_with_a_credential_or_paths_is_refused() {
+    let s = Sandbox::new();
+    for (extra, field) in [
+        (
+            "      credential: {secret: api-key, header: Authorization}\n",
+            "spec.egress[0].credential",
+        ),
+        ("      paths: [\"/v1/*\"]\n", "spec.egress[0].paths"),
+    ] {
+        let def = s.definition(
+            "bad.yaml",
+            &PLAIN.replace(
+                "      methods: [GET]\n",
+                &format!("      tls: passthrough\n{extra}"),
+            ),
+        );
+        let r: Ran = s
+            .command()
+            .args(["definition", "check", "-f"])
+            .arg(&def)
+            .output()
+            .unwrap()
+            .into();
+        assert_ne!(r.code, 0, "{r:?}");
+        assert!(r.stderr.contains(field), "{r:?}");
+        assert!(r.stderr.contains("tls: passthrough"), "{r:?}");
+    }
+}

@@ -1,5 +1,5 @@
-//! Every file under examples/ is a valid definition, and the published JSON Schema is
-//! the one generated from the code.
+//! Every file under examples/ is a valid definition (or gateway config file), and the
+//! published JSON Schema is the one generated from the code.
 
 use std::path::Path;
 
@@ -28,6 +28,11 @@ fn every_example_definition_is_valid() {
                 let text = std::fs::read_to_string(&p).unwrap();
                 if text.contains("apiVersion: agentspace/v1") {
                     Definition::parse(&p, &text).unwrap_or_else(|e| panic!("{e}"));
+                    checked += 1;
+                } else if text.starts_with("# agentspace gateway config") {
+                    agentspace_gateway::GatewayConfig::new("/nonexistent")
+                        .load_file(&p)
+                        .unwrap_or_else(|e| panic!("{e}"));
                     checked += 1;
                 }
             }

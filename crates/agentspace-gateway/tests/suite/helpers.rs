@@ -65,6 +65,9 @@ pub(crate) struct Harness {
     pub(crate) task: Arc<Task>,
     pub(crate) proxy: SocketAddr,
     pub(crate) upstream_tls: SocketAddr,
+    pub(crate) upstream_plain: SocketAddr,
+    /// The CA of the HTTPS stand-in (what a client that pins it trusts).
+    pub(crate) upstream_ca: PathBuf,
     pub(crate) tenant_ca: PathBuf,
     pub(crate) audit: AuditLog,
     /// Connections the HTTPS stand-in has accepted.
@@ -283,6 +286,16 @@ impl Harness {
         credentials: Vec<(&str, Credential)>,
         secrets: &[(&str, &[u8])],
     ) -> Self {
+        Self::start_custom(definition, credentials, secrets, &[]).await
+    }
+
+    /// Like [`Harness::start_full`] with more resolve overrides (`HOST:PORT:ADDR`).
+    pub(crate) async fn start_custom(
+        definition: &str,
+        credentials: Vec<(&str, Credential)>,
+        secrets: &[(&str, &[u8])],
+        resolve: &[String],
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let def_path = dir.path().join("agent.yaml");
         std::fs::write(&def_path, definition).unwrap();
@@ -343,14 +356,14 @@ impl Harness {
 
         let mut config = GatewayConfig::new(&state);
         config.system_roots = false;
-        config.upstream_ca = vec![ca_file];
-        for entry in [
+        config.upstream_ca = vec![ca_file.clone()];
+        for entry in resolve.iter().cloned().chain([
             format!("api.example.com:443:{upstream_tls}"),
             format!("other.example.com:443:{upstream_tls}"),
             format!("plain.example.com:80:{upstream_plain}"),
             // Allowed by no certificate of the stand-in: upstream verification must fail.
             format!("impostor.example.com:443:{upstream_tls}"),
-        ] {
+        ]) {
             config.resolve.push(ResolveOverride::parse(&entry).unwrap());
         }
         let gateway = Gateway::new(config, audit.clone()).unwrap();
@@ -378,6 +391,8 @@ impl Harness {
             task,
             proxy,
             upstream_tls,
+            upstream_plain,
+            upstream_ca: ca_file,
             tenant_ca,
             audit,
             upstream_connections,

@@ -8,3 +8,4 @@ mod loops;
 mod props;
 mod revocation;
 mod testcases;
+mod tunnel;

@@ -1,6 +1,6 @@
 //! The MCP endpoint a task's agent reaches (streamable HTTP) and the per-call pipeline.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -84,7 +84,9 @@ struct TaskTools {
     tools: Tools,
     upstreams: tokio::sync::Mutex<HashMap<String, Arc<Upstream>>>,
     catalog: tokio::sync::Mutex<Option<Arc<Catalog>>>,
-    sessions: Mutex<HashSet<String>>,
+    /// Open sessions, oldest first; past [`MAX_SESSIONS`] the oldest is forgotten (its
+    /// client gets 404 and initializes again, as the transport prescribes).
+    sessions: Mutex<VecDeque<String>>,
     refused: mpsc::UnboundedSender<ServerRequest>,
 }
 
@@ -180,8 +182,13 @@ impl McpGateway {
         match *req.method() {
             Method::POST => {}
             Method::DELETE => {
-                let removed = session
-                    .is_some_and(|s| state.sessions.lock().is_ok_and(|mut set| set.remove(&s)));
+                let removed = session.is_some_and(|s| {
+                    state.sessions.lock().is_ok_and(|mut open| {
+                        let before = open.len();
+                        open.retain(|o| *o != s);
+                        open.len() < before
+                    })
+                });
                 return if removed {
                     plain(StatusCode::OK, "")
                 } else {
@@ -246,7 +253,7 @@ impl McpGateway {
         }
         let known = session
             .as_ref()
-            .is_some_and(|s| state.sessions.lock().is_ok_and(|set| set.contains(s)));
+            .is_some_and(|s| state.sessions.lock().is_ok_and(|open| open.contains(s)));
         if !known && method != "server/discover" {
             let (status, message) = if session.is_none() {
                 (
@@ -310,16 +317,19 @@ impl McpGateway {
             );
         };
         match state.sessions.lock() {
-            Ok(mut set) if set.len() < MAX_SESSIONS => {
-                set.insert(session.clone());
+            Ok(mut open) => {
+                while open.len() >= MAX_SESSIONS {
+                    open.pop_front();
+                }
+                open.push_back(session.clone());
             }
-            _ => {
+            Err(_) => {
                 return rpc_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
+                    StatusCode::INTERNAL_SERVER_ERROR,
                     &jsonrpc::error(
                         id,
                         jsonrpc::INTERNAL_ERROR,
-                        "too many MCP sessions on this task; end one (DELETE) first",
+                        "the session table is unavailable",
                         None,
                     ),
                     None,
@@ -338,7 +348,10 @@ impl McpGateway {
     /// The catalog of the task, listing the servers with allowed tools on first use.
     async fn catalog(&self, state: &TaskTools) -> Arc<Catalog> {
         let mut slot = state.catalog.lock().await;
-        if let Some(c) = slot.as_ref() {
+        // A server that could not be listed is tried again on the next call.
+        if let Some(c) = slot.as_ref()
+            && c.unavailable.is_empty()
+        {
             return Arc::clone(c);
         }
         let mut catalog = Catalog::default();
@@ -396,7 +409,9 @@ impl McpGateway {
         server: &ToolServer,
     ) -> Result<Arc<Upstream>, String> {
         let mut ups = state.upstreams.lock().await;
-        if let Some(u) = ups.get(server.name.as_str()) {
+        if let Some(u) = ups.get(server.name.as_str())
+            && u.is_alive()
+        {
             return Ok(Arc::clone(u));
         }
         if state.task.is_closed() {

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -93,6 +93,9 @@ struct StdioConn {
     _child: Child,
     stdin: Arc<tokio::sync::Mutex<ChildStdin>>,
     pending: Pending,
+    /// Set by the reader once the server's output closed, before it fails the calls
+    /// still waiting, so no later call is sent to a dead server.
+    dead: Arc<AtomicBool>,
     reader: JoinHandle<()>,
     replier: JoinHandle<()>,
 }
@@ -148,6 +151,15 @@ impl Upstream {
         UpstreamError::Protocol {
             server: self.name.clone(),
             message,
+        }
+    }
+
+    /// Whether the server can still answer: a stdio server whose output closed (it
+    /// exited or crashed) cannot, and is started again on next use.
+    pub(crate) fn is_alive(&self) -> bool {
+        match &self.conn {
+            Conn::Stdio(s) => !s.dead.load(Ordering::SeqCst),
+            Conn::Http(_) => true,
         }
     }
 
@@ -265,10 +277,11 @@ fn spawn(
     let stdout = child.stdout.take().ok_or_else(closed)?;
     let pending: Pending = Arc::default();
     let (replies_tx, mut replies_rx) = mpsc::unbounded_channel::<Value>();
+    let dead = Arc::new(AtomicBool::new(false));
     let reader = tokio::spawn(read_stdio(
         name.to_owned(),
         stdout,
-        Arc::clone(&pending),
+        (Arc::clone(&pending), Arc::clone(&dead)),
         refused,
         replies_tx,
     ));
@@ -292,6 +305,7 @@ fn spawn(
         _child: child,
         stdin,
         pending,
+        dead,
         reader,
         replier,
     };
@@ -303,7 +317,7 @@ fn spawn(
 async fn read_stdio(
     server: String,
     stdout: tokio::process::ChildStdout,
-    pending: Pending,
+    (pending, dead): (Pending, Arc<AtomicBool>),
     refused: mpsc::UnboundedSender<ServerRequest>,
     replies: mpsc::UnboundedSender<Value>,
 ) {
@@ -343,6 +357,7 @@ async fn read_stdio(
         }
     }
     // Whoever still waits learns the server is gone.
+    dead.store(true, Ordering::SeqCst);
     if let Ok(mut p) = pending.lock() {
         p.clear();
     }

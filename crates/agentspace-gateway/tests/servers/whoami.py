@@ -4,6 +4,7 @@
 stdio by default; `--http PORT` serves streamable HTTP on 127.0.0.1:PORT/mcp.
 """
 
+import os
 import sys
 
 from mcp.server.mcpserver import Context, MCPServer
@@ -19,6 +20,12 @@ def whoami(ctx: Context) -> str:
     if token is None and ctx.headers is not None:
         token = ctx.headers.get("agentspace-identity")
     return token or "none"
+
+
+@server.tool()
+def crash() -> str:
+    """Exits the server in the middle of the call."""
+    os._exit(3)
 
 
 if __name__ == "__main__":

@@ -516,3 +516,56 @@ async fn mcp_taint_stops_http_egress_of_the_same_task() {
     assert_eq!(http["details"]["code"], "flow");
     s.task.close();
 }
+
+/// A stdio server that dies in the middle of a call fails that call (audited) and is
+/// started again for the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_a_crashed_stdio_server_is_started_again() {
+    require_python_mcp();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let text = format!(
+        "apiVersion: agentspace/v1
+kind: Agent
+metadata: {{name: credit-officer, tenant: acme}}
+spec:
+  tools:
+    - server: local
+      command: [python3, {}]
+      allow: [whoami, crash]
+",
+        servers_dir().join("whoami.py").display()
+    );
+    let definition = Definition::parse(&dir.path().join("agent.yaml"), &text).unwrap();
+    let policy = Arc::new(PolicyEngine::load(&definition, &state).unwrap());
+    let audit = AuditLog::open(&state).unwrap();
+    let principal = Principal::new(
+        Name::new("acme").unwrap(),
+        UserId::new("alice@acme.example").unwrap(),
+        Actor::new(
+            Name::new("credit-officer").unwrap(),
+            TaskRef::new("t-crash").unwrap(),
+        ),
+    );
+    let task = Arc::new(Task::new(principal, policy));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mcp = format!("http://{}/mcp", listener.local_addr().unwrap());
+    tokio::spawn(
+        McpGateway::new(audit.clone(), Arc::new(Identity::open(&state)))
+            .serve(listener, Arc::clone(&task)),
+    );
+    let out = call(&mcp, &[("crash", "{}"), ("whoami", "{}")]).await;
+    assert_eq!(out[0]["ok"], false, "{}", out[0]);
+    assert_eq!(out[0]["error"], -32603, "{}", out[0]);
+    assert_eq!(out[1]["ok"], true, "{}", out[1]);
+    let events = events(&audit).await;
+    let crash = events
+        .iter()
+        .find(|e| e["action"] == "tools/result" && e["resource"] == "mcp://local/crash")
+        .unwrap();
+    assert!(
+        crash["reason"].as_str().unwrap().contains("closed"),
+        "{crash}"
+    );
+    task.close();
+}

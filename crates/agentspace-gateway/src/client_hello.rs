@@ -312,6 +312,67 @@ mod tests {
         assert_eq!(parse(&bytes), Err(HelloError::BadName));
     }
 
+    /// A hand-made ClientHello with the given extensions.
+    fn hello_with(extensions: &[(u16, Vec<u8>)]) -> Vec<u8> {
+        let mut body = vec![3, 3];
+        body.extend([0u8; 32]);
+        body.extend([0, 0, 2, 0x13, 0x01, 1, 0]);
+        let mut exts = Vec::new();
+        for (kind, data) in extensions {
+            exts.extend(kind.to_be_bytes());
+            exts.extend((data.len() as u16).to_be_bytes());
+            exts.extend(data);
+        }
+        body.extend((exts.len() as u16).to_be_bytes());
+        body.extend(exts);
+        let mut msg = vec![CLIENT_HELLO, 0];
+        msg.extend((body.len() as u16).to_be_bytes());
+        msg.extend(body);
+        let mut record = vec![HANDSHAKE, 3, 1];
+        record.extend((msg.len() as u16).to_be_bytes());
+        record.extend(msg);
+        record
+    }
+
+    fn sni(name: &[u8]) -> Vec<u8> {
+        let mut entry = vec![0];
+        entry.extend((name.len() as u16).to_be_bytes());
+        entry.extend(name);
+        let mut list = (entry.len() as u16).to_be_bytes().to_vec();
+        list.extend(entry);
+        list
+    }
+
+    #[test]
+    fn encrypted_client_hello_is_noticed_and_duplicate_names_refused() {
+        let hello = parse(&hello_with(&[
+            (EXT_SERVER_NAME, sni(b"public.example.com")),
+            (EXT_ENCRYPTED_CLIENT_HELLO, vec![0, 1, 2, 3]),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert!(hello.ech);
+        assert_eq!(hello.sni.as_deref(), Some("public.example.com"));
+        assert_eq!(
+            parse(&hello_with(&[
+                (EXT_SERVER_NAME, sni(b"a.example.com")),
+                (EXT_SERVER_NAME, sni(b"b.example.com")),
+            ])),
+            Err(HelloError::Malformed("two server_name extensions"))
+        );
+        assert_eq!(
+            parse(&hello_with(&[(
+                EXT_SERVER_NAME,
+                sni(b"trailing.example.com.")
+            )]))
+            .unwrap()
+            .unwrap()
+            .sni
+            .as_deref(),
+            Some("trailing.example.com")
+        );
+    }
+
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..3000)) {

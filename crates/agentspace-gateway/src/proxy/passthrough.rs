@@ -256,3 +256,34 @@ fn authority(target: &Target) -> String {
         format!("{}:{}", target.host, target.port)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_hello_must_name_the_decided_host_and_not_hide_it() {
+        let hello = |sni: Option<&str>, ech| ClientHello {
+            sni: sni.map(str::to_owned),
+            ech,
+        };
+        assert_eq!(
+            hello_problem(
+                &hello(Some("pinned.example.com"), false),
+                "pinned.example.com"
+            ),
+            None
+        );
+        assert_eq!(
+            hello_problem(&hello(None, false), "pinned.example.com"),
+            None
+        );
+        let other = hello_problem(&hello(Some("api.example.com"), false), "pinned.example.com");
+        assert!(other.is_some_and(|m| m.contains("`api.example.com`")));
+        let ech = hello_problem(
+            &hello(Some("pinned.example.com"), true),
+            "pinned.example.com",
+        );
+        assert!(ech.is_some_and(|m| m.contains("Encrypted Client Hello")));
+    }
+}

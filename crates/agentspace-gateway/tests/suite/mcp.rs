@@ -569,3 +569,83 @@ spec:
     );
     task.close();
 }
+
+/// A real published tool server behind the gateway: the reference filesystem server
+/// (`@modelcontextprotocol/server-filesystem` from npm, installed by
+/// scripts/install-deps), only its read tools allowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_published_filesystem_server() {
+    require_python_mcp();
+    let ok = std::process::Command::new("sh")
+        .args(["-c", "command -v mcp-server-filesystem"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        ok,
+        "mcp-server-filesystem is missing: run scripts/install-deps (npm install -g @modelcontextprotocol/server-filesystem)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("files")).unwrap();
+    let files = dir.path().join("files").canonicalize().unwrap();
+    std::fs::write(files.join("rates.txt"), "base rate 3.1%\n").unwrap();
+    let state = dir.path().join("state");
+    let text = format!(
+        "apiVersion: agentspace/v1
+kind: Agent
+metadata: {{name: credit-officer, tenant: acme}}
+spec:
+  tools:
+    - server: files
+      command: [mcp-server-filesystem, {}]
+      allow: [read_text_file, list_allowed_directories]
+      labels: [confidential]
+",
+        files.display()
+    );
+    let definition = Definition::parse(&dir.path().join("agent.yaml"), &text).unwrap();
+    let policy = Arc::new(PolicyEngine::load(&definition, &state).unwrap());
+    let audit = AuditLog::open(&state).unwrap();
+    let principal = Principal::new(
+        Name::new("acme").unwrap(),
+        UserId::new("alice@acme.example").unwrap(),
+        Actor::new(
+            Name::new("credit-officer").unwrap(),
+            TaskRef::new("t-fs").unwrap(),
+        ),
+    );
+    let task = Arc::new(Task::new(principal.clone(), Arc::clone(&policy)));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mcp = format!("http://{}/mcp", listener.local_addr().unwrap());
+    tokio::spawn(
+        McpGateway::new(audit.clone(), Arc::new(Identity::open(&state)))
+            .serve(listener, Arc::clone(&task)),
+    );
+    let rates = files.join("rates.txt").display().to_string();
+    let read = serde_json::json!({ "path": rates }).to_string();
+    let out = call(
+        &mcp,
+        &[
+            ("read_text_file", read.as_str()),
+            ("write_file", r#"{"path": "/tmp/x", "content": "x"}"#),
+            ("read_text_file", r#"{"head": 1}"#),
+            ("read_text_file", r#"{"path": "/etc/passwd"}"#),
+        ],
+    )
+    .await;
+    assert_eq!(out[0]["ok"], true, "{}", out[0]);
+    assert!(out[0]["text"].as_str().unwrap().contains("base rate 3.1%"));
+    // Not allowed: as if it did not exist.
+    assert_eq!(out[1]["error"], -32602, "{}", out[1]);
+    // The server's own schema is enforced before anything reaches it.
+    assert_eq!(out[2]["code"], "invalid-arguments", "{}", out[2]);
+    // Allowed by policy, refused by the server itself (outside its directory).
+    assert_eq!(out[3]["ok"], false, "{}", out[3]);
+    // The read tainted the session.
+    assert!(
+        policy
+            .session_labels(&principal)
+            .unwrap()
+            .contains("confidential")
+    );
+    task.close();
+}

@@ -52,6 +52,8 @@ pub(crate) fn run(state: &StateDir, args: Args) -> Result<ExitCode> {
         state_dir: state.path().to_owned(),
         listen: args.listen,
         audit_url: args.audit_url,
+        // Tasks started through the API run as `agentspace run` of this same binary.
+        runner: Some(std::env::current_exe().context("cannot find this program's path")?),
     };
     runtime.block_on(async move {
         let server = Server::bind(config).await?;

@@ -29,6 +29,7 @@ pub(crate) struct App {
     pub(crate) audit: AuditLog,
     pub(crate) approvals: ApprovalStore,
     pub(crate) revocations: Revocations,
+    pub(crate) runner: crate::runner::Runner,
 }
 
 pub(crate) type AppState = Arc<App>;
@@ -493,6 +494,127 @@ pub(crate) async fn tasks(
     caller.require(ANY)?;
     Ok(axum::Json(
         blocking(&app, move |app| Ok(read_manifests(app, &caller.tenant))).await?,
+    ))
+}
+
+/// A task to start.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StartTask {
+    /// The registered definition's name.
+    agent: String,
+    /// Its version (default: the current one).
+    #[serde(default)]
+    version: Option<u32>,
+    /// The program to run in the cell and its arguments.
+    command: Vec<String>,
+}
+
+/// A started task.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct StartedTask {
+    task: String,
+    agent: String,
+    version: u32,
+    /// The user the task acts for: the caller.
+    user: String,
+}
+
+/// Starts a task from a registered definition, acting for the caller (admin,
+/// developer). The server runs `agentspace run` as its child; the task is audited by
+/// it (`task_start`, `task_exit`). Definitions naming host paths or host commands are
+/// refused (422).
+#[utoipa::path(post, path = "/v1/tasks", tag = "tasks", security(("bearer" = [])), request_body = StartTask,
+    responses((status = 201, body = StartedTask), (status = 404, body = crate::error::ErrorBody),
+        (status = 409, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
+pub(crate) async fn start_task(
+    State(app): State<AppState>,
+    caller: Caller,
+    Body(body): Body<StartTask>,
+) -> Result<(StatusCode, Json<StartedTask>), ServerError> {
+    caller.require(DEFINITION_WRITERS)?;
+    let started = blocking(&app, move |app| {
+        let v = app
+            .registry()
+            .get(&caller.tenant, &body.agent, body.version)?;
+        let text = v.text.unwrap_or_default();
+        let definition = agentspace_core::Definition::parse(
+            &crate::definitions::source_path(&app.state_dir, &caller.tenant),
+            &text,
+        )?;
+        let problems = crate::runner::host_bound(&definition);
+        if !problems.is_empty() {
+            return Err(ServerError::Definition(problems));
+        }
+        let task = app.runner.start(
+            &app.state_dir,
+            &caller.tenant,
+            &text,
+            &caller.user,
+            &body.command,
+        )?;
+        Ok(StartedTask {
+            task,
+            agent: v.name,
+            version: v.version,
+            user: caller.user,
+        })
+    })
+    .await?;
+    Ok((StatusCode::CREATED, axum::Json(started)))
+}
+
+/// What a stop did.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Stopped {
+    /// The task is revoked: every further action of it is denied.
+    revoked: bool,
+    /// Its `agentspace run` was sent SIGTERM (only for tasks this server started and
+    /// that still ran).
+    signalled: bool,
+}
+
+/// Stops a task (admin, or the user it acts for): revokes it (audited, effective on its
+/// next decision) and, when this server started it, sends its `agentspace run` SIGTERM,
+/// which the agent receives; the exit is recorded in the manifest and the audit log.
+#[utoipa::path(post, path = "/v1/tasks/{id}/stop", tag = "tasks", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the task id")),
+    responses((status = 200, body = Stopped), (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
+pub(crate) async fn stop_task(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Stopped> {
+    caller.require(ANY)?;
+    Ok(axum::Json(
+        blocking(&app, move |app| {
+            let m = task_manifest(app, &caller.tenant, &id)?;
+            let user = m.get("user").and_then(|u| u.as_str()).unwrap_or_default();
+            if user != caller.user {
+                caller.require(ADMIN)?;
+            }
+            let sink = RevocationSink {
+                audit: &app.audit,
+                tenant: &caller.tenant,
+                by: &caller.user,
+            };
+            let what = Revocation::Task {
+                tenant: caller.tenant.clone(),
+                task: agentspace_core::TaskRef::new(&id).map_err(|e| {
+                    ServerError::bad_request(e.to_string(), "give a task id from GET /v1/tasks")
+                })?,
+            };
+            app.revocations.revoke(
+                what,
+                &format!("stopped by `{}` through the control plane", caller.user),
+                &sink,
+            )?;
+            Ok(Stopped {
+                revoked: true,
+                signalled: app.runner.stop(&id),
+            })
+        })
+        .await?,
     ))
 }
 

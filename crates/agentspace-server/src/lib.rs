@@ -21,6 +21,7 @@ mod definitions;
 mod error;
 mod events;
 mod extract;
+mod runner;
 mod server;
 mod store;
 

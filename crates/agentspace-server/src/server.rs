@@ -30,6 +30,9 @@ pub struct ServerConfig {
     /// The audit store (`postgres://...`, `sqlite:PATH`); SQLite in the state directory
     /// when `None`.
     pub audit_url: Option<String>,
+    /// The `agentspace` binary that starts tasks (`agentspace run`); `None`: this server
+    /// does not start tasks.
+    pub runner: Option<PathBuf>,
 }
 
 #[derive(OpenApi)]
@@ -44,7 +47,7 @@ pub struct ServerConfig {
         api::tokens, api::create_token, api::delete_token,
         api::register_definition, api::definitions, api::definition,
         api::definition_versions, api::definition_version, api::definition_diff,
-        api::tasks, api::task, api::task_logs, api::task_budget, api::budgets,
+        api::tasks, api::start_task, api::task, api::stop_task, api::task_logs, api::task_budget, api::budgets,
         api::approvals, api::approval, api::approve, api::deny,
         api::audit_events, api::audit_verify, api::audit_export,
         api::revocations, api::revoke, api::lift,
@@ -105,7 +108,8 @@ fn router(app: AppState) -> Router {
             get(api::definition_version),
         )
         .route("/v1/definitions/{name}/diff", get(api::definition_diff))
-        .route("/v1/tasks", get(api::tasks))
+        .route("/v1/tasks", get(api::tasks).post(api::start_task))
+        .route("/v1/tasks/{id}/stop", post(api::stop_task))
         .route("/v1/tasks/{id}", get(api::task))
         .route("/v1/tasks/{id}/logs", get(api::task_logs))
         .route("/v1/tasks/{id}/budget", get(api::task_budget))
@@ -156,12 +160,14 @@ impl Server {
             state_dir,
             listen,
             audit_url,
+            runner,
         } = config;
         let app = tokio::task::spawn_blocking(move || -> Result<App, ServerError> {
             let db = Arc::new(Db::open(&state_dir)?);
             let audit = open_audit(&state_dir, audit_url.as_deref())?;
             let revocations = agentspace_policy::Revocations::open(&state_dir)?;
             Ok(App {
+                runner: crate::runner::Runner::new(runner, audit_url.clone()),
                 approvals: ApprovalStore::new(Arc::clone(&db), audit.clone()),
                 state_dir,
                 db,

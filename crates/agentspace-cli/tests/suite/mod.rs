@@ -2,6 +2,7 @@ pub mod support;
 
 mod admin;
 mod boundary;
+mod control_plane;
 mod definitions;
 mod door;
 mod escape;

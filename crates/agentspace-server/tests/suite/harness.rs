@@ -40,6 +40,7 @@ impl TestServer {
                     state_dir,
                     listen: "127.0.0.1:0".parse().unwrap(),
                     audit_url: None,
+                    runner: None,
                 })
                 .await
                 .unwrap();

@@ -119,7 +119,19 @@ fn every_endpoint_refuses_or_hides_another_tenants_things() {
             None,
         ),
         ("get", "/v1/tasks", "/v1/tasks".into(), None),
+        (
+            "post",
+            "/v1/tasks",
+            "/v1/tasks".into(),
+            Some(json!({"agent": "writer", "command": ["true"]})),
+        ),
         ("get", "/v1/tasks/{id}", format!("/v1/tasks/{task}"), None),
+        (
+            "post",
+            "/v1/tasks/{id}/stop",
+            format!("/v1/tasks/{task}/stop"),
+            Some(json!({})),
+        ),
         (
             "get",
             "/v1/tasks/{id}/logs",

@@ -1,0 +1,206 @@
+//! `agentspace serve` starting and stopping real tasks in real cells, and
+//! `agentspace approvals` against it.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use agentspace_server::client::Client;
+use serde_json::{Value, json};
+
+use super::support::{Sandbox, agentspace_bin, privileged};
+
+const AGENT: &str = "apiVersion: agentspace/v1
+kind: Agent
+metadata:
+  name: hello
+  tenant: acme
+spec:
+  resources:
+    memory: 256Mi
+    pids: 64
+    cpu: 1.0
+    timeout: 60s
+";
+
+/// A control plane on a free loopback port, killed on drop.
+struct Serve {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(s: &Sandbox) -> Serve {
+    let mut child = Command::new(agentspace_bin())
+        .arg("--state-dir")
+        .arg(s.state())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stderr.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no address in `{line}`"))
+        .to_owned();
+    Serve { child, url }
+}
+
+fn bootstrap(s: &Sandbox) -> String {
+    let out = s
+        .command()
+        .args(["serve", "--bootstrap-admin", "alice", "--tenant", "acme"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_control_plane_starts_and_stops_a_task_for_the_caller() {
+    if !privileged() {
+        return;
+    }
+    let s = Sandbox::new();
+    let token = bootstrap(&s);
+    let server = serve(&s);
+    let api = Client::new(&server.url, Some(&token)).unwrap();
+
+    let r = api
+        .post("/v1/definitions", &json!({"definition": AGENT}))
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.error_message());
+    let r = api
+        .post(
+            "/v1/tasks",
+            &json!({"agent": "hello", "command": ["sh", "-c", "echo started as $(id -u); exec sleep 30"]}),
+        )
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.error_message());
+    let started = r.json();
+    let task = started["task"].as_str().unwrap().to_owned();
+    assert_eq!(started["user"], "alice");
+
+    let log = until("the agent's output", || {
+        let r = api.get(&format!("/v1/tasks/{task}/logs")).unwrap();
+        let text = String::from_utf8_lossy(&r.body).into_owned();
+        text.contains("started as").then_some(text)
+    });
+    assert!(log.starts_with("started as "), "{log}");
+    let m = api.get(&format!("/v1/tasks/{task}")).unwrap().json();
+    assert_eq!(
+        (m["user"].as_str(), m["state"].as_str()),
+        (Some("alice"), Some("running"))
+    );
+
+    let r = api
+        .post(&format!("/v1/tasks/{task}/stop"), &json!({}))
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.error_message());
+    assert_eq!(r.json(), json!({"revoked": true, "signalled": true}));
+    let m: Value = until("the task's exit", || {
+        let m = api.get(&format!("/v1/tasks/{task}")).unwrap().json();
+        (m["state"] != "running").then_some(m)
+    });
+    assert_eq!(m["state"], "exited", "{m}");
+    assert_eq!(m["exit_code"], 143, "{m}");
+
+    // The task's own records, as the user it acted for, and the stop.
+    let events = api
+        .get(&format!("/v1/audit/events?task={task}"))
+        .unwrap()
+        .json();
+    let kinds: Vec<(&str, &str)> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["event"]["kind"].as_str().unwrap(),
+                e["event"]["user"].as_str().unwrap_or("-"),
+            )
+        })
+        .collect();
+    assert_eq!(kinds, [("task_start", "alice"), ("task_exit", "alice")]);
+    let revoked = api.get("/v1/revocations").unwrap().json();
+    assert_eq!(revoked[0]["task"], task.as_str());
+
+    // A definition that names a host directory is refused before anything runs.
+    let with_workspace = AGENT
+        .replace("spec:\n", "spec:\n  workspace: /etc\n")
+        .replace("name: hello", "name: nosy");
+    let r = api
+        .post("/v1/definitions", &json!({"definition": with_workspace}))
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.error_message());
+    let r = api
+        .post(
+            "/v1/tasks",
+            &json!({"agent": "nosy", "command": ["cat", "/mnt/passwd"]}),
+        )
+        .unwrap();
+    assert_eq!(r.status, 422);
+    assert_eq!(r.json()["problems"][0]["field"], "spec.workspace");
+}
+
+#[test]
+fn approvals_cli_talks_to_the_server() {
+    if !privileged() {
+        return;
+    }
+    let s = Sandbox::new();
+    let token = bootstrap(&s);
+    let server = serve(&s);
+    let cli = |args: &[&str], token: &str| {
+        let out = Command::new(agentspace_bin())
+            .arg("approvals")
+            .args(args)
+            .env("AGENTSPACE_SERVER", &server.url)
+            .env("AGENTSPACE_TOKEN", token)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, _) = cli(&["list"], &token);
+    assert_eq!((code, out.as_str()), (Some(0), "no pending approvals\n"));
+    let (code, _, err) = cli(&["list"], "ast_wrong");
+    assert_eq!(code, Some(125));
+    assert!(err.contains("401"), "{err}");
+    let (code, _, err) = cli(&["approve", "0123456789abcdef0123456789abcdef"], &token);
+    assert_eq!(code, Some(125));
+    assert!(err.contains("has no approval"), "{err}");
+    let (code, _, err) = cli(&["deny", "../users", "--comment", "x"], &token);
+    assert_eq!(code, Some(125));
+    assert!(err.contains("not an approval id"), "{err}");
+}

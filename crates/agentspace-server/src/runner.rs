@@ -1,0 +1,261 @@
+//! Starting and stopping tasks from registered definitions: the server runs
+//! `agentspace run` as its child, exactly as a user on the host would, acting for the
+//! calling user (never for the server).
+//!
+//! A registered definition is refused here when it names anything on the host: a
+//! workspace or read-only directory, extra policy files, or a tool server started as a
+//! host command. Those are choices of whoever controls the host, not of an API caller;
+//! `agentspace run` on the host remains the way to use them.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use agentspace_core::{Definition, Name};
+
+use crate::error::{DefinitionProblem, ServerError};
+use crate::store::random_hex;
+
+/// How long a start waits for the task's manifest before giving up.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Most arguments and bytes of a command.
+const MAX_ARGS: usize = 256;
+const MAX_COMMAND_BYTES: usize = 64 * 1024;
+
+/// The tasks this server started and that still run.
+pub(crate) struct Runner {
+    /// The `agentspace` binary; `None` when this server cannot start tasks.
+    program: Option<PathBuf>,
+    /// The audit store URL to hand to children.
+    audit_url: Option<String>,
+    children: Mutex<HashMap<String, Arc<Mutex<Child>>>>,
+}
+
+/// Why a definition cannot be started through the API: each host-bound field.
+pub(crate) fn host_bound(definition: &Definition) -> Vec<DefinitionProblem> {
+    let mut out = Vec::new();
+    let mut refuse = |field: &str, what: &str| {
+        out.push(DefinitionProblem {
+            field: Some(field.to_owned()),
+            line: None,
+            column: None,
+            message: format!(
+                "{what} on the server host; a task started through the control plane may not name host paths or host commands: remove the field, or run the definition with `agentspace run` on the host"
+            ),
+        });
+    };
+    if definition.workspace.is_some() {
+        refuse("spec.workspace", "the workspace is a directory");
+    }
+    if !definition.read_only.is_empty() {
+        refuse(
+            "spec.filesystem.readOnly",
+            "read-only directories are directories",
+        );
+    }
+    if !definition.governance.policies.is_empty() {
+        refuse("spec.policies", "extra policies are files");
+    }
+    for (i, server) in definition.governance.tools.servers.iter().enumerate() {
+        if matches!(
+            server.transport,
+            agentspace_core::ToolTransport::Stdio { .. }
+        ) {
+            refuse(
+                &format!("spec.tools[{i}].command"),
+                "a stdio tool server is a program started",
+            );
+        }
+    }
+    out
+}
+
+impl Runner {
+    /// A runner that starts tasks with `program` (none when `None`).
+    pub(crate) fn new(program: Option<PathBuf>, audit_url: Option<String>) -> Self {
+        Self {
+            program,
+            audit_url,
+            children: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Starts `agentspace run` for `user` with the definition `text` and `command`;
+    /// returns the task id once its manifest exists.
+    pub(crate) fn start(
+        &self,
+        state_dir: &Path,
+        tenant: &Name,
+        text: &str,
+        user: &str,
+        command: &[String],
+    ) -> Result<String, ServerError> {
+        let Some(program) = &self.program else {
+            return Err(ServerError::conflict(
+                "this server does not start tasks",
+                "run the control plane with `agentspace serve`, which starts tasks with its own binary",
+            ));
+        };
+        if command.is_empty()
+            || command.len() > MAX_ARGS
+            || command.iter().map(String::len).sum::<usize>() > MAX_COMMAND_BYTES
+            || command.iter().any(|a| a.contains('\0'))
+        {
+            return Err(ServerError::bad_request(
+                "the command is empty, too long, or has a NUL byte",
+                format!("give 1 to {MAX_ARGS} arguments, {MAX_COMMAND_BYTES} bytes in all"),
+            ));
+        }
+        let run = random_hex::<16>()?;
+        let dir = state_dir
+            .join("server")
+            .join("runs")
+            .join(tenant.as_str())
+            .join(&run);
+        let io = |what: &str, e: std::io::Error| {
+            ServerError::Io(format!("cannot {what} `{}`: {e}", dir.display()))
+        };
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .map_err(|e| io("create", e))?;
+        }
+        let file =
+            std::path::absolute(dir.join("definition.yaml")).map_err(|e| io("resolve", e))?;
+        std::fs::write(&file, text).map_err(|e| io("write into", e))?;
+        let out = std::fs::File::create(dir.join("run.log")).map_err(|e| io("write into", e))?;
+        let err = out.try_clone().map_err(|e| io("write into", e))?;
+        let mut cmd = Command::new(program);
+        cmd.arg("--state-dir")
+            .arg(state_dir)
+            .arg("run")
+            .arg("-f")
+            .arg(&file)
+            .arg("--user")
+            .arg(user)
+            .arg("--")
+            .args(command)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            // A clean environment: nothing of the server's reaches the task.
+            .env_clear()
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            );
+        if let Some(url) = &self.audit_url {
+            cmd.env("AGENTSPACE_AUDIT_URL", url);
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| ServerError::Io(format!("cannot start `{}`: {e}", program.display())))?;
+        let child = Arc::new(Mutex::new(child));
+        // The task id: the manifest whose definition is this run's file.
+        let started = Instant::now();
+        let file_text = file.display().to_string();
+        loop {
+            if let Some(task) = find_task(state_dir, &file_text) {
+                self.track(task.clone(), child);
+                return Ok(task);
+            }
+            let exited = child
+                .lock()
+                .ok()
+                .and_then(|mut c| c.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                let log = std::fs::read_to_string(dir.join("run.log")).unwrap_or_default();
+                let last = log.lines().last().unwrap_or("no output").to_owned();
+                return Err(ServerError::conflict(
+                    format!("the task did not start ({status}): {last}"),
+                    "fix the cause named above (`agentspace doctor` checks the host) and start it again",
+                ));
+            }
+            if started.elapsed() > START_TIMEOUT {
+                if let Ok(mut c) = child.lock() {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+                return Err(ServerError::Io(format!(
+                    "the task did not start within {} s; see `{}`",
+                    START_TIMEOUT.as_secs(),
+                    dir.join("run.log").display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Keeps `child` until it exits (reaped by a thread of its own).
+    fn track(&self, task: String, child: Arc<Mutex<Child>>) {
+        if let Ok(mut children) = self.children.lock() {
+            // Forget children that have exited (their reaper collected them).
+            children.retain(|_, c| {
+                c.lock()
+                    .map(|mut c| matches!(c.try_wait(), Ok(None)))
+                    .unwrap_or(false)
+            });
+            children.insert(task, Arc::clone(&child));
+        }
+        let reaper = Arc::clone(&child);
+        std::thread::spawn(move || {
+            loop {
+                let done = reaper
+                    .lock()
+                    .map(|mut c| !matches!(c.try_wait(), Ok(None)))
+                    .unwrap_or(true);
+                if done {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+    }
+
+    /// Sends SIGTERM to the `agentspace run` of `task` if this server started it and it
+    /// still runs (it forwards the signal to the agent and records the exit); returns
+    /// whether it did.
+    pub(crate) fn stop(&self, task: &str) -> bool {
+        let child = self.children.lock().ok().and_then(|mut c| c.remove(task));
+        let Some(child) = child else {
+            return false;
+        };
+        let Ok(mut c) = child.lock() else {
+            return false;
+        };
+        // Not yet reaped, so the pid is still this child's.
+        if !matches!(c.try_wait(), Ok(None)) {
+            return false;
+        }
+        let Ok(pid) = i32::try_from(c.id()) else {
+            return false;
+        };
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .is_ok()
+    }
+}
+
+fn find_task(state_dir: &Path, definition: &str) -> Option<String> {
+    let entries = std::fs::read_dir(state_dir.join("tasks")).ok()?;
+    for entry in entries.flatten() {
+        let Ok(bytes) = std::fs::read(entry.path().join("manifest.json")) else {
+            continue;
+        };
+        let Ok(m) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+            continue;
+        };
+        if m.get("definition").and_then(|d| d.as_str()) == Some(definition) {
+            return m.get("task").and_then(|t| t.as_str()).map(str::to_owned);
+        }
+    }
+    None
+}

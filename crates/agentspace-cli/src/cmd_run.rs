@@ -252,7 +252,14 @@ impl Boundary {
             .enable_all()
             .build()
             .context("cannot start the gateway's runtime")?;
-        let mut gw_task = agentspace_gateway::Task::new(principal, policy);
+        // Approval-required requests wait in the state directory's approval queue for
+        // `agentspace approvals approve|deny` (or the control plane on the same state).
+        let desk = agentspace_server::ApprovalStore::open(
+            state.path(),
+            agentspace_audit::AuditLog::open(state.path())?,
+        )?;
+        let mut gw_task = agentspace_gateway::Task::new(principal, policy)
+            .with_approvals(std::sync::Arc::new(desk));
         for rule in &definition.governance.egress {
             if let Some(c) = &rule.credential {
                 use agentspace_core::CredentialApply;

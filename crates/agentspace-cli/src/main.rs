@@ -94,7 +94,7 @@ fn main() -> ExitCode {
         Command::Definition(cmd) => cmd_definition::run(cmd),
         Command::Gateway(args) => cmd_gateway::run(&state, args),
         Command::Serve(args) => cmd_serve::run(&state, args),
-        Command::Approvals(args) => cmd_approvals::run(args),
+        Command::Approvals(args) => cmd_approvals::run(&state, args),
     };
     match result {
         Ok(code) => code,

@@ -27,6 +27,9 @@ pub struct Task {
     closed: watch::Sender<bool>,
     /// The names the task looked up through the cell's resolver, by synthetic address.
     pub(crate) names: crate::dns::Names,
+    /// Where approval-required requests wait for a person; without one they are
+    /// refused at once.
+    pub(crate) approvals: Option<Arc<dyn crate::approval::ApprovalDesk>>,
 }
 
 impl Task {
@@ -38,6 +41,7 @@ impl Task {
             credentials: BTreeMap::new(),
             closed: watch::channel(false).0,
             names: crate::dns::Names::default(),
+            approvals: None,
         }
     }
 
@@ -57,6 +61,12 @@ impl Task {
     pub(crate) async fn wait_closed(&self) {
         let mut rx = self.closed.subscribe();
         let _ = rx.wait_for(|closed| *closed).await;
+    }
+
+    /// Holds the task's approval-required requests at `desk` until a person decides.
+    pub fn with_approvals(mut self, desk: Arc<dyn crate::approval::ApprovalDesk>) -> Self {
+        self.approvals = Some(desk);
+        self
     }
 
     /// Adds the credential that requests allowed under `capability` carry.

@@ -15,6 +15,7 @@
 //! the way (policy, audit, resolution) refuses the request. See docs/gateway.md.
 #![forbid(unsafe_code)]
 
+mod approval;
 mod body;
 mod broker;
 mod ca;
@@ -34,6 +35,7 @@ mod transparent;
 mod upstream;
 mod usage;
 
+pub use approval::{ApprovalDesk, Held, HoldRequest};
 pub use broker::{Apply, Credential};
 pub use ca::{CaStore, TenantCa};
 pub use config::{GatewayConfig, Limits, ResolveOverride};

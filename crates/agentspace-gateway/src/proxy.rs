@@ -564,15 +564,35 @@ impl Gateway {
             },
         };
         let policy = Arc::clone(&task.policy);
-        let decision = tokio::task::spawn_blocking(move || policy.decide(&request))
-            .await
-            .unwrap_or_else(|e| Decision::Deny {
+        let (decision, request) = tokio::task::spawn_blocking(move || {
+            let decision = policy.decide(&request);
+            (decision, Some(request))
+        })
+        .await
+        .unwrap_or_else(|e| {
+            let decision = Decision::Deny {
                 reason: DenyReason::Error,
                 policies: Vec::new(),
                 message: format!("the decision point failed: {e}"),
-            });
+            };
+            (decision, None)
+        });
+        let resource = format!("{}{}", target.origin(), path);
+        let (decision, approval) = self
+            .hold_for_approval(
+                task,
+                decision,
+                request,
+                &method,
+                resource.clone(),
+                approval_summary(&method, &target, &path, &parts.headers),
+            )
+            .await;
         let verdict = self.verdict(task, decision, &target).await;
-        let mut event = base_event(task, &method, format!("{}{}", target.origin(), path));
+        let mut event = base_event(task, &method, resource);
+        if let Some(id) = approval {
+            event.details.insert("approval".into(), json!(id));
+        }
         let mut summary = Map::new();
         summary.insert("method".into(), json!(method));
         summary.insert(
@@ -914,6 +934,24 @@ impl Gateway {
         event.details.insert("code".into(), json!(code));
         self.append(event).await
     }
+}
+
+/// What an approver is shown of a held request: no header values (the body fields the
+/// decision read are added by the hold).
+fn approval_summary(
+    method: &str,
+    target: &Target,
+    path: &str,
+    headers: &HeaderMap,
+) -> Map<String, Value> {
+    let mut summary = Map::new();
+    summary.insert("method".into(), json!(method));
+    summary.insert("host".into(), json!(target.host));
+    summary.insert("port".into(), json!(target.port));
+    summary.insert("path".into(), json!(path));
+    let names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+    summary.insert("headers".into(), json!(names));
+    summary
 }
 
 pub(crate) fn base_event(task: &Task, action: &str, resource: String) -> AuditEvent {

@@ -18,6 +18,7 @@ mod auth;
 pub mod client;
 mod console;
 mod definitions;
+mod desk;
 mod error;
 mod events;
 mod extract;

@@ -1,6 +1,7 @@
 pub mod support;
 
 mod admin;
+mod approvals;
 mod boundary;
 mod control_plane;
 mod definitions;

@@ -55,6 +55,12 @@ pub(crate) fn run(state: &StateDir, args: Args) -> Result<ExitCode> {
         // Tasks started through the API run as `agentspace run` of this same binary.
         runner: Some(std::env::current_exe().context("cannot find this program's path")?),
     };
+    if !args.listen.ip().is_loopback() {
+        eprintln!(
+            "agentspace: warning: the control plane speaks plain HTTP and listens on `{}`, beyond loopback: bearer tokens and session cookies cross the network in clear unless a TLS-terminating proxy is in front",
+            args.listen
+        );
+    }
     runtime.block_on(async move {
         let server = Server::bind(config).await?;
         eprintln!(

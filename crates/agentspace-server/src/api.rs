@@ -671,9 +671,9 @@ pub(crate) async fn task_logs(
     let want = q.tail_bytes.unwrap_or(MAX_LOG).min(MAX_LOG);
     let body = blocking(&app, move |app| {
         use std::io::{Read, Seek, SeekFrom};
-        let m = task_manifest(app, &caller.tenant, &id)?;
-        let task = m.get("task").and_then(|t| t.as_str()).unwrap_or_default();
-        let path = app.state_dir.join("tasks").join(task).join(file);
+        task_manifest(app, &caller.tenant, &id)?;
+        // The id was checked to be a task id by `task_manifest`: it names no other path.
+        let path = app.state_dir.join("tasks").join(&id).join(file);
         let Ok(mut f) = std::fs::File::open(&path) else {
             return Ok(Vec::new());
         };

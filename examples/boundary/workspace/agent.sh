@@ -7,7 +7,7 @@ say "list charges (brokered: the gateway adds the Stripe key; the agent never ha
 curl -sS https://api.stripe.com/v1/charges
 say "charge 20 EUR (allowed)"
 curl -sS -X POST -H 'content-type: application/json' -d '{"amount":20,"currency":"eur"}' https://api.stripe.com/v1/charges
-say "charge 5000 EUR (needs a human's approval)"
+say "charge 5000 EUR (held until a person approves; bob approves it)"
 curl -sS -X POST -H 'content-type: application/json' -d '{"amount":5000,"currency":"eur"}' https://api.stripe.com/v1/charges
 say "delete the scoring model (method not allowed)"
 curl -sS -X DELETE https://scoring.internal.example/v1/score

@@ -214,12 +214,57 @@ impl Server {
                 let _ = tokio::task::spawn_blocking(move || store.expire_overdue()).await;
             }
         });
-        let result = axum::serve(self.listener, router(self.app))
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(|e| ServerError::Io(format!("the control plane stopped: {e}")));
+        let result = serve_connections(self.listener, router(self.app), shutdown).await;
         sweeper.abort();
         result
+    }
+}
+
+/// How long a client may take to send a request's headers before the connection is
+/// closed (slow or idle clients cannot hold connections for ever).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The most connections served at once; more wait in the listen queue.
+const MAX_CONNECTIONS: usize = 1024;
+
+/// Accepts and serves HTTP/1.1 connections until `shutdown`, with a header read timeout
+/// and a cap on open connections (axum's own loop has neither).
+async fn serve_connections(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    tokio::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            slot = Arc::clone(&slots).acquire_owned() => slot
+                .map_err(|e| ServerError::Io(format!("the connection limit failed: {e}")))?,
+            () = &mut shutdown => return Ok(()),
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(_) => {
+                    // Out of descriptors or a connection reset before accept: wait, go on.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => return Ok(()),
+        };
+        let service = TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT);
+            // A connection's error (reset, timeout, malformed request) ends only it.
+            let _ = http.serve_connection(TokioIo::new(stream), service).await;
+            drop(slot);
+        });
     }
 }
 

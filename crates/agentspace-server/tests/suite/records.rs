@@ -196,3 +196,57 @@ fn the_openapi_document_lists_every_endpoint_with_bearer_auth() {
     assert_eq!(r.status, 404);
     assert_eq!(r.json()["error"], "no such endpoint");
 }
+
+#[test]
+fn a_client_that_never_finishes_its_headers_is_cut_off() {
+    use std::io::{Read, Write};
+    let server = TestServer::start();
+    let addr = server.url.trim_start_matches("http://");
+    let mut slow = std::net::TcpStream::connect(addr).unwrap();
+    slow.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    slow.write_all(b"GET /v1/me HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let _ = slow.read_to_end(&mut rest);
+    let waited = started.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_secs(9) && waited < std::time::Duration::from_secs(20),
+        "closed after {waited:?}"
+    );
+    // Meanwhile and afterwards, others are served.
+    assert_eq!(server.anonymous().get("/openapi.json").status, 200);
+}
+
+#[test]
+fn malformed_requests_get_errors_and_the_server_stays_up() {
+    use std::io::{Read, Write};
+    let server = TestServer::start();
+    let admin = server.bootstrap("acme", "alice");
+    let addr = server.url.trim_start_matches("http://");
+    for garbage in [
+        &b"\x00\x01\x02 nonsense\r\n\r\n"[..],
+        b"GET /v1/me HTTP/9.9\r\n\r\n",
+        b"POST /v1/users HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Type: application/json\r\n\r\n{\"a\":",
+    ] {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(15)))
+            .unwrap();
+        s.write_all(garbage).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+    }
+    let r = admin
+        .0
+        .send(
+            "POST",
+            "/v1/users",
+            &[("Content-Type", "application/json")],
+            b"{not json",
+        )
+        .unwrap();
+    assert_eq!(r.status, 400);
+    assert!(r.json()["detail"].is_string());
+    assert_eq!(admin.get("/v1/me").status, 200);
+}

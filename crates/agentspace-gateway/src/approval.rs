@@ -17,7 +17,6 @@ use agentspace_policy::{Decision, DenyReason, Request as PolicyRequest};
 use serde_json::{Map, Value};
 
 use crate::door::Task;
-use crate::proxy::Gateway;
 
 /// What the desk is asked to hold.
 #[derive(Clone, Debug)]
@@ -73,101 +72,97 @@ pub trait ApprovalDesk: Send + Sync {
     fn hold(&self, request: HoldRequest) -> Pin<Box<dyn Future<Output = Held> + Send + '_>>;
 }
 
-impl Gateway {
-    /// Holds an approval-required `decision` at the task's desk, if it has one: returns
-    /// the decision the request proceeds with and the approval's id. Other decisions,
-    /// and tasks without a desk, pass through unchanged.
-    pub(crate) async fn hold_for_approval(
-        &self,
-        task: &Arc<Task>,
-        decision: Decision,
-        request: Option<PolicyRequest>,
-        action: &str,
-        resource: String,
-        summary: Map<String, Value>,
-    ) -> (Decision, Option<String>) {
-        let (Some(desk), Some(request)) = (task.approvals.as_ref(), request) else {
-            return (decision, None);
-        };
-        let Decision::ApprovalRequired {
-            policies,
-            prompt,
-            timeout,
-            message,
-        } = decision
-        else {
-            return (decision, None);
-        };
-        let mut summary = summary;
-        if let Some(body) = &request.context.body {
-            // What the decision was made on (an amount, a recipient): what a person
-            // needs to judge the request.
-            summary.insert("body".into(), body.clone());
-        }
-        if let Some(arguments) = &request.context.arguments {
-            summary.insert("arguments".into(), arguments.clone());
-        }
-        let p = &task.principal;
-        let hold = HoldRequest {
-            tenant: p.tenant().as_str().to_owned(),
-            user: p.user().as_str().to_owned(),
-            task: p.current().task.as_str().to_owned(),
-            agent: p.current().agent.as_str().to_owned(),
-            action: action.to_owned(),
-            resource,
-            policies: policies.clone(),
-            reason: if prompt.is_empty() { message } else { prompt },
-            summary,
-            timeout,
-        };
-        let held = tokio::select! {
-            held = desk.hold(hold) => held,
-            () = task.wait_closed() => Held::Unavailable("the task ended while the request was held".into()),
-        };
-        match held {
-            Held::Approved { approval, approver } => {
-                let policy = Arc::clone(&task.policy);
-                let decision =
-                    tokio::task::spawn_blocking(move || policy.decide_approved(&request))
-                        .await
-                        .unwrap_or_else(|e| Decision::Deny {
-                            reason: DenyReason::Error,
-                            policies: Vec::new(),
-                            message: format!("the decision point failed: {e}"),
-                        });
-                let decision = match decision {
-                    Decision::Allow {
-                        policies: mut allowed,
-                        capabilities,
-                        message,
-                    } => {
-                        allowed.extend(policies);
-                        Decision::Allow {
-                            policies: allowed,
-                            capabilities,
-                            message: format!("{message}; approved by `{approver}`"),
-                        }
-                    }
-                    other => other,
-                };
-                (decision, Some(approval))
-            }
-            Held::Denied { approval, reason } => (
-                Decision::Deny {
-                    reason: DenyReason::Forbidden,
-                    policies,
-                    message: format!("approval `{approval}` denied: {reason}"),
-                },
-                Some(approval),
-            ),
-            Held::Unavailable(why) => (
-                Decision::Deny {
+/// Holds an approval-required `decision` (HTTP or MCP) at the task's desk, if it has
+/// one: returns the decision the request proceeds with and the approval's id. Other
+/// decisions, and tasks without a desk, pass through unchanged.
+pub(crate) async fn hold_for_approval(
+    task: &Arc<Task>,
+    decision: Decision,
+    request: Option<PolicyRequest>,
+    action: &str,
+    resource: String,
+    summary: Map<String, Value>,
+) -> (Decision, Option<String>) {
+    let (Some(desk), Some(request)) = (task.approvals.as_ref(), request) else {
+        return (decision, None);
+    };
+    let Decision::ApprovalRequired {
+        policies,
+        prompt,
+        timeout,
+        message,
+    } = decision
+    else {
+        return (decision, None);
+    };
+    let mut summary = summary;
+    if let Some(body) = &request.context.body {
+        // What the decision was made on (an amount, a recipient): what a person
+        // needs to judge the request.
+        summary.insert("body".into(), body.clone());
+    }
+    if let Some(arguments) = &request.context.arguments {
+        summary.insert("arguments".into(), arguments.clone());
+    }
+    let p = &task.principal;
+    let hold = HoldRequest {
+        tenant: p.tenant().as_str().to_owned(),
+        user: p.user().as_str().to_owned(),
+        task: p.current().task.as_str().to_owned(),
+        agent: p.current().agent.as_str().to_owned(),
+        action: action.to_owned(),
+        resource,
+        policies: policies.clone(),
+        reason: if prompt.is_empty() { message } else { prompt },
+        summary,
+        timeout,
+    };
+    let held = tokio::select! {
+        held = desk.hold(hold) => held,
+        () = task.wait_closed() => Held::Unavailable("the task ended while the request was held".into()),
+    };
+    match held {
+        Held::Approved { approval, approver } => {
+            let policy = Arc::clone(&task.policy);
+            let decision = tokio::task::spawn_blocking(move || policy.decide_approved(&request))
+                .await
+                .unwrap_or_else(|e| Decision::Deny {
                     reason: DenyReason::Error,
-                    policies,
-                    message: format!("the request needs approval and cannot be held: {why}"),
-                },
-                None,
-            ),
+                    policies: Vec::new(),
+                    message: format!("the decision point failed: {e}"),
+                });
+            let decision = match decision {
+                Decision::Allow {
+                    policies: mut allowed,
+                    capabilities,
+                    message,
+                } => {
+                    allowed.extend(policies);
+                    Decision::Allow {
+                        policies: allowed,
+                        capabilities,
+                        message: format!("{message}; approved by `{approver}`"),
+                    }
+                }
+                other => other,
+            };
+            (decision, Some(approval))
         }
+        Held::Denied { approval, reason } => (
+            Decision::Deny {
+                reason: DenyReason::Forbidden,
+                policies,
+                message: format!("approval `{approval}` denied: {reason}"),
+            },
+            Some(approval),
+        ),
+        Held::Unavailable(why) => (
+            Decision::Deny {
+                reason: DenyReason::Error,
+                policies,
+                message: format!("the request needs approval and cannot be held: {why}"),
+            },
+            None,
+        ),
     }
 }

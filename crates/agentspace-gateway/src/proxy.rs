@@ -578,16 +578,15 @@ impl Gateway {
             (decision, None)
         });
         let resource = format!("{}{}", target.origin(), path);
-        let (decision, approval) = self
-            .hold_for_approval(
-                task,
-                decision,
-                request,
-                &method,
-                resource.clone(),
-                approval_summary(&method, &target, &path, &parts.headers),
-            )
-            .await;
+        let (decision, approval) = crate::approval::hold_for_approval(
+            task,
+            decision,
+            request,
+            &method,
+            resource.clone(),
+            approval_summary(&method, &target, &path, &parts.headers),
+        )
+        .await;
         let verdict = self.verdict(task, decision, &target).await;
         let mut event = base_event(task, &method, resource);
         if let Some(id) = approval {

@@ -29,11 +29,48 @@ fn the_credit_officer_scenario_runs_in_a_cell_and_every_tool_call_is_governed() 
     }
     let s = Sandbox::new();
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/credit-officer");
+    // A person (bob) denies the mail to an outside address, which the definition holds
+    // for approval.
+    let approver = {
+        let state = s.state();
+        std::thread::spawn(move || {
+            for _ in 0..300 {
+                let list = std::process::Command::new(super::support::agentspace_bin())
+                    .arg("--state-dir")
+                    .arg(&state)
+                    .args(["approvals", "--tenant", "acme", "list", "--json"])
+                    .output()
+                    .unwrap();
+                let pending: Vec<serde_json::Value> =
+                    serde_json::from_slice(&list.stdout).unwrap_or_default();
+                if let Some(a) = pending.first() {
+                    let id = a["id"].as_str().unwrap().to_owned();
+                    let done = std::process::Command::new(super::support::agentspace_bin())
+                        .arg("--state-dir")
+                        .arg(&state)
+                        .args(["approvals", "--tenant", "acme", "deny", &id, "--as", "bob"])
+                        .args(["--comment", "no mail to outside addresses"])
+                        .status()
+                        .unwrap();
+                    return (a.clone(), done.success());
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            panic!("the outside mail was never held for approval");
+        })
+    };
     let mut c = s.command();
     c.args(["run", "--user", "alice", "-f"])
         .arg(example.join("credit-officer.yaml"))
         .args(["--", "python3", "/workspace/agent.py"]);
     let r: Ran = c.output().unwrap().into();
+    let (held, denied) = approver.join().unwrap();
+    assert!(denied);
+    assert_eq!(
+        held["context"]["resource"], "mcp://mail/send_mail",
+        "{held}"
+    );
+    assert_eq!(held["context"]["user"], "alice", "{held}");
     assert_eq!(r.code, 0, "{r:?}");
     let steps: BTreeMap<String, serde_json::Value> = r
         .stdout
@@ -48,6 +85,14 @@ fn the_credit_officer_scenario_runs_in_a_cell_and_every_tool_call_is_governed() 
     assert_eq!(
         step("list")["tools"],
         serde_json::json!(["lookup_customer", "render_letter", "score", "send_mail"]),
+        "{r:?}"
+    );
+    assert_eq!(step("mail-external")["ok"], false, "{r:?}");
+    assert!(
+        step("mail-external")["message"]
+            .as_str()
+            .unwrap()
+            .contains("no mail to outside addresses"),
         "{r:?}"
     );
     assert_eq!(step("lookup")["ok"], true, "{r:?}");

@@ -512,19 +512,41 @@ impl McpGateway {
             },
         };
         let policy = Arc::clone(&task.policy);
-        let decision = tokio::task::spawn_blocking(move || policy.decide(&request))
-            .await
-            .unwrap_or_else(|e| Decision::Deny {
+        let (decision, request) = tokio::task::spawn_blocking(move || {
+            let decision = policy.decide(&request);
+            (decision, Some(request))
+        })
+        .await
+        .unwrap_or_else(|e| {
+            let decision = Decision::Deny {
                 reason: DenyReason::Error,
                 policies: Vec::new(),
                 message: format!("the decision point failed: {e}"),
-            });
+            };
+            (decision, None)
+        });
+        // A call that needs approval waits here for a person when the task has a desk.
+        let mut summary = Map::new();
+        summary.insert("server".into(), json!(server));
+        summary.insert("tool".into(), json!(entry.tool));
+        let (decision, approval) = crate::approval::hold_for_approval(
+            task,
+            decision,
+            request,
+            "tools/call",
+            resource.clone(),
+            summary,
+        )
+        .await;
         let session_labels = task
             .policy
             .session_labels(&task.principal)
             .unwrap_or_default();
 
         let mut event = base_event(task, "tools/call", resource.clone());
+        if let Some(id) = approval {
+            event.details.insert("approval".into(), json!(id));
+        }
         event.args_digest = Some(args_digest);
         event.request.insert("server".into(), json!(server));
         event.request.insert("tool".into(), json!(entry.tool));

@@ -20,6 +20,10 @@ pub(crate) struct Args {
     /// Audit store: `postgres://...` or `sqlite:PATH` (default: SQLite in the state directory).
     #[arg(long, env = "AGENTSPACE_AUDIT_URL", value_name = "URL")]
     audit_url: Option<String>,
+    /// Announce each approval request to this webhook (`https://...`), with a
+    /// Slack-compatible JSON body (`{"text": ...}`).
+    #[arg(long, env = "AGENTSPACE_APPROVAL_WEBHOOK", value_name = "URL")]
+    approval_webhook: Option<String>,
     /// Create tenant `--tenant` with this user as its first admin, print the admin's API
     /// token once, and exit (without serving).
     #[arg(long, value_name = "USER", requires = "tenant")]
@@ -54,6 +58,7 @@ pub(crate) fn run(state: &StateDir, args: Args) -> Result<ExitCode> {
         audit_url: args.audit_url,
         // Tasks started through the API run as `agentspace run` of this same binary.
         runner: Some(std::env::current_exe().context("cannot find this program's path")?),
+        approval_webhook: args.approval_webhook,
     };
     if !args.listen.ip().is_loopback() {
         eprintln!(

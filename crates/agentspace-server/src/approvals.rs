@@ -396,6 +396,30 @@ impl ApprovalStore {
         Ok(approval)
     }
 
+    /// Pending approvals (of every tenant) not yet announced to the webhook, oldest first.
+    pub(crate) fn unannounced(&self, limit: u32) -> Result<Vec<Approval>, ServerError> {
+        let rows = self.inner.db.with(|c| {
+            let mut stmt = c.prepare(&format!(
+                "SELECT {COLUMNS} FROM approval WHERE state = 'pending'
+                 AND id NOT IN (SELECT id FROM approval_announced) ORDER BY requested_at, id LIMIT ?1"
+            ))?;
+            let rows = stmt.query_map(params![limit], from_row)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        rows.into_iter().map(to_approval).collect()
+    }
+
+    /// Records that approval `id` was announced.
+    pub(crate) fn announced(&self, id: &str) -> Result<(), ServerError> {
+        self.inner.db.with(|c| {
+            c.execute(
+                "INSERT OR IGNORE INTO approval_announced (id, at) VALUES (?1, ?2)",
+                params![id, now_ms()],
+            )
+        })?;
+        Ok(())
+    }
+
     /// Denies every pending approval whose deadline has passed (audited as
     /// `approval_denied` with reason `timeout`); returns how many.
     pub fn expire_overdue(&self) -> Result<usize, ServerError> {

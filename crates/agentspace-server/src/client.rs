@@ -13,8 +13,10 @@ const MAX_RESPONSE: u64 = 64 * 1024 * 1024;
 /// Why a call failed before an HTTP answer was read.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The server URL is not `http://HOST:PORT`.
-    #[error("server URL `{0}` is not `http://HOST[:PORT]`: use e.g. `http://127.0.0.1:7171`")]
+    /// The server URL is not `http(s)://HOST[:PORT]`.
+    #[error(
+        "server URL `{0}` is not `http://HOST[:PORT]` or `https://HOST[:PORT]`: use e.g. `http://127.0.0.1:7171`"
+    )]
     Url(String),
     /// The connection failed.
     #[error(
@@ -81,8 +83,12 @@ impl Response {
 pub struct Client {
     url: String,
     authority: String,
+    /// The host name for TLS, when the URL is `https://`.
+    tls_host: Option<String>,
     token: Option<String>,
     timeout: Duration,
+    /// A path the URL named (webhooks); prefixed to every request's path.
+    path_prefix: String,
 }
 
 impl std::fmt::Debug for Client {
@@ -97,24 +103,33 @@ impl Client {
     /// A client of the server at `url` (`http://HOST[:PORT]`), sending `token` (if any)
     /// as `Authorization: Bearer`.
     pub fn new(url: &str, token: Option<&str>) -> Result<Self, ClientError> {
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| ClientError::Url(url.to_owned()))?;
-        let authority = rest.trim_end_matches('/');
-        if authority.is_empty() || authority.contains('/') || authority.contains('@') {
+        let (rest, tls, default_port) = if let Some(rest) = url.strip_prefix("http://") {
+            (rest, false, 80)
+        } else if let Some(rest) = url.strip_prefix("https://") {
+            (rest, true, 443)
+        } else {
+            return Err(ClientError::Url(url.to_owned()));
+        };
+        // Only the authority: a webhook URL may carry a path, kept in `path_prefix`.
+        let (authority, path_prefix) = match rest.find('/') {
+            Some(i) => (
+                rest.get(..i).unwrap_or_default(),
+                rest.get(i..).unwrap_or_default(),
+            ),
+            None => (rest, ""),
+        };
+        if authority.is_empty() || authority.contains('@') {
             return Err(ClientError::Url(url.to_owned()));
         }
-        let authority = if authority
-            .rsplit_once(':')
-            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-        {
-            authority.to_owned()
-        } else {
-            format!("{authority}:80")
+        let (host, authority) = match authority.rsplit_once(':') {
+            Some((h, p)) if p.parse::<u16>().is_ok() => (h.to_owned(), authority.to_owned()),
+            _ => (authority.to_owned(), format!("{authority}:{default_port}")),
         };
         Ok(Self {
             url: url.trim_end_matches('/').to_owned(),
             authority,
+            tls_host: tls.then_some(host),
+            path_prefix: path_prefix.trim_end_matches('/').to_owned(),
             token: token.map(str::to_owned),
             timeout: Duration::from_secs(60),
         })
@@ -171,8 +186,10 @@ impl Client {
         let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).map_err(io)?;
         stream.set_read_timeout(Some(self.timeout)).map_err(io)?;
         stream.set_write_timeout(Some(self.timeout)).map_err(io)?;
+        let target = format!("{}{path}", self.path_prefix);
+        let target = if target.is_empty() { "/" } else { &target };
         let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
+            "{method} {target} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
             self.authority
         );
         if let Some(token) = &self.token {
@@ -185,18 +202,59 @@ impl Client {
             head.push_str(&format!("Content-Length: {}\r\n", body.len()));
         }
         head.push_str("\r\n");
-        stream.write_all(head.as_bytes()).map_err(io)?;
-        stream.write_all(body).map_err(io)?;
-        let mut raw = Vec::new();
-        stream
-            .take(MAX_RESPONSE)
-            .read_to_end(&mut raw)
-            .map_err(io)?;
+        let raw = match &self.tls_host {
+            None => exchange(&mut stream, head.as_bytes(), body).map_err(io)?,
+            Some(host) => {
+                let tls = |message: String| ClientError::Io {
+                    url: self.url.clone(),
+                    message,
+                };
+                let name = rustls::pki_types::ServerName::try_from(host.clone())
+                    .map_err(|e| tls(format!("`{host}` is not a TLS server name: {e}")))?;
+                let conn = rustls::ClientConnection::new(tls_config()?, name)
+                    .map_err(|e| tls(e.to_string()))?;
+                let mut stream = rustls::StreamOwned::new(conn, stream);
+                exchange(&mut stream, head.as_bytes(), body).map_err(io)?
+            }
+        };
         parse_response(&raw).map_err(|message| ClientError::Protocol {
             url: self.url.clone(),
             message,
         })
     }
+}
+
+/// Writes the request and reads the answer to its end.
+fn exchange<S: Read + Write>(s: &mut S, head: &[u8], body: &[u8]) -> std::io::Result<Vec<u8>> {
+    s.write_all(head)?;
+    s.write_all(body)?;
+    s.flush()?;
+    let mut raw = Vec::new();
+    match s.take(MAX_RESPONSE).read_to_end(&mut raw) {
+        Ok(_) => Ok(raw),
+        // A TLS peer that closes without close_notify after a complete answer.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => Ok(raw),
+        Err(e) => Err(e),
+    }
+}
+
+/// TLS with the host's trusted roots (ring provider, as everywhere in Agent Space).
+fn tls_config() -> Result<std::sync::Arc<rustls::ClientConfig>, ClientError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| ClientError::Io {
+        url: String::new(),
+        message: format!("cannot set up TLS: {e}"),
+    })?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(std::sync::Arc::new(config))
 }
 
 fn parse_response(raw: &[u8]) -> Result<Response, String> {

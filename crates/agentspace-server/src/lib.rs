@@ -25,6 +25,7 @@ mod extract;
 mod runner;
 mod server;
 mod store;
+mod webhook;
 
 pub use approvals::{Approval, ApprovalContext, ApprovalState, ApprovalStore, Outcome, Resolution};
 pub use auth::{NewToken, Role, TokenInfo, User};

@@ -33,6 +33,9 @@ pub struct ServerConfig {
     /// The `agentspace` binary that starts tasks (`agentspace run`); `None`: this server
     /// does not start tasks.
     pub runner: Option<PathBuf>,
+    /// Announce each approval request here (`http(s)://...`), with a Slack-compatible
+    /// JSON body.
+    pub approval_webhook: Option<String>,
 }
 
 #[derive(OpenApi)]
@@ -151,6 +154,7 @@ fn open_audit(state_dir: &Path, audit_url: Option<&str>) -> Result<AuditLog, Ser
 pub struct Server {
     app: AppState,
     listener: tokio::net::TcpListener,
+    webhook: Option<crate::client::Client>,
 }
 
 impl Server {
@@ -161,7 +165,14 @@ impl Server {
             listen,
             audit_url,
             runner,
+            approval_webhook,
         } = config;
+        let webhook = approval_webhook
+            .map(|url| {
+                crate::client::Client::new(&url, None)
+                    .map_err(|e| ServerError::Io(format!("invalid approval webhook: {e}")))
+            })
+            .transpose()?;
         let app = tokio::task::spawn_blocking(move || -> Result<App, ServerError> {
             let db = Arc::new(Db::open(&state_dir)?);
             let audit = open_audit(&state_dir, audit_url.as_deref())?;
@@ -183,6 +194,7 @@ impl Server {
         Ok(Self {
             app: Arc::new(app),
             listener,
+            webhook,
         })
     }
 
@@ -214,8 +226,25 @@ impl Server {
                 let _ = tokio::task::spawn_blocking(move || store.expire_overdue()).await;
             }
         });
+        let announcer = self.webhook.map(|client| {
+            let approvals = self.app.approvals.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    let (store, client) = (approvals.clone(), client.clone());
+                    let _ = tokio::task::spawn_blocking(move || {
+                        crate::webhook::announce(&store, &client)
+                    })
+                    .await;
+                }
+            })
+        });
         let result = serve_connections(self.listener, router(self.app), shutdown).await;
         sweeper.abort();
+        if let Some(announcer) = announcer {
+            announcer.abort();
+        }
         result
     }
 }

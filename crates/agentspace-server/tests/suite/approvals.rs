@@ -194,3 +194,59 @@ fn a_restart_loses_no_pending_approval() {
     drop(server);
     drop(dir);
 }
+
+#[test]
+fn each_approval_request_is_announced_once_to_the_webhook() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let hook = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/services/T000/B000", hook.local_addr().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(dir.path(), Some(url));
+    server.bootstrap("acme", "alice");
+    let id = server
+        .approvals
+        .request(context("acme", "bob", true, 600))
+        .unwrap();
+
+    hook.set_nonblocking(false).unwrap();
+    let (conn, _) = hook.accept().unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut reader = BufReader::new(conn);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line).unwrap();
+    assert_eq!(request_line, "POST /services/T000/B000 HTTP/1.1\r\n");
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        if line == "\r\n" {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).unwrap();
+    reader
+        .get_mut()
+        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        .unwrap();
+    drop(reader);
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let text = body["text"].as_str().unwrap();
+    assert!(
+        text.contains(
+            "`bob` (agent `credit-officer`) wants POST https://payments.example.com/v1/transfers"
+        ),
+        "{text}"
+    );
+    assert!(text.contains(&id), "{text}");
+    assert_eq!(body["approval"]["id"], id.as_str());
+
+    // Delivered once: nothing more arrives.
+    hook.set_nonblocking(true).unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(hook.accept().is_err(), "announced twice");
+}

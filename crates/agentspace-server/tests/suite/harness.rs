@@ -26,6 +26,11 @@ impl TestServer {
 
     /// A server on an existing state directory (for restarts).
     pub fn start_on(state: &Path) -> Self {
+        Self::start_with(state, None)
+    }
+
+    /// A server on `state` announcing approvals to `webhook`.
+    pub fn start_with(state: &Path, webhook: Option<String>) -> Self {
         let (tx, rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let state_dir = state.to_owned();
@@ -41,6 +46,7 @@ impl TestServer {
                     listen: "127.0.0.1:0".parse().unwrap(),
                     audit_url: None,
                     runner: None,
+                    approval_webhook: webhook,
                 })
                 .await
                 .unwrap();

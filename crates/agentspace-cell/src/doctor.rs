@@ -196,7 +196,9 @@ pub fn host_report() -> HostReport {
     // The network door of cells with egress rules: a namespace with its route, its
     // nftables redirect and its sockets, made for real and thrown away.
     let door = if root {
-        crate::door::NetworkDoor::create().map(drop).map_err(|e| e.to_string())
+        crate::door::NetworkDoor::create()
+            .map(drop)
+            .map_err(|e| e.to_string())
     } else {
         Err("needs root".to_owned())
     };

@@ -262,31 +262,8 @@ impl Boundary {
             .with_approvals(std::sync::Arc::new(desk));
         for rule in &definition.governance.egress {
             if let Some(c) = &rule.credential {
-                use agentspace_core::CredentialApply;
-                use agentspace_gateway::{Apply, Credential};
-                let apply = match &c.apply {
-                    CredentialApply::Header { name, format } => Apply::Header {
-                        name: name.clone(),
-                        format: format.clone(),
-                    },
-                    CredentialApply::Basic { username } => Apply::Basic {
-                        username: username.clone(),
-                    },
-                    CredentialApply::Query { param } => Apply::Query {
-                        param: param.clone(),
-                    },
-                    CredentialApply::AwsSigV4 { region, service } => Apply::AwsSigV4 {
-                        region: region.clone(),
-                        service: service.clone(),
-                    },
-                };
-                gw_task = gw_task.with_credential(
-                    rule.name.as_str(),
-                    Credential {
-                        secret: c.secret.clone(),
-                        apply,
-                    },
-                );
+                gw_task = gw_task
+                    .with_credential(rule.name.as_str(), agentspace_gateway::Credential::from(c));
             }
         }
         // The explicit proxy, the transparent door and the resolver all serve the same

@@ -72,6 +72,28 @@ pub trait ApprovalDesk: Send + Sync {
     fn hold(&self, request: HoldRequest) -> Pin<Box<dyn Future<Output = Held> + Send + '_>>;
 }
 
+/// Decides `request` for `task` on a blocking thread, keeping the request for a hold
+/// (`None` only if the decision point itself failed, which is a deny).
+pub(crate) async fn decide(
+    task: &Task,
+    request: PolicyRequest,
+) -> (Decision, Option<PolicyRequest>) {
+    let policy = Arc::clone(&task.policy);
+    tokio::task::spawn_blocking(move || {
+        let decision = policy.decide(&request);
+        (decision, Some(request))
+    })
+    .await
+    .unwrap_or_else(|e| {
+        let decision = Decision::Deny {
+            reason: DenyReason::Error,
+            policies: Vec::new(),
+            message: format!("the decision point failed: {e}"),
+        };
+        (decision, None)
+    })
+}
+
 /// Holds an approval-required `decision` (HTTP or MCP) at the task's desk, if it has
 /// one: returns the decision the request proceeds with and the approval's id. Other
 /// decisions, and tasks without a desk, pass through unchanged.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use agentspace_audit::AuditLog;
 use agentspace_core::{AuditDecision, AuditEvent, AuditKind, Name};
 use agentspace_policy::{
-    Action, Decision, DenyReason, Request as PolicyRequest, RequestContext, Resource,
+    Action, Decision, Request as PolicyRequest, RequestContext, Resource,
 };
 use agentspace_secrets::{SecretStore, SecretValue};
 use bytes::Bytes;
@@ -563,20 +563,7 @@ impl Gateway {
                 ..RequestContext::default()
             },
         };
-        let policy = Arc::clone(&task.policy);
-        let (decision, request) = tokio::task::spawn_blocking(move || {
-            let decision = policy.decide(&request);
-            (decision, Some(request))
-        })
-        .await
-        .unwrap_or_else(|e| {
-            let decision = Decision::Deny {
-                reason: DenyReason::Error,
-                policies: Vec::new(),
-                message: format!("the decision point failed: {e}"),
-            };
-            (decision, None)
-        });
+        let (decision, request) = crate::approval::decide(task, request).await;
         let resource = format!("{}{}", target.origin(), path);
         let (decision, approval) = crate::approval::hold_for_approval(
             task,

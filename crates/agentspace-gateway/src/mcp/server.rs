@@ -511,20 +511,7 @@ impl McpGateway {
                 ..RequestContext::default()
             },
         };
-        let policy = Arc::clone(&task.policy);
-        let (decision, request) = tokio::task::spawn_blocking(move || {
-            let decision = policy.decide(&request);
-            (decision, Some(request))
-        })
-        .await
-        .unwrap_or_else(|e| {
-            let decision = Decision::Deny {
-                reason: DenyReason::Error,
-                policies: Vec::new(),
-                message: format!("the decision point failed: {e}"),
-            };
-            (decision, None)
-        });
+        let (decision, request) = crate::approval::decide(task, request).await;
         // A call that needs approval waits here for a person when the task has a desk.
         let mut summary = Map::new();
         summary.insert("server".into(), json!(server));

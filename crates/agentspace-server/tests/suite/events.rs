@@ -11,13 +11,23 @@ use super::harness::{TestServer, definition};
 
 /// Opens an event stream and returns a line reader positioned after the headers.
 pub fn open_stream(server: &TestServer, token: &str, query: &str) -> BufReader<TcpStream> {
+    open_stream_with(server, token, query, "")
+}
+
+/// Like [`open_stream`], with extra header lines.
+pub fn open_stream_with(
+    server: &TestServer,
+    token: &str,
+    query: &str,
+    extra: &str,
+) -> BufReader<TcpStream> {
     let addr = server.url.trim_start_matches("http://");
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_millis(300)))
         .unwrap();
     write!(
         s,
-        "GET /v1/events{query} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n"
+        "GET /v1/events{query} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nAccept: text/event-stream\r\n{extra}\r\n"
     )
     .unwrap();
     let mut r = BufReader::new(s);
@@ -89,9 +99,23 @@ fn events_stream_as_they_are_appended_filtered_by_task() {
     assert_eq!(got.len(), 1);
     assert_eq!(got[0]["event"]["details"]["approval"], id.as_str());
 
-    // Resuming after a sequence number replays from there.
+    // Resuming after a sequence number replays from there, by query or Last-Event-ID.
     let seq = got[0]["event"]["seq"].as_u64().unwrap();
     let mut again = open_stream(&server, &token, &format!("?after={}", seq - 1));
     let got = read_data(&mut again, 1, Duration::from_secs(10));
     assert_eq!(got[0]["event"]["seq"], seq);
+    let mut resumed = open_stream_with(
+        &server,
+        &token,
+        "",
+        &format!("Last-Event-ID: {}\r\n", seq - 1),
+    );
+    let got = read_data(&mut resumed, 1, Duration::from_secs(10));
+    assert_eq!(got[0]["event"]["seq"], seq);
+
+    // The agent filter: only that agent's events, from the start.
+    let mut by_agent = open_stream(&server, &token, "?agent=credit-officer&after=0");
+    let got = read_data(&mut by_agent, 10, Duration::from_secs(2));
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["event"]["agent"], "credit-officer");
 }

@@ -412,12 +412,14 @@ fn a_pinning_client_in_the_cell_gets_the_upstreams_own_certificate() {
             "sh",
             "-c",
             "curl -sS --cacert /workspace/pinned-ca.pem https://api.example.test/v1/pinned; \
-             echo '--'; curl -sS https://api.example.test/v1/tenant-ca >/dev/null 2>&1 || echo NOT-INTERCEPTED",
+             echo '--'; curl -sS https://api.example.test/v1/tenant-ca >/dev/null 2>&1 || echo NOT-INTERCEPTED; \
+             echo '--'; curl -sS --noproxy '*' --cacert /workspace/pinned-ca.pem https://api.example.test/v1/transparent",
         ]);
     let r: Ran = c.output().unwrap().into();
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(
-        r.stdout, "upstream saw /v1/pinned\n--\nNOT-INTERCEPTED\n",
+        r.stdout,
+        "upstream saw /v1/pinned\n--\nNOT-INTERCEPTED\n--\nupstream saw /v1/transparent\n",
         "{r:?}"
     );
     let q = s

@@ -65,16 +65,8 @@ fn a_held_request_goes_on_once_approved_and_gets_a_403_once_denied() {
     let script = "curl -sS https://api.example.test/v1/small; echo; \
                   curl -sS 'https://api.example.test/v1/pay?size=big-one'; echo; \
                   curl -sS 'https://api.example.test/v1/pay?size=big-two'; echo";
-    let mut c = s.command();
-    c.args(["run", "--user", "alice", "-f"])
-        .arg(&def)
-        .args([
-            "--resolve",
-            &format!("api.example.test:443:127.0.0.1:{}", up.port),
-        ])
-        .arg("--upstream-ca")
-        .arg(s.path().join("ca.pem"))
-        .args(["--", "sh", "-c", script])
+    let mut c = s.governed_run(&def, up.port);
+    c.args(["--", "sh", "-c", script])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let agent = c.spawn().unwrap();
@@ -125,15 +117,7 @@ fn a_held_request_goes_on_once_approved_and_gets_a_403_once_denied() {
 
     // The record: requested, granted by bob, the allowed request citing its approval;
     // requested, denied by bob, the refused request; and it verifies.
-    let q = s
-        .command()
-        .args(["audit", "query", "--format", "jsonl"])
-        .output()
-        .unwrap();
-    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&q.stdout)
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event"].clone())
-        .collect();
+    let events = s.audit_events(&[]);
     let kinds = |kind: &str| events.iter().filter(|e| e["kind"] == kind).count();
     assert_eq!(kinds("approval_requested"), 2, "{events:#?}");
     assert_eq!(kinds("approval_granted"), 1, "{events:#?}");
@@ -150,13 +134,5 @@ fn a_held_request_goes_on_once_approved_and_gets_a_403_once_denied() {
             && e["details"]["approval"] == id2.as_str()),
         "{events:#?}"
     );
-    assert_eq!(
-        s.command()
-            .args(["audit", "verify"])
-            .output()
-            .unwrap()
-            .status
-            .code(),
-        Some(0)
-    );
+    assert!(s.audit_verifies());
 }

@@ -116,16 +116,8 @@ fn programs_that_ignore_the_proxy_are_governed_and_nothing_else_gets_out() {
     let mut child = set.spawn().unwrap();
     std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"door-secret-value\n").unwrap();
     assert!(child.wait().unwrap().success());
-    let mut c = s.command();
-    c.args(["run", "--user", "alice", "-f"])
-        .arg(&def)
-        .args([
-            "--resolve",
-            &format!("api.example.test:443:127.0.0.1:{}", up.port),
-        ])
-        .arg("--upstream-ca")
-        .arg(s.path().join("ca.pem"))
-        .args(["--", "python3", "-c", AGENT]);
+    let mut c = s.governed_run(&def, up.port);
+    c.args(["--", "python3", "-c", AGENT]);
     let r: Ran = c.output().unwrap().into();
     assert_eq!(r.code, 0, "{r:?}");
 
@@ -196,15 +188,7 @@ fn programs_that_ignore_the_proxy_are_governed_and_nothing_else_gets_out() {
     assert!(!r.stdout.contains("door-secret-value"), "{r:?}");
 
     // Every refusal is on the record, and the record verifies.
-    let q = s
-        .command()
-        .args(["audit", "query", "--format", "jsonl"])
-        .output()
-        .unwrap();
-    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&q.stdout)
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event"].clone())
-        .collect();
+    let events = s.audit_events(&[]);
     let has = |kind: &str, decision: &str, resource: &str, code: Option<&str>| {
         events.iter().any(|e| {
             e["kind"] == kind
@@ -287,15 +271,7 @@ fn programs_that_ignore_the_proxy_are_governed_and_nothing_else_gets_out() {
         .output()
         .unwrap();
     assert!(!String::from_utf8_lossy(&export.stdout).contains("door-secret-value"));
-    assert_eq!(
-        s.command()
-            .args(["audit", "verify"])
-            .output()
-            .unwrap()
-            .status
-            .code(),
-        Some(0)
-    );
+    assert!(s.audit_verifies());
 }
 
 #[test]
@@ -324,16 +300,8 @@ spec:
     let script = "curl -sS https://api.example.test/v1/one; echo; \
                   curl -sS --noproxy '*' https://api.example.test/v1/two; echo; \
                   curl -sS https://api.example.test/v1/three; echo";
-    let mut c = s.command();
-    c.args(["run", "--user", "alice", "-f"])
-        .arg(&def)
-        .args([
-            "--resolve",
-            &format!("api.example.test:443:127.0.0.1:{}", up.port),
-        ])
-        .arg("--upstream-ca")
-        .arg(s.path().join("ca.pem"))
-        .args(["--", "sh", "-c", script]);
+    let mut c = s.governed_run(&def, up.port);
+    c.args(["--", "sh", "-c", script]);
     let r: Ran = c.output().unwrap().into();
     assert_eq!(r.code, 0, "{r:?}");
     let lines: Vec<&str> = r.stdout.lines().filter(|l| !l.is_empty()).collect();

@@ -140,4 +140,44 @@ impl Sandbox {
     pub fn last_manifest(&self) -> serde_json::Value {
         self.manifests().pop().expect("a task ran")
     }
+
+    /// The audit events (`audit query --format jsonl` with `filter`), oldest first.
+    pub fn audit_events(&self, filter: &[&str]) -> Vec<serde_json::Value> {
+        let out = self
+            .command()
+            .args(["audit", "query", "--format", "jsonl"])
+            .args(filter)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{:?}", Ran::from(out));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event"].clone())
+            .collect()
+    }
+
+    /// Whether `agentspace audit verify` accepts the whole log.
+    pub fn audit_verifies(&self) -> bool {
+        self.command()
+            .args(["audit", "verify"])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    }
+
+    /// `agentspace run --user alice -f DEF` with the gateway pointed at a local stand-in
+    /// for `api.example.test` (listening on `port`, its CA in `ca.pem`), before `-- ARGS`.
+    pub fn governed_run(&self, def: &Path, port: u16) -> Command {
+        let mut c = self.command();
+        c.args(["run", "--user", "alice", "-f"])
+            .arg(def)
+            .args([
+                "--resolve",
+                &format!("api.example.test:443:127.0.0.1:{port}"),
+            ])
+            .arg("--upstream-ca")
+            .arg(self.path().join("ca.pem"));
+        c
+    }
 }

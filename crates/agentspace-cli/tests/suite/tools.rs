@@ -110,15 +110,7 @@ fn the_credit_officer_scenario_runs_in_a_cell_and_every_tool_call_is_governed() 
     );
 
     // Every call is on the record as alice's, and the record verifies.
-    let q = s
-        .command()
-        .args(["audit", "query", "--kind", "mcp_call", "--format", "jsonl"])
-        .output()
-        .unwrap();
-    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&q.stdout)
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event"].clone())
-        .collect();
+    let events = s.audit_events(&["--kind", "mcp_call"]);
     assert!(events.len() >= 10, "{events:#?}");
     assert!(
         events
@@ -132,13 +124,5 @@ fn the_credit_officer_scenario_runs_in_a_cell_and_every_tool_call_is_governed() 
             .any(|e| e["decision"] == "deny" && e["details"]["code"] == "flow"),
         "{events:#?}"
     );
-    assert_eq!(
-        s.command()
-            .args(["audit", "verify"])
-            .output()
-            .unwrap()
-            .status
-            .code(),
-        Some(0)
-    );
+    assert!(s.audit_verifies());
 }

@@ -89,6 +89,8 @@ pub struct Client {
     timeout: Duration,
     /// A path the URL named (webhooks); prefixed to every request's path.
     path_prefix: String,
+    /// Roots trusted besides the host's (DER), for a server with a private CA.
+    extra_roots: Vec<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -130,9 +132,16 @@ impl Client {
             authority,
             tls_host: tls.then_some(host),
             path_prefix: path_prefix.trim_end_matches('/').to_owned(),
+            extra_roots: Vec::new(),
             token: token.map(str::to_owned),
             timeout: Duration::from_secs(60),
         })
+    }
+
+    /// Trusts `der` (a CA certificate) for `https://` besides the host's roots.
+    pub fn with_root_certificate(mut self, der: Vec<u8>) -> Self {
+        self.extra_roots.push(der);
+        self
     }
 
     /// `GET path`.
@@ -211,7 +220,7 @@ impl Client {
                 };
                 let name = rustls::pki_types::ServerName::try_from(host.clone())
                     .map_err(|e| tls(format!("`{host}` is not a TLS server name: {e}")))?;
-                let conn = rustls::ClientConnection::new(tls_config()?, name)
+                let conn = rustls::ClientConnection::new(tls_config(&self.extra_roots)?, name)
                     .map_err(|e| tls(e.to_string()))?;
                 let mut stream = rustls::StreamOwned::new(conn, stream);
                 exchange(&mut stream, head.as_bytes(), body).map_err(io)?
@@ -239,10 +248,18 @@ fn exchange<S: Read + Write>(s: &mut S, head: &[u8], body: &[u8]) -> std::io::Re
 }
 
 /// TLS with the host's trusted roots (ring provider, as everywhere in Agent Space).
-fn tls_config() -> Result<std::sync::Arc<rustls::ClientConfig>, ClientError> {
+fn tls_config(extra: &[Vec<u8>]) -> Result<std::sync::Arc<rustls::ClientConfig>, ClientError> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_native_certs::load_native_certs().certs {
         let _ = roots.add(cert);
+    }
+    for der in extra {
+        roots
+            .add(rustls::pki_types::CertificateDer::from(der.clone()))
+            .map_err(|e| ClientError::Io {
+                url: String::new(),
+                message: format!("cannot trust the given CA certificate: {e}"),
+            })?;
     }
     let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
         rustls::crypto::ring::default_provider(),

@@ -1,5 +1,6 @@
 mod approvals;
 mod auth;
+mod client;
 mod console;
 mod definitions;
 mod events;

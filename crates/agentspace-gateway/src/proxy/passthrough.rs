@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
-use agentspace_policy::{Action, Decision, DenyReason, Request as PolicyRequest, Resource};
+use agentspace_policy::{Action, Request as PolicyRequest, Resource};
 use bytes::{Bytes, BytesMut};
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -53,19 +53,32 @@ impl Gateway {
             },
             context: agentspace_policy::RequestContext::default(),
         };
-        let policy = Arc::clone(&task.policy);
-        let decision = tokio::task::spawn_blocking(move || policy.decide(&request))
-            .await
-            .unwrap_or_else(|e| Decision::Deny {
-                reason: DenyReason::Error,
-                policies: Vec::new(),
-                message: format!("the decision point failed: {e}"),
-            });
         let target = Target {
             host: host.to_owned(),
             port,
             tls: true,
         };
+        let resource = format!("tls://{}", authority(&target));
+        let mut summary = Map::new();
+        summary.insert("method".into(), json!("TUNNEL"));
+        summary.insert("scheme".into(), json!("tls"));
+        summary.insert("host".into(), json!(host));
+        summary.insert("port".into(), json!(port));
+        if let Some(sni) = sni {
+            summary.insert("sni".into(), json!(sni));
+        }
+        // An approval-required tunnel waits at the task's desk like a request: the
+        // CONNECT is answered, or the transparent connection relayed, only once approved.
+        let (decision, request) = crate::approval::decide(task, request).await;
+        let (decision, approval) = crate::approval::hold_for_approval(
+            task,
+            decision,
+            request,
+            "TUNNEL",
+            resource.clone(),
+            summary.clone(),
+        )
+        .await;
         let verdict = match self.verdict(task, decision, &target).await {
             // Nothing can be injected into a connection the gateway does not terminate.
             Verdict::Allow {
@@ -81,14 +94,9 @@ impl Gateway {
             },
             v => v,
         };
-        let mut event = base_event(task, "TUNNEL", format!("tls://{}", authority(&target)));
-        let mut summary = Map::new();
-        summary.insert("method".into(), json!("TUNNEL"));
-        summary.insert("scheme".into(), json!("tls"));
-        summary.insert("host".into(), json!(host));
-        summary.insert("port".into(), json!(port));
-        if let Some(sni) = sni {
-            summary.insert("sni".into(), json!(sni));
+        let mut event = base_event(task, "TUNNEL", resource);
+        if let Some(id) = approval {
+            event.details.insert("approval".into(), json!(id));
         }
         event.request = summary;
         event.details.insert("tls".into(), json!("passthrough"));

@@ -247,3 +247,65 @@ async fn a_transparent_arrival_is_passed_through_by_its_server_name() {
     assert_eq!(events[0]["request"]["sni"], "other.example.com");
     assert_eq!(events[1]["action"], "GET");
 }
+
+/// An approval desk that approves (or denies) everything it is asked, and records what
+/// it was asked.
+struct Desk(std::sync::Mutex<Vec<agentspace_gateway::HoldRequest>>, bool);
+
+impl agentspace_gateway::ApprovalDesk for Desk {
+    fn hold(
+        &self,
+        request: agentspace_gateway::HoldRequest,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = agentspace_gateway::Held> + Send + '_>>
+    {
+        self.0.lock().unwrap().push(request);
+        let approve = self.1;
+        Box::pin(async move {
+            if approve {
+                agentspace_gateway::Held::Approved {
+                    approval: "ap-1".into(),
+                    approver: "bob".into(),
+                }
+            } else {
+                agentspace_gateway::Held::Denied {
+                    approval: "ap-1".into(),
+                    reason: "denied by bob".into(),
+                }
+            }
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_required_tunnel_waits_at_the_desk_like_a_request() {
+    let definition = PINNING.replace(
+        "      budget: {requests: 4}\n",
+        "      approval: {when: 'context.port == 443'}\n",
+    );
+    for approve in [true, false] {
+        let h = Harness::start_with(&definition).await;
+        let desk = Arc::new(Desk(std::sync::Mutex::default(), approve));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = listener.local_addr().unwrap();
+        let door = agentspace_gateway::Door::new(
+            agentspace_gateway::DoorListener::Tcp(listener),
+            agentspace_gateway::Task::new(principal("t2"), Arc::clone(&h.task.policy))
+                .with_approvals(Arc::clone(&desk) as Arc<dyn agentspace_gateway::ApprovalDesk>),
+        );
+        tokio::spawn(Arc::clone(&h.gateway).serve(door));
+        let answer = raw_connect(proxy, "other.example.com:443").await;
+        let asked = desk.0.lock().unwrap().clone();
+        assert_eq!(asked.len(), 1);
+        assert_eq!(asked[0].action, "TUNNEL");
+        assert_eq!(asked[0].resource, "tls://other.example.com:443");
+        let last = h.events().await.pop().unwrap();
+        assert_eq!(last["details"]["approval"], "ap-1", "{last}");
+        if approve {
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+            assert_eq!(last["decision"], "allow");
+        } else {
+            assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+            assert_eq!(last["decision"], "deny");
+        }
+    }
+}

@@ -297,6 +297,12 @@ pub fn tunnelling(name: &str) -> Option<String> {
                 label.len()
             ));
         }
+        if label.len() >= 20 && label.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Some(format!(
+                "the label `{label}` is {} hex digits (encoded data)",
+                label.len()
+            ));
+        }
         if label.len() >= 20 {
             let bits = entropy(label);
             if bits >= 3.9 {

@@ -11,9 +11,7 @@ use std::time::{Duration, Instant};
 
 use agentspace_audit::AuditLog;
 use agentspace_core::{AuditDecision, AuditEvent, AuditKind, Name};
-use agentspace_policy::{
-    Action, Decision, Request as PolicyRequest, RequestContext, Resource,
-};
+use agentspace_policy::{Action, Decision, Request as PolicyRequest, RequestContext, Resource};
 use agentspace_secrets::{SecretStore, SecretValue};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};

@@ -917,29 +917,29 @@ pub(crate) async fn deny(
 #[serde(deny_unknown_fields)]
 pub(crate) struct AuditQuery {
     /// Only this task.
-    task: Option<String>,
+    pub(crate) task: Option<String>,
     /// Only this user.
-    user: Option<String>,
+    pub(crate) user: Option<String>,
     /// Only this agent.
-    agent: Option<String>,
+    pub(crate) agent: Option<String>,
     /// Only this kind (`http_request`, `task_start`, ...).
-    kind: Option<String>,
+    pub(crate) kind: Option<String>,
     /// Only this decision (`allow`, `deny`, `approval_required`).
-    decision: Option<String>,
+    pub(crate) decision: Option<String>,
     /// Only events whose resource contains this text.
-    resource: Option<String>,
+    pub(crate) resource: Option<String>,
     /// Only events at or after this time (`2026-01-02T03:04:05.000000000Z`).
-    since: Option<String>,
+    pub(crate) since: Option<String>,
     /// Only events before this time.
-    until: Option<String>,
+    pub(crate) until: Option<String>,
     /// At most this many events (query: default 1000, at most 10000).
-    limit: Option<u64>,
+    pub(crate) limit: Option<u64>,
     /// Export format: `jsonl` (default) or `ocsf`.
-    format: Option<String>,
+    pub(crate) format: Option<String>,
 }
 
 impl AuditQuery {
-    fn filter(&self, tenant: &Name) -> Result<Filter, ServerError> {
+    pub(crate) fn filter(&self, tenant: &Name) -> Result<Filter, ServerError> {
         let kind = self
             .kind
             .as_deref()

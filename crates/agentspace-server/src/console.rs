@@ -261,6 +261,12 @@ pub(crate) async fn home(
     let can_decide = [Role::Admin, Role::Approver]
         .iter()
         .any(|r| s.caller.roles.contains(r));
+    if [Role::Admin, Role::Auditor]
+        .iter()
+        .any(|r| s.caller.roles.contains(r))
+    {
+        body.push_str("<p><a href=\"/console/audit\">Audit search</a></p>");
+    }
     if can_read {
         let tenant = s.caller.tenant.clone();
         let pending = blocking(&app, move |app| {
@@ -386,4 +392,143 @@ pub(crate) async fn decide(
             Vec::new(),
         )),
     }
+}
+
+/// The audit search form's fields; empty fields do not filter.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AuditForm {
+    #[serde(default)]
+    task: String,
+    #[serde(default)]
+    user: String,
+    #[serde(default)]
+    agent: String,
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    decision: String,
+    #[serde(default)]
+    resource: String,
+}
+
+/// Most events the audit page shows (the newest that match).
+const AUDIT_PAGE: usize = 200;
+
+/// `GET /console/audit`: the tenant's audit log, searched, newest first, with the
+/// chain's verify status (admin, auditor).
+pub(crate) async fn audit(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    axum::extract::Query(form): axum::extract::Query<AuditForm>,
+) -> Result<Response, ServerError> {
+    let Some(s) = session(&app, &headers).await? else {
+        return Ok(to_login());
+    };
+    if s.caller.require(&[Role::Admin, Role::Auditor]).is_err() {
+        return Ok(page(
+            StatusCode::FORBIDDEN,
+            "Refused",
+            "<p class=\"err\">Audit search needs the admin or auditor role.</p><p><a href=\"/console/\">Back</a></p>",
+            Vec::new(),
+        ));
+    }
+    let some = |v: &str| (!v.trim().is_empty()).then(|| v.trim().to_owned());
+    let query = crate::api::AuditQuery {
+        task: some(&form.task),
+        user: some(&form.user),
+        agent: some(&form.agent),
+        kind: some(&form.kind),
+        decision: some(&form.decision),
+        resource: some(&form.resource),
+        ..Default::default()
+    };
+    let tenant = s.caller.tenant.clone();
+    let filter = match query.filter(&tenant) {
+        Ok(f) => f,
+        Err(e) => {
+            return Ok(page(
+                StatusCode::BAD_REQUEST,
+                "Audit",
+                &format!(
+                    "<p class=\"err\">{}</p><p><a href=\"/console/audit\">Back</a></p>",
+                    esc(&e.to_string())
+                ),
+                Vec::new(),
+            ));
+        }
+    };
+    let (events, verified) = blocking(&app, move |app| {
+        let mut newest = std::collections::VecDeque::new();
+        app.audit.query(&filter, |entry| {
+            if newest.len() == AUDIT_PAGE {
+                newest.pop_front();
+            }
+            newest.push_back(entry.event);
+            Ok(true)
+        })?;
+        let verified = match app.audit.verify(&agentspace_audit::VerifyOptions {
+            tenant: Some(tenant.to_string()),
+            ..Default::default()
+        }) {
+            Ok(report) => Ok(report.first().map_or(0, |t| t.events)),
+            Err(agentspace_audit::AuditError::Tampered(f)) => Err(f.to_string()),
+            Err(e) => return Err(e.into()),
+        };
+        Ok((newest, verified))
+    })
+    .await?;
+    let mut body = String::from("<p><a href=\"/console/\">Console</a></p><h2>Audit</h2>");
+    match verified {
+        Ok(n) => {
+            let _ = write!(
+                body,
+                "<p>The chain verifies: {n} events, every hash and signature.</p>"
+            );
+        }
+        Err(problem) => {
+            let _ = write!(
+                body,
+                "<p class=\"err\">The chain does NOT verify: {}</p>",
+                esc(&problem)
+            );
+        }
+    }
+    body.push_str("<form method=\"get\" action=\"/console/audit\">");
+    for (name, value) in [
+        ("task", &form.task),
+        ("user", &form.user),
+        ("agent", &form.agent),
+        ("kind", &form.kind),
+        ("decision", &form.decision),
+        ("resource", &form.resource),
+    ] {
+        let _ = write!(
+            body,
+            "<label>{name} <input name=\"{name}\" value=\"{}\" size=\"12\"></label> ",
+            esc(value)
+        );
+    }
+    body.push_str("<button>Search</button></form>");
+    let _ = write!(body, "<p>{} events, newest first.</p>", events.len());
+    body.push_str("<table><tr><th>seq</th><th>time</th><th>kind</th><th>user</th><th>agent</th><th>task</th><th>action</th><th>resource</th><th>decision</th><th>reason</th></tr>");
+    let dash = |v: &Option<String>| esc(v.as_deref().unwrap_or("-"));
+    for e in events.iter().rev() {
+        let _ = write!(
+            body,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            e.seq,
+            esc(&e.time),
+            e.kind.as_str(),
+            dash(&e.user),
+            dash(&e.agent),
+            dash(&e.task),
+            esc(&e.action),
+            dash(&e.resource),
+            e.decision.map_or("-", |d| d.as_str()),
+            dash(&e.reason)
+        );
+    }
+    body.push_str("</table>");
+    Ok(page(StatusCode::OK, "Audit", &body, Vec::new()))
 }

@@ -138,6 +138,7 @@ fn router(app: AppState) -> Router {
             get(console::login_form).post(console::login),
         )
         .route("/console/logout", post(console::logout))
+        .route("/console/audit", get(console::audit))
         .route("/console/approvals/{id}/{verb}", post(console::decide))
         .fallback(api::not_found)
         .with_state(app)

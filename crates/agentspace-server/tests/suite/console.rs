@@ -237,3 +237,51 @@ fn a_console_session_sees_and_decides_only_its_own_tenant() {
     );
     assert_eq!(r.status, 403);
 }
+
+#[test]
+fn the_audit_page_searches_the_tenants_log_and_shows_the_verify_status() {
+    let server = TestServer::start();
+    let admin = server.bootstrap("acme", "alice");
+    let dev = admin.user(&server, "dave", &["developer"]);
+    let def = super::harness::definition("acme", "writer", "64Mi");
+    assert_eq!(
+        dev.post("/v1/definitions", json!({"definition": def}))
+            .status,
+        201
+    );
+    let mut ctx = context("acme", "bob", false, 600);
+    ctx.resource = "https://x.example/<b>bold</b>".into();
+    server.approvals.request(ctx).unwrap();
+    let token = admin.post("/v1/users/alice/tokens", json!({})).json()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (session, _) = sign_in(&server, &token);
+    let b = browser(&server);
+
+    let page = get(&b, "/console/audit", &session);
+    assert_eq!(page.status, 200);
+    let html = String::from_utf8(page.body).unwrap();
+    assert!(html.contains("The chain verifies: "), "{html}");
+    assert!(html.contains("definition_change") && html.contains("approval_requested"));
+    assert!(html.contains("&lt;b&gt;bold&lt;/b&gt;") && !html.contains("<b>bold</b>"));
+
+    let page = get(
+        &b,
+        "/console/audit?kind=definition_change&task=&user=dave",
+        &session,
+    );
+    let html = String::from_utf8(page.body).unwrap();
+    assert!(html.contains("1 events, newest first."), "{html}");
+    assert!(!html.contains("approval_requested"));
+    let page = get(&b, "/console/audit?kind=nonsense", &session);
+    assert_eq!(page.status, 400);
+
+    // A developer may not search the audit log.
+    let dev_token = admin.post("/v1/users/dave/tokens", json!({})).json()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (dev_session, _) = sign_in(&server, &dev_token);
+    assert_eq!(get(&b, "/console/audit", &dev_session).status, 403);
+}

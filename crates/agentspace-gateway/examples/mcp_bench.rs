@@ -152,6 +152,7 @@ impl Gateway {
                 serde_json::to_vec(&message).unwrap(),
             )))
             .unwrap();
+        self.sender.ready().await.unwrap();
         let resp = self.sender.send_request(req).await.unwrap();
         let session = resp
             .headers()

@@ -724,7 +724,15 @@ pub(crate) async fn task_budget(
             };
             let (agent, user) = (field("agent"), field("user"));
             let definition = registered_definition(app, &caller.tenant, &agent)?;
-            let engine = agentspace_policy::PolicyEngine::load(&definition, &app.state_dir)?;
+            // Only the generated policies: a registered definition's `spec.policies` names
+            // files on the host, which the API never reads (usage needs no policy anyway).
+            let policies =
+                agentspace_policy::CompiledPolicies::compile_with_files(&definition, Vec::new())?;
+            let engine = agentspace_policy::PolicyEngine::with_policies(
+                &definition,
+                policies,
+                &app.state_dir,
+            )?;
             let bad = |e: &dyn std::fmt::Display| {
                 ServerError::Io(format!("task `{id}` has a malformed manifest: {e}"))
             };

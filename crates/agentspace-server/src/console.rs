@@ -261,12 +261,14 @@ pub(crate) async fn home(
     let can_decide = [Role::Admin, Role::Approver]
         .iter()
         .any(|r| s.caller.roles.contains(r));
+    body.push_str("<p><a href=\"/console/definitions\">Definitions</a>");
     if [Role::Admin, Role::Auditor]
         .iter()
         .any(|r| s.caller.roles.contains(r))
     {
-        body.push_str("<p><a href=\"/console/audit\">Audit search</a></p>");
+        body.push_str(" · <a href=\"/console/audit\">Audit search</a>");
     }
+    body.push_str("</p>");
     if can_read {
         let tenant = s.caller.tenant.clone();
         let pending = blocking(&app, move |app| {
@@ -531,4 +533,92 @@ pub(crate) async fn audit(
     }
     body.push_str("</table>");
     Ok(page(StatusCode::OK, "Audit", &body, Vec::new()))
+}
+
+/// `GET /console/definitions`: the tenant's registered definitions (any role).
+pub(crate) async fn definitions(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ServerError> {
+    let Some(s) = session(&app, &headers).await? else {
+        return Ok(to_login());
+    };
+    let tenant = s.caller.tenant.clone();
+    let list = blocking(&app, move |app| app.registry().list(&tenant)).await?;
+    let mut body = String::from(
+        "<p><a href=\"/console/\">Console</a></p><h2>Definitions</h2><table><tr><th>agent</th><th>version</th><th>digest</th><th>registered by</th><th>at</th></tr>",
+    );
+    for d in list {
+        let _ = write!(
+            body,
+            "<tr><td><a href=\"/console/definitions/{0}\">{0}</a></td><td>{1}</td><td><code>{2}</code></td><td>{3}</td><td>{4}</td></tr>",
+            esc(&d.name),
+            d.version,
+            esc(&d.digest),
+            esc(&d.registered_by),
+            esc(&d.registered_at)
+        );
+    }
+    body.push_str("</table>");
+    Ok(page(StatusCode::OK, "Definitions", &body, Vec::new()))
+}
+
+/// `GET /console/definitions/{name}`: the current version's text and the Cedar
+/// policies it compiles to.
+pub(crate) async fn definition(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, ServerError> {
+    let Some(s) = session(&app, &headers).await? else {
+        return Ok(to_login());
+    };
+    let tenant = s.caller.tenant.clone();
+    let found = blocking(&app, move |app| {
+        let v = app.registry().get(&tenant, &name, None)?;
+        let text = v.text.clone().unwrap_or_default();
+        let cedar = agentspace_core::Definition::parse(
+            &crate::definitions::source_path(&app.state_dir, &tenant),
+            &text,
+        )
+        .map_err(|e| e.to_string())
+        .and_then(|d| {
+            // Generated policies only: `spec.policies` names host files, never read here.
+            agentspace_policy::CompiledPolicies::compile_with_files(&d, Vec::new())
+                .map(|p| p.cedar_text())
+                .map_err(|e| e.to_string())
+        });
+        Ok((v, text, cedar))
+    })
+    .await;
+    let (v, text, cedar) = match found {
+        Ok(found) => found,
+        Err(e) => {
+            return Ok(page(
+                e.status(),
+                "Definitions",
+                &format!(
+                    "<p class=\"err\">{}</p><p><a href=\"/console/definitions\">Back</a></p>",
+                    esc(&e.to_string())
+                ),
+                Vec::new(),
+            ));
+        }
+    };
+    let cedar = match cedar {
+        Ok(text) => format!("<pre>{}</pre>", esc(&text)),
+        Err(e) => format!("<p class=\"err\">It does not compile: {}</p>", esc(&e)),
+    };
+    let body = format!(
+        "<p><a href=\"/console/definitions\">Definitions</a></p><h2>{} v{}</h2>\
+<p><code>{}</code>, registered by {} at {}</p><h3>Definition</h3><pre>{}</pre>\
+<h3>Generated policies (Cedar)</h3>{cedar}",
+        esc(&v.name),
+        v.version,
+        esc(&v.digest),
+        esc(&v.registered_by),
+        esc(&v.registered_at),
+        esc(&text)
+    );
+    Ok(page(StatusCode::OK, "Definitions", &body, Vec::new()))
 }

@@ -139,6 +139,8 @@ fn router(app: AppState) -> Router {
         )
         .route("/console/logout", post(console::logout))
         .route("/console/audit", get(console::audit))
+        .route("/console/definitions", get(console::definitions))
+        .route("/console/definitions/{name}", get(console::definition))
         .route("/console/approvals/{id}/{verb}", post(console::decide))
         .fallback(api::not_found)
         .with_state(app)

@@ -285,3 +285,36 @@ fn the_audit_page_searches_the_tenants_log_and_shows_the_verify_status() {
     let (dev_session, _) = sign_in(&server, &dev_token);
     assert_eq!(get(&b, "/console/audit", &dev_session).status, 403);
 }
+
+#[test]
+fn definitions_show_their_text_and_generated_policies_never_host_files() {
+    let server = TestServer::start();
+    let admin = server.bootstrap("acme", "alice");
+    let secret = server.state().join("host-secret.cedar");
+    std::fs::write(&secret, "TOP-SECRET host content").unwrap();
+    let def = format!(
+        "{}  egress:\n    - name: scoring\n      hosts: [scoring.example.com]\n  policies: [{}]\n",
+        super::harness::definition("acme", "writer", "64Mi"),
+        secret.display()
+    );
+    let r = admin.post("/v1/definitions", json!({"definition": def}));
+    assert_eq!(r.status, 201, "{}", r.error_message());
+    let token = admin.post("/v1/users/alice/tokens", json!({})).json()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (session, _) = sign_in(&server, &token);
+    let b = browser(&server);
+    let list = String::from_utf8(get(&b, "/console/definitions", &session).body).unwrap();
+    assert!(
+        list.contains("<a href=\"/console/definitions/writer\">writer</a>"),
+        "{list}"
+    );
+    let page = get(&b, "/console/definitions/writer", &session);
+    assert_eq!(page.status, 200);
+    let html = String::from_utf8(page.body).unwrap();
+    assert!(html.contains("scoring.example.com"), "{html}");
+    assert!(html.contains("permit"), "{html}");
+    assert!(!html.contains("TOP-SECRET"), "{html}");
+    assert_eq!(get(&b, "/console/definitions/nope", &session).status, 404);
+}

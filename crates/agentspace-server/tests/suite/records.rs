@@ -59,6 +59,20 @@ fn tasks_are_listed_from_the_state_directory() {
     let used = admin.get(&format!("/v1/tasks/{a}/budget"));
     assert_eq!(used.status, 200, "{}", used.error_message());
     assert_eq!(used.json()["usage"]["requests"], 0);
+
+    // A definition naming a host file as an extra policy: the API never reads it.
+    let secret = server.state().join("host-secret.cedar");
+    std::fs::write(&secret, "TOP-SECRET host content").unwrap();
+    let def = format!(
+        "{}  policies: [{}]\n",
+        definition("acme", "writer", "64Mi"),
+        secret.display()
+    );
+    let r = admin.post("/v1/definitions", json!({"definition": def}));
+    assert_eq!(r.status, 201, "{}", r.error_message());
+    let used = admin.get(&format!("/v1/tasks/{a}/budget"));
+    assert_eq!(used.status, 200, "{}", used.error_message());
+    assert!(!String::from_utf8_lossy(&used.body).contains("TOP-SECRET"));
 }
 
 #[test]

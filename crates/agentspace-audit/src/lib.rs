@@ -41,6 +41,7 @@
 //! [`verify_consistency`].
 #![forbid(unsafe_code)]
 
+mod answer;
 mod canonical;
 mod chain;
 mod error;

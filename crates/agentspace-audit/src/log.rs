@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use agentspace_core::{AUDIT_SCHEMA_VERSION, AuditEvent, AuditKind, Name, format_audit_time};
 use ed25519_dalek::VerifyingKey;
 
+use crate::answer::{self, AnswerSender};
 use crate::canonical::canonicalize;
 use crate::chain::{Checkpoint, GENESIS, SignedCheckpoint, chain_hash, sign_event};
 use crate::error::AuditError;
@@ -74,7 +75,24 @@ impl Backend {
     }
 }
 
-type Reply<T> = mpsc::SyncSender<Result<T, AuditError>>;
+/// Where the writer sends a job's answer: to a caller blocked on a channel, or to one
+/// awaiting it ([`AuditLog::append_async`]).
+enum Reply<T> {
+    Blocking(mpsc::SyncSender<Result<T, AuditError>>),
+    Awaiting(AnswerSender<Result<T, AuditError>>),
+}
+
+impl<T> Reply<T> {
+    fn send(self, answer: Result<T, AuditError>) {
+        match self {
+            // A caller that went away no longer needs the answer.
+            Self::Blocking(tx) => {
+                let _ = tx.send(answer);
+            }
+            Self::Awaiting(tx) => tx.send(answer),
+        }
+    }
+}
 
 enum Job {
     Append {
@@ -116,6 +134,10 @@ impl Drop for Inner {
             let _ = writer.join();
         }
     }
+}
+
+fn writer_stopped() -> AuditError {
+    AuditError::WriterStopped("the writer thread exited".to_owned())
 }
 
 fn now_ns() -> u64 {
@@ -192,10 +214,10 @@ impl AuditLog {
 
     fn submit<T>(&self, make: impl FnOnce(Reply<T>) -> Job) -> Result<T, AuditError> {
         let (reply, answer) = mpsc::sync_channel(1);
-        let stopped = || AuditError::WriterStopped("the writer thread exited".to_owned());
-        let jobs = self.inner.jobs.as_ref().ok_or_else(stopped)?;
-        jobs.send(make(reply)).map_err(|_| stopped())?;
-        answer.recv().map_err(|_| stopped())?
+        let jobs = self.inner.jobs.as_ref().ok_or_else(writer_stopped)?;
+        jobs.send(make(Reply::Blocking(reply)))
+            .map_err(|_| writer_stopped())?;
+        answer.recv().map_err(|_| writer_stopped())?
     }
 
     /// Appends one event to its tenant's chain and returns once it is durable. The log
@@ -205,6 +227,33 @@ impl AuditLog {
         receipts
             .pop()
             .ok_or_else(|| AuditError::WriterStopped("no receipt returned".to_owned()))
+    }
+
+    /// [`AuditLog::append`] for async callers: the returned future resolves once the
+    /// event is durable (same group commit, same guarantees) without holding a thread
+    /// while it waits. Dropping the future does not withdraw the event.
+    pub fn append_async(
+        &self,
+        event: AuditEvent,
+    ) -> impl std::future::Future<Output = Result<Receipt, AuditError>> + Send + 'static {
+        let submitted = Name::new(&event.tenant)
+            .map_err(|err| AuditError::InvalidEvent(err.to_string()))
+            .and_then(|_| {
+                let (reply, answer) = answer::answer();
+                let jobs = self.inner.jobs.as_ref().ok_or_else(writer_stopped)?;
+                jobs.send(Job::Append {
+                    events: vec![event],
+                    reply: Reply::Awaiting(reply),
+                })
+                .map_err(|_| writer_stopped())?;
+                Ok(answer)
+            });
+        async move {
+            let mut receipts = submitted?.await.ok_or_else(writer_stopped)??;
+            receipts
+                .pop()
+                .ok_or_else(|| AuditError::WriterStopped("no receipt returned".to_owned()))
+        }
     }
 
     /// Appends events in order, all or none, and returns once they are durable.
@@ -311,14 +360,14 @@ impl Writer {
                         appends.push((events, reply));
                     }
                     Job::Checkpoint { tenant, reply } => {
-                        let _ = reply.send(self.checkpoint(&tenant, true).and_then(|cp| {
+                        reply.send(self.checkpoint(&tenant, true).and_then(|cp| {
                             cp.ok_or_else(|| {
                                 AuditError::Request("no checkpoint was written".to_owned())
                             })
                         }));
                     }
                     Job::RotateKey { tenant, reply } => {
-                        let _ = reply.send(self.rotate_key(&tenant));
+                        reply.send(self.rotate_key(&tenant));
                     }
                 }
                 if count < self.options.max_batch {
@@ -417,7 +466,7 @@ impl Writer {
                 (Ok(()), Some(ok)) => ok,
                 (Ok(()), None) => Err(AuditError::WriterStopped("event was not sealed".to_owned())),
             };
-            let _ = reply.send(answer);
+            reply.send(answer);
         }
     }
 

@@ -896,10 +896,9 @@ impl Gateway {
 
     /// Appends `event`; the id (`tenant:seq`) once it is durable.
     pub(crate) async fn append(&self, event: AuditEvent) -> Result<String, String> {
-        let audit = self.audit.clone();
-        match tokio::task::spawn_blocking(move || audit.append(event)).await {
-            Ok(Ok(receipt)) => Ok(format!("{}:{}", receipt.tenant, receipt.seq)),
-            Ok(Err(e)) => Err(e.to_string()),
+        // Awaited, not on a blocking thread: the writer wakes this task once durable.
+        match self.audit.append_async(event).await {
+            Ok(receipt) => Ok(format!("{}:{}", receipt.tenant, receipt.seq)),
             Err(e) => Err(e.to_string()),
         }
     }

@@ -56,6 +56,65 @@ fn many_threads_share_group_commits_and_keep_one_gap_free_chain() {
     assert!(report[0].checkpoints >= 1);
 }
 
+/// Polls `future` on this thread, parking between wake-ups (the audit crate needs no
+/// async runtime).
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let std::task::Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::thread::park();
+    }
+}
+
+#[test]
+fn awaited_appends_are_durable_and_share_the_chain_with_blocking_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_small(dir.path());
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let log = log.clone();
+            s.spawn(move || {
+                for i in 0..30 {
+                    if t % 2 == 0 {
+                        block_on(log.append_async(http_event("acme", t * 100 + i))).unwrap();
+                    } else {
+                        log.append(http_event("acme", t * 100 + i)).unwrap();
+                    }
+                }
+            });
+        }
+    });
+    // Several awaited at once on one thread, answered by one group commit or more.
+    let pending: Vec<_> = (0..10)
+        .map(|i| log.append_async(http_event("acme", 1000 + i)))
+        .collect();
+    let seqs: Vec<u64> = pending
+        .into_iter()
+        .map(|p| block_on(p).unwrap().seq)
+        .collect();
+    assert_eq!(seqs, (120..130).collect::<Vec<u64>>());
+    let report = verify(&log).unwrap();
+    assert_eq!(report[0].events, 130);
+    // An invalid event fails at once, nothing recorded.
+    let mut bad = http_event("acme", 0);
+    bad.tenant = "not a tenant".to_owned();
+    assert!(matches!(
+        block_on(log.append_async(bad)),
+        Err(AuditError::InvalidEvent(_))
+    ));
+    assert_eq!(verify(&log).unwrap()[0].events, 130);
+}
+
 #[test]
 fn a_batch_is_sealed_in_order_with_consecutive_numbers() {
     let dir = tempfile::tempdir().unwrap();

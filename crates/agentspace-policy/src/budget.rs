@@ -1,6 +1,7 @@
 //! Budgets: counters in SQLite (`<state>/policy/budgets.db`), charged atomically so that
 //! no two threads or processes can spend the same unit twice.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -53,10 +54,17 @@ pub(crate) struct Exhausted {
     pub(crate) limit: u64,
 }
 
+/// Most task start times kept in memory; past this they are all forgotten (and read
+/// again from the database).
+const STARTED_MEMORY: usize = 65_536;
+
 /// The budget database.
 pub(crate) struct BudgetStore {
     path: PathBuf,
     conn: Mutex<Connection>,
+    /// Task start times already recorded. A start time never changes once written, so
+    /// a task's later decisions need no write transaction for it.
+    started: Mutex<HashMap<String, i64>>,
 }
 
 impl BudgetStore {
@@ -66,6 +74,7 @@ impl BudgetStore {
         Ok(Self {
             path,
             conn: Mutex::new(conn),
+            started: Mutex::new(HashMap::new()),
         })
     }
 
@@ -82,12 +91,22 @@ impl BudgetStore {
 
     /// Records the task's first decision time (once) and returns it, in Unix ms.
     pub(crate) fn task_started(&self, scope: &str, now_ms: i64) -> Result<i64, PolicyError> {
-        self.with(|c| {
+        let poisoned = || PolicyError::state(&self.path, "a thread panicked while using it");
+        if let Some(&started) = self.started.lock().map_err(|_| poisoned())?.get(scope) {
+            return Ok(started);
+        }
+        let started = self.with(|c| {
             c.prepare_cached("INSERT OR IGNORE INTO task_start (scope, started) VALUES (?1, ?2)")?
                 .execute(params![scope, now_ms])?;
             c.prepare_cached("SELECT started FROM task_start WHERE scope = ?1")?
                 .query_row([scope], |r| r.get(0))
-        })
+        })?;
+        let mut known = self.started.lock().map_err(|_| poisoned())?;
+        if known.len() >= STARTED_MEMORY {
+            known.clear();
+        }
+        known.insert(scope.to_owned(), started);
+        Ok(started)
     }
 
     /// The current value of each counter.
@@ -126,18 +145,19 @@ impl BudgetStore {
                 )?;
                 for charge in charges {
                     let k = &charge.counter;
-                    let used: Option<i64> = read
-                        .query_row(params![k.scope, k.bucket, k.metric], |r| r.get(0))
-                        .optional()?;
-                    let used = used.map_or(0, |u| u64::try_from(u).unwrap_or(u64::MAX));
-                    if let Some(limit) = charge.limit
-                        && used.saturating_add(charge.amount) > limit
-                    {
-                        return Ok(Some(Exhausted {
-                            counter: k.clone(),
-                            used,
-                            limit,
-                        }));
+                    // Only a limited counter needs reading first.
+                    if let Some(limit) = charge.limit {
+                        let used: Option<i64> = read
+                            .query_row(params![k.scope, k.bucket, k.metric], |r| r.get(0))
+                            .optional()?;
+                        let used = used.map_or(0, |u| u64::try_from(u).unwrap_or(u64::MAX));
+                        if used.saturating_add(charge.amount) > limit {
+                            return Ok(Some(Exhausted {
+                                counter: k.clone(),
+                                used,
+                                limit,
+                            }));
+                        }
                     }
                     let amount = i64::try_from(charge.amount).unwrap_or(i64::MAX);
                     write.execute(params![k.scope, k.bucket, k.metric, amount])?;

@@ -220,20 +220,78 @@ impl Drop for Meter {
             return;
         };
         let tokens = self.usage.tokens();
-        let task = Arc::clone(&self.task);
-        let capabilities = std::mem::take(&mut self.capabilities);
-        // It has happened: charged unconditionally; a store error only loses the count
-        // (the next decision reads the store and fails closed if it is unavailable).
-        runtime.spawn_blocking(move || {
+        let mut unrecorded = UNRECORDED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let same = |(task, capabilities, ..): &&mut Unrecorded| {
+            Arc::ptr_eq(task, &self.task) && *capabilities == self.capabilities
+        };
+        match unrecorded.usage.iter_mut().find(same) {
+            Some((_, _, b, t)) => {
+                *b = b.saturating_add(bytes);
+                *t = t.saturating_add(tokens);
+            }
+            None => unrecorded.usage.push((
+                Arc::clone(&self.task),
+                std::mem::take(&mut self.capabilities),
+                bytes,
+                tokens,
+            )),
+        }
+        if !unrecorded.queued {
+            unrecorded.queued = true;
+            drop(unrecorded);
+            let flush = Flush;
+            // Dropping `flush` records; a runtime shutting down drops the closure
+            // without running it, which records all the same.
+            runtime.spawn_blocking(move || drop(flush));
+        }
+    }
+}
+
+/// Usage of finished responses not yet recorded: task, capabilities, bytes, tokens.
+type Unrecorded = (Arc<Task>, Vec<String>, u64, u64);
+
+/// Usage waiting for the recording queued on the blocking pool. Responses that end
+/// while one is queued are added to it, so under load one budget transaction per task
+/// covers many responses (at low load each response is still recorded on its own, at
+/// once).
+struct Pending {
+    usage: Vec<Unrecorded>,
+    /// Whether a [`Flush`] is queued that has not taken `usage` yet.
+    queued: bool,
+}
+
+static UNRECORDED: std::sync::Mutex<Pending> = std::sync::Mutex::new(Pending {
+    usage: Vec::new(),
+    queued: false,
+});
+
+/// Records everything in [`UNRECORDED`] when dropped.
+struct Flush;
+
+impl Drop for Flush {
+    fn drop(&mut self) {
+        let usage = {
+            let mut pending = UNRECORDED
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            pending.queued = false;
+            std::mem::take(&mut pending.usage)
+        };
+        for (task, capabilities, bytes, tokens) in usage {
             let usage = Usage {
                 bytes,
                 tokens,
                 ..Usage::default()
             };
+            // It has happened: charged unconditionally; a store error only loses the
+            // count (the next decision reads the store and fails closed if it is
+            // unavailable).
             let _ = task
                 .policy
                 .record_usage(&task.principal, &capabilities, usage);
-        });
+        }
     }
 }
 

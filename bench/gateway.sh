@@ -10,7 +10,8 @@
 # resolves api.bench.test to the loopback upstream)
 # Environment: AGENTSPACE_BIN=path (prebuilt binary), BENCH_ROUNDS (3), BENCH_REQUESTS
 # (2000 sequential per round), BENCH_CONNECTIONS (16,64), BENCH_SECONDS (5 per case),
-# BENCH_PEERS (direct,agentspace,mitmdump,squid), BENCH_OUT (target/bench/gateway).
+# BENCH_PEERS (direct,agentspace,mitmdump,squid), BENCH_OUT (target/bench/gateway),
+# BASELINE_BIN=path (adds peer `before`: that binary's gateway, to compare two builds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -53,6 +54,7 @@ up_port=8443
 gw_port=3128
 mitm_port=3129
 squid_port=3130
+before_port=3131
 secret="sk_bench_$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
 
 # Names: api.bench.test is the upstream on loopback, for every peer alike.
@@ -102,20 +104,28 @@ http {
   }
 }
 EOF
-nginx -c "$work/nginx/nginx.conf" -g 'daemon off;' & pids+=($!)
+nginx -c "$work/nginx/nginx.conf" -g 'daemon off;' & pids+=($!); nginx_pid=$!
 
 # Agent Space: the gateway for one task of bench/gateway.yaml, its key brokered.
 state="$work/state"
 printf %s "$secret" | "$bin" --state-dir "$state" secret set --tenant bench bench-key
 "$bin" --state-dir "$state" gateway -f bench/gateway.yaml --user bench \
   --listen "127.0.0.1:$gw_port" --resolve "$host:$up_port:127.0.0.1" \
-  --upstream-ca "$work/ca.pem" 2>"$work/gateway.log" & pids+=($!)
+  --upstream-ca "$work/ca.pem" 2>"$work/gateway.log" & pids+=($!); cpu_args=(--cpu "agentspace=$!")
+
+if [ -n "${BASELINE_BIN:-}" ]; then
+  printf %s "$secret" | "$BASELINE_BIN" --state-dir "$work/state-before" secret set --tenant bench bench-key
+  "$BASELINE_BIN" --state-dir "$work/state-before" gateway -f bench/gateway.yaml --user bench \
+    --listen "127.0.0.1:$before_port" --resolve "$host:$up_port:127.0.0.1" \
+    --upstream-ca "$work/ca.pem" 2>"$work/gateway-before.log" & pids+=($!)
+  cpu_args+=(--cpu "before=$!")
+fi
 
 # mitmdump: intercepting, upstream verified against the test CA, quiet (no flow log).
 mkdir -p "$work/mitm"
 mitmdump -q --listen-host 127.0.0.1 --listen-port "$mitm_port" --set confdir="$work/mitm" \
   --set ssl_verify_upstream_trusted_ca="$work/ca.pem" \
-  >"$work/mitm.log" 2>&1 & pids+=($!)
+  >"$work/mitm.log" 2>&1 & pids+=($!); cpu_args+=(--cpu "mitmdump=$!")
 
 # squid: CONNECT tunnels only, no cache, no log.
 mkdir -p "$work/squid"
@@ -136,7 +146,7 @@ coredump_dir $work/squid
 hosts_file $work/hosts
 shutdown_lifetime 0 seconds
 EOF
-squid -N -f "$work/squid/squid.conf" & pids+=($!)
+squid -N -f "$work/squid/squid.conf" & pids+=($!); cpu_args+=(--cpu "squid=$!")
 
 wait_port() {
   for _ in $(seq 200); do
@@ -150,11 +160,14 @@ wait_port "$up_port" nginx
 wait_port "$gw_port" agentspace
 wait_port "$mitm_port" mitmdump
 wait_port "$squid_port" squid
+[ -z "${BASELINE_BIN:-}" ] || wait_port "$before_port" before
 for _ in $(seq 100); do [ -f "$work/mitm/mitmproxy-ca-cert.pem" ] && break; sleep 0.1; done
 tenant_ca="$state/gateway/ca/bench/ca.pem"
+cpu_args+=(--cpu "upstream=$(pgrep -d, -P "$nginx_pid")")
 
 declare -A via=([direct]=direct [agentspace]="127.0.0.1:$gw_port"
-  [mitmdump]="127.0.0.1:$mitm_port" [squid]="127.0.0.1:$squid_port")
+  [mitmdump]="127.0.0.1:$mitm_port" [squid]="127.0.0.1:$squid_port"
+  [before]="127.0.0.1:$before_port")
 peer_args=()
 IFS=, read -r -a peers <<<"${BENCH_PEERS:-direct,agentspace,mitmdump,squid}"
 for p in "${peers[@]}"; do peer_args+=(--peer "$p=${via[$p]}"); done
@@ -172,9 +185,10 @@ for p in "${peers[@]}"; do peer_args+=(--peer "$p=${via[$p]}"); done
 
 "$client" --host "$host" --port "$up_port" --addr "127.0.0.1:$up_port" \
   --ca "$work/ca.pem" --ca "$tenant_ca" --ca "$work/mitm/mitmproxy-ca-cert.pem" \
+  ${BASELINE_BIN:+--ca "$work/state-before/gateway/ca/bench/ca.pem"} \
   --rounds "${BENCH_ROUNDS:-3}" --requests "${BENCH_REQUESTS:-2000}" \
   --connections "${BENCH_CONNECTIONS:-16,64}" --seconds "${BENCH_SECONDS:-5}" \
-  "${peer_args[@]}" >"$out/results.jsonl"
+  "${peer_args[@]}" "${cpu_args[@]}" >"$out/results.jsonl"
 
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$out/run.txt"
 # The audit log holds one verified event per request the gateway forwarded.
@@ -215,6 +229,16 @@ for p in peers:
     vd = [f"{med[p, c] / med['direct', c]:.2f}" if "direct" in peers else "-" for c in conns]
     vm = [f"{med[p, c] / med['mitmdump', c]:.2f}" if "mitmdump" in peers else "-" for c in conns]
     print(f"| {p} | " + " | ".join(cells + vd + vm) + " |")
+cpu = {(p, c): [r["cpu_us_per_request"] for r in rows if r["kind"] == "throughput" and r["peer"] == p and r["connections"] == c]
+       for p in peers for c in conns}
+print("\nCPU time per request, µs (user + system, median of rounds): the peer's own process(es), "
+      "the upstream's (nginx) and the client's:\n")
+print("| peer | " + " | ".join(f"peer ({c})" for c in conns) + " | " + " | ".join(f"upstream ({c})" for c in conns)
+      + " | " + " | ".join(f"client ({c})" for c in conns) + " |")
+print("| --- |" + " ---: |" * (3 * len(conns)))
+for p in peers:
+    cells = [f"{statistics.median(x[k] for x in cpu[p, c]):.0f}" for k in ("peer", "upstream", "client") for c in conns]
+    print(f"| {p} | " + " | ".join(cells) + " |")
 if "agentspace" in peers:
     print("\nTargets:")
     added = pct(lat["agentspace"], 0.5) - d50

@@ -11,8 +11,11 @@
 //!
 //! Every request is a `GET` of a distinct path under `--path` (a real agent's requests
 //! differ, and the gateway's loop breaker denies a request repeated past its limit); a
-//! response other than 200 counts as an error and fails the run. Prints one JSON object
-//! per measurement on stdout (bench/gateway.sh turns them into the report).
+//! response other than 200 counts as an error and fails the run. With `--cpu
+//! NAME=PID,...` the CPU time (user + system, from /proc, 10 ms ticks) those processes
+//! used during each throughput case is divided by its requests: a cost per request that
+//! other load on the machine disturbs far less than requests per second. Prints one JSON
+//! object per measurement on stdout (bench/gateway.sh turns them into the report).
 //!
 //! ```text
 //! gateway_bench --host api.bench.test --port 8443 --addr 127.0.0.1:8443 --ca ca.pem \
@@ -72,6 +75,8 @@ struct Options {
     seconds: f64,
     threads: usize,
     path: String,
+    /// Processes whose CPU time is charged per request: by peer name (and `upstream`).
+    cpu: Vec<(String, Vec<u32>)>,
 }
 
 fn parse_args() -> Result<Options, Error> {
@@ -88,6 +93,7 @@ fn parse_args() -> Result<Options, Error> {
         seconds: 5.0,
         threads: 2,
         path: "/v1/items/".into(),
+        cpu: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -121,6 +127,12 @@ fn parse_args() -> Result<Options, Error> {
             "--seconds" => o.seconds = value()?.parse()?,
             "--threads" => o.threads = value()?.parse()?,
             "--path" => o.path = value()?,
+            "--cpu" => {
+                let v = value()?;
+                let (name, pids) = v.split_once('=').ok_or("--cpu NAME=PID[,PID...]")?;
+                let pids = pids.split(',').map(str::parse).collect::<Result<_, _>>()?;
+                o.cpu.push((name.into(), pids));
+            }
             other => return Err(format!("unknown argument `{other}`").into()),
         }
     }
@@ -213,6 +225,39 @@ impl Client {
     }
 }
 
+/// User + system CPU time of `pid` (`self` for this process), in clock ticks.
+fn cpu_ticks(pid: &str) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    field(11) + field(12)
+}
+
+/// CPU time so far of the peer's processes, the upstream's and this client's, in µs.
+fn cpu_snapshot(o: &Options, peer: &str) -> [f64; 3] {
+    // Clock ticks are 100 per second on Linux (USER_HZ).
+    let us = |ticks: u64| ticks as f64 * 10_000.0;
+    let of = |name: &str| {
+        o.cpu
+            .iter()
+            .filter(|(n, _)| n == name)
+            .flat_map(|(_, pids)| pids)
+            .map(|p| cpu_ticks(&p.to_string()))
+            .sum::<u64>()
+    };
+    [us(of(peer)), us(of("upstream")), us(cpu_ticks("self"))]
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -267,6 +312,7 @@ async fn throughput(
         conns.push(conn);
     }
     let duration = Duration::from_secs_f64(client.o.seconds);
+    let cpu_before = cpu_snapshot(&client.o, &peer.name);
     let start = Instant::now();
     let deadline = start + duration;
     let mut tasks = Vec::with_capacity(connections);
@@ -292,6 +338,8 @@ async fn throughput(
         lat.extend(l);
     }
     let elapsed = start.elapsed().as_secs_f64();
+    let cpu_after = cpu_snapshot(&client.o, &peer.name);
+    let per_request = |i: usize| (cpu_after[i] - cpu_before[i]) / total.max(1) as f64;
     lat.sort_by(f64::total_cmp);
     let line = serde_json::json!({
         "kind": "throughput",
@@ -303,6 +351,11 @@ async fn throughput(
         "rps": total as f64 / elapsed,
         "p50_us": percentile(&lat, 0.50),
         "p99_us": percentile(&lat, 0.99),
+        "cpu_us_per_request": {
+            "peer": per_request(0),
+            "upstream": per_request(1),
+            "client": per_request(2),
+        },
     });
     println!("{line}");
     Ok(())

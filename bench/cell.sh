@@ -14,9 +14,12 @@ out="$PWD/target/bench"; mkdir -p "$out"
 state="$(mktemp -d)"; trap 'rm -rf "$state"' EXIT
 
 ours="$bin --state-dir $state run -f bench/cell-true.yaml -- /bin/true"
+# The same cell with a network door (an egress rule): namespace, route, nftables
+# redirect, the gateway's runtime, policy engine and tenant CA.
+door="$bin --state-dir $state run -f bench/cell-door.yaml -- /bin/true"
 bwrap="bwrap --unshare-all --die-with-parent --ro-bind /usr /usr --symlink usr/bin /bin --symlink usr/lib /lib --symlink usr/lib64 /lib64 --symlink usr/sbin /sbin --proc /proc --dev /dev --tmpfs /tmp /bin/true"
 hyperfine -N --warmup 10 --runs "$runs" --export-json "$out/cell-start.json" \
-  -n agentspace "$ours" -n bwrap "$bwrap" >/dev/null
+  -n agentspace "$ours" -n agentspace-door "$door" -n bwrap "$bwrap" >/dev/null
 
 python3 - "$out/cell-start.json" <<'PY'
 import json, statistics, sys
@@ -27,6 +30,8 @@ for k, (med, p95, n) in rows.items():
     print(f"{k:<12} runs {n:>4}  median {med:7.2f} ms  p95 {p95:7.2f} ms")
 a, b = rows["agentspace"], rows["bwrap"]
 print(f"ratio agentspace/bwrap: median {a[0]/b[0]:.2f}x  p95 {a[1]/b[1]:.2f}x")
+d = rows["agentspace-door"]
+print(f"the door adds: median {d[0]-a[0]:.2f} ms  (agentspace-door/bwrap {d[0]/b[0]:.2f}x)")
 PY
 
 # Idle cost: the processes Agent Space adds around an idle agent (launcher, supervisor,

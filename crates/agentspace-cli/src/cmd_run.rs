@@ -232,9 +232,17 @@ impl Boundary {
             .tenant_ca(&definition.tenant)?
             .cert_path()
             .to_path_buf();
-        let mcp_gateway = agentspace_gateway::McpGateway::new(
+        let mcp_gateway = agentspace_gateway::McpGateway::sandboxed(
             agentspace_audit::AuditLog::open(state.path())?,
             std::sync::Arc::new(agentspace_identity::Identity::open(state.path())),
+            std::sync::Arc::new(ToolCells {
+                exe: std::env::current_exe().context("cannot find the agentspace binary")?,
+                state: state.path().to_path_buf(),
+                dir: state.tasks_dir()?.join(task.as_str()).join("tools"),
+                tenant: definition.tenant.to_string(),
+                user: principal.user().as_str().to_owned(),
+                timeout_secs: definition.limits.timeout.as_secs().max(1),
+            }),
         );
         let mut door = agentspace_cell::NetworkDoor::create()?;
         let sockets = door.take_sockets().context("the door has no sockets")?;
@@ -298,6 +306,58 @@ impl Boundary {
             _runtime: runtime,
             task,
         }))
+    }
+}
+
+/// Runs each stdio tool server of a task in a cell of its own: `agentspace run` of a
+/// definition made for it, with the agent definition's directory as its workspace (an
+/// overlay: the server's writes never reach the host), no network, and the task's user.
+/// A tool server so never runs with the launcher's privileges, sees only its own
+/// directory and the system, and its start and exit are in the audit log.
+struct ToolCells {
+    exe: PathBuf,
+    state: PathBuf,
+    dir: PathBuf,
+    tenant: String,
+    user: String,
+    timeout_secs: u64,
+}
+
+impl agentspace_gateway::StdioSandbox for ToolCells {
+    fn wrap(
+        &self,
+        server: &str,
+        command: &[String],
+        cwd: &Path,
+    ) -> std::result::Result<Vec<String>, String> {
+        // JSON strings are YAML strings: the path and names need no further quoting.
+        let quote = |s: &str| serde_json::Value::from(s).to_string();
+        let text = format!(
+            "apiVersion: agentspace/v1\nkind: Agent\nmetadata:\n  name: {}\n  tenant: {}\nspec:\n  workspace: {}\n  resources: {{memory: 256Mi, pids: 64, cpu: 1.0, timeout: {}s}}\n",
+            quote(server),
+            quote(&self.tenant),
+            quote(&cwd.display().to_string()),
+            self.timeout_secs
+        );
+        std::fs::create_dir_all(&self.dir)
+            .and_then(|()| std::fs::write(self.dir.join(format!("{server}.yaml")), text))
+            .map_err(|e| format!("cannot write the tool server's cell definition: {e}"))?;
+        let mut argv = vec![
+            self.exe.display().to_string(),
+            "--state-dir".to_owned(),
+            self.state.display().to_string(),
+            "run".to_owned(),
+            "--user".to_owned(),
+            self.user.clone(),
+            "-f".to_owned(),
+            self.dir
+                .join(format!("{server}.yaml"))
+                .display()
+                .to_string(),
+            "--".to_owned(),
+        ];
+        argv.extend(command.iter().cloned());
+        Ok(argv)
     }
 }
 

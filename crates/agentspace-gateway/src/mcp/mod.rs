@@ -42,3 +42,4 @@ mod server;
 mod upstream;
 
 pub use server::{MCP_DOOR_PORT, MCP_PATH, McpGateway};
+pub use upstream::StdioSandbox;

@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 use super::content;
 use super::jsonrpc::{self, Message};
 use super::schema::Validator;
-use super::upstream::{ServerRequest, Upstream};
+use super::upstream::{ServerRequest, StdioSandbox, Upstream};
 use crate::door::Task;
 
 /// The port of the MCP door inside a cell: the agent reaches its tools at
@@ -51,6 +51,7 @@ const SESSION_HEADER: &str = "mcp-session-id";
 pub struct McpGateway {
     audit: AuditLog,
     identity: Arc<Identity>,
+    sandbox: Option<Arc<dyn StdioSandbox>>,
 }
 
 impl std::fmt::Debug for McpGateway {
@@ -101,7 +102,24 @@ impl McpGateway {
     /// A gateway writing every decision to `audit` and minting per-call identity tokens
     /// with `identity`.
     pub fn new(audit: AuditLog, identity: Arc<Identity>) -> Arc<Self> {
-        Arc::new(Self { audit, identity })
+        Arc::new(Self {
+            audit,
+            identity,
+            sandbox: None,
+        })
+    }
+
+    /// As [`McpGateway::new`], starting every stdio tool server through `sandbox`.
+    pub fn sandboxed(
+        audit: AuditLog,
+        identity: Arc<Identity>,
+        sandbox: Arc<dyn StdioSandbox>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            audit,
+            identity,
+            sandbox: Some(sandbox),
+        })
     }
 
     /// Serves the MCP endpoint of `task` on `listener` until the task is closed
@@ -420,6 +438,7 @@ impl McpGateway {
         let up = Upstream::start(
             server.name.as_str(),
             &server.transport,
+            self.sandbox.as_deref(),
             state.refused.clone(),
         )
         .await

@@ -3,6 +3,7 @@
 //! opened with `initialize` on first use.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -113,17 +114,38 @@ struct HttpConn {
     session: Mutex<Option<String>>,
 }
 
+/// Where stdio tool servers run. Given a server's name, command and working directory,
+/// the command to start instead: the server inside a sandbox of its own (`agentspace
+/// run` puts each in a cell with no network), so a tool server never runs with the
+/// gateway's privileges.
+pub trait StdioSandbox: Send + Sync {
+    /// The program and arguments that run `command` of `server` in its sandbox.
+    fn wrap(&self, server: &str, command: &[String], cwd: &Path) -> Result<Vec<String>, String>;
+}
+
 impl Upstream {
-    /// Starts (stdio) or connects to (HTTP) server `name` and runs the `initialize`
-    /// handshake. Server-initiated requests are refused and sent to `refused`.
+    /// Starts (stdio, in `sandbox` when given) or connects to (HTTP) server `name` and
+    /// runs the `initialize` handshake. Server-initiated requests are refused and sent to
+    /// `refused`.
     pub(crate) async fn start(
         name: &str,
         transport: &ToolTransport,
+        sandbox: Option<&dyn StdioSandbox>,
         refused: mpsc::UnboundedSender<ServerRequest>,
     ) -> Result<Self, UpstreamError> {
         let conn = match transport {
             ToolTransport::Stdio { command, cwd } => {
-                Conn::Stdio(spawn(name, command, cwd, refused)?)
+                let command = match sandbox {
+                    Some(s) => s
+                        .wrap(name, command, cwd)
+                        .map_err(|e| UpstreamError::Start {
+                            server: name.to_owned(),
+                            program: command.first().cloned().unwrap_or_default(),
+                            source: std::io::Error::other(e),
+                        })?,
+                    None => command.clone(),
+                };
+                Conn::Stdio(spawn(name, &command, cwd, refused)?)
             }
             ToolTransport::Http { url } => Conn::Http(HttpConn::new(name, url)?),
         };

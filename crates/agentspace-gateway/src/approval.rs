@@ -41,6 +41,9 @@ pub struct HoldRequest {
     pub summary: Map<String, Value>,
     /// How long to wait before denying.
     pub timeout: Duration,
+    /// The request's digest (action, resource, arguments; hex): the same request
+    /// retried after its connection was lost is matched to its approval by it.
+    pub digest: String,
 }
 
 /// How a hold ended.
@@ -138,6 +141,7 @@ pub(crate) async fn hold_for_approval(
         reason: if prompt.is_empty() { message } else { prompt },
         summary,
         timeout,
+        digest: hex::encode(request.digest()),
     };
     let held = tokio::select! {
         held = desk.hold(hold) => held,

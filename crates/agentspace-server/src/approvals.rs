@@ -216,6 +216,11 @@ impl ApprovalStore {
         }
     }
 
+    /// The control database (for the gateway's desk).
+    pub(crate) fn db(&self) -> &Arc<Db> {
+        &self.inner.db
+    }
+
     /// Persists a held action and records `approval_requested` in the audit log (first:
     /// if the log refuses it, nothing is held and the caller must deny). Returns the id.
     pub fn request(&self, context: ApprovalContext) -> Result<String, ServerError> {

@@ -57,6 +57,10 @@ CREATE TABLE IF NOT EXISTS approval (
   decided_at   INTEGER
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS approval_pending ON approval (tenant, state, requested_at);
+CREATE TABLE IF NOT EXISTS approval_use (
+  id      TEXT PRIMARY KEY NOT NULL,
+  used_at INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS approval_announced (
   id TEXT PRIMARY KEY NOT NULL,
   at INTEGER NOT NULL

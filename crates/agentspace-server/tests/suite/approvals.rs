@@ -250,3 +250,105 @@ fn each_approval_request_is_announced_once_to_the_webhook() {
     std::thread::sleep(Duration::from_millis(2500));
     assert!(hook.accept().is_err(), "announced twice");
 }
+
+fn held_request(digest: &str) -> agentspace_gateway::HoldRequest {
+    agentspace_gateway::HoldRequest {
+        tenant: "acme".to_owned(),
+        user: "alice".to_owned(),
+        task: "01jabcdefghjkmnpqrstvwxyz0".to_owned(),
+        agent: "credit-officer".to_owned(),
+        action: "POST".to_owned(),
+        resource: "https://payments.example.com/v1/transfers".to_owned(),
+        policies: vec!["approval-payments".to_owned()],
+        reason: "payments over 1000 need approval".to_owned(),
+        summary: serde_json::Map::new(),
+        timeout: Duration::from_secs(60),
+        digest: digest.to_owned(),
+    }
+}
+
+#[test]
+fn a_request_retried_after_its_connection_was_lost_goes_through_once() {
+    use agentspace_core::Name;
+    use agentspace_gateway::{ApprovalDesk, Held};
+    use agentspace_server::{ApprovalState, Outcome};
+
+    let server = TestServer::start();
+    let store = server.approvals.clone();
+    let tenant = Name::new("acme").unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let pending = || {
+        store
+            .list(&tenant, Some(ApprovalState::Pending), 10)
+            .unwrap()
+    };
+    rt.block_on(async {
+        // Held, then the agent's connection is lost: the hold is dropped.
+        let lost =
+            tokio::time::timeout(Duration::from_millis(700), store.hold(held_request("d1"))).await;
+        assert!(lost.is_err(), "the request was not held");
+        let asked = pending();
+        assert_eq!(asked.len(), 1);
+        let id = asked[0].id.clone();
+        // A retry while it is pending waits on the same approval; a person approves.
+        let retry = {
+            let store = store.clone();
+            tokio::spawn(async move { store.hold(held_request("d1")).await })
+        };
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert_eq!(pending().len(), 1, "the retry asked again");
+        store
+            .decide(&tenant, &id, "bob", Outcome::Approve, "fine")
+            .unwrap();
+        assert_eq!(
+            retry.await.unwrap(),
+            Held::Approved {
+                approval: id.clone(),
+                approver: "bob".to_owned()
+            }
+        );
+        // The approval let one request through; the same request again asks anew, and a
+        // different request never matches it.
+        let again =
+            tokio::time::timeout(Duration::from_millis(700), store.hold(held_request("d1"))).await;
+        assert!(
+            again.is_err(),
+            "a used approval let a second request through"
+        );
+        let other =
+            tokio::time::timeout(Duration::from_millis(700), store.hold(held_request("d2"))).await;
+        assert!(other.is_err());
+        let asked = pending();
+        assert_eq!(asked.len(), 2);
+        assert!(asked.iter().all(|a| a.id != id));
+    });
+
+    // Granted while nobody waits (the connection was lost before the decision): the
+    // retry goes through at once, and only one retry.
+    rt.block_on(async {
+        let id = pending()
+            .into_iter()
+            .find(|a| a.context.request.get("digest").and_then(|d| d.as_str()) == Some("d2"))
+            .unwrap()
+            .id;
+        store
+            .decide(&tenant, &id, "bob", Outcome::Approve, "ok")
+            .unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(5), store.hold(held_request("d2")))
+            .await
+            .unwrap();
+        assert_eq!(
+            first,
+            Held::Approved {
+                approval: id.clone(),
+                approver: "bob".to_owned()
+            }
+        );
+        let second =
+            tokio::time::timeout(Duration::from_millis(700), store.hold(held_request("d2"))).await;
+        assert!(second.is_err(), "the grant was used twice");
+    });
+}

@@ -62,6 +62,19 @@ pub struct RawFlowRule {
     /// The destinations cleared for it: egress rule names and tool server names. Once
     /// a task's session carries the label, every other destination is denied (`flow`).
     pub may_flow_to: Vec<Name>,
+    /// Instead of denying, hold a request to a destination not cleared for the label
+    /// for a human's approval (`{}` for the default timeout of 10m).
+    #[serde(default)]
+    pub approval: Option<RawFlowApproval>,
+}
+
+/// How long a flow violation waits for approval.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawFlowApproval {
+    /// How long the request is held before it is denied (default 10m).
+    #[serde(default)]
+    pub timeout: Option<crate::quantity::Duration>,
 }
 
 /// How the boundary reaches a tool server.
@@ -105,6 +118,9 @@ pub struct FlowRule {
     pub label: String,
     /// Egress rule names and tool server names cleared for it.
     pub may_flow_to: Vec<Name>,
+    /// When set, a request to a destination not cleared for the label is held this long
+    /// for a human's approval instead of denied.
+    pub approval: Option<std::time::Duration>,
 }
 
 /// The validated tool sections.
@@ -255,6 +271,10 @@ pub(crate) fn validate_tools(
         out.flows.push(FlowRule {
             label: raw.label.clone(),
             may_flow_to: raw.may_flow_to.clone(),
+            approval: raw
+                .approval
+                .as_ref()
+                .map(|a| a.timeout.map_or(DEFAULT_APPROVAL_TIMEOUT, |t| t.get())),
         });
     }
     Ok(out)

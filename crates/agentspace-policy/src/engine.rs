@@ -150,7 +150,9 @@ impl PolicyEngine {
         let Decision::Allow { .. } = &evaluated.decision else {
             return Ok(evaluated.decision);
         };
-        if let Some(denied) = crate::flow::check(&gov.tools, request, &evaluated.capabilities) {
+        if let Some(denied) =
+            crate::flow::check(&gov.tools, request, &evaluated.capabilities, approved)
+        {
             return Ok(denied);
         }
         if let Some(why) = self.revocations.check(p, &evaluated.capabilities)? {

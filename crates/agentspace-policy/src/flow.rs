@@ -86,7 +86,12 @@ impl Taint {
 /// cleared for each destination the request reaches (the tool server of an MCP call;
 /// the capabilities an HTTP request was allowed under). DNS lookups and spawns carry no
 /// data of the session and are not checked.
-pub(crate) fn check(tools: &Tools, request: &Request, capabilities: &[String]) -> Option<Decision> {
+pub(crate) fn check(
+    tools: &Tools,
+    request: &Request,
+    capabilities: &[String],
+    approved: bool,
+) -> Option<Decision> {
     let labels = &request.context.labels;
     if labels.is_empty() {
         return None;
@@ -113,15 +118,43 @@ pub(crate) fn check(tools: &Tools, request: &Request, capabilities: &[String]) -
             .filter(|l| !tools.cleared(dest, l))
             .cloned()
             .collect();
-        if !uncleared.is_empty() {
-            return Some(Decision::deny(
-                DenyReason::Flow,
-                format!(
-                    "{what} is denied: the session carries {} and `{dest}` is not cleared for it (spec.flows[].mayFlowTo, spec.tools[].clearedFor)",
-                    list(&uncleared)
-                ),
-            ));
+        if uncleared.is_empty() {
+            continue;
         }
+        // Every uncleared label's rule may send the request for approval instead: the
+        // longest of their timeouts holds it; once a person approved, it goes on.
+        let holds: Option<Vec<std::time::Duration>> = uncleared
+            .iter()
+            .map(|l| {
+                tools
+                    .flows
+                    .iter()
+                    .find(|f| &f.label == l)
+                    .and_then(|f| f.approval)
+            })
+            .collect();
+        if let Some(timeouts) = holds {
+            if approved {
+                continue;
+            }
+            let message = format!(
+                "{what} needs approval: the session carries {} and `{dest}` is not cleared for it",
+                list(&uncleared)
+            );
+            return Some(Decision::ApprovalRequired {
+                policies: uncleared.iter().map(|l| format!("flow.{l}")).collect(),
+                prompt: message.clone(),
+                timeout: timeouts.into_iter().max().unwrap_or_default(),
+                message,
+            });
+        }
+        return Some(Decision::deny(
+            DenyReason::Flow,
+            format!(
+                "{what} is denied: the session carries {} and `{dest}` is not cleared for it (spec.flows[].mayFlowTo, spec.tools[].clearedFor)",
+                list(&uncleared)
+            ),
+        ));
     }
     None
 }

@@ -247,3 +247,36 @@ fn a_bad_tool_approval_condition_names_the_field() {
     let e = agentspace_policy::CompiledPolicies::compile(&f.definition).unwrap_err();
     assert!(e.to_string().contains("spec.tools[3].approval.when"), "{e}");
 }
+
+#[test]
+fn a_flow_rule_with_approval_holds_what_it_would_deny() {
+    let text = TOOLS.replace(
+        "      mayFlowTo: [scoring, templates]\n",
+        "      mayFlowTo: [scoring, templates]\n      approval: {timeout: 5m}\n",
+    );
+    let f = Fixture::new(&text, &[]);
+    let e = PolicyEngine::load(&f.definition, &f.state()).unwrap();
+    let p = principal("credit-officer", "t1");
+    e.taint(&p, ["pii".to_owned()]).unwrap();
+    let web = http(&p, "GET", "www.example.org", "/");
+    match e.decide(&web) {
+        Decision::ApprovalRequired {
+            policies, timeout, ..
+        } => {
+            assert_eq!(policies, ["flow.pii"]);
+            assert_eq!(timeout, std::time::Duration::from_secs(300));
+        }
+        other => panic!("expected approval-required, got {other}"),
+    }
+    // Approved by a person, it goes on; cleared destinations never needed approval.
+    assert!(e.decide_approved(&web).is_allow());
+    assert!(
+        e.decide(&http(&p, "POST", "scoring.internal.example", "/v1/score"))
+            .is_allow()
+    );
+    // A rule without approval still denies.
+    let f = Fixture::new(TOOLS, &[]);
+    let e = PolicyEngine::load(&f.definition, &f.state()).unwrap();
+    e.taint(&p, ["pii".to_owned()]).unwrap();
+    assert!(e.decide_approved(&web).deny_reason() == Some(DenyReason::Flow));
+}

@@ -33,4 +33,7 @@ pub use principal::{
 };
 pub use quantity::{Cpu, Duration, Size};
 pub use task::{LimitHit, ManifestLimits, TaskManifest, TaskState};
-pub use tools::{FlowRule, RawFlowRule, RawToolServer, ToolServer, ToolTransport, Tools};
+pub use tools::{
+    FlowRule, InjectionAction, RawFlowApproval, RawFlowRule, RawToolServer, ToolServer,
+    ToolTransport, Tools,
+};

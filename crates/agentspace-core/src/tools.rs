@@ -51,6 +51,24 @@ pub struct RawToolServer {
     /// expression over the call (`context.tool`, `context.arguments`).
     #[serde(default)]
     pub approval: Option<RawApproval>,
+    /// What to do with a result that looks like a prompt injection (instructions aimed
+    /// at the model, role markers, tool-call look-alikes, hidden unicode): `flag` it
+    /// (default), `redact` the strings that do, or `block` the whole result.
+    #[serde(default)]
+    pub injection: Option<InjectionAction>,
+}
+
+/// What the MCP gateway does with a tool result that looks like a prompt injection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum InjectionAction {
+    /// Pass it on, flagged (`_meta["agentspace/flags"]` and the audit log).
+    #[default]
+    Flag,
+    /// Replace each string that looks like one, and flag the result.
+    Redact,
+    /// Withhold the whole result: the agent gets an error.
+    Block,
 }
 
 /// One data-flow rule as written under `spec.flows`.
@@ -109,6 +127,8 @@ pub struct ToolServer {
     pub cleared_for: BTreeSet<String>,
     /// The approval requirement of its calls, if any.
     pub approval: Option<Approval>,
+    /// What happens to results that look like prompt injections.
+    pub injection: InjectionAction,
 }
 
 /// A validated data-flow rule.
@@ -237,6 +257,7 @@ pub(crate) fn validate_tools(
             labels,
             cleared_for,
             approval,
+            injection: raw.injection.unwrap_or_default(),
         });
     }
 

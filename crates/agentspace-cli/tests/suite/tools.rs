@@ -108,6 +108,18 @@ fn the_credit_officer_scenario_runs_in_a_cell_and_every_tool_call_is_governed() 
         serde_json::json!(["instruction"]),
         "{r:?}"
     );
+    // customer-db has `injection: redact`: the instruction never reaches the agent.
+    assert!(
+        !step("lookup-tampered")
+            .to_string()
+            .contains("IGNORE PREVIOUS INSTRUCTIONS"),
+        "{r:?}"
+    );
+    assert_eq!(
+        step("lookup-tampered")["structured"]["name"],
+        "John Roe",
+        "{r:?}"
+    );
 
     // Every call is on the record as alice's, and the record verifies.
     let events = s.audit_events(&["--kind", "mcp_call"]);

@@ -694,8 +694,23 @@ impl McpGateway {
                         }
                     }
                     let flags = content::scan_result(&result);
+                    let blocked =
+                        content::apply_injection(server_def.injection, &mut result, &flags);
                     if !flags.is_empty() {
                         result_event.details.insert("flags".into(), json!(flags));
+                        result_event
+                            .details
+                            .insert("injection".into(), json!(server_def.injection));
+                    }
+                    if let Some(message) = blocked {
+                        result_event.decision = Some(AuditDecision::Deny);
+                        result_event.reason = Some(message.clone());
+                        result_event
+                            .details
+                            .insert("code".into(), json!("injection"));
+                        result = json!({"content": [{"type": "text", "text": message}], "isError": true});
+                    }
+                    if !flags.is_empty() {
                         if let Some(obj) = result.as_object_mut() {
                             let meta = obj.entry("_meta").or_insert_with(|| json!({}));
                             if let Some(meta) = meta.as_object_mut() {

@@ -710,12 +710,12 @@ impl McpGateway {
                             .insert("code".into(), json!("injection"));
                         result = json!({"content": [{"type": "text", "text": message}], "isError": true});
                     }
-                    if !flags.is_empty() {
-                        if let Some(obj) = result.as_object_mut() {
-                            let meta = obj.entry("_meta").or_insert_with(|| json!({}));
-                            if let Some(meta) = meta.as_object_mut() {
-                                meta.insert("agentspace/flags".into(), json!(flags));
-                            }
+                    if !flags.is_empty()
+                        && let Some(obj) = result.as_object_mut()
+                    {
+                        let meta = obj.entry("_meta").or_insert_with(|| json!({}));
+                        if let Some(meta) = meta.as_object_mut() {
+                            meta.insert("agentspace/flags".into(), json!(flags));
                         }
                     }
                     jsonrpc::result(id, result)

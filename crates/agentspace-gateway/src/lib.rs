@@ -45,6 +45,6 @@ pub use dns::{
 };
 pub use door::{Arrival, Door, DoorListener, Task};
 pub use error::GatewayError;
-pub use mcp::{MCP_DOOR_PORT, MCP_PATH, McpGateway, StdioSandbox};
+pub use mcp::{MCP_DOOR_PORT, MCP_PATH, McpGateway, StdioSandbox, fuzz_message};
 pub use proxy::{DECISION_HEADER, Gateway};
 pub use ssrf::refused_address;

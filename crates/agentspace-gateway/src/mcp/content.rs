@@ -37,7 +37,7 @@ impl Findings {
         self.kinds
             .iter()
             .map(|k| match *k {
-                "card-number" | "iban" => PII.to_owned(),
+                "card-number" | "iban" | "national-id" => PII.to_owned(),
                 _ => SECRET.to_owned(),
             })
             .collect()
@@ -83,6 +83,9 @@ pub(crate) fn scan_arguments(value: &Value) -> Findings {
         if has_iban(text) {
             found.kinds.insert("iban");
         }
+        if has_us_ssn(text) || has_uk_nino(text) {
+            found.kinds.insert("national-id");
+        }
         if text.contains("-----BEGIN") && text.contains("PRIVATE KEY") {
             found.kinds.insert("private-key");
         }
@@ -96,6 +99,68 @@ pub(crate) fn scan_arguments(value: &Value) -> Findings {
         }
     }
     found
+}
+
+/// A US social security number written `AAA-GG-SSSS`, with the ranges the SSA never
+/// issues left out (area 000, 666 and 9xx; group 00; serial 0000). Undashed nine-digit
+/// runs are too common to call personal data.
+fn has_us_ssn(text: &str) -> bool {
+    let b = text.as_bytes();
+    b.windows(11).enumerate().any(|(at, w)| {
+        let digits = |r: std::ops::Range<usize>| {
+            w.get(r.clone())
+                .is_some_and(|d| d.iter().all(u8::is_ascii_digit))
+        };
+        let bounded = at
+            .checked_sub(1)
+            .and_then(|i| b.get(i))
+            .is_none_or(|c| !c.is_ascii_alphanumeric())
+            && b.get(at + 11).is_none_or(|c| !c.is_ascii_alphanumeric());
+        if !(bounded
+            && digits(0..3)
+            && digits(4..6)
+            && digits(7..11)
+            && w.get(3) == Some(&b'-')
+            && w.get(6) == Some(&b'-'))
+        {
+            return false;
+        }
+        let area = w.get(0..3).unwrap_or_default();
+        area != b"000"
+            && area != b"666"
+            && area.first() != Some(&b'9')
+            && w.get(4..6) != Some(b"00".as_slice())
+            && w.get(7..11) != Some(b"0000".as_slice())
+    })
+}
+
+/// A UK National Insurance number (`QQ123456C`, spaces allowed between pairs): two
+/// letters (not D, F, I, Q, U, V; the second not O; not the prefixes HMRC never issues),
+/// six digits, a suffix A to D.
+fn has_uk_nino(text: &str) -> bool {
+    let compact: Vec<char> = text.chars().filter(|c| *c != ' ').collect();
+    compact.windows(9).enumerate().any(|(at, w)| {
+        let bounded = at
+            .checked_sub(1)
+            .and_then(|i| compact.get(i))
+            .is_none_or(|c| !c.is_ascii_alphanumeric())
+            && compact
+                .get(at + 9)
+                .is_none_or(|c| !c.is_ascii_alphanumeric());
+        let (Some(a), Some(b), Some(suffix)) = (w.first(), w.get(1), w.get(8)) else {
+            return false;
+        };
+        let prefix: String = [*a, *b].iter().collect();
+        bounded
+            && a.is_ascii_uppercase()
+            && b.is_ascii_uppercase()
+            && !"DFIQUV".contains(*a)
+            && !"DFIQUVO".contains(*b)
+            && !["BG", "GB", "NK", "KN", "TN", "NT", "ZZ"].contains(&prefix.as_str())
+            && w.get(2..8)
+                .is_some_and(|d| d.iter().all(char::is_ascii_digit))
+            && ('A'..='D').contains(suffix)
+    })
 }
 
 /// Well-known credential formats: a fixed prefix followed by at least this many
@@ -372,6 +437,44 @@ const TOOL_CALLS: &[&str] = &[
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn national_ids_are_personal_data() {
+        for id in [
+            "ssn 123-45-6789",
+            "SSN:078-05-1120.",
+            "NI number QQ 12 34 56 C",
+            "AB123456D",
+        ] {
+            let f = scan_arguments(&json!({ "note": id }));
+            if id.contains("QQ") {
+                // QQ is the specimen prefix HMRC never issues.
+                assert!(!f.kinds.contains("national-id"), "{id}");
+                continue;
+            }
+            assert!(f.kinds.contains("national-id"), "{id}");
+            assert!(f.labels().contains("pii"), "{id}");
+        }
+        for not_id in [
+            "000-12-3456",
+            "666-12-3456",
+            "912-12-3456",
+            "123-00-4567",
+            "123-45-0000",
+            "order 1234-56-7890",
+            "123456789",
+            "BG123456A",
+            "AB123456E",
+            "phone 555-12-1234x",
+        ] {
+            assert!(
+                !scan_arguments(&json!({ "note": not_id }))
+                    .kinds
+                    .contains("national-id"),
+                "{not_id}"
+            );
+        }
+    }
+
     #[test]
     fn injection_settings_flag_redact_or_block() {
         use agentspace_core::InjectionAction;

@@ -43,3 +43,22 @@ mod upstream;
 
 pub use server::{MCP_DOOR_PORT, MCP_PATH, McpGateway};
 pub use upstream::StdioSandbox;
+
+/// Runs the parsers and scanners an MCP message from a client or a tool server meets:
+/// JSON, the JSON-RPC envelope, the argument scan, the result scan and redaction. For the
+/// cargo-fuzz target `mcp_message`; it must never panic, whatever the bytes.
+#[doc(hidden)]
+pub fn fuzz_message(bytes: &[u8]) {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) else {
+        return;
+    };
+    let mut result = value.clone();
+    let _ = content::scan_arguments(&value);
+    let flags = content::scan_result(&value);
+    let _ = content::apply_injection(
+        agentspace_core::InjectionAction::Redact,
+        &mut result,
+        &flags,
+    );
+    let _ = jsonrpc::parse(value);
+}

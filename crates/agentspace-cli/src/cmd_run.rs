@@ -287,10 +287,10 @@ impl Boundary {
             let door = Door::new(DoorListener::Tcp(proxy), gw_task);
             let task = std::sync::Arc::clone(door.task());
             tokio::spawn(std::sync::Arc::clone(&gateway).serve(door));
-            tokio::spawn(
-                std::sync::Arc::clone(&gateway)
-                    .serve_transparent(transparent, std::sync::Arc::clone(&task)),
-            );
+            tokio::spawn(std::sync::Arc::clone(&gateway).serve(Door::for_task(
+                DoorListener::Transparent(transparent),
+                std::sync::Arc::clone(&task),
+            )));
             tokio::spawn(
                 std::sync::Arc::clone(&gateway).serve_dns(dns_udp, std::sync::Arc::clone(&task)),
             );

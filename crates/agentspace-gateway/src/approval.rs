@@ -99,14 +99,15 @@ pub(crate) async fn decide(
 
 /// Holds an approval-required `decision` (HTTP or MCP) at the task's desk, if it has
 /// one: returns the decision the request proceeds with and the approval's id. Other
-/// decisions, and tasks without a desk, pass through unchanged.
+/// decisions, and tasks without a desk, pass through unchanged. `summary` (what the
+/// approver is shown) is only built when the request is held.
 pub(crate) async fn hold_for_approval(
     task: &Arc<Task>,
     decision: Decision,
     request: Option<PolicyRequest>,
     action: &str,
-    resource: String,
-    summary: Map<String, Value>,
+    resource: impl FnOnce() -> String,
+    summary: impl FnOnce() -> Map<String, Value>,
 ) -> (Decision, Option<String>) {
     let (Some(desk), Some(request)) = (task.approvals.as_ref(), request) else {
         return (decision, None);
@@ -120,7 +121,7 @@ pub(crate) async fn hold_for_approval(
     else {
         return (decision, None);
     };
-    let mut summary = summary;
+    let mut summary = summary();
     if let Some(body) = &request.context.body {
         // What the decision was made on (an amount, a recipient): what a person
         // needs to judge the request.
@@ -136,7 +137,7 @@ pub(crate) async fn hold_for_approval(
         task: p.current().task.as_str().to_owned(),
         agent: p.current().agent.as_str().to_owned(),
         action: action.to_owned(),
-        resource,
+        resource: resource(),
         policies: policies.clone(),
         reason: if prompt.is_empty() { message } else { prompt },
         summary,

@@ -111,6 +111,9 @@ pub enum DoorListener {
     Tcp(TcpListener),
     /// A unix socket listener (explicit proxy).
     Unix(UnixListener),
+    /// The target of a cell's redirect rule: each connection's original destination is
+    /// read from the kernel (`SO_ORIGINAL_DST`) and served as [`Arrival::Transparent`].
+    Transparent(TcpListener),
 }
 
 /// A task's door: its listener and the task every connection on it acts for.
@@ -127,6 +130,12 @@ impl Door {
             listener,
             task: Arc::new(task),
         }
+    }
+
+    /// Binds `listener` to a task that already has a door (a cell's explicit proxy,
+    /// transparent door and resolver all act for one task).
+    pub fn for_task(listener: DoorListener, task: Arc<Task>) -> Self {
+        Self { listener, task }
     }
 
     /// The task of this door.

@@ -131,11 +131,6 @@ impl Gateway {
         }))
     }
 
-    /// The gateway's settings.
-    pub(crate) fn config(&self) -> &GatewayConfig {
-        &self.config
-    }
-
     /// The interception CA of `tenant` (created on first use), whose certificate the
     /// tenant's cells must trust.
     pub fn tenant_ca(&self, tenant: &Name) -> Result<Arc<TenantCa>, GatewayError> {
@@ -181,6 +176,30 @@ impl Gateway {
                                 Arc::clone(&task),
                                 Arrival::Proxy,
                             ));
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                    },
+                    () = task.wait_closed() => return,
+                },
+                DoorListener::Transparent(l) => tokio::select! {
+                    accepted = l.accept() => match accepted {
+                        Ok((stream, _)) => {
+                            let _ = stream.set_nodelay(true);
+                            let gw = Arc::clone(&self);
+                            let task = Arc::clone(&task);
+                            tokio::spawn(async move {
+                                match crate::transparent::original_destination(&stream) {
+                                    Some(original) => {
+                                        gw.serve_connection(
+                                            Held::new(stream, permit),
+                                            task,
+                                            Arrival::Transparent { original },
+                                        )
+                                        .await;
+                                    }
+                                    None => gw.refuse_unredirected(&task).await,
+                                }
+                            });
                         }
                         Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
                     },
@@ -568,8 +587,8 @@ impl Gateway {
             decision,
             request,
             &method,
-            resource.clone(),
-            approval_summary(&method, &target, &path, &parts.headers),
+            || resource.clone(),
+            || approval_summary(&method, &target, &path, &parts.headers),
         )
         .await;
         let verdict = self.verdict(task, decision, &target).await;

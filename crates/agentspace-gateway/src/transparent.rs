@@ -17,63 +17,28 @@
 
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
-use std::time::Duration;
 
 use nix::sys::socket::{getsockopt, sockopt::OriginalDst};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::net::TcpStream;
 
 use crate::dns::is_synthetic;
-use crate::door::{Arrival, Task};
-use crate::io::Held;
+use crate::door::Task;
 use crate::proxy::Gateway;
 
 impl Gateway {
-    /// Serves `task`'s transparent door on `listener` (the target of the cell's
-    /// redirect rule) until the task closes.
-    pub async fn serve_transparent(self: Arc<Self>, listener: TcpListener, task: Arc<Task>) {
-        let permits = Arc::new(Semaphore::new(
-            self.config().limits.max_connections_per_door.max(1),
-        ));
-        loop {
-            let permit = tokio::select! {
-                permit = Arc::clone(&permits).acquire_owned() => permit,
-                () = task.wait_closed() => return,
-            };
-            let Ok(permit) = permit else {
-                return;
-            };
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                () = task.wait_closed() => return,
-            };
-            let Ok((stream, _)) = accepted else {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            };
-            let _ = stream.set_nodelay(true);
-            let Some(original) = original_destination(&stream) else {
-                let gw = Arc::clone(&self);
-                let task = Arc::clone(&task);
-                tokio::spawn(async move {
-                    let _ = gw
-                        .audit_refusal(
-                            &task,
-                            "CONNECT",
-                            "transparent door".to_owned(),
-                            "invalid-request",
-                            "a connection reached the transparent door without a redirected destination".to_owned(),
-                        )
-                        .await;
-                });
-                continue;
-            };
-            tokio::spawn(Arc::clone(&self).serve_connection(
-                Held::new(stream, permit),
-                Arc::clone(&task),
-                Arrival::Transparent { original },
-            ));
-        }
+    /// Audits a connection that reached the transparent door without a redirect behind
+    /// it (made straight to the listener); the connection is then dropped.
+    pub(crate) async fn refuse_unredirected(&self, task: &Arc<Task>) {
+        let _ = self
+            .audit_refusal(
+                task,
+                "CONNECT",
+                "transparent door".to_owned(),
+                "invalid-request",
+                "a connection reached the transparent door without a redirected destination"
+                    .to_owned(),
+            )
+            .await;
     }
 
     /// The host a transparent connection to `original` is fixed to: the looked-up name
@@ -118,7 +83,7 @@ impl Gateway {
 }
 
 /// Where a redirected connection was going, as the kernel recorded it.
-fn original_destination(stream: &TcpStream) -> Option<SocketAddr> {
+pub(crate) fn original_destination(stream: &TcpStream) -> Option<SocketAddr> {
     let raw = getsockopt(stream, OriginalDst).ok()?;
     let ip = std::net::Ipv4Addr::from(u32::from_be(raw.sin_addr.s_addr));
     let addr = SocketAddr::V4(SocketAddrV4::new(ip, u16::from_be(raw.sin_port)));

@@ -15,7 +15,7 @@ use agentspace_gateway::{ApprovalDesk, Held, HoldRequest};
 
 use crate::approvals::{ApprovalContext, ApprovalState, ApprovalStore, Resolution};
 use crate::error::ServerError;
-use crate::store::Db;
+use crate::store::{Db, now_ms};
 
 impl ApprovalStore {
     /// The approval store of the state directory `state_dir` (its control database),
@@ -191,16 +191,9 @@ impl ApprovalStore {
 
 /// Records that approval `id` let its request through; `false` if it already had.
 fn use_approval(c: &rusqlite::Connection, id: &str) -> rusqlite::Result<bool> {
-    let now = i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis(),
-    )
-    .unwrap_or(i64::MAX);
     let n = c.execute(
         "INSERT OR IGNORE INTO approval_use (id, used_at) VALUES (?1, ?2)",
-        rusqlite::params![id, now],
+        rusqlite::params![id, now_ms()],
     )?;
     Ok(n == 1)
 }

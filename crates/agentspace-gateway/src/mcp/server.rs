@@ -532,16 +532,18 @@ impl McpGateway {
         };
         let (decision, request) = crate::approval::decide(task, request).await;
         // A call that needs approval waits here for a person when the task has a desk.
-        let mut summary = Map::new();
-        summary.insert("server".into(), json!(server));
-        summary.insert("tool".into(), json!(entry.tool));
         let (decision, approval) = crate::approval::hold_for_approval(
             task,
             decision,
             request,
             "tools/call",
-            resource.clone(),
-            summary,
+            || resource.clone(),
+            || {
+                let mut summary = Map::new();
+                summary.insert("server".into(), json!(server));
+                summary.insert("tool".into(), json!(entry.tool));
+                summary
+            },
         )
         .await;
         let session_labels = task

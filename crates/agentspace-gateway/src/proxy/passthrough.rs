@@ -75,8 +75,8 @@ impl Gateway {
             decision,
             request,
             "TUNNEL",
-            resource.clone(),
-            summary.clone(),
+            || resource.clone(),
+            || summary.clone(),
         )
         .await;
         let verdict = match self.verdict(task, decision, &target).await {

@@ -153,12 +153,7 @@ fn the_cell_reaches_allowed_hosts_only_through_the_gateway() {
     let s = Sandbox::new();
     let up = upstream(&s);
     let def = s.definition("governed.yaml", GOVERNED);
-    let mut set = s.command();
-    set.args(["secret", "set", "--tenant", "acme", "api-key"])
-        .stdin(Stdio::piped());
-    let mut child = set.spawn().unwrap();
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"s3cr3t-token-value\n").unwrap();
-    assert!(child.wait().unwrap().success());
+    s.set_secret("acme", "api-key", "s3cr3t-token-value");
     let script = format!(
         "curl -sS https://api.example.test/v1/ok; \
          echo '--'; curl -sS https://api.example.test/v2/no; echo; \
@@ -170,16 +165,8 @@ fn the_cell_reaches_allowed_hosts_only_through_the_gateway() {
          echo '--'; python3 -c \"import urllib.request; print(urllib.request.urlopen('https://api.example.test/v1/python').read().decode())\"",
         port = up.port
     );
-    let mut c = s.command();
-    c.args(["run", "--user", "alice", "-f"])
-        .arg(&def)
-        .args([
-            "--resolve",
-            &format!("api.example.test:443:127.0.0.1:{}", up.port),
-        ])
-        .arg("--upstream-ca")
-        .arg(s.path().join("ca.pem"))
-        .args(["--", "sh", "-c", &script]);
+    let mut c = s.governed_run(&def, up.port);
+    c.args(["--", "sh", "-c", &script]);
     let r: Ran = c.output().unwrap().into();
     assert_eq!(r.code, 0, "{r:?}");
     let parts: Vec<&str> = r.stdout.split("--\n").collect();
@@ -246,22 +233,7 @@ fn the_cell_reaches_allowed_hosts_only_through_the_gateway() {
     }
 
     // Every request was decided and audited, and the log verifies.
-    let q = s
-        .command()
-        .args([
-            "audit",
-            "query",
-            "--kind",
-            "http_request",
-            "--format",
-            "jsonl",
-        ])
-        .output()
-        .unwrap();
-    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&q.stdout)
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event"].clone())
-        .collect();
+    let events = s.audit_events(&["--kind", "http_request"]);
     let seen: Vec<(String, String)> = events
         .iter()
         .map(|e| {
@@ -285,15 +257,7 @@ fn the_cell_reaches_allowed_hosts_only_through_the_gateway() {
             .all(|e| e["user"] == "alice" && e["agent"] == "fetcher"),
         "{events:?}"
     );
-    assert_eq!(
-        s.command()
-            .args(["audit", "verify"])
-            .output()
-            .unwrap()
-            .status
-            .code(),
-        Some(0)
-    );
+    assert!(s.audit_verifies());
 }
 
 #[test]
@@ -398,16 +362,8 @@ fn a_pinning_client_in_the_cell_gets_the_upstreams_own_certificate() {
         "pinned.yaml",
         &PLAIN.replace("      methods: [GET]\n", "      tls: passthrough\n"),
     );
-    let mut c = s.command();
-    c.args(["run", "--user", "alice", "-f"])
-        .arg(&def)
-        .args([
-            "--resolve",
-            &format!("api.example.test:443:127.0.0.1:{}", up.port),
-        ])
-        .arg("--upstream-ca")
-        .arg(s.path().join("ca.pem"))
-        .args([
+    let mut c = s.governed_run(&def, up.port);
+    c.args([
             "--",
             "sh",
             "-c",
@@ -422,22 +378,13 @@ fn a_pinning_client_in_the_cell_gets_the_upstreams_own_certificate() {
         "upstream saw /v1/pinned\n--\nNOT-INTERCEPTED\n--\nupstream saw /v1/transparent\n",
         "{r:?}"
     );
-    let q = s
-        .command()
-        .args([
-            "audit",
-            "query",
-            "--kind",
-            "http_request",
-            "--format",
-            "jsonl",
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&q.stdout);
+    let events = s.audit_events(&["--kind", "http_request"]);
     assert!(
-        text.contains("\"action\":\"TUNNEL\"") && text.contains("tls://api.example.test:443"),
-        "{text}"
+        events.iter().any(|e| e["action"] == "TUNNEL"
+            && e["resource"]
+                .as_str()
+                .is_some_and(|r| r.contains("tls://api.example.test:443"))),
+        "{events:#?}"
     );
 }
 

@@ -4,8 +4,6 @@
 //! posing as `api.example.test`; every attempt that must fail is asserted to fail and to
 //! be in the audit log.
 
-use std::process::Stdio;
-
 use super::boundary::upstream;
 use super::support::{Ran, Sandbox, privileged};
 
@@ -110,12 +108,7 @@ fn programs_that_ignore_the_proxy_are_governed_and_nothing_else_gets_out() {
     let s = Sandbox::new();
     let up = upstream(&s);
     let def = s.definition("door.yaml", DEFINITION);
-    let mut set = s.command();
-    set.args(["secret", "set", "--tenant", "acme", "api-key"])
-        .stdin(Stdio::piped());
-    let mut child = set.spawn().unwrap();
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"door-secret-value\n").unwrap();
-    assert!(child.wait().unwrap().success());
+    s.set_secret("acme", "api-key", "door-secret-value");
     let mut c = s.governed_run(&def, up.port);
     c.args(["--", "python3", "-c", AGENT]);
     let r: Ran = c.output().unwrap().into();

@@ -156,6 +156,22 @@ impl Sandbox {
             .collect()
     }
 
+    /// Stores secret `name` of `tenant` with `value`, sent on stdin as a user would.
+    pub fn set_secret(&self, tenant: &str, name: &str, value: &str) {
+        let mut child = self
+            .command()
+            .args(["secret", "set", "--tenant", tenant, name])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(
+            &mut child.stdin.take().unwrap(),
+            format!("{value}\n").as_bytes(),
+        )
+        .unwrap();
+        assert!(child.wait().unwrap().success());
+    }
+
     /// Whether `agentspace audit verify` accepts the whole log.
     pub fn audit_verifies(&self) -> bool {
         self.command()

@@ -627,25 +627,12 @@ fn generate(def: &Definition, def_file: &str) -> Result<Generated, PolicyError> 
         });
         if let Some(approval) = &rule.approval {
             let when_field = format!("{field}.approval.when");
-            let condition = match &approval.when {
-                Some(expr) => {
-                    Expression::from_str(expr).map_err(|e| PolicyError::Field {
-                        file: def_file.to_owned(),
-                        field: when_field.clone(),
-                        message: format!(
-                            "`{expr}` is not a Cedar expression: {}",
-                            diagnostic_text(&e)
-                        ),
-                    })?;
-                    // On its own lines so a trailing `//` comment cannot swallow the brace.
-                    format!("\nwhen {{\n  ({expr}\n  )\n}}")
-                }
-                None => String::new(),
-            };
-            let prompt = match &approval.when {
-                Some(expr) => format!("capability `{name}` when {expr}"),
-                None => format!("capability `{name}`"),
-            };
+            let (condition, prompt) = approval_condition(
+                def_file,
+                &when_field,
+                approval.when.as_deref(),
+                &format!("capability `{name}`"),
+            )?;
             policies.push(GeneratedPolicy {
                 id: format!("egress.{name}.approval"),
                 field: when_field,
@@ -691,24 +678,12 @@ fn generate(def: &Definition, def_file: &str) -> Result<Generated, PolicyError> 
         }
         if let Some(approval) = &server.approval {
             let when_field = format!("{field}.approval.when");
-            let condition = match &approval.when {
-                Some(expr) => {
-                    Expression::from_str(expr).map_err(|e| PolicyError::Field {
-                        file: def_file.to_owned(),
-                        field: when_field.clone(),
-                        message: format!(
-                            "`{expr}` is not a Cedar expression: {}",
-                            diagnostic_text(&e)
-                        ),
-                    })?;
-                    format!("\nwhen {{\n  ({expr}\n  )\n}}")
-                }
-                None => String::new(),
-            };
-            let prompt = match &approval.when {
-                Some(expr) => format!("tool server `{name}` when {expr}"),
-                None => format!("tool server `{name}`"),
-            };
+            let (condition, prompt) = approval_condition(
+                def_file,
+                &when_field,
+                approval.when.as_deref(),
+                &format!("tool server `{name}`"),
+            )?;
             let id = format!("tools.{name}.approval");
             policies.push(GeneratedPolicy {
                 text: format!(
@@ -886,6 +861,33 @@ pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     (line, column)
+}
+
+/// The `when` clause of an approval policy (empty without a condition) and the prompt
+/// the approver is shown, for `subject` (a capability or a tool server). The condition is
+/// checked to be a Cedar expression, and set on its own lines so that a trailing `//`
+/// comment in it cannot swallow the closing brace.
+fn approval_condition(
+    def_file: &str,
+    when_field: &str,
+    when: Option<&str>,
+    subject: &str,
+) -> Result<(String, String), PolicyError> {
+    let Some(expr) = when else {
+        return Ok((String::new(), subject.to_owned()));
+    };
+    Expression::from_str(expr).map_err(|e| PolicyError::Field {
+        file: def_file.to_owned(),
+        field: when_field.to_owned(),
+        message: format!(
+            "`{expr}` is not a Cedar expression: {}",
+            diagnostic_text(&e)
+        ),
+    })?;
+    Ok((
+        format!("\nwhen {{\n  ({expr}\n  )\n}}"),
+        format!("{subject} when {expr}"),
+    ))
 }
 
 #[cfg(test)]

@@ -24,6 +24,10 @@ pub(crate) struct Args {
     /// Slack-compatible JSON body (`{"text": ...}`).
     #[arg(long, env = "AGENTSPACE_APPROVAL_WEBHOOK", value_name = "URL")]
     approval_webhook: Option<String>,
+    /// The gateway config file (`resolve`, `upstreamCa`, `limits`; docs/gateway.md) for
+    /// the tasks this server starts whose definitions have `spec.egress` or `spec.tools`.
+    #[arg(long, value_name = "FILE")]
+    gateway_config: Option<std::path::PathBuf>,
     /// Create tenant `--tenant` with this user as its first admin, print the admin's API
     /// token once, and exit (without serving).
     #[arg(long, value_name = "USER", requires = "tenant")]
@@ -52,12 +56,24 @@ pub(crate) fn run(state: &StateDir, args: Args) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the control plane's runtime")?;
+    // Checked now, so that a bad file stops the server here rather than every task.
+    let gateway_config = match &args.gateway_config {
+        Some(file) => {
+            agentspace_gateway::GatewayConfig::new(state.path()).load_file(file)?;
+            Some(
+                std::path::absolute(file)
+                    .with_context(|| format!("cannot resolve `{}`", file.display()))?,
+            )
+        }
+        None => None,
+    };
     let config = ServerConfig {
         state_dir: state.path().to_owned(),
         listen: args.listen,
         audit_url: args.audit_url,
         // Tasks started through the API run as `agentspace run` of this same binary.
         runner: Some(std::env::current_exe().context("cannot find this program's path")?),
+        gateway_config,
         approval_webhook: args.approval_webhook,
     };
     if !args.listen.ip().is_loopback() {

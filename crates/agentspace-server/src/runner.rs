@@ -7,7 +7,7 @@
 //! host command. Those are choices of whoever controls the host, not of an API caller;
 //! `agentspace run` on the host remains the way to use them.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -31,8 +31,16 @@ pub(crate) struct Runner {
     program: Option<PathBuf>,
     /// The audit store URL to hand to children.
     audit_url: Option<String>,
+    /// The gateway config file handed to tasks with a boundary (`--config`).
+    gateway_config: Option<PathBuf>,
     children: Mutex<HashMap<String, Arc<Mutex<Child>>>>,
+    /// Tasks whose `agentspace run` this server started and saw exit (the newest
+    /// `MAX_ENDED`): a run that died before recording its end still counts as ended.
+    ended: Mutex<BTreeSet<String>>,
 }
+
+/// How many ended tasks the runner remembers (task ids sort by start time).
+const MAX_ENDED: usize = 10_000;
 
 /// Why a definition cannot be started through the API: each host-bound field.
 pub(crate) fn host_bound(definition: &Definition) -> Vec<DefinitionProblem> {
@@ -75,21 +83,29 @@ pub(crate) fn host_bound(definition: &Definition) -> Vec<DefinitionProblem> {
 
 impl Runner {
     /// A runner that starts tasks with `program` (none when `None`).
-    pub(crate) fn new(program: Option<PathBuf>, audit_url: Option<String>) -> Self {
+    pub(crate) fn new(
+        program: Option<PathBuf>,
+        audit_url: Option<String>,
+        gateway_config: Option<PathBuf>,
+    ) -> Self {
         Self {
             program,
             audit_url,
+            gateway_config,
             children: Mutex::new(HashMap::new()),
+            ended: Mutex::new(BTreeSet::new()),
         }
     }
 
     /// Starts `agentspace run` for `user` with the definition `text` and `command`;
-    /// returns the task id once its manifest exists.
+    /// returns the task id once its manifest exists. `boundary`: the definition has
+    /// egress rules or tools, so its task runs a gateway (with the operator's config).
     pub(crate) fn start(
         &self,
         state_dir: &Path,
         tenant: &Name,
         text: &str,
+        boundary: bool,
         user: &str,
         command: &[String],
     ) -> Result<String, ServerError> {
@@ -138,8 +154,11 @@ impl Runner {
             .arg("-f")
             .arg(&file)
             .arg("--user")
-            .arg(user)
-            .arg("--")
+            .arg(user);
+        if let (true, Some(config)) = (boundary, &self.gateway_config) {
+            cmd.arg("--config").arg(config);
+        }
+        cmd.arg("--")
             .args(command)
             .stdin(Stdio::null())
             .stdout(out)
@@ -196,12 +215,24 @@ impl Runner {
     fn track(&self, task: String, child: Arc<Mutex<Child>>) {
         if let Ok(mut children) = self.children.lock() {
             // Forget children that have exited (their reaper collected them).
-            children.retain(|_, c| {
-                c.lock()
+            let mut gone = Vec::new();
+            children.retain(|task, c| {
+                let running = c
+                    .lock()
                     .map(|mut c| matches!(c.try_wait(), Ok(None)))
-                    .unwrap_or(false)
+                    .unwrap_or(false);
+                if !running {
+                    gone.push(task.clone());
+                }
+                running
             });
             children.insert(task, Arc::clone(&child));
+            if let Ok(mut ended) = self.ended.lock() {
+                ended.extend(gone);
+                while ended.len() > MAX_ENDED {
+                    ended.pop_first();
+                }
+            }
         }
         let reaper = Arc::clone(&child);
         std::thread::spawn(move || {
@@ -222,7 +253,11 @@ impl Runner {
     /// still runs (it forwards the signal to the agent and records the exit); returns
     /// whether it did.
     pub(crate) fn stop(&self, task: &str) -> bool {
-        let child = self.children.lock().ok().and_then(|mut c| c.remove(task));
+        let child = self
+            .children
+            .lock()
+            .ok()
+            .and_then(|c| c.get(task).map(Arc::clone));
         let Some(child) = child else {
             return false;
         };
@@ -241,6 +276,24 @@ impl Runner {
             nix::sys::signal::Signal::SIGTERM,
         )
         .is_ok()
+    }
+}
+
+impl Runner {
+    /// Whether this server started `task` and its `agentspace run` has exited.
+    pub(crate) fn exited(&self, task: &str) -> bool {
+        if self.ended.lock().is_ok_and(|e| e.contains(task)) {
+            return true;
+        }
+        let child = self
+            .children
+            .lock()
+            .ok()
+            .and_then(|c| c.get(task).map(Arc::clone));
+        child.is_some_and(|c| {
+            c.lock()
+                .is_ok_and(|mut c| !matches!(c.try_wait(), Ok(None)))
+        })
     }
 }
 

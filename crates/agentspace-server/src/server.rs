@@ -33,6 +33,10 @@ pub struct ServerConfig {
     /// The `agentspace` binary that starts tasks (`agentspace run`); `None`: this server
     /// does not start tasks.
     pub runner: Option<PathBuf>,
+    /// The gateway config file (`resolve`, `upstreamCa`, `limits`) that tasks started
+    /// through the API run with (`agentspace run --config`), when their definition has
+    /// a boundary: the host operator's choice, never an API caller's.
+    pub gateway_config: Option<PathBuf>,
     /// Announce each approval request here (`http(s)://...`), with a Slack-compatible
     /// JSON body.
     pub approval_webhook: Option<String>,
@@ -168,6 +172,7 @@ impl Server {
             listen,
             audit_url,
             runner,
+            gateway_config,
             approval_webhook,
         } = config;
         let webhook = approval_webhook
@@ -181,7 +186,7 @@ impl Server {
             let audit = open_audit(&state_dir, audit_url.as_deref())?;
             let revocations = agentspace_policy::Revocations::open(&state_dir)?;
             Ok(App {
-                runner: crate::runner::Runner::new(runner, audit_url.clone()),
+                runner: crate::runner::Runner::new(runner, audit_url.clone(), gateway_config),
                 approvals: ApprovalStore::new(Arc::clone(&db), audit.clone()),
                 state_dir,
                 db,

@@ -46,6 +46,7 @@ impl TestServer {
                     listen: "127.0.0.1:0".parse().unwrap(),
                     audit_url: None,
                     runner: None,
+                    gateway_config: None,
                     approval_webhook: webhook,
                 })
                 .await

@@ -1,14 +1,12 @@
 //! `agentspace serve` starting and stopping real tasks in real cells, and
 //! `agentspace approvals` against it.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use agentspace_server::client::Client;
 use serde_json::{Value, json};
 
-use super::support::{Sandbox, agentspace_bin, privileged};
+use super::support::{Sandbox, agentspace_bin, bootstrap, privileged, serve, until};
 
 const AGENT: &str = "apiVersion: agentspace/v1
 kind: Agent
@@ -22,66 +20,6 @@ spec:
     cpu: 1.0
     timeout: 60s
 ";
-
-/// A control plane on a free loopback port, killed on drop.
-struct Serve {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(s: &Sandbox) -> Serve {
-    let mut child = Command::new(agentspace_bin())
-        .arg("--state-dir")
-        .arg(s.state())
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stderr.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap_or_else(|| panic!("no address in `{line}`"))
-        .to_owned();
-    Serve { child, url }
-}
-
-fn bootstrap(s: &Sandbox) -> String {
-    let out = s
-        .command()
-        .args(["serve", "--bootstrap-admin", "alice", "--tenant", "acme"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
-fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let end = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 #[test]
 fn the_control_plane_starts_and_stops_a_task_for_the_caller() {

@@ -1,7 +1,9 @@
 //! Shared fixtures: a temporary state directory, definitions, and running the binary.
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 pub fn agentspace_bin() -> &'static str {
     env!("CARGO_BIN_EXE_agentspace")
@@ -195,5 +197,73 @@ impl Sandbox {
             .arg("--upstream-ca")
             .arg(self.path().join("ca.pem"));
         c
+    }
+}
+
+/// A control plane on a free loopback port, killed on drop.
+pub struct Serve {
+    pub child: Child,
+    pub url: String,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn serve(s: &Sandbox) -> Serve {
+    serve_with(s, &[])
+}
+
+/// `agentspace serve` with extra arguments.
+pub fn serve_with(s: &Sandbox, args: &[&str]) -> Serve {
+    let mut child = Command::new(agentspace_bin())
+        .arg("--state-dir")
+        .arg(s.state())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stderr.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no address in `{line}`"))
+        .to_owned();
+    Serve { child, url }
+}
+
+/// Creates tenant `acme` with admin `alice`; returns her API token.
+pub fn bootstrap(s: &Sandbox) -> String {
+    let out = s
+        .command()
+        .args(["serve", "--bootstrap-admin", "alice", "--tenant", "acme"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Polls `f` until it gives a value (20 s at most).
+pub fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
     }
 }

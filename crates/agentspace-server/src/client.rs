@@ -226,6 +226,14 @@ impl Client {
                 exchange(&mut stream, head.as_bytes(), body).map_err(io)?
             }
         };
+        if raw.is_empty() {
+            // The server closed the connection without answering (it stopped, or
+            // dropped the connection): a connection failure the caller may retry.
+            return Err(ClientError::Io {
+                url: self.url.clone(),
+                message: "the connection closed without an answer".to_owned(),
+            });
+        }
         parse_response(&raw).map_err(|message| ClientError::Protocol {
             url: self.url.clone(),
             message,

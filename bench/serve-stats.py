@@ -3,8 +3,11 @@
 #   serve-stats.py ramp URL TOKEN TASKS LAUNCHED START_AT
 #       polls GET /v1/tasks until TASKS tasks run (or START_AT + 10 s); prints JSON
 #   serve-stats.py pss LABEL=PID,PID,... ...
-#       proportional set size of each process tree, split into the roots themselves,
-#       the agents (python3) and everything else below the roots; prints JSON
+#       proportional set size (KiB) of each process tree, split into the roots
+#       themselves, the agents (python3) and everything else below the roots; prints JSON
+#   serve-stats.py cpu LABEL=PID,PID,... ...
+#       CPU time (user + system, clock ticks) of each process tree, split as for pss,
+#       and the machine's /proc/stat totals; prints JSON (take two, subtract)
 #   serve-stats.py report WORKDIR TASKS SECONDS
 #       reads what serve.sh left in WORKDIR, prints the report, writes results.json
 import calendar, glob, json, os, sys, time, urllib.request
@@ -62,30 +65,62 @@ def processes():
     return children, comm
 
 
-def pss(specs):
+def ticks(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        # utime, stime, cutime, cstime: the 12th-15th fields after the name; the
+        # children's times count what exited in between (reaped processes).
+        return sum(int(x) for x in fields[11:15])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def machine_ticks():
+    with open("/proc/stat") as f:
+        cpu = [int(x) for x in f.readline().split()[1:]]
+    return {"user": cpu[0] + cpu[1], "system": cpu[2] + cpu[5] + cpu[6], "idle": cpu[3],
+            "iowait": cpu[4], "total": sum(cpu[:8])}
+
+
+def trees(specs, measure):
+    """measure(pid) summed over each LABEL=PIDS tree: roots, agents, the rest."""
     children, comm = processes()
     out = {}
     for spec in specs:
         label, pids = spec.split("=", 1)
         roots = [int(p) for p in pids.split(",") if p]
-        part = {"roots": {"count": 0, "pss_kb": 0}, "agent": {"count": 0, "pss_kb": 0},
-                "other": {"count": 0, "pss_kb": 0}, "other_comms": {}}
+        part = {"roots": {"count": 0, "sum": 0}, "agent": {"count": 0, "sum": 0},
+                "other": {"count": 0, "sum": 0}, "other_comms": {}}
         for root in roots:
             if root not in comm:
                 continue
             part["roots"]["count"] += 1
-            part["roots"]["pss_kb"] += pss_kb(root)
+            part["roots"]["sum"] += measure(root)
             stack = list(children.get(root, []))
             while stack:
                 pid = stack.pop()
                 stack.extend(children.get(pid, []))
                 kind = "agent" if comm[pid].startswith("python3") else "other"
                 part[kind]["count"] += 1
-                part[kind]["pss_kb"] += pss_kb(pid)
+                part[kind]["sum"] += measure(pid)
                 if kind == "other":
                     part["other_comms"][comm[pid]] = part["other_comms"].get(comm[pid], 0) + 1
         out[label] = part
+    return out
+
+
+def pss(specs):
+    print(json.dumps(trees(specs, pss_kb)))
+
+
+def cpu(specs):
+    out = trees(specs, ticks)
+    out["machine"] = machine_ticks()
+    out["time"] = time.time()
+    out["hz"] = os.sysconf("SC_CLK_TCK")
     print(json.dumps(out))
+
 
 
 def pct(values, p):
@@ -136,6 +171,34 @@ def exit_codes(path):
     return codes
 
 
+def cpu_use(prefix, requests_between):
+    """CPU per request of each tree and category between the two samples, and how busy
+    the machine was; requests_between(t0, t1) counts the requests in between."""
+    c0, c1 = json.load(open(prefix + "-cpu0.json")), json.load(open(prefix + "-cpu1.json"))
+    n = requests_between(c0["time"], c1["time"])
+    hz = c0["hz"]
+    out = {"requests": n, "seconds": c1["time"] - c0["time"], "ms_per_request": {}}
+    for label in c0:
+        if label in ("machine", "time", "hz"):
+            continue
+        for kind in ("roots", "agent", "other"):
+            d = c1[label][kind]["sum"] - c0[label][kind]["sum"]
+            if c0[label][kind]["count"] or c1[label][kind]["count"]:
+                out["ms_per_request"]["%s.%s" % (label, kind)] = d / hz * 1000 / max(n, 1)
+    m0, m1 = c0["machine"], c1["machine"]
+    total = max(m1["total"] - m0["total"], 1)
+    out["machine_busy"] = 1 - (m1["idle"] - m0["idle"] + m1["iowait"] - m0["iowait"]) / total
+    out["machine_iowait"] = (m1["iowait"] - m0["iowait"]) / total
+    out["machine_system"] = (m1["system"] - m0["system"]) / total
+    return out
+
+
+def cpu_line(c):
+    parts = ", ".join("%s %.2f" % (k, v) for k, v in sorted(c["ms_per_request"].items()) if v >= 0.005)
+    return "  CPU ms per request: %s; machine busy %.0f%% (system %.0f%%, iowait %.0f%%)" % (
+        parts, 100 * c["machine_busy"], 100 * c["machine_system"], 100 * c["machine_iowait"])
+
+
 def report(work, tasks, seconds):
     res = {"machine": open(work + "/machine.txt").read().strip().splitlines(), "tasks": tasks,
            "seconds": seconds}
@@ -152,12 +215,15 @@ def report(work, tasks, seconds):
         a["serve_fds"] = int(open(work + "/as-serve-fds.txt").read().strip() or 0)
         # Decisions: every http_request event the gateways wrote in the load phase.
         window = (meta["start_at"], meta["start_at"] + seconds)
-        counts, total = {}, 0
+        counts, total, times = {}, 0, []
         for line in open(work + "/decisions.jsonl"):
             e = json.loads(line)["event"]
             total += 1
-            if window[0] <= event_time(e["time"]) < window[1]:
+            t = event_time(e["time"])
+            times.append(t)
+            if window[0] <= t < window[1]:
                 counts[e.get("decision", "-")] = counts.get(e.get("decision", "-"), 0) + 1
+        a["cpu"] = cpu_use(work + "/as", lambda t0, t1: sum(1 for t in times if t0 <= t < t1))
         a["decisions_total"] = total
         a["decisions_in_window"] = counts
         a["decisions_per_s"] = sum(counts.values()) / seconds
@@ -180,6 +246,7 @@ def report(work, tasks, seconds):
         b["problems"] = problems
         b["exit_codes"] = exit_codes(work + "/bw-codes.txt")
         b["pss"] = json.load(open(work + "/bw-pss.json"))
+        b["cpu"] = cpu_use(work + "/bw", lambda t0, t1: int(b["requests_per_s"] * (t1 - t0)))
         res["bwrap"] = b
     json.dump(res, open(work + "/results.json", "w"), indent=1)
 
@@ -208,10 +275,11 @@ def report(work, tasks, seconds):
                         a["approver_event_to_seen_s"]["p50"]))
         p = a["pss"]
         lines.append("  PSS per task: agent %.1f MiB + Agent Space %.1f MiB (%d processes: %s); server %.1f MiB in all (%d fds); clients %.1f MiB each"
-                     % (kib(p["server"]["agent"]["pss_kb"], tasks), kib(p["server"]["other"]["pss_kb"], tasks),
+                     % (kib(p["server"]["agent"]["sum"], tasks), kib(p["server"]["other"]["sum"], tasks),
                         p["server"]["other"]["count"], p["server"]["other_comms"],
-                        p["server"]["roots"]["pss_kb"] / 1024, a["serve_fds"],
-                        kib(p["clients"]["roots"]["pss_kb"], p["clients"]["roots"]["count"])))
+                        p["server"]["roots"]["sum"] / 1024, a["serve_fds"],
+                        kib(p["clients"]["roots"]["sum"], p["clients"]["roots"]["count"])))
+        lines.append(cpu_line(a["cpu"]))
         lines.append("  " + a["verify"].splitlines()[-1] if a["verify"] else "")
         for problem in a["problems"][:5]:
             lines.append("  problem: " + problem)
@@ -225,14 +293,15 @@ def report(work, tasks, seconds):
             lines.append("  %-9s n=%-7d p50 %8s ms  p90 %8s ms  p99 %8s ms  max %8s ms"
                          % (k, l["n"], ms(l["p50_us"]), ms(l["p90_us"]), ms(l["p99_us"]), ms(l["max_us"])))
         p = b["pss"]["sandboxes"]
+        lines.append(cpu_line(b["cpu"]))
         lines.append("  PSS per task: agent %.1f MiB + bwrap %.1f MiB (%d processes)"
-                     % (kib(p["agent"]["pss_kb"], tasks), kib(p["other"]["pss_kb"] + p["roots"]["pss_kb"], tasks),
+                     % (kib(p["agent"]["sum"], tasks), kib(p["other"]["sum"] + p["roots"]["sum"], tasks),
                         p["other"]["count"] + p["roots"]["count"]))
     if a and b:
         ratio = lambda x, y: "-" if not x or not y else "%.2f" % (x / y)
         pa, pb = a["pss"]["server"], b["pss"]["sandboxes"]
-        mem_a = (pa["agent"]["pss_kb"] + pa["other"]["pss_kb"]) / tasks
-        mem_b = (pb["agent"]["pss_kb"] + pb["other"]["pss_kb"] + pb["roots"]["pss_kb"]) / tasks
+        mem_a = (pa["agent"]["sum"] + pa["other"]["sum"]) / tasks
+        mem_b = (pb["agent"]["sum"] + pb["other"]["sum"] + pb["roots"]["sum"]) / tasks
         lines.append("")
         lines.append("ratios agentspace / bwrap: requests/s %s; allowed p50 %s, p99 %s; PSS per task %s"
                      % (ratio(a["requests_per_s"], b["requests_per_s"]),
@@ -247,6 +316,8 @@ if __name__ == "__main__":
         ramp(sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5]), float(sys.argv[6]))
     elif cmd == "pss":
         pss(sys.argv[2:])
+    elif cmd == "cpu":
+        cpu(sys.argv[2:])
     elif cmd == "report":
         report(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))
     else:

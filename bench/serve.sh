@@ -90,7 +90,7 @@ http {
   }
 }
 EOF
-nginx -c "$work/nginx/nginx.conf" -g 'daemon off;' & pids+=($!)
+nginx -c "$work/nginx/nginx.conf" -g 'daemon off;' & nginx_pid=$!; pids+=($nginx_pid)
 echo "127.0.0.1 $host" >"$work/hosts"
 
 {
@@ -99,6 +99,22 @@ echo "127.0.0.1 $host" >"$work/hosts"
   echo "date: $(date -u +%Y-%m-%dT%H:%MZ)  commit: $(git rev-parse --short HEAD 2>/dev/null || echo -)"
   echo "tasks $tasks, load phase ${seconds}s, approvals $approvals, ramp ${ramp}s"
 } | tee "$work/machine.txt"
+
+# Sleeps until Unix time $1.
+sleep_until() { sleep "$(python3 -c "import time; print(max(0, $1 - time.time()))")"; }
+
+# CPU of the process trees at the start (+1 s) and end (-1 s) of the load phase, and
+# memory in the middle: `measure PREFIX START_AT TREE...`.
+measure() {
+  local prefix="$1" at="$2"
+  shift 2
+  sleep_until "$(python3 -c "print($at + 1)")"
+  python3 "$stats" cpu "$@" >"$prefix-cpu0.json"
+  sleep_until "$(python3 -c "print($at + $seconds / 2)")"
+  python3 "$stats" pss "$@" >"$prefix-pss.json"
+  sleep_until "$(python3 -c "print($at + $seconds - 1)")"
+  python3 "$stats" cpu "$@" >"$prefix-cpu1.json"
+}
 
 # Waits for every pid in $@ (in this shell: a subshell cannot wait for them); sets
 # $failed to how many exited non-zero and writes their exit codes to $1.
@@ -145,8 +161,8 @@ if [[ ",$peers," == *,agentspace,* ]]; then
   done
   # The ramp: how long until every task runs (the tasks' own manifests, via the API).
   python3 "$stats" ramp "$url" "$dev" "$tasks" "$launched" "$start_at" >"$work/as-ramp.json"
-  sleep "$(python3 -c "import time; print(max(0, $start_at + $seconds / 2 - time.time()))")"
-  python3 "$stats" pss "server=$serve_pid" "clients=$(IFS=,; echo "${clients[*]}")" >"$work/as-pss.json"
+  measure "$work/as" "$start_at" "server=$serve_pid" "nginx=$nginx_pid" \
+    "clients=$(IFS=,; echo "${clients[*]}")"
   ls "/proc/$serve_pid/fd" | wc -l >"$work/as-serve-fds.txt"
   wait_all "$work/as-codes.txt" "${clients[@]}"
   ended=$(date +%s.%N)
@@ -163,7 +179,7 @@ fi
 if [[ ",$peers," == *,bwrap,* ]]; then
   echo "bwrap: starting $tasks sandboxes ..."
   mkdir -p "$work/bw"
-  bw_ramp=$((5 + tasks / 20))
+  bw_ramp=$((10 + tasks / 10))
   launched=$(date +%s.%N)
   start_at=$(python3 -c "print($launched + $bw_ramp)")
   sandboxes=()
@@ -176,8 +192,7 @@ if [[ ",$peers," == *,bwrap,* ]]; then
       >"$work/bw/$i.out" 2>"$work/bw/$i.err" &
     sandboxes+=($!)
   done
-  sleep "$(python3 -c "import time; print(max(0, $start_at + $seconds / 2 - time.time()))")"
-  python3 "$stats" pss "sandboxes=$(IFS=,; echo "${sandboxes[*]}")" >"$work/bw-pss.json"
+  measure "$work/bw" "$start_at" "sandboxes=$(IFS=,; echo "${sandboxes[*]}")" "nginx=$nginx_pid"
   wait_all "$work/bw-codes.txt" "${sandboxes[@]}"
   echo "{\"failed\": $failed, \"launched\": $launched, \"start_at\": $start_at}" >"$work/bw-meta.json"
   echo "bwrap: done; $failed of $tasks exited non-zero"

@@ -659,8 +659,11 @@ const MAX_LOG: u64 = 1024 * 1024;
 /// Longest a log request waits for new output.
 const MAX_LOG_WAIT: Duration = Duration::from_secs(30);
 
-/// How often a waiting log request looks for new output.
+/// How often a waiting log request looks for new output: first after 100 ms, then
+/// twice as long each time up to 500 ms, so that hundreds of followers of quiet tasks
+/// cost little (bench/serve.sh) while a chatty task's output still flows at once.
 const LOG_POLL: Duration = Duration::from_millis(100);
+const LOG_POLL_MAX: Duration = Duration::from_millis(500);
 
 /// One read of a task's log.
 struct LogPiece {
@@ -684,9 +687,13 @@ fn read_log(
     let dir = app.state_dir.join("tasks").join(id);
     // Whether the task has ended is read before the log: once `agentspace run` records
     // the end, every byte of the log is written, so a length read afterwards is final.
-    let ended = app.runner.exited(id)
-        || read_manifest(&dir.join("manifest.json"))
-            .is_some_and(|m| m.get("state").and_then(|s| s.as_str()) != Some("running"));
+    // For a run this server started, its process exiting says so (a cheap check, made
+    // many times a second by waiting followers); otherwise the manifest does.
+    let ended = match app.runner.ended(id) {
+        Some(ended) => ended,
+        None => read_manifest(&dir.join("manifest.json"))
+            .is_some_and(|m| m.get("state").and_then(|s| s.as_str()) != Some("running")),
+    };
     let path = dir.join(file);
     let Ok(mut f) = std::fs::File::open(&path) else {
         let at = offset.unwrap_or(0);
@@ -768,6 +775,7 @@ pub(crate) async fn task_logs(
         .await
     };
     checked?;
+    let mut nap = LOG_POLL;
     let piece = loop {
         // The id was checked to be one of the caller's tasks: it names no other path.
         let id = id.clone();
@@ -775,7 +783,8 @@ pub(crate) async fn task_logs(
         if !piece.bytes.is_empty() || piece.complete || tokio::time::Instant::now() >= deadline {
             break piece;
         }
-        tokio::time::sleep(LOG_POLL).await;
+        tokio::time::sleep(nap).await;
+        nap = (nap * 2).min(LOG_POLL_MAX);
     };
     Ok((
         [

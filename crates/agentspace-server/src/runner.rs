@@ -280,20 +280,19 @@ impl Runner {
 }
 
 impl Runner {
-    /// Whether this server started `task` and its `agentspace run` has exited.
-    pub(crate) fn exited(&self, task: &str) -> bool {
+    /// For a task this server started: whether its `agentspace run` has exited (it
+    /// records the task's end, logs complete, before it exits). `None` for other tasks.
+    pub(crate) fn ended(&self, task: &str) -> Option<bool> {
         if self.ended.lock().is_ok_and(|e| e.contains(task)) {
-            return true;
+            return Some(true);
         }
         let child = self
             .children
             .lock()
             .ok()
-            .and_then(|c| c.get(task).map(Arc::clone));
-        child.is_some_and(|c| {
-            c.lock()
-                .is_ok_and(|mut c| !matches!(c.try_wait(), Ok(None)))
-        })
+            .and_then(|c| c.get(task).map(Arc::clone))?;
+        let running = child.lock().ok()?.try_wait().ok()?.is_none();
+        Some(!running)
     }
 }
 

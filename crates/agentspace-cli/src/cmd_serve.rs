@@ -52,6 +52,7 @@ pub(crate) fn run(state: &StateDir, args: Args) -> Result<ExitCode> {
         println!("{}", token.token);
         return Ok(ExitCode::SUCCESS);
     }
+    raise_open_files_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -93,4 +94,20 @@ pub(crate) fn run(state: &StateDir, args: Args) -> Result<ExitCode> {
         server.serve(std::future::pending()).await?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Raises the soft limit on open files to the hard limit. Every `agentspace run
+/// --server` following a task holds a connection per stream, so the common default of
+/// 1024 would stop the server from accepting at about 450 followed tasks (the tasks it
+/// starts inherit the raised soft limit, which they could raise themselves anyway).
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        eprintln!(
+            "agentspace: warning: cannot raise the open files limit from {soft} to {hard}: {e}; the server may refuse connections under load"
+        );
+    }
 }

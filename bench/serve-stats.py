@@ -153,12 +153,13 @@ def latency(values):
 
 
 def summarize(runs, seconds):
-    merged = {k: [x for r in runs for x in r[k]] for k in ("allowed", "denied", "approval")}
+    merged = {k: [x for r in runs for x in r[k]] for k in ("allowed", "denied", "approval", "first")}
     errors = [e for r in runs for e in r["errors"]]
     done = sum(len(v) for v in merged.values())
     return {"agents": len(runs), "requests": done, "requests_per_s": done / seconds,
             "allowed": latency(merged["allowed"]), "denied": latency(merged["denied"]),
-            "approval": latency(merged["approval"]), "errors": len(errors),
+            "approval": latency(merged["approval"]), "first": latency(merged["first"]),
+            "errors": len(errors),
             "error_examples": errors[:5], "late_agents": sum(1 for r in runs if r["late_ms"] > 0),
             "reconnects": sum(r["reconnects"] for r in runs)}
 
@@ -266,7 +267,7 @@ def report(work, tasks, seconds):
         lines.append("  decisions in the load phase: %d (%s) = %.0f/s; agents' requests %.0f/s"
                      % (sum(a["decisions_in_window"].values()), a["decisions_in_window"],
                         a["decisions_per_s"], a["requests_per_s"]))
-        for k in ("allowed", "denied", "approval"):
+        for k in ("allowed", "denied", "approval", "first"):
             l = a[k]
             lines.append("  %-9s n=%-7d p50 %8s ms  p90 %8s ms  p99 %8s ms  max %8s ms"
                          % (k, l["n"], ms(l["p50_us"]), ms(l["p90_us"]), ms(l["p99_us"]), ms(l["max_us"])))
@@ -288,7 +289,7 @@ def report(work, tasks, seconds):
         lines.append("bwrap: %d sandboxes, %d agents reported, exit codes %s, %d late, %d errors"
                      % (tasks, b["agents"], b["exit_codes"], b["late_agents"], b["errors"]))
         lines.append("  agents' requests %.0f/s" % b["requests_per_s"])
-        for k in ("allowed", "denied", "approval"):
+        for k in ("allowed", "denied", "approval", "first"):
             l = b[k]
             lines.append("  %-9s n=%-7d p50 %8s ms  p90 %8s ms  p99 %8s ms  max %8s ms"
                          % (k, l["n"], ms(l["p50_us"]), ms(l["p90_us"]), ms(l["p99_us"]), ms(l["max_us"])))

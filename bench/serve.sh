@@ -15,7 +15,9 @@
 # Environment: AGENTSPACE_BIN=path (prebuilt binary), BENCH_TASKS (200), BENCH_SECONDS
 # (30, the load phase), BENCH_APPROVALS (20), BENCH_RAMP (seconds from launching the
 # tasks to the common start; default 30 + TASKS/4), BENCH_OUT (target/bench/serve),
-# BENCH_PEERS (agentspace,bwrap), BENCH_KEEP=1 (keep the work directory).
+# BENCH_PEERS (agentspace,bwrap), BENCH_RATE (requests per second per agent, paced,
+# latency counted from when each was due; default 0: back to back), BENCH_KEEP=1 (keep
+# the work directory).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,6 +34,7 @@ tasks="${BENCH_TASKS:-200}"
 seconds="${BENCH_SECONDS:-30}"
 approvals="${BENCH_APPROVALS:-20}"
 ramp="${BENCH_RAMP:-$((30 + tasks / 4))}"
+rate="${BENCH_RATE:-0}"
 peers="${BENCH_PEERS:-agentspace,bwrap}"
 if [ -z "${AGENTSPACE_BIN:-}" ]; then
   cargo build -q --release -p agentspace-cli
@@ -97,7 +100,7 @@ echo "127.0.0.1 $host" >"$work/hosts"
   echo "machine: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
   echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "date: $(date -u +%Y-%m-%dT%H:%MZ)  commit: $(git rev-parse --short HEAD 2>/dev/null || echo -)"
-  echo "tasks $tasks, load phase ${seconds}s, approvals $approvals, ramp ${ramp}s"
+  echo "tasks $tasks, load phase ${seconds}s, approvals $approvals, ramp ${ramp}s, rate ${rate}/s per agent (0: back to back)"
 } | tee "$work/machine.txt"
 
 # Sleeps until Unix time $1.
@@ -155,7 +158,7 @@ if [[ ",$peers," == *,agentspace,* ]]; then
   clients=()
   for i in $(seq 0 $((tasks - 1))); do
     AGENTSPACE_SERVER="$url" AGENTSPACE_TOKEN="$dev" ${BENCH_CLIENT_WRAP:-} "$bin" run --agent serve-bench -- \
-      python3 -c "$agent" "$i" "$start_at" "$seconds" "$approvals" proxy \
+      python3 -c "$agent" "$i" "$start_at" "$seconds" "$approvals" proxy "$rate" \
       >"$work/as/$i.out" 2>"$work/as/$i.err" &
     clients+=($!)
   done
@@ -188,7 +191,7 @@ if [[ ",$peers," == *,bwrap,* ]]; then
       --symlink usr/lib /lib --symlink usr/lib64 /lib64 --symlink usr/sbin /sbin \
       --ro-bind /etc/ssl /etc/ssl --ro-bind "$work/hosts" /etc/hosts --ro-bind "$work/ca.pem" /ca.pem \
       --proc /proc --dev /dev --tmpfs /tmp \
-      python3 -c "$agent" "$i" "$start_at" "$seconds" "$approvals" "direct:$up_port:/ca.pem" \
+      python3 -c "$agent" "$i" "$start_at" "$seconds" "$approvals" "direct:$up_port:/ca.pem" "$rate" \
       >"$work/bw/$i.out" 2>"$work/bw/$i.err" &
     sandboxes+=($!)
   done

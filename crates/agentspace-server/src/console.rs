@@ -1,12 +1,24 @@
-//! The web console's first pages, served by the same binary: a login page that turns an
-//! API token into a session cookie, and the approval queue with approve and deny.
+//! The web console, served by the same binary: a login page that turns an API token into
+//! a session cookie; the live canvas of running cells, the decision stream, the approval
+//! queue and starting tasks (in [`live`]); audit search and definitions.
 //!
 //! - The session cookie is `HttpOnly; SameSite=Strict; Path=/console`, 256 random bits,
 //!   stored as SHA-256 only, tied to the token it was made from (revoking the token ends
 //!   the session) and valid for 12 hours.
 //! - Every state-changing form carries a CSRF token that must equal the session's
 //!   (compared in constant time); the login form uses a double-submit cookie.
-//! - Pages have no script; a strict Content-Security-Policy forbids any, and framing.
+//! - Pages are rendered here with every value HTML-escaped. The canvas and task pages
+//!   load one script, `/console/console.js`, compiled into the binary; their
+//!   Content-Security-Policy allows only that (`script-src 'self'`, no inline script, no
+//!   eval), fetches and the event stream to this origin (`connect-src 'self'`), and
+//!   Trusted Types with no policy, so the browser itself refuses any HTML string put
+//!   into the page by script (`innerHTML`): the script builds the page with DOM calls
+//!   and `textContent` only, because audit data is chosen in part by agents. Every other
+//!   page allows no script at all. No page can be framed.
+
+mod live;
+
+pub(crate) use live::{home, script, start_task, state, stream, style, task_log, task_page};
 
 use std::fmt::Write as _;
 
@@ -19,7 +31,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::api::{AppState, blocking};
-use crate::approvals::{ApprovalState, Outcome};
+use crate::approvals::Outcome;
 use crate::auth::{Caller, Role};
 use crate::error::ServerError;
 use crate::extract::Path;
@@ -70,22 +82,19 @@ fn set_cookie(name: &str, value: &str, max_age_secs: i64) -> HeaderValue {
     HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
-/// A page with the console's headers.
-fn page(status: StatusCode, title: &str, body: &str, cookies: Vec<HeaderValue>) -> Response {
-    let html = format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{} · Agent Space</title>\
-<style>body{{font:15px system-ui,sans-serif;margin:2rem auto;max-width:60rem;color:#1a1a1a}}\
-table{{border-collapse:collapse;width:100%}}td,th{{border-bottom:1px solid #ddd;padding:.4rem;text-align:left;vertical-align:top}}\
-.err{{color:#a00}}form.inline{{display:inline}}</style></head><body><h1>Agent Space</h1>{body}</body></html>",
-        esc(title)
-    );
-    let mut response = (status, axum::response::Html(html)).into_response();
-    let h = response.headers_mut();
+/// Pages without script: nothing runs, nothing is fetched but the stylesheet.
+const CSP_STATIC: &str = "default-src 'none'; style-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// Pages with live updates: the console's own script only, fetches and the event stream
+/// to this origin, and Trusted Types with no policy, so assigning an HTML string to the
+/// DOM (`innerHTML` and the like) throws instead of parsing it.
+const CSP_LIVE: &str = "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; require-trusted-types-for 'script'; trusted-types 'none'";
+
+/// The security headers every console answer carries, with `csp`.
+fn harden(h: &mut HeaderMap, csp: &'static str) {
     h.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-        ),
+        HeaderValue::from_static(csp),
     );
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
@@ -97,6 +106,37 @@ table{{border-collapse:collapse;width:100%}}td,th{{border-bottom:1px solid #ddd;
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+}
+
+/// A page with the console's headers and no script.
+fn page(status: StatusCode, title: &str, body: &str, cookies: Vec<HeaderValue>) -> Response {
+    render(status, title, body, cookies, None)
+}
+
+/// Renders a page; with `live` (the session's CSRF token) it loads the console's
+/// script, which reads the token from `body[data-csrf]` for the forms it builds.
+fn render(
+    status: StatusCode,
+    title: &str,
+    body: &str,
+    cookies: Vec<HeaderValue>,
+    live: Option<&str>,
+) -> Response {
+    let (script, body_attrs) = match live {
+        Some(csrf) => (
+            "<script src=\"/console/console.js\" defer></script>",
+            format!(" data-csrf=\"{}\"", esc(csrf)),
+        ),
+        None => ("", String::new()),
+    };
+    let html = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{} · Agent Space</title>\
+<link rel=\"stylesheet\" href=\"/console/console.css\">{script}</head><body{body_attrs}><h1>Agent Space</h1>{body}</body></html>",
+        esc(title)
+    );
+    let mut response = (status, axum::response::Html(html)).into_response();
+    let h = response.headers_mut();
+    harden(h, if live.is_some() { CSP_LIVE } else { CSP_STATIC });
     for c in cookies {
         h.append(header::SET_COOKIE, c);
     }
@@ -236,81 +276,6 @@ fn to_login() -> Response {
     let mut r = Redirect::to("/console/login").into_response();
     *r.status_mut() = StatusCode::SEE_OTHER;
     r
-}
-
-/// `GET /console/`: who is signed in and the pending approvals.
-pub(crate) async fn home(
-    State(app): State<AppState>,
-    headers: HeaderMap,
-) -> Result<Response, ServerError> {
-    let Some(s) = session(&app, &headers).await? else {
-        return Ok(to_login());
-    };
-    let roles: Vec<&str> = s.caller.roles.iter().map(|r| r.as_str()).collect();
-    let mut body = format!(
-        "<p>Signed in as <b>{}</b> of tenant <b>{}</b> ({}).</p>\
-<form method=\"post\" action=\"/console/logout\"><input type=\"hidden\" name=\"csrf\" value=\"{}\"><button>Sign out</button></form>",
-        esc(&s.caller.user),
-        esc(s.caller.tenant.as_str()),
-        esc(&roles.join(", ")),
-        s.csrf
-    );
-    let can_read = [Role::Admin, Role::Approver, Role::Auditor]
-        .iter()
-        .any(|r| s.caller.roles.contains(r));
-    let can_decide = [Role::Admin, Role::Approver]
-        .iter()
-        .any(|r| s.caller.roles.contains(r));
-    body.push_str("<p><a href=\"/console/definitions\">Definitions</a>");
-    if [Role::Admin, Role::Auditor]
-        .iter()
-        .any(|r| s.caller.roles.contains(r))
-    {
-        body.push_str(" · <a href=\"/console/audit\">Audit search</a>");
-    }
-    body.push_str("</p>");
-    if can_read {
-        let tenant = s.caller.tenant.clone();
-        let pending = blocking(&app, move |app| {
-            app.approvals
-                .list(&tenant, Some(ApprovalState::Pending), 200)
-        })
-        .await?;
-        body.push_str("<h2>Waiting for approval</h2>");
-        if pending.is_empty() {
-            body.push_str("<p>Nothing is waiting.</p>");
-        } else {
-            body.push_str("<table><tr><th>user</th><th>agent</th><th>action</th><th>resource</th><th>why</th><th>until</th><th></th></tr>");
-            for a in pending {
-                let c = &a.context;
-                let _ = write!(
-                    body,
-                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>",
-                    esc(&c.user),
-                    esc(c.agent.as_deref().unwrap_or("-")),
-                    esc(&c.action),
-                    esc(&c.resource),
-                    esc(c.reason.as_deref().unwrap_or("")),
-                    esc(&a.expires_at)
-                );
-                if can_decide {
-                    for (verb, label) in [("approve", "Approve"), ("deny", "Deny")] {
-                        let _ = write!(
-                            body,
-                            "<form class=\"inline\" method=\"post\" action=\"/console/approvals/{}/{verb}\">\
-<input type=\"hidden\" name=\"csrf\" value=\"{}\"><input name=\"comment\" placeholder=\"comment\" size=\"14\">\
-<button>{label}</button></form> ",
-                            esc(&a.id),
-                            s.csrf
-                        );
-                    }
-                }
-                body.push_str("</td></tr>");
-            }
-            body.push_str("</table>");
-        }
-    }
-    Ok(page(StatusCode::OK, "Console", &body, Vec::new()))
 }
 
 /// A state-changing form's CSRF field (and, for decisions, the comment).
@@ -546,14 +511,15 @@ pub(crate) async fn definitions(
     let tenant = s.caller.tenant.clone();
     let list = blocking(&app, move |app| app.registry().list(&tenant)).await?;
     let mut body = String::from(
-        "<p><a href=\"/console/\">Console</a></p><h2>Definitions</h2><table><tr><th>agent</th><th>version</th><th>digest</th><th>registered by</th><th>at</th></tr>",
+        "<p><a href=\"/console/\">Console</a></p><h2>Definitions</h2><table><tr><th>agent</th><th>version</th><th>registered</th><th>digest</th><th>by</th><th>at</th></tr>",
     );
     for d in list {
         let _ = write!(
             body,
-            "<tr><td><a href=\"/console/definitions/{0}\">{0}</a></td><td>{1}</td><td><code>{2}</code></td><td>{3}</td><td>{4}</td></tr>",
+            "<tr><td><a href=\"/console/definitions/{0}\">{0}</a></td><td>{1}</td><td>{2}</td><td><code>{3}</code></td><td>{4}</td><td>{5}</td></tr>",
             esc(&d.name),
             d.version,
+            origin(d.host),
             esc(&d.digest),
             esc(&d.registered_by),
             esc(&d.registered_at)
@@ -575,20 +541,17 @@ pub(crate) async fn definition(
     };
     let tenant = s.caller.tenant.clone();
     let found = blocking(&app, move |app| {
-        let v = app.registry().get(&tenant, &name, None)?;
-        let text = v.text.clone().unwrap_or_default();
-        let cedar = agentspace_core::Definition::parse(
-            &crate::definitions::source_path(&app.state_dir, &tenant),
-            &text,
-        )
-        .map_err(|e| e.to_string())
-        .and_then(|d| {
-            // Generated policies only: `spec.policies` names host files, never read here.
-            agentspace_policy::CompiledPolicies::compile_with_files(&d, Vec::new())
-                .map(|p| p.cedar_text())
-                .map_err(|e| e.to_string())
-        });
-        Ok((v, text, cedar))
+        let stored = app.registry().stored(&tenant, &name, None)?;
+        let cedar = stored
+            .parse(&app.state_dir, &tenant)
+            .map_err(|e| e.to_string())
+            .and_then(|d| {
+                // Generated policies only: `spec.policies` names host files, never read here.
+                agentspace_policy::CompiledPolicies::compile_with_files(&d, Vec::new())
+                    .map(|p| p.cedar_text())
+                    .map_err(|e| e.to_string())
+            });
+        Ok((stored.version, stored.text, cedar))
     })
     .await;
     let (v, text, cedar) = match found {
@@ -611,14 +574,24 @@ pub(crate) async fn definition(
     };
     let body = format!(
         "<p><a href=\"/console/definitions\">Definitions</a></p><h2>{} v{}</h2>\
-<p><code>{}</code>, registered by {} at {}</p><h3>Definition</h3><pre>{}</pre>\
+<p><code>{}</code>, {}, by {} at {}</p><h3>Definition</h3><pre>{}</pre>\
 <h3>Generated policies (Cedar)</h3>{cedar}",
         esc(&v.name),
         v.version,
         esc(&v.digest),
+        origin(v.host),
         esc(&v.registered_by),
         esc(&v.registered_at),
         esc(&text)
     );
     Ok(page(StatusCode::OK, "Definitions", &body, Vec::new()))
+}
+
+/// How a version was registered, in words.
+fn origin(host: bool) -> &'static str {
+    if host {
+        "registered on the host by its operator (may name host paths and commands)"
+    } else {
+        "registered through the API"
+    }
 }

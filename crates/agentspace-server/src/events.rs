@@ -33,7 +33,8 @@ pub(crate) struct EventsQuery {
     task: Option<String>,
     /// Only this agent.
     agent: Option<String>,
-    /// Start after this sequence number (default: the current end, or `Last-Event-ID`).
+    /// Start after this sequence number (default: the current end). A `Last-Event-ID`
+    /// header (a reconnecting client) takes precedence.
     after: Option<u64>,
 }
 
@@ -42,6 +43,7 @@ struct Cursor {
     tenant: Name,
     task: Option<String>,
     agent: Option<String>,
+    named: bool,
     next: u64,
     ready: VecDeque<Event>,
     fetched_once: bool,
@@ -49,7 +51,7 @@ struct Cursor {
 }
 
 /// The next sequence number of `tenant`'s chain (its length).
-fn end_of_chain(app: &crate::api::App, tenant: &str) -> Result<u64, ServerError> {
+pub(crate) fn end_of_chain(app: &crate::api::App, tenant: &str) -> Result<u64, ServerError> {
     let mut end = 0;
     loop {
         let page = app.audit.events_from(tenant, end, 4096)?;
@@ -98,10 +100,12 @@ async fn next_event(mut c: Cursor) -> Option<(Result<Event, Infallible>, Cursor)
                 continue;
             }
             let json = agentspace_audit::to_jsonl(&entry);
-            let event = Event::default()
+            let mut event = Event::default()
                 .id(entry.event.seq.to_string())
-                .event(entry.event.kind.as_str())
                 .data(json.to_string());
+            if c.named {
+                event = event.event(entry.event.kind.as_str());
+            }
             c.ready.push_back(event);
         }
     }
@@ -118,23 +122,42 @@ pub(crate) async fn events(
     headers: HeaderMap,
     Query(q): Query<EventsQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ServerError> {
-    caller.require(&[Role::Admin, Role::Approver, Role::Auditor])?;
+    caller.require(EVENT_READERS)?;
+    stream(app, caller.tenant, &headers, q, true).await
+}
+
+/// The roles that may follow the event stream (API and console alike).
+pub(crate) const EVENT_READERS: &[Role] = &[Role::Admin, Role::Approver, Role::Auditor];
+
+/// The stream of `tenant`'s events for a caller already authenticated and allowed;
+/// each SSE event is named by the audit event's kind when `named` (the API), else
+/// unnamed, so a browser's one `message` handler sees every kind (the console).
+pub(crate) async fn stream(
+    app: AppState,
+    tenant: Name,
+    headers: &HeaderMap,
+    q: EventsQuery,
+    named: bool,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>> + use<>>, ServerError> {
     let last_id = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    let next = match q.after.or(last_id) {
+    // A reconnecting EventSource repeats its URL (with any `after=`) and adds the id it
+    // saw last: that one is the newer position.
+    let next = match last_id.or(q.after) {
         Some(seq) => seq.saturating_add(1),
         None => {
-            let tenant = caller.tenant.to_string();
+            let tenant = tenant.to_string();
             blocking(&app, move |app| end_of_chain(app, &tenant)).await?
         }
     };
     let cursor = Cursor {
         app,
-        tenant: caller.tenant,
+        tenant,
         task: q.task,
         agent: q.agent,
+        named,
         next,
         ready: VecDeque::new(),
         fetched_once: false,

@@ -133,6 +133,13 @@ fn router(app: AppState) -> Router {
             get(|| async { axum::response::Redirect::permanent("/console/") }),
         )
         .route("/console/", get(console::home))
+        .route("/console/console.js", get(console::script))
+        .route("/console/console.css", get(console::style))
+        .route("/console/state", get(console::state))
+        .route("/console/events", get(console::stream))
+        .route("/console/tasks", post(console::start_task))
+        .route("/console/tasks/{id}", get(console::task_page))
+        .route("/console/tasks/{id}/log", get(console::task_log))
         .route(
             "/console/login",
             get(console::login_form).post(console::login),
@@ -315,4 +322,36 @@ pub fn bootstrap_admin(
         audit: &audit,
     }
     .bootstrap(tenant, admin)
+}
+
+/// Registers the definition in `file` for `tenant` on behalf of the server host's
+/// operator `by`: a host-trusted version, which may name host paths and host commands
+/// (workspace, read-only directories, policy files, stdio tool servers) and whose
+/// relative paths resolve against `file`'s directory when the control plane starts it.
+/// The text registered now is what runs; a later change to the file takes a new
+/// registration. Audited as `definition_change` with `details.via = "host"`.
+pub fn register_on_host(
+    state_dir: &Path,
+    audit_url: Option<&str>,
+    tenant: &Name,
+    by: &str,
+    file: &Path,
+) -> Result<crate::Registered, ServerError> {
+    crate::auth::valid_user(by)?;
+    let source = std::path::absolute(file)
+        .map_err(|e| ServerError::Io(format!("cannot resolve `{}`: {e}", file.display())))?;
+    let text = std::fs::read_to_string(&source).map_err(|e| {
+        ServerError::Io(format!(
+            "cannot read definition `{}`: {e}",
+            source.display()
+        ))
+    })?;
+    let db = Db::open(state_dir)?;
+    let audit = open_audit(state_dir, audit_url)?;
+    crate::definitions::Registry {
+        db: &db,
+        audit: &audit,
+        state_dir,
+    }
+    .register_from(tenant, by, &text, crate::definitions::Origin::Host(&source))
 }

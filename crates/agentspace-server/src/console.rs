@@ -281,6 +281,8 @@ fn to_login() -> Response {
 /// A state-changing form's CSRF field (and, for decisions, the comment).
 #[derive(Deserialize)]
 pub(crate) struct ActionForm {
+    /// Missing is refused like wrong (403), not as a malformed form.
+    #[serde(default)]
     csrf: String,
     #[serde(default)]
     comment: String,

@@ -3,7 +3,7 @@
 // Audit data is chosen in part by agents (URLs, tool names, arguments), so this script
 // never parses a string as HTML: every value goes into the page through textContent and
 // DOM calls. The page's Content-Security-Policy enforces it (Trusted Types with no
-// policy: assigning a string to innerHTML throws).
+// policy: handing the DOM a string to parse as HTML throws).
 'use strict';
 
 (function () {

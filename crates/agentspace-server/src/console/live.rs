@@ -1040,6 +1040,8 @@ pub(crate) async fn stream(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct StartForm {
+    /// Missing is refused like wrong (403), not as a malformed form.
+    #[serde(default)]
     csrf: String,
     /// `name@version`, as the form's options carry them.
     agent: String,

@@ -21,13 +21,23 @@ pub fn open_stream_with(
     query: &str,
     extra: &str,
 ) -> BufReader<TcpStream> {
+    open_stream_at(
+        server,
+        &format!("/v1/events{query}"),
+        &format!("Authorization: Bearer {token}\r\n{extra}"),
+    )
+}
+
+/// Opens the event stream at `path` with the header lines `headers` (each ending in
+/// CRLF); the answer must be 200.
+pub fn open_stream_at(server: &TestServer, path: &str, headers: &str) -> BufReader<TcpStream> {
     let addr = server.url.trim_start_matches("http://");
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_millis(300)))
         .unwrap();
     write!(
         s,
-        "GET /v1/events{query} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nAccept: text/event-stream\r\n{extra}\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n{headers}\r\n"
     )
     .unwrap();
     let mut r = BufReader::new(s);

@@ -603,37 +603,41 @@ pub(crate) async fn stop_task(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Stopped> {
-    caller.require(ANY)?;
     Ok(axum::Json(
-        blocking(&app, move |app| {
-            let m = task_manifest(app, &caller.tenant, &id)?;
-            let user = m.get("user").and_then(|u| u.as_str()).unwrap_or_default();
-            if user != caller.user {
-                caller.require(ADMIN)?;
-            }
-            let sink = RevocationSink {
-                audit: &app.audit,
-                tenant: &caller.tenant,
-                by: &caller.user,
-            };
-            let what = Revocation::Task {
-                tenant: caller.tenant.clone(),
-                task: agentspace_core::TaskRef::new(&id).map_err(|e| {
-                    ServerError::bad_request(e.to_string(), "give a task id from GET /v1/tasks")
-                })?,
-            };
-            app.revocations.revoke(
-                what,
-                &format!("stopped by `{}` through the control plane", caller.user),
-                &sink,
-            )?;
-            Ok(Stopped {
-                revoked: true,
-                signalled: app.runner.stop(&id),
-            })
-        })
-        .await?,
+        blocking(&app, move |app| stop(app, &caller, &id)).await?,
     ))
+}
+
+/// Stops task `id` for `caller` (admin, or the user it acts for), for the API and the
+/// console alike: revokes it (audited) and signals its `agentspace run` if this server
+/// started it.
+pub(crate) fn stop(app: &App, caller: &Caller, id: &str) -> Result<Stopped, ServerError> {
+    caller.require(ANY)?;
+    let m = task_manifest(app, &caller.tenant, id)?;
+    let user = m.get("user").and_then(|u| u.as_str()).unwrap_or_default();
+    if user != caller.user {
+        caller.require(ADMIN)?;
+    }
+    let sink = RevocationSink {
+        audit: &app.audit,
+        tenant: &caller.tenant,
+        by: &caller.user,
+    };
+    let what = Revocation::Task {
+        tenant: caller.tenant.clone(),
+        task: agentspace_core::TaskRef::new(id).map_err(|e| {
+            ServerError::bad_request(e.to_string(), "give a task id from GET /v1/tasks")
+        })?,
+    };
+    app.revocations.revoke(
+        what,
+        &format!("stopped by `{}` through the control plane", caller.user),
+        &sink,
+    )?;
+    Ok(Stopped {
+        revoked: true,
+        signalled: app.runner.stop(id),
+    })
 }
 
 /// One task's manifest.

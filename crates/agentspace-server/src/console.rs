@@ -18,7 +18,9 @@
 
 mod live;
 
-pub(crate) use live::{home, script, start_task, state, stream, style, task_log, task_page};
+pub(crate) use live::{
+    home, script, start_task, state, stop_task, stream, style, task_log, task_page,
+};
 
 use std::fmt::Write as _;
 
@@ -480,12 +482,12 @@ pub(crate) async fn audit(
     }
     body.push_str("<button>Search</button></form>");
     let _ = write!(body, "<p>{} events, newest first.</p>", events.len());
-    body.push_str("<table><tr><th>seq</th><th>time</th><th>kind</th><th>user</th><th>agent</th><th>task</th><th>action</th><th>resource</th><th>decision</th><th>reason</th></tr>");
+    body.push_str("<table><tr><th>seq</th><th>time</th><th>kind</th><th>user</th><th>agent</th><th>task</th><th>action</th><th>resource</th><th>decision</th><th>reason</th><th>details</th></tr>");
     let dash = |v: &Option<String>| esc(v.as_deref().unwrap_or("-"));
     for e in events.iter().rev() {
         let _ = write!(
             body,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
             e.seq,
             esc(&e.time),
             e.kind.as_str(),
@@ -495,7 +497,8 @@ pub(crate) async fn audit(
             esc(&e.action),
             dash(&e.resource),
             e.decision.map_or("-", |d| d.as_str()),
-            dash(&e.reason)
+            dash(&e.reason),
+            esc(&details_text(&e.details))
         );
     }
     body.push_str("</table>");
@@ -595,5 +598,26 @@ fn origin(host: bool) -> &'static str {
         "registered on the host by its operator (may name host paths and commands)"
     } else {
         "registered through the API"
+    }
+}
+
+/// Most characters of an event's details the audit page shows.
+const DETAILS_SHOWN: usize = 300;
+
+/// An event's details as compact JSON, cut short (the export has them whole).
+fn details_text(details: &serde_json::Map<String, serde_json::Value>) -> String {
+    if details.is_empty() {
+        return "-".to_owned();
+    }
+    compact_json(details, DETAILS_SHOWN)
+}
+
+/// `map` as compact JSON of at most `max` characters (and an ellipsis when cut).
+fn compact_json(map: &serde_json::Map<String, serde_json::Value>, max: usize) -> String {
+    let text = serde_json::Value::Object(map.clone()).to_string();
+    if text.chars().count() > max {
+        text.chars().take(max).collect::<String>() + "…"
+    } else {
+        text
     }
 }

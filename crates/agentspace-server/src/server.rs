@@ -140,6 +140,7 @@ fn router(app: AppState) -> Router {
         .route("/console/tasks", post(console::start_task))
         .route("/console/tasks/{id}", get(console::task_page))
         .route("/console/tasks/{id}/log", get(console::task_log))
+        .route("/console/tasks/{id}/stop", post(console::stop_task))
         .route(
             "/console/login",
             get(console::login_form).post(console::login),

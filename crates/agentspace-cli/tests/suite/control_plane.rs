@@ -24,9 +24,9 @@ spec:
 ";
 
 /// A control plane on a free loopback port, killed on drop.
-struct Serve {
+pub struct Serve {
     child: Child,
-    url: String,
+    pub url: String,
 }
 
 impl Drop for Serve {
@@ -36,7 +36,8 @@ impl Drop for Serve {
     }
 }
 
-fn serve(s: &Sandbox) -> Serve {
+/// `agentspace serve` on `s`'s state directory.
+pub fn serve(s: &Sandbox) -> Serve {
     let mut child = Command::new(agentspace_bin())
         .arg("--state-dir")
         .arg(s.state())
@@ -58,7 +59,8 @@ fn serve(s: &Sandbox) -> Serve {
     Serve { child, url }
 }
 
-fn bootstrap(s: &Sandbox) -> String {
+/// Creates tenant `acme` with admin `alice`; returns her token.
+pub fn bootstrap(s: &Sandbox) -> String {
     let out = s
         .command()
         .args(["serve", "--bootstrap-admin", "alice", "--tenant", "acme"])
@@ -72,7 +74,8 @@ fn bootstrap(s: &Sandbox) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
-fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+/// Polls `f` until it gives a value (at most 20 s).
+pub fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let end = Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(v) = f() {
@@ -203,4 +206,66 @@ fn approvals_cli_talks_to_the_server() {
     let (code, _, err) = cli(&["deny", "../users", "--comment", "x"], &token);
     assert_eq!(code, Some(125));
     assert!(err.contains("not an approval id"), "{err}");
+}
+
+#[test]
+fn a_host_registered_definition_runs_its_registered_text_with_host_paths() {
+    if !privileged() {
+        return;
+    }
+    let s = Sandbox::new();
+    let token = bootstrap(&s);
+    let dir = s.path().join("officer");
+    for (ws, marker) in [
+        ("ws", "registered workspace"),
+        ("other", "edited workspace"),
+    ] {
+        std::fs::create_dir_all(dir.join(ws)).unwrap();
+        std::fs::write(dir.join(ws).join("marker"), marker).unwrap();
+    }
+    let file = dir.join("officer.yaml");
+    let text = AGENT
+        .replace("name: hello", "name: officer")
+        .replace("spec:\n", "spec:\n  workspace: ./ws\n");
+    std::fs::write(&file, &text).unwrap();
+    let out = s
+        .command()
+        .args(["definition", "register", "-f"])
+        .arg(&file)
+        .args(["--tenant", "acme", "--as", "operator"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let server = serve(&s);
+    let api = Client::new(&server.url, Some(&token)).unwrap();
+    let registered = api.get("/v1/definitions/officer").unwrap().json();
+    assert_eq!(registered["host"], true, "{registered}");
+
+    // The file changes on disk after registration; what runs is still the registered
+    // text, its relative workspace resolved against the file's directory.
+    std::fs::write(&file, text.replace("./ws", "./other")).unwrap();
+    let r = api
+        .post(
+            "/v1/tasks",
+            &json!({"agent": "officer", "command": ["cat", "/workspace/marker"]}),
+        )
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.error_message());
+    let task = r.json()["task"].as_str().unwrap().to_owned();
+    let m: Value = until("the task's exit", || {
+        let m = api.get(&format!("/v1/tasks/{task}")).unwrap().json();
+        (m["state"] != "running").then_some(m)
+    });
+    assert_eq!(
+        (m["state"].as_str(), m["exit_code"].as_i64()),
+        (Some("exited"), Some(0)),
+        "{m}"
+    );
+    assert_eq!(m["definition_digest"], registered["digest"], "{m}");
+    let log = api.get(&format!("/v1/tasks/{task}/logs")).unwrap();
+    assert_eq!(String::from_utf8_lossy(&log.body), "registered workspace");
 }

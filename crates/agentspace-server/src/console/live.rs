@@ -131,12 +131,8 @@ impl From<Approval> for Pending {
         let mut request = c.request.clone();
         // The digest identifies the request for retries; it tells a person nothing.
         request.remove("digest");
-        let mut request = serde_json::Value::Object(request).to_string();
-        if request.chars().count() > REQUEST_SHOWN {
-            request = request.chars().take(REQUEST_SHOWN).collect::<String>() + "…";
-        }
         Self {
-            request,
+            request: super::compact_json(&request, REQUEST_SHOWN),
             id: a.id,
             user: c.user,
             agent: c.agent.unwrap_or_default(),
@@ -893,6 +889,15 @@ pub(crate) async fn task_page(
         task = esc(&c.task),
         card = cell_html(&c)
     );
+    if c.state == "running" && (c.user == s.caller.user || has(&s, &[Role::Admin])) {
+        let _ = write!(
+            body,
+            "<form method=\"post\" action=\"/console/tasks/{}/stop\" class=\"stop\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+<button>Stop this task</button> <span class=\"hint\">revokes it (every further action is denied) and ends its cell</span></form>",
+            esc(&c.task),
+            esc(&s.csrf)
+        );
+    }
     if watch {
         body.push_str("<section><h2>Decisions</h2>");
         body.push_str(&stream_table(&events, end.checked_sub(1), Some(&c.task)));
@@ -1129,5 +1134,39 @@ pub(crate) async fn start_task(
             ))
         }
         Err(e) => Ok(refused(e.status(), &e.to_string())),
+    }
+}
+
+/// `POST /console/tasks/{id}/stop`: stops a task (admin, or the user it acts for), as
+/// `POST /v1/tasks/{id}/stop` does.
+pub(crate) async fn stop_task(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<super::ActionForm>,
+) -> Result<Response, ServerError> {
+    let Some(s) = session(&app, &headers).await? else {
+        return Ok(to_login());
+    };
+    if !same(&s.csrf, &form.csrf) {
+        return Ok(bad_csrf());
+    }
+    let caller = s.caller;
+    let task = id.clone();
+    match blocking(&app, move |app| crate::api::stop(app, &caller, &task)).await {
+        Ok(_) => {
+            let mut r = Redirect::to(&format!("/console/tasks/{id}")).into_response();
+            *r.status_mut() = StatusCode::SEE_OTHER;
+            Ok(r)
+        }
+        Err(e) => Ok(page(
+            e.status(),
+            "Refused",
+            &format!(
+                "<p class=\"err\">{}</p><p><a href=\"/console/\">Back</a></p>",
+                esc(&e.to_string())
+            ),
+            Vec::new(),
+        )),
     }
 }

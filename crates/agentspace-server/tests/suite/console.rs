@@ -736,8 +736,16 @@ fn another_tenants_task_is_not_found_on_any_console_page() {
     )
     .unwrap();
     let beta = server.bootstrap("beta", "bea");
-    let (session, _) = session_of(&server, &beta, "bea");
+    let (session, csrf) = session_of(&server, &beta, "bea");
     let b = browser(&server);
+    // Nor can it be stopped from there.
+    let r = post_form(
+        &b,
+        &format!("/console/tasks/{task}/stop"),
+        &session,
+        &format!("csrf={csrf}"),
+    );
+    assert_eq!(r.status, 404);
     for path in [
         format!("/console/tasks/{task}"),
         format!("/console/tasks/{task}/log"),
@@ -757,10 +765,26 @@ fn another_tenants_task_is_not_found_on_any_console_page() {
     assert_eq!(state["cells"], json!([]));
 
     // The owner sees the card, the output and the same card live.
-    let (alice, _) = session_of(&server, &admin, "alice");
+    let (alice, alice_csrf) = session_of(&server, &admin, "alice");
     let log = get(&b, &format!("/console/tasks/{task}/log"), &alice);
     assert_eq!(log.status, 200);
     assert_eq!(text(&log), "acme's customer list\n");
     let page = text(&get(&b, &format!("/console/tasks/{task}"), &alice));
     assert!(page.contains("acme&#39;s customer list"), "{page}");
+    assert!(page.contains("Stop this task"), "{page}");
+
+    // Stopping needs the session's CSRF token; with it, the task is revoked (audited).
+    let stop = |form: &str| post_form(&b, &format!("/console/tasks/{task}/stop"), &alice, form);
+    assert_eq!(stop("").status, 403);
+    assert_eq!(admin.get("/v1/revocations").json(), json!([]));
+    let r = stop(&format!("csrf={alice_csrf}"));
+    assert_eq!(r.status, 303);
+    assert_eq!(
+        r.header_values("location"),
+        [format!("/console/tasks/{task}")]
+    );
+    assert_eq!(
+        admin.get("/v1/revocations").json()[0]["task"],
+        task.as_str()
+    );
 }

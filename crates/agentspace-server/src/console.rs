@@ -274,10 +274,46 @@ async fn session(app: &AppState, headers: &HeaderMap) -> Result<Option<Session>,
     .await
 }
 
-fn to_login() -> Response {
-    let mut r = Redirect::to("/console/login").into_response();
+/// A page that says what was refused (escaped), with a link back to `back`.
+fn refusal(status: StatusCode, title: &str, problem: &str, back: &str) -> Response {
+    page(
+        status,
+        title,
+        &format!(
+            "<p class=\"err\">{}</p><p><a href=\"{}\">Back</a></p>",
+            esc(problem),
+            esc(back)
+        ),
+        Vec::new(),
+    )
+}
+
+/// Sends the browser on to `to` with a GET, after a form's POST.
+fn see_other(to: &str) -> Response {
+    let mut r = Redirect::to(to).into_response();
     *r.status_mut() = StatusCode::SEE_OTHER;
     r
+}
+
+/// The session a state-changing form came from, or the answer to give instead: the
+/// sign-in page without a session, a 403 when the form's CSRF token is not the
+/// session's (missing counts as wrong).
+async fn form_session(
+    app: &AppState,
+    headers: &HeaderMap,
+    csrf: &str,
+) -> Result<Result<Session, Response>, ServerError> {
+    let Some(s) = session(app, headers).await? else {
+        return Ok(Err(to_login()));
+    };
+    if !same(&s.csrf, csrf) {
+        return Ok(Err(bad_csrf()));
+    }
+    Ok(Ok(s))
+}
+
+fn to_login() -> Response {
+    see_other("/console/login")
 }
 
 /// A state-changing form's CSRF field (and, for decisions, the comment).
@@ -305,12 +341,10 @@ pub(crate) async fn logout(
     headers: HeaderMap,
     Form(form): Form<ActionForm>,
 ) -> Result<Response, ServerError> {
-    let Some(s) = session(&app, &headers).await? else {
-        return Ok(to_login());
+    let s = match form_session(&app, &headers, &form.csrf).await? {
+        Ok(s) => s,
+        Err(answer) => return Ok(answer),
     };
-    if !same(&s.csrf, &form.csrf) {
-        return Ok(bad_csrf());
-    }
     blocking(&app, move |app| {
         app.db
             .with(|c| c.execute("DELETE FROM session WHERE hash = ?1", params![s.hash]))
@@ -329,12 +363,10 @@ pub(crate) async fn decide(
     Path((id, verb)): Path<(String, String)>,
     Form(form): Form<ActionForm>,
 ) -> Result<Response, ServerError> {
-    let Some(s) = session(&app, &headers).await? else {
-        return Ok(to_login());
+    let s = match form_session(&app, &headers, &form.csrf).await? {
+        Ok(s) => s,
+        Err(answer) => return Ok(answer),
     };
-    if !same(&s.csrf, &form.csrf) {
-        return Ok(bad_csrf());
-    }
     let outcome = match verb.as_str() {
         "approve" => Outcome::Approve,
         "deny" => Outcome::Deny,
@@ -348,20 +380,8 @@ pub(crate) async fn decide(
     })
     .await;
     match result {
-        Ok(_) => {
-            let mut r = Redirect::to("/console/").into_response();
-            *r.status_mut() = StatusCode::SEE_OTHER;
-            Ok(r)
-        }
-        Err(e) => Ok(page(
-            e.status(),
-            "Refused",
-            &format!(
-                "<p class=\"err\">{}</p><p><a href=\"/console/\">Back</a></p>",
-                esc(&e.to_string())
-            ),
-            Vec::new(),
-        )),
+        Ok(_) => Ok(see_other("/console/")),
+        Err(e) => Ok(refusal(e.status(), "Refused", &e.to_string(), "/console/")),
     }
 }
 
@@ -418,14 +438,11 @@ pub(crate) async fn audit(
     let filter = match query.filter(&tenant) {
         Ok(f) => f,
         Err(e) => {
-            return Ok(page(
+            return Ok(refusal(
                 StatusCode::BAD_REQUEST,
                 "Audit",
-                &format!(
-                    "<p class=\"err\">{}</p><p><a href=\"/console/audit\">Back</a></p>",
-                    esc(&e.to_string())
-                ),
-                Vec::new(),
+                &e.to_string(),
+                "/console/audit",
             ));
         }
     };
@@ -562,14 +579,11 @@ pub(crate) async fn definition(
     let (v, text, cedar) = match found {
         Ok(found) => found,
         Err(e) => {
-            return Ok(page(
+            return Ok(refusal(
                 e.status(),
                 "Definitions",
-                &format!(
-                    "<p class=\"err\">{}</p><p><a href=\"/console/definitions\">Back</a></p>",
-                    esc(&e.to_string())
-                ),
-                Vec::new(),
+                &e.to_string(),
+                "/console/definitions",
             ));
         }
     };

@@ -12,7 +12,7 @@ use std::process::Command;
 use agentspace_server::client::Client;
 use serde_json::{Value, json};
 
-use super::control_plane::{bootstrap, serve};
+use super::control_plane::{bootstrap, register_on_host, serve};
 use super::support::{Sandbox, privileged};
 use super::tools::python_mcp;
 
@@ -80,18 +80,7 @@ fn the_console_starts_the_credit_officer_and_its_held_mail_is_approved_in_chromi
         .unwrap();
 
     // The host's operator registers the example as it is, host paths and all.
-    let out = s
-        .command()
-        .args(["definition", "register", "-f"])
-        .arg(&example)
-        .args(["--tenant", "acme", "--as", "operator"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    register_on_host(&s, &example);
     let server = serve(&s);
     let api = Client::new(&server.url, Some(&token)).unwrap();
     let registered = api.get("/v1/definitions/credit-officer").unwrap().json();

@@ -59,19 +59,34 @@ pub fn serve(s: &Sandbox) -> Serve {
     Serve { child, url }
 }
 
-/// Creates tenant `acme` with admin `alice`; returns her token.
-pub fn bootstrap(s: &Sandbox) -> String {
-    let out = s
-        .command()
-        .args(["serve", "--bootstrap-admin", "alice", "--tenant", "acme"])
-        .output()
-        .unwrap();
+/// Runs `command`, which must succeed; returns its stdout, trimmed.
+fn succeed(command: &mut Command) -> String {
+    let out = command.output().unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Creates tenant `acme` with admin `alice`; returns her token.
+pub fn bootstrap(s: &Sandbox) -> String {
+    succeed(
+        s.command()
+            .args(["serve", "--bootstrap-admin", "alice", "--tenant", "acme"]),
+    )
+}
+
+/// `agentspace definition register -f FILE --tenant acme --as operator`, as the host's
+/// operator does.
+pub fn register_on_host(s: &Sandbox, file: &std::path::Path) {
+    succeed(
+        s.command()
+            .args(["definition", "register", "-f"])
+            .arg(file)
+            .args(["--tenant", "acme", "--as", "operator"]),
+    );
 }
 
 /// Polls `f` until it gives a value (at most 20 s).
@@ -228,18 +243,7 @@ fn a_host_registered_definition_runs_its_registered_text_with_host_paths() {
         .replace("name: hello", "name: officer")
         .replace("spec:\n", "spec:\n  workspace: ./ws\n");
     std::fs::write(&file, &text).unwrap();
-    let out = s
-        .command()
-        .args(["definition", "register", "-f"])
-        .arg(&file)
-        .args(["--tenant", "acme", "--as", "operator"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    register_on_host(&s, &file);
     let server = serve(&s);
     let api = Client::new(&server.url, Some(&token)).unwrap();
     let registered = api.get("/v1/definitions/officer").unwrap().json();

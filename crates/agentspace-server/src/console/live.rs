@@ -13,10 +13,12 @@ use std::fmt::Write as _;
 use agentspace_core::{AuditDecision, AuditEvent, Definition, Name};
 use axum::extract::{Form, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
-use super::{Session, bad_csrf, esc, harden, page, render, same, session, to_login};
+use super::{
+    Session, esc, form_session, harden, page, refusal, render, see_other, session, to_login,
+};
 use crate::api::{App, AppState, blocking};
 use crate::approvals::{Approval, ApprovalState};
 use crate::auth::Role;
@@ -870,15 +872,7 @@ pub(crate) async fn task_page(
     let (c, events, end, log) = match found {
         Ok(found) => found,
         Err(e) => {
-            return Ok(page(
-                e.status(),
-                "Task",
-                &format!(
-                    "<p class=\"err\">{}</p><p><a href=\"/console/\">Back</a></p>",
-                    esc(&e.to_string())
-                ),
-                Vec::new(),
-            ));
+            return Ok(refusal(e.status(), "Task", &e.to_string(), "/console/"));
         }
     };
     let mut body = header(&s);
@@ -1061,23 +1055,12 @@ pub(crate) async fn start_task(
     headers: HeaderMap,
     Form(form): Form<StartForm>,
 ) -> Result<Response, ServerError> {
-    let Some(s) = session(&app, &headers).await? else {
-        return Ok(to_login());
+    let s = match form_session(&app, &headers, &form.csrf).await? {
+        Ok(s) => s,
+        Err(answer) => return Ok(answer),
     };
-    if !same(&s.csrf, &form.csrf) {
-        return Ok(bad_csrf());
-    }
-    let refused = |status: StatusCode, message: &str| {
-        page(
-            status,
-            "Refused",
-            &format!(
-                "<p class=\"err\">{}</p><p><a href=\"/console/\">Back</a></p>",
-                esc(message)
-            ),
-            Vec::new(),
-        )
-    };
+    let refused =
+        |status: StatusCode, message: &str| refusal(status, "Refused", message, "/console/");
     if s.caller.require(STARTERS).is_err() {
         return Ok(refused(
             StatusCode::FORBIDDEN,
@@ -1108,11 +1091,7 @@ pub(crate) async fn start_task(
     })
     .await;
     match started {
-        Ok(t) => {
-            let mut r = Redirect::to(&format!("/console/tasks/{}", t.task)).into_response();
-            *r.status_mut() = StatusCode::SEE_OTHER;
-            Ok(r)
-        }
+        Ok(t) => Ok(see_other(&format!("/console/tasks/{}", t.task))),
         Err(ServerError::Definition(problems)) => {
             let mut body = String::from(
                 "<p class=\"err\">The task was not started: its definition is refused here.</p><ul>",
@@ -1145,28 +1124,14 @@ pub(crate) async fn stop_task(
     Path(id): Path<String>,
     Form(form): Form<super::ActionForm>,
 ) -> Result<Response, ServerError> {
-    let Some(s) = session(&app, &headers).await? else {
-        return Ok(to_login());
+    let s = match form_session(&app, &headers, &form.csrf).await? {
+        Ok(s) => s,
+        Err(answer) => return Ok(answer),
     };
-    if !same(&s.csrf, &form.csrf) {
-        return Ok(bad_csrf());
-    }
     let caller = s.caller;
     let task = id.clone();
     match blocking(&app, move |app| crate::api::stop(app, &caller, &task)).await {
-        Ok(_) => {
-            let mut r = Redirect::to(&format!("/console/tasks/{id}")).into_response();
-            *r.status_mut() = StatusCode::SEE_OTHER;
-            Ok(r)
-        }
-        Err(e) => Ok(page(
-            e.status(),
-            "Refused",
-            &format!(
-                "<p class=\"err\">{}</p><p><a href=\"/console/\">Back</a></p>",
-                esc(&e.to_string())
-            ),
-            Vec::new(),
-        )),
+        Ok(_) => Ok(see_other(&format!("/console/tasks/{id}"))),
+        Err(e) => Ok(refusal(e.status(), "Refused", &e.to_string(), "/console/")),
     }
 }

@@ -30,6 +30,8 @@ pub(crate) struct App {
     pub(crate) approvals: ApprovalStore,
     pub(crate) revocations: Revocations,
     pub(crate) runner: crate::runner::Runner,
+    /// The event streams open now (limited per caller and in all).
+    pub(crate) streams: Arc<crate::events::StreamSlots>,
 }
 
 pub(crate) type AppState = Arc<App>;

@@ -231,13 +231,17 @@ pub(crate) async fn login(
 }
 
 /// The signed-in user and the session's CSRF token.
-struct Session {
-    caller: Caller,
+pub(crate) struct Session {
+    pub(crate) caller: Caller,
     csrf: String,
-    hash: String,
+    pub(crate) hash: String,
 }
 
-async fn session(app: &AppState, headers: &HeaderMap) -> Result<Option<Session>, ServerError> {
+/// The signed-in session of a request, if any (expired and revoked ones are none).
+pub(crate) async fn session(
+    app: &AppState,
+    headers: &HeaderMap,
+) -> Result<Option<Session>, ServerError> {
     let Some(id) = cookie(headers, SESSION_COOKIE).filter(|v| v.len() == 64) else {
         return Ok(None);
     };

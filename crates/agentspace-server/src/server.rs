@@ -195,6 +195,7 @@ impl Server {
                 db,
                 audit,
                 revocations,
+                streams: Arc::default(),
             })
         })
         .await

@@ -1026,7 +1026,9 @@ pub(crate) async fn stream(
         return Ok(refuse(StatusCode::UNAUTHORIZED, "not signed in"));
     };
     s.caller.require(WATCHERS)?;
-    let mut r = crate::events::stream(app, s.caller.tenant, &headers, q, false)
+    let key = format!("session:{}", s.hash);
+    let follower = crate::events::Follower::Session(headers.clone());
+    let mut r = crate::events::stream(app, s.caller.tenant, &headers, q, false, follower, &key)
         .await?
         .into_response();
     harden(r.headers_mut(), super::CSP_STATIC);

@@ -788,3 +788,28 @@ fn another_tenants_task_is_not_found_on_any_console_page() {
         task.as_str()
     );
 }
+
+/// Signing out ends the console's event stream too (it is checked again while it runs).
+#[test]
+fn signing_out_ends_the_console_stream() {
+    let server = TestServer::start();
+    let admin = server.bootstrap("acme", "alice");
+    let token = admin.post("/v1/users/alice/tokens", json!({})).json()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (session, csrf) = sign_in(&server, &token);
+    let mut stream = open_stream_at(
+        &server,
+        "/console/events",
+        &format!("Cookie: {session}\r\n"),
+    );
+    let b = browser(&server);
+    let r = post_form(&b, "/console/logout", &session, &format!("csrf={csrf}"));
+    assert_eq!(r.status, 303);
+    let mut lines = Vec::new();
+    assert!(
+        super::events::read_until_end(&mut stream, &mut lines, std::time::Duration::from_secs(20)),
+        "the stream went on after sign-out: {lines:?}"
+    );
+}

@@ -19,7 +19,7 @@
 mod live;
 
 pub(crate) use live::{
-    home, script, start_task, state, stop_task, stream, style, task_log, task_page,
+    approval_page, home, script, start_task, state, stop_task, stream, style, task_log, task_page,
 };
 
 use std::fmt::Write as _;
@@ -627,15 +627,16 @@ fn details_text(details: &serde_json::Map<String, serde_json::Value>) -> String 
     if details.is_empty() {
         return "-".to_owned();
     }
-    compact_json(details, DETAILS_SHOWN)
+    compact_json(details, DETAILS_SHOWN).0
 }
 
-/// `map` as compact JSON of at most `max` characters (and an ellipsis when cut).
-fn compact_json(map: &serde_json::Map<String, serde_json::Value>, max: usize) -> String {
+/// `map` as compact JSON of at most `max` characters (and an ellipsis when cut), and
+/// whether it was cut.
+fn compact_json(map: &serde_json::Map<String, serde_json::Value>, max: usize) -> (String, bool) {
     let text = serde_json::Value::Object(map.clone()).to_string();
     if text.chars().count() > max {
-        text.chars().take(max).collect::<String>() + "…"
+        (text.chars().take(max).collect::<String>() + "…", true)
     } else {
-        text
+        (text, false)
     }
 }

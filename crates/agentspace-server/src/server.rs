@@ -149,9 +149,36 @@ fn router(app: AppState) -> Router {
         .route("/console/audit", get(console::audit))
         .route("/console/definitions", get(console::definitions))
         .route("/console/definitions/{name}", get(console::definition))
+        .route("/console/approvals/{id}", get(console::approval_page))
         .route("/console/approvals/{id}/{verb}", post(console::decide))
         .fallback(api::not_found)
+        .layer(axum::middleware::map_response(safe_headers))
         .with_state(app)
+}
+
+/// Headers every answer carries, errors and extractor rejections included: no content
+/// sniffing (so no answer can be loaded as a script or style from another page), not
+/// readable across origins, no referrer. Pages set their own CSP on top.
+async fn safe_headers(mut response: axum::response::Response) -> axum::response::Response {
+    use axum::http::{HeaderValue, header};
+    let h = response.headers_mut();
+    for (name, value) in [
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (
+            axum::http::HeaderName::from_static("cross-origin-resource-policy"),
+            "same-origin",
+        ),
+        (
+            axum::http::HeaderName::from_static("cross-origin-opener-policy"),
+            "same-origin",
+        ),
+    ] {
+        if !h.contains_key(&name) {
+            h.insert(name, HeaderValue::from_static(value));
+        }
+    }
+    response
 }
 
 fn open_audit(state_dir: &Path, audit_url: Option<&str>) -> Result<AuditLog, ServerError> {

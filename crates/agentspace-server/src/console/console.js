@@ -174,7 +174,12 @@
       tr.appendChild(td);
     });
     const actions = el('td');
-    if (approvals.dataset.decide === '1') {
+    const review = el('a', p.truncated ? 'review the whole request' : 'details');
+    review.href = '/console/approvals/' + encodeURIComponent(p.id);
+    actions.appendChild(review);
+    actions.appendChild(document.createTextNode(' '));
+    // A summary cut short is decided on the approval's own page, where all of it shows.
+    if (approvals.dataset.decide === '1' && !p.truncated) {
       actions.appendChild(decisionForm(p.id, 'approve', 'Approve'));
       actions.appendChild(document.createTextNode(' '));
       actions.appendChild(decisionForm(p.id, 'deny', 'Deny'));

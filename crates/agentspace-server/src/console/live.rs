@@ -118,8 +118,12 @@ pub(crate) struct Pending {
     task: String,
     action: String,
     resource: String,
-    /// The request summary (secrets redacted), as compact JSON.
+    /// The request summary (secrets redacted), as compact JSON: what the agent sends
+    /// (body, tool arguments) first, header names only counted.
     request: String,
+    /// Whether `request` was cut short: then the queue offers no decision until the
+    /// whole request was looked at on the approval's own page.
+    truncated: bool,
     reason: String,
     expires_at: String,
 }
@@ -130,11 +134,11 @@ const REQUEST_SHOWN: usize = 400;
 impl From<Approval> for Pending {
     fn from(a: Approval) -> Self {
         let c = a.context;
-        let mut request = c.request.clone();
-        // The digest identifies the request for retries; it tells a person nothing.
-        request.remove("digest");
+        let request = summary_for_people(&c.request);
+        let (request, truncated) = super::compact_json(&request, REQUEST_SHOWN);
         Self {
-            request: super::compact_json(&request, REQUEST_SHOWN),
+            request,
+            truncated,
             id: a.id,
             user: c.user,
             agent: c.agent.unwrap_or_default(),
@@ -145,6 +149,34 @@ impl From<Approval> for Pending {
             expires_at: a.expires_at,
         }
     }
+}
+
+/// A held request's summary ordered for the person deciding: what the agent sends
+/// (`body`, `arguments`) first, so that nothing the agent pads in front can push it out
+/// of view; header names only counted (an agent could list dozens); the digest, which
+/// only identifies retries, left out.
+fn summary_for_people(
+    request: &serde_json::Map<String, serde_json::Value>,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut out = serde_json::Map::new();
+    for key in ["body", "arguments"] {
+        if let Some(v) = request.get(key) {
+            out.insert(key.to_owned(), v.clone());
+        }
+    }
+    for (key, value) in request {
+        match key.as_str() {
+            "body" | "arguments" | "digest" => {}
+            "headers" => {
+                let n = value.as_array().map_or(0, Vec::len);
+                out.insert("headers".to_owned(), serde_json::json!(n));
+            }
+            _ => {
+                out.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    out
 }
 
 /// What `GET /console/state` answers: the canvas and, for those who may see it, the
@@ -565,7 +597,17 @@ fn approval_row(a: &Pending, csrf: &str, decide: bool) -> String {
         esc(&a.expires_at),
         task = esc(&a.task),
     );
-    if decide {
+    let _ = write!(
+        row,
+        "<a href=\"/console/approvals/{}\">{}</a> ",
+        esc(&a.id),
+        if a.truncated {
+            "review the whole request"
+        } else {
+            "details"
+        }
+    );
+    if decide && !a.truncated {
         for (verb, label) in [("approve", "Approve"), ("deny", "Deny")] {
             let _ = write!(
                 row,
@@ -1033,6 +1075,97 @@ pub(crate) async fn stream(
         .into_response();
     harden(r.headers_mut(), super::CSP_STATIC);
     Ok(r)
+}
+
+/// `GET /console/approvals/{id}`: one approval with everything it was held with — the
+/// whole request (secrets redacted), the policies, the budget state — and, while it is
+/// pending, approve and deny for those who may decide (admin, approver; four-eyes is
+/// checked when deciding). Admins, approvers and auditors of its tenant only.
+pub(crate) async fn approval_page(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ServerError> {
+    let Some(s) = session(&app, &headers).await? else {
+        return Ok(to_login());
+    };
+    if !has(&s, WATCHERS) {
+        return Ok(refusal(
+            StatusCode::FORBIDDEN,
+            "Approval",
+            "approvals are shown to admins, approvers and auditors",
+            "/console/",
+        ));
+    }
+    let tenant = s.caller.tenant.clone();
+    let found = blocking(&app, move |app| app.approvals.get(&tenant, &id)).await;
+    let a = match found {
+        Ok(a) => a,
+        Err(e) => return Ok(refusal(e.status(), "Approval", &e.to_string(), "/console/")),
+    };
+    let c = &a.context;
+    let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default();
+    let mut body = header(&s);
+    let _ = write!(
+        body,
+        "<h2>Approval {id}</h2><table class=\"detail\">\
+<tr><th>state</th><td>{state}</td></tr><tr><th>user (the agent acts for)</th><td>{user}</td></tr>\
+<tr><th>agent</th><td>{agent}</td></tr><tr><th>task</th><td><a href=\"/console/tasks/{task}\">{task}</a></td></tr>\
+<tr><th>action</th><td>{action}</td></tr><tr><th>resource</th><td><code>{resource}</code></td></tr>\
+<tr><th>why</th><td>{reason}</td></tr><tr><th>policies</th><td>{policies}</td></tr>\
+<tr><th>until</th><td>{until}</td></tr></table>\
+<h3>The whole request</h3><pre class=\"request\">{request}</pre>\
+<h3>Budget when held</h3><pre>{budget}</pre>",
+        id = esc(&a.id),
+        state = esc(&format!("{:?}", a.state).to_lowercase()),
+        user = esc(&c.user),
+        agent = esc(c.agent.as_deref().unwrap_or("-")),
+        task = esc(c.task.as_deref().unwrap_or("")),
+        action = esc(&c.action),
+        resource = esc(&visible(&c.resource)),
+        reason = esc(c.reason.as_deref().unwrap_or("-")),
+        policies = esc(&c.policies.join(", ")),
+        until = esc(&a.expires_at),
+        request = esc(&visible(&pretty(&serde_json::Value::Object(
+            c.request.clone()
+        )))),
+        budget = esc(&c.budget.as_ref().map_or_else(|| "-".to_owned(), pretty)),
+    );
+    if a.state == ApprovalState::Pending && has(&s, DECIDERS) {
+        for (verb, label) in [("approve", "Approve"), ("deny", "Deny")] {
+            let _ = write!(
+                body,
+                "<form class=\"inline\" method=\"post\" action=\"/console/approvals/{}/{verb}\">\
+<input type=\"hidden\" name=\"csrf\" value=\"{}\"><input name=\"comment\" placeholder=\"comment\" size=\"30\">\
+<button>{label}</button></form> ",
+                esc(&a.id),
+                esc(&s.csrf)
+            );
+        }
+    }
+    Ok(render(
+        StatusCode::OK,
+        "Approval",
+        &body,
+        Vec::new(),
+        Some(&s.csrf),
+    ))
+}
+
+/// `text` with invisible and direction-changing characters shown as `<U+XXXX>`, so
+/// that a name such as `evil\u{202e}moc.example` cannot pass for another.
+fn visible(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        let hidden = matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
+            || (c.is_control() && c != '\n' && c != '\t');
+        if hidden {
+            let _ = write!(out, "<U+{:04X}>", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 // ---------------------------------------------------------------- starting a task

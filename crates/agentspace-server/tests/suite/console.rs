@@ -813,3 +813,106 @@ fn signing_out_ends_the_console_stream() {
         "the stream went on after sign-out: {lines:?}"
     );
 }
+
+/// An agent cannot hide what it asks for behind padding: the queue shows the body first
+/// and only counts header names; a summary that is still cut short offers no decision
+/// in the queue, only a link to the approval's page, which shows the whole request
+/// escaped, with direction-changing characters made visible. Another tenant's approval
+/// is a 404 there.
+#[test]
+fn an_approver_sees_the_whole_held_request_before_deciding() {
+    let server = TestServer::start();
+    let admin = server.bootstrap("acme", "alice");
+    admin.post("/v1/users", json!({"name": "bob", "roles": ["approver"]}));
+    let mut ctx = context("acme", "carol", true, 600);
+    let padding: Vec<String> = (0..40).map(|i| format!("x-padding-header-{i}")).collect();
+    ctx.resource = "https://pay.example/\u{202e}moc.evil".into();
+    ctx.request = serde_json::from_value(json!({
+        "method": "POST",
+        "host": "pay.example",
+        "headers": padding,
+        "note": "n".repeat(500),
+        "body": {"amount": 999_999, "to": "<b>mallory</b>"},
+    }))
+    .unwrap();
+    let id = server.approvals.request(ctx).unwrap();
+    let (bob, csrf) = session_of(&server, &admin, "bob");
+    let b = browser(&server);
+
+    // The queue: the body first, header names counted, no decision on a cut summary.
+    let state = get(&b, "/console/state", &bob).json();
+    let pending = &state["approvals"][0];
+    assert_eq!(pending["id"], id.as_str());
+    assert_eq!(pending["truncated"], true);
+    let summary = pending["request"].as_str().unwrap();
+    assert!(
+        summary.starts_with("{\"body\":{\"amount\":999999"),
+        "{summary}"
+    );
+    assert!(summary.contains("\"headers\":40"), "{summary}");
+    let home = text(&get(&b, "/console/", &bob));
+    let row = &home[home.find(&format!("data-id=\"{id}\"")).unwrap()..];
+    let row = &row[..row.find("</tr>").unwrap()];
+    assert!(row.contains("review the whole request"), "{row}");
+    assert!(
+        !row.contains("/approve"),
+        "a decision offered on a cut summary: {row}"
+    );
+
+    // The approval's page: all of it, escaped, the hidden character shown.
+    let page = get(&b, &format!("/console/approvals/{id}"), &bob);
+    assert_eq!(page.status, 200);
+    let body = text(&page);
+    assert!(body.contains("&lt;b&gt;mallory&lt;/b&gt;"), "{}", body);
+    assert!(!body.contains("<b>mallory"));
+    assert!(body.contains("999999"));
+    assert!(body.contains("&lt;U+202E&gt;moc.evil"), "{}", body);
+    assert!(body.contains(&format!("/console/approvals/{id}/approve")));
+    // Deciding from it works (four-eyes: bob is not carol).
+    let r = post_form(
+        &b,
+        &format!("/console/approvals/{id}/approve"),
+        &bob,
+        &format!("csrf={csrf}&comment=read+it+all"),
+    );
+    assert_eq!(r.status, 303);
+    let after = text(&get(&b, &format!("/console/approvals/{id}"), &bob));
+    assert!(after.contains("approved"), "{after}");
+    assert!(!after.contains("/approve\""));
+
+    // Another tenant's approver: as if it did not exist.
+    let beta = server.bootstrap("beta", "bea");
+    let (bea, _) = session_of(&server, &beta, "bea");
+    assert_eq!(
+        get(&b, &format!("/console/approvals/{id}"), &bea).status,
+        404
+    );
+}
+
+/// Every answer, errors and rejected queries included, forbids content sniffing and
+/// cross-origin reads, so none can be loaded as script or style by another page.
+#[test]
+fn every_answer_forbids_sniffing_and_cross_origin_reads() {
+    let server = TestServer::start();
+    let admin = server.bootstrap("acme", "alice");
+    let (session, _) = session_of(&server, &admin, "alice");
+    let b = browser(&server);
+    for (path, cookie) in [
+        ("/v1/nothing-here", ""),
+        ("/console/audit?bogus=%3Cscript%3E", session.as_str()),
+        ("/console/events", ""),
+        ("/openapi.json", ""),
+    ] {
+        let r = get(&b, path, cookie);
+        assert_eq!(
+            r.header_values("x-content-type-options"),
+            ["nosniff"],
+            "{path}"
+        );
+        assert_eq!(
+            r.header_values("cross-origin-resource-policy"),
+            ["same-origin"],
+            "{path}"
+        );
+    }
+}

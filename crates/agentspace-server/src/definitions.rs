@@ -1,5 +1,10 @@
 //! Registered agent definitions: each registration that changes the text is a new
 //! version; the text is kept as given, validated with the same parser as `agentspace run`.
+//!
+//! A version registered through the API may not name anything on the server host (the
+//! runner refuses it); a version registered on the host by its operator
+//! (`agentspace definition register`) is *host-trusted*: it keeps the path of the file
+//! it came from, against whose directory its relative paths resolve.
 
 use std::path::{Path, PathBuf};
 
@@ -32,6 +37,9 @@ pub struct DefinitionVersion {
     pub registered_by: String,
     /// When.
     pub registered_at: String,
+    /// Registered on the server host by its operator (`agentspace definition register`):
+    /// it may name host paths and host commands, which the runner then allows.
+    pub host: bool,
     /// The definition text (only on single-version answers).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
@@ -57,13 +65,32 @@ pub(crate) fn source_path(state_dir: &Path, tenant: &Name) -> PathBuf {
         .join("definition.yaml")
 }
 
+/// Where a registration comes from.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Origin<'a> {
+    /// The API or the console: the text may not name host paths or commands.
+    Api,
+    /// The server host's operator, from this file (absolute): trusted to name host
+    /// paths and commands, resolved against the file's directory.
+    Host(&'a Path),
+}
+
+impl Origin<'_> {
+    fn host_source(self) -> Option<String> {
+        match self {
+            Self::Api => None,
+            Self::Host(path) => Some(path.display().to_string()),
+        }
+    }
+}
+
 pub(crate) struct Registry<'a> {
     pub(crate) db: &'a Db,
     pub(crate) audit: &'a AuditLog,
     pub(crate) state_dir: &'a Path,
 }
 
-type VersionRow = (String, u32, String, String, i64, String);
+type VersionRow = (String, u32, String, String, i64, String, Option<String>);
 
 fn version_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VersionRow> {
     Ok((
@@ -73,25 +100,72 @@ fn version_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VersionRow> {
         r.get(3)?,
         r.get(4)?,
         r.get(5)?,
+        r.get(6)?,
     ))
 }
 
 fn to_version(row: VersionRow, with_text: bool) -> DefinitionVersion {
-    let (name, version, digest, registered_by, at, text) = row;
+    let (name, version, digest, registered_by, at, text, host_source) = row;
     DefinitionVersion {
         name,
         version,
         digest,
         registered_by,
         registered_at: format_ms(at),
+        host: host_source.is_some(),
         text: with_text.then_some(text),
     }
 }
+
+/// One stored version with everything the runner needs.
+pub(crate) struct StoredVersion {
+    /// The version as the API shows it (with its text).
+    pub(crate) version: DefinitionVersion,
+    /// The text as registered.
+    pub(crate) text: String,
+    /// For host-trusted versions, the file it was registered from (absolute).
+    pub(crate) host_source: Option<PathBuf>,
+}
+
+impl StoredVersion {
+    /// The path the text is parsed as: the original file for host-trusted versions
+    /// (relative paths resolve as with `agentspace run -f` on it), else a path inside
+    /// the control plane's directory.
+    pub(crate) fn source(&self, state_dir: &Path, tenant: &Name) -> PathBuf {
+        self.host_source
+            .clone()
+            .unwrap_or_else(|| source_path(state_dir, tenant))
+    }
+
+    /// The validated definition.
+    pub(crate) fn parse(&self, state_dir: &Path, tenant: &Name) -> Result<Definition, ServerError> {
+        Ok(Definition::parse(
+            &self.source(state_dir, tenant),
+            &self.text,
+        )?)
+    }
+}
+
+const VERSION_COLUMNS: &str =
+    "name, version, digest, registered_by, registered_at, text, host_source";
 
 impl Registry<'_> {
     /// Validates and stores `text` for the caller's tenant (a new version when it differs
     /// from the current one), audited as `definition_change`.
     pub(crate) fn register(&self, caller: &Caller, text: &str) -> Result<Registered, ServerError> {
+        self.register_from(&caller.tenant, &caller.user, text, Origin::Api)
+    }
+
+    /// Validates and stores `text` for `tenant` as registered by `by` from `origin`. A
+    /// new version is made unless the current one has the same text and origin;
+    /// audited as `definition_change` (`details.via` = `host` for the host's operator).
+    pub(crate) fn register_from(
+        &self,
+        tenant: &Name,
+        by: &str,
+        text: &str,
+        origin: Origin<'_>,
+    ) -> Result<Registered, ServerError> {
         if text.len() > MAX_DEFINITION {
             return Err(ServerError::Definition(vec![DefinitionProblem {
                 field: None,
@@ -103,8 +177,12 @@ impl Registry<'_> {
                 ),
             }]));
         }
-        let definition = Definition::parse(&source_path(self.state_dir, &caller.tenant), text)?;
-        if definition.tenant != caller.tenant {
+        let source = match origin {
+            Origin::Api => source_path(self.state_dir, tenant),
+            Origin::Host(path) => path.to_owned(),
+        };
+        let definition = Definition::parse(&source, text)?;
+        if definition.tenant != *tenant {
             return Err(ServerError::Definition(vec![DefinitionProblem {
                 field: Some("metadata.tenant".into()),
                 line: text
@@ -113,28 +191,28 @@ impl Registry<'_> {
                     .map(|i| i + 1),
                 column: None,
                 message: format!(
-                    "the definition belongs to tenant `{}` but you are registering it in tenant `{}`; set `metadata.tenant: {}`",
-                    definition.tenant, caller.tenant, caller.tenant
+                    "the definition belongs to tenant `{}` but you are registering it in tenant `{tenant}`; set `metadata.tenant: {tenant}`",
+                    definition.tenant
                 ),
             }]));
         }
-        let tenant = &caller.tenant;
+        let host_source = origin.host_source();
         let name = definition.name.as_str();
         self.db.with_tx(|c| {
             let tx = c
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(|e| self.db.err(e))?;
-            let current = tx
-                .query_row(
-                    "SELECT name, version, digest, registered_by, registered_at, text FROM definition
-                     WHERE tenant = ?1 AND name = ?2 ORDER BY version DESC LIMIT 1",
-                    params![tenant.as_str(), name],
-                    version_row,
-                )
-                .optional()
-                .map_err(|e| self.db.err(e))?;
+            if host_source.is_some() && !tenant_exists(&tx, tenant).map_err(|e| self.db.err(e))? {
+                return Err(ServerError::not_found(
+                    format!("there is no tenant `{tenant}`"),
+                    format!(
+                        "create it with `agentspace serve --bootstrap-admin USER --tenant {tenant}`"
+                    ),
+                ));
+            }
+            let current = current_version(&tx, tenant, name).map_err(|e| self.db.err(e))?;
             let next = match current {
-                Some(row) if row.2 == definition.digest => {
+                Some(row) if row.2 == definition.digest && row.6 == host_source => {
                     return Ok(Registered {
                         version: to_version(row, false),
                         created: false,
@@ -144,12 +222,28 @@ impl Registry<'_> {
                 None => 1,
             };
             let now = now_ms();
-            tx.execute(
-                "INSERT INTO definition (tenant, name, version, digest, text, registered_by, registered_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![tenant.as_str(), name, next, definition.digest, text, caller.user, now],
+            insert_version(
+                &tx,
+                NewVersion {
+                    tenant,
+                    name,
+                    version: next,
+                    digest: &definition.digest,
+                    text,
+                    by,
+                    at: now,
+                    host_source: host_source.as_deref(),
+                },
             )
             .map_err(|e| self.db.err(e))?;
+            let mut details = details([
+                ("version", next.into()),
+                ("definition_digest", definition.digest.clone().into()),
+            ]);
+            if host_source.is_some() {
+                details.insert("via".into(), "host".into());
+                details.insert("host_trusted".into(), true.into());
+            }
             record(
                 self.audit,
                 AdminEvent {
@@ -157,11 +251,8 @@ impl Registry<'_> {
                     kind: AuditKind::DefinitionChange,
                     action: "register",
                     resource: format!("definition/{name}"),
-                    by: &caller.user,
-                    details: details([
-                        ("version", next.into()),
-                        ("definition_digest", definition.digest.clone().into()),
-                    ]),
+                    by,
+                    details,
                 },
             )?;
             tx.commit().map_err(|e| self.db.err(e))?;
@@ -170,8 +261,9 @@ impl Registry<'_> {
                     name: name.to_owned(),
                     version: next,
                     digest: definition.digest.clone(),
-                    registered_by: caller.user.clone(),
+                    registered_by: by.to_owned(),
                     registered_at: format_ms(now),
+                    host: host_source.is_some(),
                     text: None,
                 },
                 created: true,
@@ -183,7 +275,7 @@ impl Registry<'_> {
     pub(crate) fn list(&self, tenant: &Name) -> Result<Vec<DefinitionVersion>, ServerError> {
         let rows = self.db.with(|c| {
             let mut stmt = c.prepare(
-                "SELECT d.name, d.version, d.digest, d.registered_by, d.registered_at, '' FROM definition d
+                "SELECT d.name, d.version, d.digest, d.registered_by, d.registered_at, '', d.host_source FROM definition d
                  WHERE d.tenant = ?1 AND d.version = (SELECT MAX(version) FROM definition e WHERE e.tenant = d.tenant AND e.name = d.name)
                  ORDER BY d.name",
             )?;
@@ -201,7 +293,7 @@ impl Registry<'_> {
     ) -> Result<Vec<DefinitionVersion>, ServerError> {
         let rows = self.db.with(|c| {
             let mut stmt = c.prepare(
-                "SELECT name, version, digest, registered_by, registered_at, '' FROM definition
+                "SELECT name, version, digest, registered_by, registered_at, '', host_source FROM definition
                  WHERE tenant = ?1 AND name = ?2 ORDER BY version",
             )?;
             let rows = stmt.query_map(params![tenant.as_str(), name], version_row)?;
@@ -220,18 +312,38 @@ impl Registry<'_> {
         name: &str,
         version: Option<u32>,
     ) -> Result<DefinitionVersion, ServerError> {
+        Ok(self.stored(tenant, name, version)?.version)
+    }
+
+    /// One version with its text and origin; the current one when `version` is `None`.
+    pub(crate) fn stored(
+        &self,
+        tenant: &Name,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<StoredVersion, ServerError> {
         let row = self.db.with(|c| {
             c.query_row(
-                "SELECT name, version, digest, registered_by, registered_at, text FROM definition
-                 WHERE tenant = ?1 AND name = ?2 AND (?3 IS NULL OR version = ?3)
-                 ORDER BY version DESC LIMIT 1",
+                &format!(
+                    "SELECT {VERSION_COLUMNS} FROM definition
+                     WHERE tenant = ?1 AND name = ?2 AND (?3 IS NULL OR version = ?3)
+                     ORDER BY version DESC LIMIT 1"
+                ),
                 params![tenant.as_str(), name, version],
                 version_row,
             )
             .optional()
         })?;
         match row {
-            Some(row) => Ok(to_version(row, true)),
+            Some(row) => {
+                let text = row.5.clone();
+                let host_source = row.6.clone().map(PathBuf::from);
+                Ok(StoredVersion {
+                    version: to_version(row, true),
+                    text,
+                    host_source,
+                })
+            }
             None => Err(match version {
                 Some(v) => ServerError::not_found(
                     format!("definition `{name}` of tenant `{tenant}` has no version {v}"),
@@ -240,6 +352,36 @@ impl Registry<'_> {
                 None => no_definition(tenant, name),
             }),
         }
+    }
+
+    /// The newest version of `agent` whose text has `digest` (what a task ran), if any.
+    pub(crate) fn by_digest(
+        &self,
+        tenant: &Name,
+        agent: &str,
+        digest: &str,
+    ) -> Result<Option<StoredVersion>, ServerError> {
+        let row = self.db.with(|c| {
+            c.query_row(
+                &format!(
+                    "SELECT {VERSION_COLUMNS} FROM definition
+                     WHERE tenant = ?1 AND name = ?2 AND digest = ?3
+                     ORDER BY version DESC LIMIT 1"
+                ),
+                params![tenant.as_str(), agent, digest],
+                version_row,
+            )
+            .optional()
+        })?;
+        Ok(row.map(|row| {
+            let text = row.5.clone();
+            let host_source = row.6.clone().map(PathBuf::from);
+            StoredVersion {
+                version: to_version(row, true),
+                text,
+                host_source,
+            }
+        }))
     }
 
     /// A unified line diff between two versions.
@@ -269,6 +411,61 @@ impl Registry<'_> {
         }
         Ok(out)
     }
+}
+
+/// Whether `tenant` exists.
+fn tenant_exists(c: &rusqlite::Connection, tenant: &Name) -> rusqlite::Result<bool> {
+    c.query_row(
+        "SELECT EXISTS(SELECT 1 FROM tenant WHERE name = ?1)",
+        params![tenant.as_str()],
+        |r| r.get(0),
+    )
+}
+
+/// The newest version of one definition.
+fn current_version(
+    c: &rusqlite::Connection,
+    tenant: &Name,
+    name: &str,
+) -> rusqlite::Result<Option<VersionRow>> {
+    c.query_row(
+        &format!(
+            "SELECT {VERSION_COLUMNS} FROM definition
+             WHERE tenant = ?1 AND name = ?2 ORDER BY version DESC LIMIT 1"
+        ),
+        params![tenant.as_str(), name],
+        version_row,
+    )
+    .optional()
+}
+
+/// A version to store.
+struct NewVersion<'a> {
+    tenant: &'a Name,
+    name: &'a str,
+    version: u32,
+    digest: &'a str,
+    text: &'a str,
+    by: &'a str,
+    at: i64,
+    host_source: Option<&'a str>,
+}
+
+fn insert_version(c: &rusqlite::Connection, v: NewVersion<'_>) -> rusqlite::Result<usize> {
+    c.execute(
+        "INSERT INTO definition (tenant, name, version, digest, text, registered_by, registered_at, host_source)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            v.tenant.as_str(),
+            v.name,
+            v.version,
+            v.digest,
+            v.text,
+            v.by,
+            v.at,
+            v.host_source
+        ],
+    )
 }
 
 fn no_definition(tenant: &Name, name: &str) -> ServerError {

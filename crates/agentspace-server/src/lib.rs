@@ -31,4 +31,4 @@ pub use approvals::{Approval, ApprovalContext, ApprovalState, ApprovalStore, Out
 pub use auth::{NewToken, Role, TokenInfo, User};
 pub use definitions::{DefinitionVersion, Registered};
 pub use error::{DefinitionProblem, ErrorBody, ServerError};
-pub use server::{Server, ServerConfig, bootstrap_admin, openapi};
+pub use server::{Server, ServerConfig, bootstrap_admin, openapi, register_on_host};

@@ -4,8 +4,11 @@
 //!
 //! A registered definition is refused here when it names anything on the host: a
 //! workspace or read-only directory, extra policy files, or a tool server started as a
-//! host command. Those are choices of whoever controls the host, not of an API caller;
-//! `agentspace run` on the host remains the way to use them.
+//! host command. Those are choices of whoever controls the host, not of an API caller:
+//! only versions the host's operator registered (`agentspace definition register`) may
+//! name them, and those run with their relative paths resolved against the directory of
+//! the file they were registered from. Either way the registered text is what runs (its
+//! copy in the run's directory), never the file on disk as it is now.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -42,6 +45,22 @@ pub(crate) struct Runner {
 /// How many ended tasks the runner remembers (task ids sort by start time).
 const MAX_ENDED: usize = 10_000;
 
+/// What to start.
+pub(crate) struct Start<'a> {
+    /// The registered text (what runs).
+    pub(crate) text: &'a str,
+    /// For a host-trusted version, the file it was registered from: its relative paths
+    /// resolve against this file's directory.
+    pub(crate) host_source: Option<&'a Path>,
+    /// The user the task acts for.
+    pub(crate) user: &'a str,
+    /// The program to run in the cell and its arguments.
+    pub(crate) command: &'a [String],
+    /// The definition has egress rules or tools: its task runs a gateway (with the
+    /// operator's gateway config).
+    pub(crate) boundary: bool,
+}
+
 /// Why a definition cannot be started through the API: each host-bound field.
 pub(crate) fn host_bound(definition: &Definition) -> Vec<DefinitionProblem> {
     let mut out = Vec::new();
@@ -51,7 +70,7 @@ pub(crate) fn host_bound(definition: &Definition) -> Vec<DefinitionProblem> {
             line: None,
             column: None,
             message: format!(
-                "{what} on the server host; a task started through the control plane may not name host paths or host commands: remove the field, or run the definition with `agentspace run` on the host"
+                "{what} on the server host; a definition registered through the API may not name host paths or host commands: remove the field, or have the host's operator register it with `agentspace definition register` (or run it with `agentspace run` on the host)"
             ),
         });
     };
@@ -97,18 +116,21 @@ impl Runner {
         }
     }
 
-    /// Starts `agentspace run` for `user` with the definition `text` and `command`;
-    /// returns the task id once its manifest exists. `boundary`: the definition has
-    /// egress rules or tools, so its task runs a gateway (with the operator's config).
+    /// Starts `agentspace run` for `start.user` with the registered text and command;
+    /// returns the task id once its manifest exists.
     pub(crate) fn start(
         &self,
         state_dir: &Path,
         tenant: &Name,
-        text: &str,
-        boundary: bool,
-        user: &str,
-        command: &[String],
+        start: Start<'_>,
     ) -> Result<String, ServerError> {
+        let Start {
+            text,
+            host_source,
+            user,
+            command,
+            boundary,
+        } = start;
         let Some(program) = &self.program else {
             return Err(ServerError::conflict(
                 "this server does not start tasks",
@@ -157,6 +179,10 @@ impl Runner {
             .arg(user);
         if let (true, Some(config)) = (boundary, &self.gateway_config) {
             cmd.arg("--config").arg(config);
+        }
+        if let Some(dir) = host_source.and_then(Path::parent) {
+            // The registered text runs, resolved as if it were the host's file.
+            cmd.arg("--base-dir").arg(dir);
         }
         cmd.arg("--")
             .args(command)

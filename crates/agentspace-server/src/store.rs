@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS definition (
   text          TEXT NOT NULL,
   registered_by TEXT NOT NULL,
   registered_at INTEGER NOT NULL,
+  host_source   TEXT,
   PRIMARY KEY (tenant, name, version)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS approval (
@@ -108,6 +109,7 @@ impl Db {
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(fail)?;
         conn.execute_batch(SCHEMA).map_err(fail)?;
+        migrate(&conn).map_err(fail)?;
         Ok(Self {
             path,
             conn: Mutex::new(conn),
@@ -143,6 +145,21 @@ impl Db {
             .lock()
             .map_err(|_| ServerError::store(&self.path, "a thread panicked while using it"))
     }
+}
+
+/// Brings a database made by an older version up to the schema above.
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    // `definition.host_source`: the file a host-trusted version was registered from
+    // (NULL for versions registered through the API, which were all there were).
+    let has_host_source: bool = conn.query_row(
+        "SELECT EXISTS(SELECT 1 FROM pragma_table_info('definition') WHERE name = 'host_source')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_host_source {
+        conn.execute("ALTER TABLE definition ADD COLUMN host_source TEXT", [])?;
+    }
+    Ok(())
 }
 
 /// Milliseconds since the Unix epoch.

@@ -319,6 +319,38 @@ impl Store for PostgresStore {
             .map_err(|e| pg_error(&self.display, &e))
     }
 
+    fn task_events(
+        &mut self,
+        tenant: &str,
+        task: &str,
+        from: u64,
+        limit: u64,
+    ) -> Result<Vec<Row>, AuditError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT tenant, seq, time_ns, kind, task, event, hash, sig FROM audit_events
+                 WHERE tenant = $1 AND task = $2 AND seq >= $3 ORDER BY seq LIMIT $4",
+                &[&tenant, &task, &to_i64(from), &to_i64(limit)],
+            )
+            .map_err(|e| pg_error(&self.display, &e))?;
+        rows.iter()
+            .map(row_from)
+            .collect::<Result<_, _>>()
+            .map_err(|e| pg_error(&self.display, &e))
+    }
+
+    fn chain_len(&mut self, tenant: &str) -> Result<u64, AuditError> {
+        self.client
+            .query_one(
+                "SELECT COALESCE(MAX(seq) + 1, 0) FROM audit_events WHERE tenant = $1",
+                &[&tenant],
+            )
+            .and_then(|row| row.try_get::<_, i64>(0))
+            .map(to_u64)
+            .map_err(|e| pg_error(&self.display, &e))
+    }
+
     fn checkpoints(&mut self, tenant: &str) -> Result<Vec<CheckpointRow>, AuditError> {
         let rows = self
             .client

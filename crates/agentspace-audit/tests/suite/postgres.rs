@@ -110,6 +110,19 @@ fn writer_role_appends_and_reads_but_cannot_update_delete_or_truncate() {
         log.append(http_event("acme", i)).unwrap();
     }
     assert_eq!(verify(&log).unwrap()[0].events, 5);
+    // A task's events by the index: events 1 and 4 are task-1's.
+    let mut seqs = Vec::new();
+    let filter = agentspace_audit::Filter {
+        tenant: Some("acme".to_owned()),
+        task: Some("task-1".to_owned()),
+        ..Default::default()
+    };
+    log.query(&filter, |e| {
+        seqs.push(e.event.seq);
+        Ok(true)
+    })
+    .unwrap();
+    assert_eq!(seqs, [1, 4]);
 
     let mut writer = Client::connect(&url, NoTls).unwrap();
     for sql in [
@@ -181,6 +194,10 @@ fn concurrent_writers_on_separate_connections_keep_one_chain() {
         .prove_inclusion(&super::support::tenant("acme"), 17)
         .unwrap();
     assert_eq!(p.tree_size, 3 * 56);
+    // Followers start at the end of each chain.
+    assert_eq!(log.chain_len("acme").unwrap(), 3 * 56);
+    assert_eq!(log.chain_len("globex").unwrap(), 3);
+    assert_eq!(log.chain_len("initech").unwrap(), 0);
 }
 
 #[test]

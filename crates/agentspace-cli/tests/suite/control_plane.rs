@@ -6,7 +6,9 @@ use std::process::Command;
 use agentspace_server::client::Client;
 use serde_json::{Value, json};
 
-use super::support::{Sandbox, agentspace_bin, bootstrap, privileged, serve, until};
+use super::support::{
+    Sandbox, agentspace_bin, bootstrap, privileged, register_on_host, serve, until,
+};
 
 const AGENT: &str = "apiVersion: agentspace/v1
 kind: Agent
@@ -141,4 +143,55 @@ fn approvals_cli_talks_to_the_server() {
     let (code, _, err) = cli(&["deny", "../users", "--comment", "x"], &token);
     assert_eq!(code, Some(125));
     assert!(err.contains("not an approval id"), "{err}");
+}
+
+#[test]
+fn a_host_registered_definition_runs_its_registered_text_with_host_paths() {
+    if !privileged() {
+        return;
+    }
+    let s = Sandbox::new();
+    let token = bootstrap(&s);
+    let dir = s.path().join("officer");
+    for (ws, marker) in [
+        ("ws", "registered workspace"),
+        ("other", "edited workspace"),
+    ] {
+        std::fs::create_dir_all(dir.join(ws)).unwrap();
+        std::fs::write(dir.join(ws).join("marker"), marker).unwrap();
+    }
+    let file = dir.join("officer.yaml");
+    let text = AGENT
+        .replace("name: hello", "name: officer")
+        .replace("spec:\n", "spec:\n  workspace: ./ws\n");
+    std::fs::write(&file, &text).unwrap();
+    register_on_host(&s, &file);
+    let server = serve(&s);
+    let api = Client::new(&server.url, Some(&token)).unwrap();
+    let registered = api.get("/v1/definitions/officer").unwrap().json();
+    assert_eq!(registered["host"], true, "{registered}");
+
+    // The file changes on disk after registration; what runs is still the registered
+    // text, its relative workspace resolved against the file's directory.
+    std::fs::write(&file, text.replace("./ws", "./other")).unwrap();
+    let r = api
+        .post(
+            "/v1/tasks",
+            &json!({"agent": "officer", "command": ["cat", "/workspace/marker"]}),
+        )
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.error_message());
+    let task = r.json()["task"].as_str().unwrap().to_owned();
+    let m: Value = until("the task's exit", || {
+        let m = api.get(&format!("/v1/tasks/{task}")).unwrap().json();
+        (m["state"] != "running").then_some(m)
+    });
+    assert_eq!(
+        (m["state"].as_str(), m["exit_code"].as_i64()),
+        (Some("exited"), Some(0)),
+        "{m}"
+    );
+    assert_eq!(m["definition_digest"], registered["digest"], "{m}");
+    let log = api.get(&format!("/v1/tasks/{task}/logs")).unwrap();
+    assert_eq!(String::from_utf8_lossy(&log.body), "registered workspace");
 }

@@ -241,19 +241,34 @@ pub fn serve_with(s: &Sandbox, args: &[&str]) -> Serve {
     Serve { child, url }
 }
 
-/// Creates tenant `acme` with admin `alice`; returns her API token.
-pub fn bootstrap(s: &Sandbox) -> String {
-    let out = s
-        .command()
-        .args(["serve", "--bootstrap-admin", "alice", "--tenant", "acme"])
-        .output()
-        .unwrap();
+/// Runs `command`, which must succeed; returns its stdout, trimmed.
+pub fn succeed(command: &mut Command) -> String {
+    let out = command.output().unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Creates tenant `acme` with admin `alice`; returns her API token.
+pub fn bootstrap(s: &Sandbox) -> String {
+    succeed(
+        s.command()
+            .args(["serve", "--bootstrap-admin", "alice", "--tenant", "acme"]),
+    )
+}
+
+/// `agentspace definition register -f FILE --tenant acme --as operator`, as the host's
+/// operator does.
+pub fn register_on_host(s: &Sandbox, file: &Path) {
+    succeed(
+        s.command()
+            .args(["definition", "register", "-f"])
+            .arg(file)
+            .args(["--tenant", "acme", "--as", "operator"]),
+    );
 }
 
 /// Polls `f` until it gives a value (20 s at most).

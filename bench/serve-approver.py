@@ -30,22 +30,36 @@ def approve(approval):
     return r.status
 
 
-stream = http.client.HTTPConnection(url.hostname, url.port)
-stream.request("GET", "/v1/events", headers=dict(auth, Accept="text/event-stream"))
-answer = stream.getresponse()
-assert answer.status == 200, answer.status
-kind = None
-for line in answer:
-    line = line.decode().rstrip("\n")
-    if line.startswith("event:"):
-        kind = line[6:].strip()
-    elif line.startswith("data:") and kind == "approval_requested":
-        seen = time.time()
-        event = json.loads(line[5:])["event"]
-        approval = event["details"]["approval"]
-        status = approve(approval)
-        done = time.time()
-        held_at = event_time(event["time"])
-        print(json.dumps({"approval": approval, "status": status,
-                          "event_to_seen": seen - held_at,
-                          "event_to_decided": done - held_at}), flush=True)
+last_id = None
+while True:
+    # A stream ends after a while (the server re-authenticates on reconnect); resume
+    # after the last event seen.
+    stream = http.client.HTTPConnection(url.hostname, url.port)
+    headers = dict(auth, Accept="text/event-stream")
+    if last_id is not None:
+        headers["Last-Event-ID"] = last_id
+    stream.request("GET", "/v1/events", headers=headers)
+    answer = stream.getresponse()
+    assert answer.status == 200, answer.status
+    # An event's fields (id, event, data) may come in any order; it ends at a blank line.
+    kind, data = None, []
+    for line in answer:
+        line = line.decode().rstrip("\r\n")
+        if line.startswith("id:"):
+            last_id = line[3:].strip()
+        elif line.startswith("event:"):
+            kind = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:])
+        elif line == "":
+            if kind == "approval_requested" and data:
+                seen = time.time()
+                event = json.loads("\n".join(data))["event"]
+                approval = event["details"]["approval"]
+                status = approve(approval)
+                done = time.time()
+                held_at = event_time(event["time"])
+                print(json.dumps({"approval": approval, "status": status,
+                                  "event_to_seen": seen - held_at,
+                                  "event_to_decided": done - held_at}), flush=True)
+            kind, data = None, []

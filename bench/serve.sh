@@ -98,7 +98,13 @@ echo "127.0.0.1 $host" >"$work/hosts"
 
 {
   echo "machine: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
-  echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "load before: $(cut -d' ' -f1-3 /proc/loadavg); CPU busy over the 5 s before: $(python3 -c '
+import time
+def t():
+    c = [int(x) for x in open("/proc/stat").readline().split()[1:9]]
+    return sum(c), c[3] + c[4]
+a = t(); time.sleep(5); b = t()
+print("%.0f%%" % (100 * (1 - (b[1] - a[1]) / max(b[0] - a[0], 1))))')"
   echo "date: $(date -u +%Y-%m-%dT%H:%MZ)  commit: $(git rev-parse --short HEAD 2>/dev/null || echo -)"
   echo "tasks $tasks, load phase ${seconds}s, approvals $approvals, ramp ${ramp}s, rate ${rate}/s per agent (0: back to back)"
 } | tee "$work/machine.txt"

@@ -13,7 +13,8 @@ use serde_json::{Value, json};
 
 use super::boundary::upstream;
 use super::support::{
-    Ran, Sandbox, Serve, agentspace_bin, bootstrap, privileged, serve, serve_with, until,
+    Ran, Sandbox, Serve, agentspace_bin, bootstrap, privileged, rewrite_audit_events, serve,
+    serve_with, until,
 };
 
 const HELLO: &str = "apiVersion: agentspace/v1
@@ -42,6 +43,20 @@ fn ran(mut c: Command, args: &[&str]) -> Ran {
     c.args(args).output().unwrap().into()
 }
 
+/// A sandbox with tenant `acme` (admin `alice`), a running server, and the hello
+/// definition; `None` when not privileged.
+fn setup() -> Option<(Sandbox, String, Serve, String)> {
+    if !privileged() {
+        return None;
+    }
+    let s = Sandbox::new();
+    let token = bootstrap(&s);
+    let server = serve(&s);
+    let def = s.definition("hello-remote.yaml", HELLO);
+    let def = def.to_str().unwrap().to_owned();
+    Some((s, token, server, def))
+}
+
 /// The tasks of the token's tenant, as the API lists them.
 fn tasks(server: &Serve, token: &str) -> Vec<Value> {
     let r = Client::new(&server.url, Some(token))
@@ -54,14 +69,10 @@ fn tasks(server: &Serve, token: &str) -> Vec<Value> {
 
 #[test]
 fn run_with_a_server_runs_a_real_cell_there_and_exits_with_its_code() {
-    if !privileged() {
+    let Some((s, token, server, def)) = setup() else {
         return;
-    }
-    let s = Sandbox::new();
-    let token = bootstrap(&s);
-    let server = serve(&s);
-    let def = s.definition("hello-remote.yaml", HELLO);
-    let def = def.to_str().unwrap();
+    };
+    let def = def.as_str();
 
     // Output bigger than one piece of the log API (1 MiB) on stdout, a line on stderr.
     let script = "echo \"out as $AGENTSPACE_USER in $(hostname)\"; echo err >&2; \
@@ -165,15 +176,11 @@ fn run_with_a_server_runs_a_real_cell_there_and_exits_with_its_code() {
 
 #[test]
 fn ctrl_c_stops_the_task_on_the_server() {
-    if !privileged() {
+    let Some((s, token, server, def)) = setup() else {
         return;
-    }
-    let s = Sandbox::new();
-    let token = bootstrap(&s);
-    let server = serve(&s);
-    let def = s.definition("hello-remote.yaml", HELLO);
+    };
     let mut c = client(&s, &server, Some(&token));
-    c.args(["run", "-f", def.to_str().unwrap(), "--"])
+    c.args(["run", "-f", def.as_str(), "--"])
         .args(["sh", "-c", "echo ready; exec sleep 60"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -223,14 +230,10 @@ fn ctrl_c_stops_the_task_on_the_server() {
 
 #[test]
 fn a_missing_or_wrong_token_another_user_and_another_tenant_are_refused() {
-    if !privileged() {
+    let Some((s, token, server, def)) = setup() else {
         return;
-    }
-    let s = Sandbox::new();
-    let token = bootstrap(&s);
-    let server = serve(&s);
-    let def = s.definition("hello-remote.yaml", HELLO);
-    let def = def.to_str().unwrap();
+    };
+    let def = def.as_str();
     let run_true = ["run", "-f", def, "--", "true"];
 
     let r = ran(client(&s, &server, None), &run_true);
@@ -330,16 +333,12 @@ fn a_missing_or_wrong_token_another_user_and_another_tenant_are_refused() {
 
 #[test]
 fn audit_and_revocations_through_the_server_read_as_on_the_state_directory() {
-    if !privileged() {
+    let Some((s, token, server, def)) = setup() else {
         return;
-    }
-    let s = Sandbox::new();
-    let token = bootstrap(&s);
-    let server = serve(&s);
-    let def = s.definition("hello-remote.yaml", HELLO);
+    };
     let r = ran(
         client(&s, &server, Some(&token)),
-        &["run", "-f", def.to_str().unwrap(), "--", "true"],
+        &["run", "-f", def.as_str(), "--", "true"],
     );
     assert_eq!(r.code, 0, "{r:?}");
     let task = tasks(&server, &token)[0]["task"]
@@ -422,25 +421,7 @@ fn audit_and_revocations_through_the_server_read_as_on_the_state_directory() {
     assert!(r.code == 125 && r.stderr.contains("on the host"), "{r:?}");
 
     // A rewritten event: verify through the server fails (exit 1) like on the host.
-    let conn = rusqlite::Connection::open(s.state().join("audit/audit.db")).unwrap();
-    let triggers: Vec<String> = conn
-        .prepare("SELECT name FROM sqlite_master WHERE type = 'trigger'")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    for t in triggers {
-        conn.execute_batch(&format!("DROP TRIGGER {t}")).unwrap();
-    }
-    let changed = conn
-        .execute(
-            "UPDATE audit_events SET event = CAST(replace(CAST(event AS TEXT), 'checking', 'chucking') AS BLOB) WHERE tenant = 'acme'",
-            [],
-        )
-        .unwrap();
-    assert!(changed > 0);
-    drop(conn);
+    assert!(rewrite_audit_events(&s, "tenant = 'acme'", "checking", "chucking") > 0);
     let r = ran(client(&s, &server, Some(&token)), &["audit", "verify"]);
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stderr.contains("audit log does not verify"), "{r:?}");

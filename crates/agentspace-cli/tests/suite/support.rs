@@ -282,3 +282,27 @@ pub fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// What an attacker with write access to the audit database does: drops the
+/// append-only triggers and replaces `from` with `to` in the events matching `filter`
+/// (an SQL condition); returns how many events changed.
+pub fn rewrite_audit_events(s: &Sandbox, filter: &str, from: &str, to: &str) -> usize {
+    let conn = rusqlite::Connection::open(s.state().join("audit/audit.db")).unwrap();
+    let triggers: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    for t in triggers {
+        conn.execute_batch(&format!("DROP TRIGGER {t}")).unwrap();
+    }
+    conn.execute(
+        &format!(
+            "UPDATE audit_events SET event = CAST(replace(CAST(event AS TEXT), ?1, ?2) AS BLOB) WHERE {filter}"
+        ),
+        [from, to],
+    )
+    .unwrap()
+}

@@ -12,6 +12,7 @@ mod cmd_revoke;
 mod cmd_run;
 mod cmd_secret;
 mod cmd_serve;
+mod cmd_server;
 mod cmd_tasks;
 mod state;
 
@@ -67,6 +68,9 @@ enum Command {
     Approvals(cmd_approvals::Args),
     /// Run the control plane (REST API, approvals, event stream); bootstrap a tenant's admin.
     Serve(cmd_serve::Args),
+    /// Manage the control plane's PostgreSQL database (`migrate`).
+    #[command(subcommand)]
+    Server(cmd_server::Command),
 }
 
 fn main() -> ExitCode {
@@ -94,6 +98,7 @@ fn main() -> ExitCode {
         Command::Definition(cmd) => cmd_definition::run(cmd),
         Command::Gateway(args) => cmd_gateway::run(&state, args),
         Command::Serve(args) => cmd_serve::run(&state, args),
+        Command::Server(cmd) => cmd_server::run(cmd),
         Command::Approvals(args) => cmd_approvals::run(&state, args),
     };
     match result {

@@ -5,13 +5,12 @@ use std::path::{Path, PathBuf};
 
 use agentspace_audit::AuditLog;
 use agentspace_core::{AuditKind, Definition, Name};
-use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 
 use crate::audit::{AdminEvent, details, record};
 use crate::auth::Caller;
 use crate::error::{DefinitionProblem, ServerError};
-use crate::store::{Db, format_ms, now_ms};
+use crate::store::{Db, Row, format_ms, now_ms};
 
 /// Largest definition accepted, in bytes.
 pub(crate) const MAX_DEFINITION: usize = 256 * 1024;
@@ -63,29 +62,22 @@ pub(crate) struct Registry<'a> {
     pub(crate) state_dir: &'a Path,
 }
 
-type VersionRow = (String, u32, String, String, i64, String);
+/// The columns [`to_version`] reads, in order.
+const VERSION_COLUMNS: &str = "name, version, digest, registered_by, registered_at";
 
-fn version_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VersionRow> {
-    Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-    ))
-}
-
-fn to_version(row: VersionRow, with_text: bool) -> DefinitionVersion {
-    let (name, version, digest, registered_by, at, text) = row;
-    DefinitionVersion {
-        name,
-        version,
-        digest,
-        registered_by,
-        registered_at: format_ms(at),
-        text: with_text.then_some(text),
-    }
+fn to_version(row: &Row, with_text: bool) -> Result<DefinitionVersion, ServerError> {
+    let version = row.int(1)?;
+    Ok(DefinitionVersion {
+        name: row.text(0)?,
+        version: u32::try_from(version).map_err(|_| ServerError::Store {
+            path: "control-plane database".to_owned(),
+            message: format!("stored definition version {version} is out of range"),
+        })?,
+        digest: row.text(2)?,
+        registered_by: row.text(3)?,
+        registered_at: format_ms(row.int(4)?),
+        text: if with_text { Some(row.text(5)?) } else { None },
+    })
 }
 
 impl Registry<'_> {
@@ -120,36 +112,38 @@ impl Registry<'_> {
         }
         let tenant = &caller.tenant;
         let name = definition.name.as_str();
-        self.db.with_tx(|c| {
-            let tx = c
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(|e| self.db.err(e))?;
-            let current = tx
-                .query_row(
-                    "SELECT name, version, digest, registered_by, registered_at, text FROM definition
-                     WHERE tenant = ?1 AND name = ?2 ORDER BY version DESC LIMIT 1",
-                    params![tenant.as_str(), name],
-                    version_row,
-                )
-                .optional()
-                .map_err(|e| self.db.err(e))?;
+        self.db.transaction(tenant.as_str(), |tx| {
+            let current = tx.query_opt(
+                &format!(
+                    "SELECT {VERSION_COLUMNS} FROM definition
+                     WHERE tenant = $1 AND name = $2 ORDER BY version DESC LIMIT 1"
+                ),
+                &[&tenant.as_str(), &name],
+            )?;
             let next = match current {
-                Some(row) if row.2 == definition.digest => {
+                Some(row) if row.text(2)? == definition.digest => {
                     return Ok(Registered {
-                        version: to_version(row, false),
+                        version: to_version(&row, false)?,
                         created: false,
                     });
                 }
-                Some(row) => row.1.saturating_add(1),
+                Some(row) => to_version(&row, false)?.version.saturating_add(1),
                 None => 1,
             };
             let now = now_ms();
             tx.execute(
                 "INSERT INTO definition (tenant, name, version, digest, text, registered_by, registered_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![tenant.as_str(), name, next, definition.digest, text, caller.user, now],
-            )
-            .map_err(|e| self.db.err(e))?;
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                &[
+                    &tenant.as_str(),
+                    &name,
+                    &i64::from(next),
+                    &definition.digest,
+                    &text,
+                    &caller.user,
+                    &now,
+                ],
+            )?;
             record(
                 self.audit,
                 AdminEvent {
@@ -164,7 +158,6 @@ impl Registry<'_> {
                     ]),
                 },
             )?;
-            tx.commit().map_err(|e| self.db.err(e))?;
             Ok(Registered {
                 version: DefinitionVersion {
                     name: name.to_owned(),
@@ -181,16 +174,15 @@ impl Registry<'_> {
 
     /// The current version of each of the tenant's definitions.
     pub(crate) fn list(&self, tenant: &Name) -> Result<Vec<DefinitionVersion>, ServerError> {
-        let rows = self.db.with(|c| {
-            let mut stmt = c.prepare(
-                "SELECT d.name, d.version, d.digest, d.registered_by, d.registered_at, '' FROM definition d
-                 WHERE d.tenant = ?1 AND d.version = (SELECT MAX(version) FROM definition e WHERE e.tenant = d.tenant AND e.name = d.name)
+        let rows = self.db.run(|c| {
+            c.query(
+                "SELECT d.name, d.version, d.digest, d.registered_by, d.registered_at FROM definition d
+                 WHERE d.tenant = $1 AND d.version = (SELECT MAX(version) FROM definition e WHERE e.tenant = d.tenant AND e.name = d.name)
                  ORDER BY d.name",
-            )?;
-            let rows = stmt.query_map(params![tenant.as_str()], version_row)?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()
+                &[&tenant.as_str()],
+            )
         })?;
-        Ok(rows.into_iter().map(|r| to_version(r, false)).collect())
+        rows.iter().map(|r| to_version(r, false)).collect()
     }
 
     /// Every version of one definition, oldest first (404 when there is none).
@@ -199,18 +191,19 @@ impl Registry<'_> {
         tenant: &Name,
         name: &str,
     ) -> Result<Vec<DefinitionVersion>, ServerError> {
-        let rows = self.db.with(|c| {
-            let mut stmt = c.prepare(
-                "SELECT name, version, digest, registered_by, registered_at, '' FROM definition
-                 WHERE tenant = ?1 AND name = ?2 ORDER BY version",
-            )?;
-            let rows = stmt.query_map(params![tenant.as_str(), name], version_row)?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()
+        let rows = self.db.run(|c| {
+            c.query(
+                &format!(
+                    "SELECT {VERSION_COLUMNS} FROM definition
+                     WHERE tenant = $1 AND name = $2 ORDER BY version"
+                ),
+                &[&tenant.as_str(), &name],
+            )
         })?;
         if rows.is_empty() {
             return Err(no_definition(tenant, name));
         }
-        Ok(rows.into_iter().map(|r| to_version(r, false)).collect())
+        rows.iter().map(|r| to_version(r, false)).collect()
     }
 
     /// One version with its text; the current one when `version` is `None`.
@@ -220,18 +213,18 @@ impl Registry<'_> {
         name: &str,
         version: Option<u32>,
     ) -> Result<DefinitionVersion, ServerError> {
-        let row = self.db.with(|c| {
-            c.query_row(
-                "SELECT name, version, digest, registered_by, registered_at, text FROM definition
-                 WHERE tenant = ?1 AND name = ?2 AND (?3 IS NULL OR version = ?3)
-                 ORDER BY version DESC LIMIT 1",
-                params![tenant.as_str(), name, version],
-                version_row,
+        let row = self.db.run(|c| {
+            c.query_opt(
+                &format!(
+                    "SELECT {VERSION_COLUMNS}, text FROM definition
+                     WHERE tenant = $1 AND name = $2 AND (CAST($3 AS BIGINT) IS NULL OR version = $3)
+                     ORDER BY version DESC LIMIT 1"
+                ),
+                &[&tenant.as_str(), &name, &version.map(i64::from)],
             )
-            .optional()
         })?;
         match row {
-            Some(row) => Ok(to_version(row, true)),
+            Some(row) => to_version(&row, true),
             None => Err(match version {
                 Some(v) => ServerError::not_found(
                     format!("definition `{name}` of tenant `{tenant}` has no version {v}"),

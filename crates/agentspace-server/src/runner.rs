@@ -29,6 +29,9 @@ const MAX_COMMAND_BYTES: usize = 64 * 1024;
 pub(crate) struct Runner {
     /// The `agentspace` binary; `None` when this server cannot start tasks.
     program: Option<PathBuf>,
+    /// The control-plane database URL to hand to children (their approvals are held
+    /// there, for this server to list and decide).
+    database_url: Option<String>,
     /// The audit store URL to hand to children.
     audit_url: Option<String>,
     children: Mutex<HashMap<String, Arc<Mutex<Child>>>>,
@@ -75,9 +78,14 @@ pub(crate) fn host_bound(definition: &Definition) -> Vec<DefinitionProblem> {
 
 impl Runner {
     /// A runner that starts tasks with `program` (none when `None`).
-    pub(crate) fn new(program: Option<PathBuf>, audit_url: Option<String>) -> Self {
+    pub(crate) fn new(
+        program: Option<PathBuf>,
+        database_url: Option<String>,
+        audit_url: Option<String>,
+    ) -> Self {
         Self {
             program,
+            database_url,
             audit_url,
             children: Mutex::new(HashMap::new()),
         }
@@ -150,8 +158,13 @@ impl Runner {
                 "PATH",
                 "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             );
+        // In the environment rather than on the command line, where any local user could
+        // read a password in them; `agentspace run` gives the agent none of its own.
         if let Some(url) = &self.audit_url {
             cmd.env("AGENTSPACE_AUDIT_URL", url);
+        }
+        if let Some(url) = &self.database_url {
+            cmd.env("AGENTSPACE_DATABASE_URL", url);
         }
         let child = cmd
             .spawn()

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use agentspace_server::client::Client;
 use serde_json::{Value, json};
 
+use super::boundary::upstream;
 use super::support::{Sandbox, agentspace_bin, privileged};
 
 const AGENT: &str = "apiVersion: agentspace/v1
@@ -37,10 +38,16 @@ impl Drop for Serve {
 }
 
 fn serve(s: &Sandbox) -> Serve {
+    serve_with(s, &[])
+}
+
+/// `agentspace serve` with extra environment variables.
+fn serve_with(s: &Sandbox, env: &[(&str, &str)]) -> Serve {
     let mut child = Command::new(agentspace_bin())
         .arg("--state-dir")
         .arg(s.state())
         .args(["serve", "--listen", "127.0.0.1:0"])
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -59,9 +66,14 @@ fn serve(s: &Sandbox) -> Serve {
 }
 
 fn bootstrap(s: &Sandbox) -> String {
+    bootstrap_with(s, &[])
+}
+
+fn bootstrap_with(s: &Sandbox, env: &[(&str, &str)]) -> String {
     let out = s
         .command()
         .args(["serve", "--bootstrap-admin", "alice", "--tenant", "acme"])
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     assert!(
@@ -203,4 +215,203 @@ fn approvals_cli_talks_to_the_server() {
     let (code, _, err) = cli(&["deny", "../users", "--comment", "x"], &token);
     assert_eq!(code, Some(125));
     assert!(err.contains("not an approval id"), "{err}");
+}
+
+/// A PostgreSQL database of one test on the server `AGENTSPACE_TEST_POSTGRES_URL` names,
+/// with a login role for the control plane; dropped at the end.
+struct Postgres {
+    admin_url: String,
+    name: String,
+}
+
+impl Postgres {
+    /// `None` (skip, with a message) without a server, except under CI, which fails.
+    fn new() -> Option<Self> {
+        let Ok(admin_url) = std::env::var("AGENTSPACE_TEST_POSTGRES_URL") else {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "AGENTSPACE_TEST_POSTGRES_URL is not set: CI must start PostgreSQL and set it (`. scripts/services` does)"
+            );
+            eprintln!("skipping: set AGENTSPACE_TEST_POSTGRES_URL to run the PostgreSQL test");
+            return None;
+        };
+        let name = format!("cli_cp_{}", std::process::id());
+        let mut admin = postgres::Client::connect(&admin_url, postgres::NoTls).unwrap();
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .unwrap();
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .unwrap();
+        Some(Self { admin_url, name })
+    }
+
+    /// The URL with the database's name and, optionally, another login.
+    fn url(&self, login: Option<&str>) -> String {
+        let (base, _) = self.admin_url.rsplit_once('/').unwrap();
+        let base = match login {
+            Some(login) => {
+                let (scheme, rest) = base.split_once("://").unwrap();
+                let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+                format!("{scheme}://{login}@{host}")
+            }
+            None => base.to_owned(),
+        };
+        format!("{base}/{}", self.name)
+    }
+
+    /// Makes the login role the server and its tasks use: the control role and the
+    /// audit writer role, nothing else (as docs/operations.md says to); its URL.
+    fn server_url(&self) -> String {
+        let mut owner = postgres::Client::connect(&self.url(None), postgres::NoTls).unwrap();
+        owner
+            .batch_execute(&format!(
+                "CREATE ROLE {0}_srv LOGIN PASSWORD 'srv-pass' IN ROLE agentspace_control, agentspace_audit_writer",
+                self.name
+            ))
+            .unwrap();
+        self.url(Some(&format!("{}_srv:srv-pass", self.name)))
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if let Ok(mut admin) = postgres::Client::connect(&self.admin_url, postgres::NoTls) {
+            let _ = admin.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ));
+            let _ = admin.batch_execute(&format!("DROP ROLE IF EXISTS {}_srv", self.name));
+        }
+    }
+}
+
+const PAYER: &str = "apiVersion: agentspace/v1
+kind: Agent
+metadata: {name: payer, tenant: acme}
+spec:
+  workspace: ./workspace
+  egress:
+    - name: api
+      hosts: [api.example.test]
+      approval: {when: 'context has query && context.query like \"*big*\"', timeout: 1m}
+  resources: {memory: 256Mi, pids: 64, cpu: 1.0, timeout: 60s}
+";
+
+/// The control plane on PostgreSQL (migrated with `agentspace server migrate`, served
+/// under a role with the control and audit-writer privileges only): a task run on the
+/// host against the same database holds its request there, the server lists it, a second
+/// person approves it through the API, the agent's request completes, and the record
+/// is in the database's audit log; nothing lands in the state directory's SQLite files.
+#[test]
+fn the_control_plane_on_postgres_decides_a_real_cells_held_request() {
+    if !privileged() {
+        return;
+    }
+    let Some(pg) = Postgres::new() else { return };
+    let s = Sandbox::new();
+    let out = s
+        .command()
+        .args(["server", "migrate"])
+        .env("AGENTSPACE_DATABASE_URL", pg.url(None))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{said} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("applied control-plane schema version 1, 2"),
+        "{said}"
+    );
+    let url = pg.server_url();
+    let env = [("AGENTSPACE_DATABASE_URL", url.as_str())];
+    let token = bootstrap_with(&s, &env);
+    let server = serve_with(&s, &env);
+    let alice = Client::new(&server.url, Some(&token)).unwrap();
+    let r = alice
+        .post("/v1/users", &json!({"name": "bob", "roles": ["approver"]}))
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.error_message());
+    let r = alice.post("/v1/users/bob/tokens", &json!({})).unwrap();
+    let bob = Client::new(&server.url, Some(r.json()["token"].as_str().unwrap())).unwrap();
+
+    let up = upstream(&s);
+    let def = s.definition("payer.yaml", PAYER);
+    let agent = s
+        .governed_run(&def, up.port)
+        .envs(env)
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "curl -sS 'https://api.example.test/v1/pay?size=big'; echo",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let held = until("the held request at the server", || {
+        let list = bob.get("/v1/approvals").unwrap().json();
+        list.as_array().and_then(|a| a.first().cloned())
+    });
+    let id = held["id"].as_str().unwrap().to_owned();
+    assert_eq!(held["context"]["user"], "alice");
+    assert_eq!(
+        held["context"]["resource"],
+        "https://api.example.test:443/v1/pay"
+    );
+    // The user the agent acts for may not approve it (four-eyes); bob does.
+    let r = alice
+        .post(&format!("/v1/approvals/{id}/approve"), &json!({}))
+        .unwrap();
+    assert_eq!(r.status, 403, "{}", r.error_message());
+    let r = bob
+        .post(
+            &format!("/v1/approvals/{id}/approve"),
+            &json!({"comment": "checked"}),
+        )
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.error_message());
+    let out = agent.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        (out.status.code(), stdout.trim()),
+        (Some(0), "upstream saw /v1/pay?size=big"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The server reads the task's own records from the database: the start, the hold,
+    // bob's grant, and the request let through citing it.
+    let events = alice.get("/v1/audit/events").unwrap().json();
+    let events: Vec<&Value> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["event"])
+        .collect();
+    let has =
+        |kind: &str, f: &dyn Fn(&Value) -> bool| events.iter().any(|e| e["kind"] == kind && f(e));
+    assert!(has("task_start", &|e| e["user"] == "alice"), "{events:#?}");
+    assert!(
+        has("approval_requested", &|e| e["details"]["approval"]
+            == id.as_str()),
+        "{events:#?}"
+    );
+    assert!(
+        has("approval_granted", &|e| e["details"]["approver"] == "bob"),
+        "{events:#?}"
+    );
+    assert!(
+        has("http_request", &|e| e["decision"] == "allow"
+            && e["details"]["approval"] == id.as_str()),
+        "{events:#?}"
+    );
+    let verify = alice.get("/v1/audit/verify").unwrap().json();
+    assert_eq!(verify["ok"], true, "{verify}");
+    assert!(!s.state().join("server/control.db").exists());
+    assert!(!s.state().join("audit/audit.db").exists());
 }

@@ -6,7 +6,7 @@ use pretty_assertions::assert_eq;
 use serde_json::json;
 
 use super::approvals::context;
-use super::harness::TestServer;
+use super::harness::{Backend, TestServer};
 
 fn browser(server: &TestServer) -> Client {
     Client::new(&server.url, None).unwrap()
@@ -47,9 +47,8 @@ fn csrf_in(body: &[u8]) -> String {
     html[at..at + 64].to_owned()
 }
 
-#[test]
-fn login_makes_a_strict_session_and_forms_need_its_csrf_token() {
-    let server = TestServer::start();
+fn login_makes_a_strict_session_and_forms_need_its_csrf_token(backend: Backend) {
+    let server = TestServer::start(backend);
     let admin = server.bootstrap("acme", "alice");
     let token = admin
         .post("/v1/users/alice/tokens", json!({"label": "console"}))
@@ -109,7 +108,7 @@ fn login_makes_a_strict_session_and_forms_need_its_csrf_token() {
     }
     let session = cookie_pair(session);
     // The database keeps only a hash of the session id.
-    let db = std::fs::read(server.state().join("server/control.db")).unwrap();
+    let db = server.place().stored_bytes();
     let raw = session.split('=').nth(1).unwrap();
     assert!(!db.windows(raw.len()).any(|w| w == raw.as_bytes()));
 
@@ -194,9 +193,8 @@ fn sign_in(server: &TestServer, token: &str) -> (String, String) {
     (session, csrf_in(&home.body))
 }
 
-#[test]
-fn a_console_session_sees_and_decides_only_its_own_tenant() {
-    let server = TestServer::start();
+fn a_console_session_sees_and_decides_only_its_own_tenant(backend: Backend) {
+    let server = TestServer::start(backend);
     let acme = server.bootstrap("acme", "alice");
     let id = server
         .approvals
@@ -238,9 +236,8 @@ fn a_console_session_sees_and_decides_only_its_own_tenant() {
     assert_eq!(r.status, 403);
 }
 
-#[test]
-fn the_audit_page_searches_the_tenants_log_and_shows_the_verify_status() {
-    let server = TestServer::start();
+fn the_audit_page_searches_the_tenants_log_and_shows_the_verify_status(backend: Backend) {
+    let server = TestServer::start(backend);
     let admin = server.bootstrap("acme", "alice");
     let dev = admin.user(&server, "dave", &["developer"]);
     let def = super::harness::definition("acme", "writer", "64Mi");
@@ -286,9 +283,8 @@ fn the_audit_page_searches_the_tenants_log_and_shows_the_verify_status() {
     assert_eq!(get(&b, "/console/audit", &dev_session).status, 403);
 }
 
-#[test]
-fn definitions_show_their_text_and_generated_policies_never_host_files() {
-    let server = TestServer::start();
+fn definitions_show_their_text_and_generated_policies_never_host_files(backend: Backend) {
+    let server = TestServer::start(backend);
     let admin = server.bootstrap("acme", "alice");
     let secret = server.state().join("host-secret.cedar");
     std::fs::write(&secret, "TOP-SECRET host content").unwrap();
@@ -318,3 +314,10 @@ fn definitions_show_their_text_and_generated_policies_never_host_files() {
     assert!(!html.contains("TOP-SECRET"), "{html}");
     assert_eq!(get(&b, "/console/definitions/nope", &session).status, 404);
 }
+
+on_both!(
+    login_makes_a_strict_session_and_forms_need_its_csrf_token,
+    a_console_session_sees_and_decides_only_its_own_tenant,
+    the_audit_page_searches_the_tenants_log_and_shows_the_verify_status,
+    definitions_show_their_text_and_generated_policies_never_host_files,
+);

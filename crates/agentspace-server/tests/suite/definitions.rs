@@ -3,11 +3,10 @@
 use pretty_assertions::assert_eq;
 use serde_json::json;
 
-use super::harness::{TestServer, audit_events, definition};
+use super::harness::{Backend, TestServer, definition};
 
-#[test]
-fn registering_makes_versions_and_diffs() {
-    let server = TestServer::start();
+fn registering_makes_versions_and_diffs(backend: Backend) {
+    let server = TestServer::start(backend);
     let admin = server.bootstrap("acme", "alice");
     let dev = admin.user(&server, "dave", &["developer"]);
 
@@ -55,7 +54,8 @@ fn registering_makes_versions_and_diffs() {
     let r = dev.get("/v1/definitions/writer/diff?from=1");
     assert_eq!(r.status, 400);
 
-    let registered: Vec<_> = audit_events(server.state(), "acme")
+    let registered: Vec<_> = server
+        .audit_events("acme")
         .into_iter()
         .filter(|e| e.kind == agentspace_core::AuditKind::DefinitionChange)
         .map(|e| (e.user.unwrap(), e.details["version"].clone()))
@@ -66,9 +66,8 @@ fn registering_makes_versions_and_diffs() {
     );
 }
 
-#[test]
-fn a_bad_definition_gets_field_line_and_column() {
-    let server = TestServer::start();
+fn a_bad_definition_gets_field_line_and_column(backend: Backend) {
+    let server = TestServer::start(backend);
     let admin = server.bootstrap("acme", "alice");
     let bad = definition("acme", "writer", "lots");
     let r = admin.post("/v1/definitions", json!({"definition": bad}));
@@ -103,8 +102,14 @@ fn a_bad_definition_gets_field_line_and_column() {
     assert_eq!(admin.get("/v1/definitions").json(), json!([]));
     // Nothing refused was recorded as a change.
     assert!(
-        audit_events(server.state(), "acme")
+        server
+            .audit_events("acme")
             .iter()
             .all(|e| e.kind != agentspace_core::AuditKind::DefinitionChange)
     );
 }
+
+on_both!(
+    registering_makes_versions_and_diffs,
+    a_bad_definition_gets_field_line_and_column,
+);

@@ -150,23 +150,35 @@ fn special_v6(ip: Ipv6Addr) -> Option<&'static str> {
     })
 }
 
+/// Why a tenant webhook cannot be delivered now.
+#[derive(Debug)]
+pub(crate) enum Undeliverable {
+    /// Its host does not resolve (perhaps for a while): try again later.
+    Unresolved(String),
+    /// It reaches an address a tenant webhook may not: never.
+    Refused(String),
+}
+
 /// Where a tenant webhook may be delivered: every address its host resolves to now, if
 /// all are allowed. The connection goes to the first; a name that resolves to one public
 /// and one private address is refused.
-pub(crate) fn destination(client: &Client, allow_private: bool) -> Result<SocketAddr, String> {
+pub(crate) fn destination(
+    client: &Client,
+    allow_private: bool,
+) -> Result<SocketAddr, Undeliverable> {
     let addresses = client
         .addresses()
-        .map_err(|e| format!("its host does not resolve: {e}"))?;
+        .map_err(|e| Undeliverable::Unresolved(format!("its host does not resolve: {e}")))?;
     let first = *addresses
         .first()
-        .ok_or_else(|| "its host resolves to no address".to_owned())?;
+        .ok_or_else(|| Undeliverable::Unresolved("its host resolves to no address".to_owned()))?;
     if !allow_private {
         for a in &addresses {
             if let Some(why) = special_address(a.ip()) {
-                return Err(format!(
+                return Err(Undeliverable::Refused(format!(
                     "its host resolves to {}, a {why} address, which a tenant webhook may not reach",
                     a.ip()
-                ));
+                )));
             }
         }
     }
@@ -330,8 +342,15 @@ impl Webhooks<'_> {
         if !(url.starts_with("https://") || url.starts_with("http://")) {
             return Err("it is not an `https://` (or `http://`) URL".to_owned());
         }
-        let client = Client::new(url, None).map_err(|e| e.to_string())?;
-        destination(&client, self.allow_private).map(|_| ())
+        // Not the client's message: it would repeat the URL, path and all, into the log.
+        let client = Client::new(url, None).map_err(|_| {
+            "it is not `http(s)://HOST[:PORT]/PATH` (no user name, no spaces or control characters)"
+                .to_owned()
+        })?;
+        match destination(&client, self.allow_private) {
+            Ok(_) => Ok(()),
+            Err(Undeliverable::Unresolved(why) | Undeliverable::Refused(why)) => Err(why),
+        }
     }
 }
 
@@ -472,35 +491,37 @@ impl Announcer {
     /// audited).
     fn deliver_to_tenant(&self, url: &str, approval: &Approval) -> Result<bool, ()> {
         let checked = Client::new(url, None)
-            .map_err(|e| e.to_string())
+            .map_err(|_| Undeliverable::Refused("it is not a valid URL".to_owned()))
             .and_then(|client| {
                 let address = destination(&client, self.allow_private)?;
                 Ok((client, address))
             });
-        match checked {
-            Ok((client, address)) => Ok(client
-                .with_timeout(DELIVERY_TIMEOUT)
-                .post_to(address, "", &body(approval))
-                .is_ok_and(|r| (200..300).contains(&r.status))),
-            Err(problem) => {
-                let c = &approval.context;
-                let mut event = AuditEvent::new(&c.tenant, AuditKind::HttpRequest, "POST");
-                event.resource = Some(origin(url));
-                event.task.clone_from(&c.task);
-                event.agent.clone_from(&c.agent);
-                event.decision = Some(AuditDecision::Deny);
-                event.reason = Some(format!("tenant webhook refused: {problem}"));
-                event.details = details([
-                    ("via", "control-plane".into()),
-                    ("webhook", TENANT_HOOK.into()),
-                    ("approval", approval.id.clone().into()),
-                    ("url_digest", url_digest(url).into()),
-                ]);
-                // Refused whether or not the record could be written.
-                let _ = self.audit.append(event);
-                Err(())
+        let problem = match checked {
+            Ok((client, address)) => {
+                return Ok(client
+                    .with_timeout(DELIVERY_TIMEOUT)
+                    .post_to(address, "", &body(approval))
+                    .is_ok_and(|r| (200..300).contains(&r.status)));
             }
-        }
+            Err(Undeliverable::Unresolved(_)) => return Ok(false),
+            Err(Undeliverable::Refused(problem)) => problem,
+        };
+        let c = &approval.context;
+        let mut event = AuditEvent::new(&c.tenant, AuditKind::HttpRequest, "POST");
+        event.resource = Some(origin(url));
+        event.task.clone_from(&c.task);
+        event.agent.clone_from(&c.agent);
+        event.decision = Some(AuditDecision::Deny);
+        event.reason = Some(format!("tenant webhook refused: {problem}"));
+        event.details = details([
+            ("via", "control-plane".into()),
+            ("webhook", TENANT_HOOK.into()),
+            ("approval", approval.id.clone().into()),
+            ("url_digest", url_digest(url).into()),
+        ]);
+        // Refused whether or not the record could be written.
+        let _ = self.audit.append(event);
+        Err(())
     }
 }
 

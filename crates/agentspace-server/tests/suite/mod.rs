@@ -9,3 +9,4 @@ mod events;
 mod isolation;
 mod records;
 mod store;
+mod webhooks;

@@ -187,8 +187,9 @@ fn local(state_dir: &StateDir, args: &Args) -> Result<ExitCode> {
         .map_err(|e| anyhow::anyhow!("invalid tenant `{tenant}`: {e}"))?;
     let stores = crate::state::Stores {
         database_url: args.database_url.clone(),
+        ..crate::state::Stores::from_env()
     };
-    let audit = crate::cmd_audit::open(state_dir, stores.audit_url().as_deref())?;
+    let audit = crate::cmd_audit::open(state_dir, stores.audit().as_deref())?;
     let store = ApprovalStore::open(state_dir.path(), stores.database_url.as_deref(), audit)?;
     match &args.command {
         Command::List { state, json } => {

@@ -555,10 +555,7 @@ pub(crate) fn record_admin_event(
     resource: String,
     details: serde_json::Map<String, serde_json::Value>,
 ) -> Result<()> {
-    let log = open(
-        state,
-        crate::state::Stores::from_env().audit_url().as_deref(),
-    )?;
+    let log = open(state, crate::state::Stores::from_env().audit().as_deref())?;
     let mut event = agentspace_core::AuditEvent::new(tenant, kind, action);
     event.resource = Some(resource);
     event.user = std::env::var("SUDO_USER")

@@ -33,7 +33,7 @@ pub(crate) struct Args {
     /// The gateway's operator settings (--config, --resolve, --upstream-ca).
     #[command(flatten)]
     gateway: crate::cmd_gateway::GatewayOptions,
-    /// Where approvals wait and the audit log is kept (--database-url).
+    /// Where approvals wait and the audit log is kept (--database-url, --audit-url).
     #[command(flatten)]
     stores: crate::state::Stores,
     /// The program to run in the cell and its arguments.
@@ -91,7 +91,7 @@ pub(crate) fn run(state: &StateDir, args: Args) -> Result<ExitCode> {
     write_manifest(&task_dir, &manifest)?;
 
     // Audit before action: the start is durable before the cell starts; no record, no run.
-    let audit_url = args.stores.audit_url();
+    let audit_url = args.stores.audit();
     let audit = match crate::cmd_audit::TaskAudit::start(
         state,
         audit_url.as_deref(),
@@ -227,7 +227,7 @@ impl Boundary {
         }
         let config = options.config(state.path())?;
         // Decisions go to the same audit store as the task's start and exit.
-        let audit_url = args.stores.audit_url();
+        let audit_url = args.stores.audit();
         let audit = || crate::cmd_audit::open(state, audit_url.as_deref());
         let user = UserId::new(user).with_context(|| format!("invalid user `{user}`"))?;
         let principal = Principal::new(

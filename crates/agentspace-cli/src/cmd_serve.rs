@@ -18,18 +18,10 @@ pub(crate) struct Args {
     #[arg(long, default_value = "127.0.0.1:7171", value_name = "ADDR")]
     listen: SocketAddr,
     /// The control-plane tables in PostgreSQL (`--database-url postgres://...`, made
-    /// once with `agentspace server migrate`) instead of SQLite in the state directory.
+    /// once with `agentspace server migrate`) instead of SQLite in the state directory,
+    /// and the audit store.
     #[command(flatten)]
     stores: crate::state::Stores,
-    /// Audit store: `postgres://...` or `sqlite:PATH` (default: the database of
-    /// `--database-url`, else SQLite in the state directory).
-    #[arg(
-        long,
-        env = "AGENTSPACE_AUDIT_URL",
-        value_name = "URL",
-        hide_env_values = true
-    )]
-    audit_url: Option<String>,
     /// Announce each approval request to this webhook (`https://...`), with a
     /// Slack-compatible JSON body (`{"text": ...}`).
     #[arg(
@@ -58,7 +50,7 @@ pub(crate) fn run(state: &StateDir, args: Args) -> Result<ExitCode> {
         let token = agentspace_server::bootstrap_admin(
             state.path(),
             args.stores.database_url.as_deref(),
-            args.audit_url.as_deref(),
+            args.stores.audit_url.as_deref(),
             &tenant,
             admin,
         )?;
@@ -76,7 +68,7 @@ pub(crate) fn run(state: &StateDir, args: Args) -> Result<ExitCode> {
         state_dir: state.path().to_owned(),
         listen: args.listen,
         database_url: args.stores.database_url,
-        audit_url: args.audit_url,
+        audit_url: args.stores.audit_url,
         // Tasks started through the API run as `agentspace run` of this same binary.
         runner: Some(std::env::current_exe().context("cannot find this program's path")?),
         approval_webhook: args.approval_webhook,

@@ -14,29 +14,21 @@ use anyhow::{Result, bail};
 pub(crate) enum Command {
     /// Create or update the control-plane tables (and the audit tables) in PostgreSQL.
     Migrate {
-        /// The control-plane database.
+        /// The control-plane database, and the audit store when it is another one.
         #[command(flatten)]
         stores: crate::state::Stores,
-        /// The audit store when it is not the control-plane database.
-        #[arg(
-            long,
-            env = "AGENTSPACE_AUDIT_URL",
-            value_name = "URL",
-            hide_env_values = true
-        )]
-        audit_url: Option<String>,
     },
 }
 
 pub(crate) fn run(command: Command) -> Result<ExitCode> {
     match command {
-        Command::Migrate { stores, audit_url } => {
+        Command::Migrate { stores } => {
             let Some(url) = stores.database_url.as_deref() else {
                 bail!(
                     "`server migrate` needs `--database-url postgres://...` (or AGENTSPACE_DATABASE_URL); SQLite in the state directory is migrated when it is opened"
                 );
             };
-            let applied = agentspace_server::migrate(url, audit_url.as_deref())?;
+            let applied = agentspace_server::migrate(url, stores.audit_url.as_deref())?;
             if applied.is_empty() {
                 println!("the control-plane schema is current");
             } else {
@@ -46,7 +38,7 @@ pub(crate) fn run(command: Command) -> Result<ExitCode> {
             println!(
                 "tables ready; the server logs in as a member of `{}`{}",
                 agentspace_server::CONTROL_ROLE,
-                match agentspace_server::audit_url(Some(url), audit_url.as_deref()) {
+                match stores.audit() {
                     Some(a) if a.starts_with("postgres") =>
                         format!(" and of `{}`", agentspace_audit::WRITER_ROLE),
                     _ => String::new(),

@@ -622,7 +622,7 @@ fn connect(config: &postgres::Config, display: &str) -> Result<postgres::Client,
 }
 
 fn pg_config(url: &str) -> Result<(postgres::Config, String), ServerError> {
-    let display = display_url(url);
+    let display = agentspace_audit::postgres_display_url(url);
     let mut config: postgres::Config = url
         .parse()
         .map_err(|e| store_error(&display, format!("bad connection url: {e}")))?;
@@ -630,28 +630,6 @@ fn pg_config(url: &str) -> Result<(postgres::Config, String), ServerError> {
         config.connect_timeout(Duration::from_secs(10));
     }
     Ok((config, display))
-}
-
-/// `url` without its password, for messages.
-fn display_url(url: &str) -> String {
-    match url.parse::<postgres::Config>() {
-        Ok(cfg) => {
-            let host = cfg
-                .get_hosts()
-                .first()
-                .map(|h| match h {
-                    postgres::config::Host::Tcp(name) => name.clone(),
-                    postgres::config::Host::Unix(path) => path.display().to_string(),
-                })
-                .unwrap_or_default();
-            format!(
-                "postgres://{}@{host}/{}",
-                cfg.get_user().unwrap_or_default(),
-                cfg.get_dbname().unwrap_or_default()
-            )
-        }
-        Err(_) => "postgres://(unparsable url)".to_owned(),
-    }
 }
 
 /// Whether `url` names a PostgreSQL database.

@@ -211,6 +211,21 @@ pub struct TenantWebhook {
     pub set_at: String,
 }
 
+/// The audit event of setting the caller's tenant's webhook to `url` (accepted or not).
+fn set_event<'a>(caller: &'a Caller, url: &str) -> AdminEvent<'a> {
+    AdminEvent {
+        tenant: &caller.tenant,
+        kind: AuditKind::PolicyChange,
+        action: "webhook_set",
+        resource: "webhook".to_owned(),
+        by: &caller.user,
+        details: details([
+            ("origin", origin(url).into()),
+            ("url_digest", url_digest(url).into()),
+        ]),
+    }
+}
+
 /// Tenant webhooks in the control-plane database.
 pub(crate) struct Webhooks<'a> {
     pub(crate) db: &'a Db,
@@ -257,21 +272,7 @@ impl Webhooks<'_> {
             };
             // The attempt is on record even though nothing changed; a failing audit log
             // does not turn the refusal into anything else.
-            let _ = record_refusal(
-                self.audit,
-                AdminEvent {
-                    tenant,
-                    kind: AuditKind::PolicyChange,
-                    action: "webhook_set",
-                    resource: "webhook".to_owned(),
-                    by: &caller.user,
-                    details: details([
-                        ("origin", origin(url).into()),
-                        ("url_digest", url_digest(url).into()),
-                    ]),
-                },
-                &problem,
-            );
+            let _ = record_refusal(self.audit, set_event(caller, url), &problem);
             return Err(ServerError::bad_request(
                 format!("webhook `{}` is refused: {problem}", origin(url)),
                 fix,
@@ -284,20 +285,7 @@ impl Webhooks<'_> {
                  ON CONFLICT (tenant) DO UPDATE SET url = excluded.url, set_by = excluded.set_by, set_at = excluded.set_at",
                 &[&tenant.as_str(), &url, &caller.user, &now],
             )?;
-            record(
-                self.audit,
-                AdminEvent {
-                    tenant,
-                    kind: AuditKind::PolicyChange,
-                    action: "webhook_set",
-                    resource: "webhook".to_owned(),
-                    by: &caller.user,
-                    details: details([
-                        ("origin", origin(url).into()),
-                        ("url_digest", url_digest(url).into()),
-                    ]),
-                },
-            )?;
+            record(self.audit, set_event(caller, url))?;
             Ok(())
         })?;
         Ok(TenantWebhook {

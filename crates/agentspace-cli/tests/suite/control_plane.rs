@@ -217,87 +217,6 @@ fn approvals_cli_talks_to_the_server() {
     assert!(err.contains("not an approval id"), "{err}");
 }
 
-/// A PostgreSQL database of one test on the server `AGENTSPACE_TEST_POSTGRES_URL` names,
-/// with a login role for the control plane; dropped at the end.
-struct Postgres {
-    admin_url: String,
-    name: String,
-}
-
-impl Postgres {
-    /// `None` (skip, with a message) without a server, except under CI, which fails.
-    fn new() -> Option<Self> {
-        let Ok(admin_url) = std::env::var("AGENTSPACE_TEST_POSTGRES_URL") else {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "AGENTSPACE_TEST_POSTGRES_URL is not set: CI must start PostgreSQL and set it (`. scripts/services` does)"
-            );
-            eprintln!("skipping: set AGENTSPACE_TEST_POSTGRES_URL to run the PostgreSQL test");
-            return None;
-        };
-        let name = format!("cli_cp_{}", std::process::id());
-        let mut admin = postgres::Client::connect(&admin_url, postgres::NoTls).unwrap();
-        admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .unwrap();
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .unwrap();
-        Some(Self { admin_url, name })
-    }
-
-    /// The URL with the database's name and, optionally, another login.
-    fn url(&self, login: Option<&str>) -> String {
-        let (base, _) = self.admin_url.rsplit_once('/').unwrap();
-        let base = match login {
-            Some(login) => {
-                let (scheme, rest) = base.split_once("://").unwrap();
-                let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
-                format!("{scheme}://{login}@{host}")
-            }
-            None => base.to_owned(),
-        };
-        format!("{base}/{}", self.name)
-    }
-
-    /// Makes the login role the server and its tasks use: the control role and the
-    /// audit writer role, nothing else (as docs/operations.md says to); its URL.
-    fn server_url(&self) -> String {
-        let mut owner = postgres::Client::connect(&self.url(None), postgres::NoTls).unwrap();
-        owner
-            .batch_execute(&format!(
-                "CREATE ROLE {0}_srv LOGIN PASSWORD 'srv-pass' IN ROLE agentspace_control, agentspace_audit_writer",
-                self.name
-            ))
-            .unwrap();
-        self.url(Some(&format!("{}_srv:srv-pass", self.name)))
-    }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        if let Ok(mut admin) = postgres::Client::connect(&self.admin_url, postgres::NoTls) {
-            let _ = admin.batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ));
-            let _ = admin.batch_execute(&format!("DROP ROLE IF EXISTS {}_srv", self.name));
-        }
-    }
-}
-
-const PAYER: &str = "apiVersion: agentspace/v1
-kind: Agent
-metadata: {name: payer, tenant: acme}
-spec:
-  workspace: ./workspace
-  egress:
-    - name: api
-      hosts: [api.example.test]
-      approval: {when: 'context has query && context.query like \"*big*\"', timeout: 1m}
-  resources: {memory: 256Mi, pids: 64, cpu: 1.0, timeout: 60s}
-";
-
 /// The control plane on PostgreSQL (migrated with `agentspace server migrate`, served
 /// under a role with the control and audit-writer privileges only): a task run on the
 /// host against the same database holds its request there, the server lists it, a second
@@ -308,12 +227,14 @@ fn the_control_plane_on_postgres_decides_a_real_cells_held_request() {
     if !privileged() {
         return;
     }
-    let Some(pg) = Postgres::new() else { return };
+    let Some(pg) = agentspace_test_support::TestDatabase::new("cli_cp") else {
+        return;
+    };
     let s = Sandbox::new();
     let out = s
         .command()
         .args(["server", "migrate"])
-        .env("AGENTSPACE_DATABASE_URL", pg.url(None))
+        .env("AGENTSPACE_DATABASE_URL", pg.url())
         .output()
         .unwrap();
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -326,7 +247,9 @@ fn the_control_plane_on_postgres_decides_a_real_cells_held_request() {
         said.contains("applied control-plane schema version 1, 2"),
         "{said}"
     );
-    let url = pg.server_url();
+    // The login the server and its tasks use: the two roles and nothing else, as
+    // docs/operations.md says to make it.
+    let url = pg.login(&["agentspace_control", "agentspace_audit_writer"]);
     let env = [("AGENTSPACE_DATABASE_URL", url.as_str())];
     let token = bootstrap_with(&s, &env);
     let server = serve_with(&s, &env);
@@ -339,7 +262,7 @@ fn the_control_plane_on_postgres_decides_a_real_cells_held_request() {
     let bob = Client::new(&server.url, Some(r.json()["token"].as_str().unwrap())).unwrap();
 
     let up = upstream(&s);
-    let def = s.definition("payer.yaml", PAYER);
+    let def = s.definition("payer.yaml", super::approvals::DEFINITION);
     let agent = s
         .governed_run(&def, up.port)
         .envs(env)

@@ -40,115 +40,35 @@ pub enum Backend {
     Postgres,
 }
 
-/// Whether PostgreSQL tests can run; under CI a missing server is a failure.
-pub fn postgres_available() -> bool {
-    if std::env::var("AGENTSPACE_TEST_POSTGRES_URL").is_ok() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "AGENTSPACE_TEST_POSTGRES_URL is not set: CI must start PostgreSQL and set it (`. scripts/services` does)"
-    );
-    eprintln!(
-        "skipping the PostgreSQL run: set AGENTSPACE_TEST_POSTGRES_URL=postgres://USER:PASS@127.0.0.1/DB (`. scripts/services` as root does)"
-    );
-    false
-}
+use agentspace_test_support::TestDatabase;
+pub use agentspace_test_support::postgres_available;
 
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!(
-        "{prefix}_{}_{}",
-        std::process::id(),
-        nanos % 1_000_000_000_000
-    )
-}
-
-/// `url` with its database and, optionally, its login replaced.
-pub fn with_db(url: &str, db: &str, login: Option<(&str, &str)>) -> String {
-    let (base, _) = url.rsplit_once('/').unwrap();
-    let base = match login {
-        Some((user, pass)) => {
-            let (scheme, rest) = base.split_once("://").unwrap();
-            let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
-            format!("{scheme}://{user}:{pass}@{host}")
-        }
-        None => base.to_owned(),
-    };
-    format!("{base}/{db}")
-}
-
-/// A PostgreSQL database of one test, dropped (with its login role) at the end.
+/// A PostgreSQL database of one test, migrated by its owner, with a login for the server
+/// that holds only the control and audit-writer roles.
 pub struct PgDb {
-    admin_url: String,
-    name: String,
-    role: String,
+    db: TestDatabase,
+    url: String,
 }
 
 impl PgDb {
-    /// A new database, migrated by its owner, and a login role for the server.
-    pub fn new() -> Self {
-        let admin_url = std::env::var("AGENTSPACE_TEST_POSTGRES_URL").unwrap();
-        let name = unique("ctl_test");
-        let mut admin = postgres::Client::connect(&admin_url, postgres::NoTls).unwrap();
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .unwrap();
-        let db = Self {
-            admin_url,
-            role: format!("{name}_srv"),
-            name,
-        };
-        agentspace_server::migrate(&db.owner_url(), None).unwrap();
-        db.owner()
-            .batch_execute(&format!(
-                "CREATE ROLE {} LOGIN PASSWORD 'server-pass' IN ROLE {}, {}",
-                db.role,
-                agentspace_server::CONTROL_ROLE,
-                agentspace_audit::WRITER_ROLE
-            ))
-            .unwrap();
-        db
+    fn new() -> Self {
+        let db = TestDatabase::new("ctl_test").expect("PostgreSQL tests cannot run here");
+        agentspace_server::migrate(&db.url(), None).unwrap();
+        let url = db.login(&[
+            agentspace_server::CONTROL_ROLE,
+            agentspace_audit::WRITER_ROLE,
+        ]);
+        Self { db, url }
     }
 
-    /// The URL as the database's owner (migrations, inspection).
-    pub fn owner_url(&self) -> String {
-        with_db(&self.admin_url, &self.name, None)
-    }
-
-    /// The URL as the server's login role (control and audit-writer privileges only).
+    /// The URL as the server's login (control and audit-writer privileges only).
     pub fn url(&self) -> String {
-        with_db(
-            &self.admin_url,
-            &self.name,
-            Some((&self.role, "server-pass")),
-        )
+        self.url.clone()
     }
 
     /// A connection as the owner.
     pub fn owner(&self) -> postgres::Client {
-        postgres::Client::connect(&self.owner_url(), postgres::NoTls).unwrap()
-    }
-}
-
-impl Default for PgDb {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Drop for PgDb {
-    fn drop(&mut self) {
-        if let Ok(mut admin) = postgres::Client::connect(&self.admin_url, postgres::NoTls) {
-            let _ = admin.batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ));
-            let _ = admin.batch_execute(&format!("DROP ROLE IF EXISTS {}", self.role));
-        }
+        self.db.owner()
     }
 }
 

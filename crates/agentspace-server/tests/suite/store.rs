@@ -9,7 +9,7 @@ use pretty_assertions::assert_eq;
 use serde_json::json;
 
 use super::approvals::context;
-use super::harness::{Backend, Options, Place, TestServer, postgres_available, with_db};
+use super::harness::{Backend, Options, Place, TestServer, postgres_available};
 
 /// A control database as the server made it before schema versions (its tables as they
 /// were, with a pending approval and an announced one) is taken up and migrated on open.
@@ -105,19 +105,10 @@ fn a_sqlite_database_from_before_versions_is_migrated_on_open() {
 
 #[test]
 fn postgres_needs_the_migration_and_it_is_idempotent() {
-    if !postgres_available() {
+    let Some(db) = agentspace_test_support::TestDatabase::new("ctl_unmigrated") else {
         return;
-    }
-    let admin_url = std::env::var("AGENTSPACE_TEST_POSTGRES_URL").unwrap();
-    let name = format!("ctl_unmigrated_{}", std::process::id());
-    let mut admin = postgres::Client::connect(&admin_url, postgres::NoTls).unwrap();
-    admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
-        .unwrap();
-    admin
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .unwrap();
-    let url = with_db(&admin_url, &name, None);
+    };
+    let url = db.url();
     let state = tempfile::tempdir().unwrap();
     let tenant = Name::new("acme").unwrap();
     let err = agentspace_server::bootstrap_admin(state.path(), Some(&url), None, &tenant, "alice")
@@ -143,11 +134,6 @@ fn postgres_needs_the_migration_and_it_is_idempotent() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("is not `postgres://...`"), "{err}");
-    drop(admin);
-    let mut admin = postgres::Client::connect(&admin_url, postgres::NoTls).unwrap();
-    admin
-        .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
-        .unwrap();
 }
 
 /// The server's login role holds the control role and the audit writer role, and with

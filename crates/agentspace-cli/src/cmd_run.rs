@@ -235,10 +235,17 @@ impl Boundary {
             user,
             Actor::new(definition.name.clone(), TaskRef::from(task)),
         );
-        let policy = std::sync::Arc::new(agentspace_policy::PolicyEngine::load(
-            definition,
-            state.path(),
-        )?);
+        // Revocations from the control plane's database when there is one, so that a
+        // revocation made on any host sharing it stops this task's next decision.
+        let policy = match args.stores.database_url.as_deref() {
+            Some(url) => agentspace_policy::PolicyEngine::load_with_revocations(
+                definition,
+                state.path(),
+                agentspace_server::revocations(state.path(), Some(url))?,
+            )?,
+            None => agentspace_policy::PolicyEngine::load(definition, state.path())?,
+        };
+        let policy = std::sync::Arc::new(policy);
         let gateway = Gateway::new(config, audit()?)?;
         let ca = gateway
             .tenant_ca(&definition.tenant)?

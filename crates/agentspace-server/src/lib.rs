@@ -23,6 +23,7 @@ mod desk;
 mod error;
 mod events;
 mod extract;
+mod revocations;
 mod runner;
 mod server;
 mod store;
@@ -32,6 +33,7 @@ pub use approvals::{Approval, ApprovalContext, ApprovalState, ApprovalStore, Out
 pub use auth::{NewToken, Role, TokenInfo, User};
 pub use definitions::{DefinitionVersion, Registered};
 pub use error::{DefinitionProblem, ErrorBody, ServerError};
+pub use revocations::revocations;
 pub use server::{Server, ServerConfig, audit_url, bootstrap_admin, migrate, openapi};
 pub use store::CONTROL_ROLE;
 pub use webhook::TenantWebhook;

@@ -219,7 +219,7 @@ impl Server {
             let db = Arc::new(Db::open(&state_dir, database_url.as_deref())?);
             let audit_url = self::audit_url(database_url.as_deref(), audit_url.as_deref());
             let audit = open_audit(&state_dir, audit_url.as_deref())?;
-            let revocations = agentspace_policy::Revocations::open(&state_dir)?;
+            let revocations = crate::revocations::revocations(&state_dir, database_url.as_deref())?;
             Ok(App {
                 runner: crate::runner::Runner::new(runner, database_url, audit_url),
                 approvals: ApprovalStore::new(Arc::clone(&db), audit.clone()),

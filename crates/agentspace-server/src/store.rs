@@ -209,6 +209,27 @@ CREATE TABLE tenant_webhook (
 );
 ",
     },
+    Migration {
+        version: 3,
+        what: "revocations in the shared database (PostgreSQL only: SQLite keeps them in <state>/policy/revocations.db)",
+        sqlite: "",
+        postgres: "
+CREATE TABLE revocation (
+  kind       TEXT NOT NULL,
+  tenant     TEXT NOT NULL,
+  subject    TEXT NOT NULL,
+  detail     TEXT NOT NULL,
+  reason     TEXT NOT NULL,
+  revoked_at BIGINT NOT NULL,
+  PRIMARY KEY (kind, tenant, subject, detail)
+);
+CREATE TABLE revocation_version (
+  id      INTEGER PRIMARY KEY CHECK (id = 1),
+  version BIGINT NOT NULL
+);
+INSERT INTO revocation_version (id, version) VALUES (1, 0);
+",
+    },
 ];
 
 /// The schema version this build works with.
@@ -222,19 +243,21 @@ pub const CONTROL_ROLE: &str = "agentspace_control";
 
 /// Run after every PostgreSQL migration: the control role's privileges, table by table,
 /// no more than the code uses (approvals and definitions are never deleted, definitions
-/// and tenants never changed).
+/// and tenants never changed, the revocation version only counted up).
 const PG_GRANTS: &str = r#"
 DO $$ BEGIN
   CREATE ROLE agentspace_control NOLOGIN;
 EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
 END $$;
 REVOKE ALL ON control_schema, tenant, "user", token, definition, approval, approval_use,
-  approval_notice, session, tenant_webhook FROM PUBLIC, agentspace_control;
+  approval_notice, session, tenant_webhook, revocation, revocation_version
+  FROM PUBLIC, agentspace_control;
 GRANT SELECT ON control_schema TO agentspace_control;
 GRANT SELECT, INSERT ON tenant, definition, approval_use TO agentspace_control;
 GRANT SELECT, INSERT, UPDATE ON approval TO agentspace_control;
 GRANT SELECT, INSERT, DELETE ON token, session TO agentspace_control;
-GRANT SELECT, INSERT, UPDATE, DELETE ON "user", approval_notice, tenant_webhook TO agentspace_control;
+GRANT SELECT, INSERT, UPDATE, DELETE ON "user", approval_notice, tenant_webhook, revocation TO agentspace_control;
+GRANT SELECT, UPDATE ON revocation_version TO agentspace_control;
 "#;
 
 const SCHEMA_TABLE: &str = "CREATE TABLE IF NOT EXISTS control_schema (
@@ -728,7 +751,9 @@ impl Db {
             display: &display,
         })?;
         for m in pending(current, &display)? {
-            tx.execute_batch(m.sqlite).map_err(fail)?;
+            if !m.sqlite.is_empty() {
+                tx.execute_batch(m.sqlite).map_err(fail)?;
+            }
             record_version(
                 &mut Lite {
                     conn: &tx,
@@ -745,7 +770,7 @@ impl Db {
     }
 
     /// Connects to PostgreSQL; refuses a database whose schema is not this build's.
-    fn open_postgres(url: &str) -> Result<Self, ServerError> {
+    pub(crate) fn open_postgres(url: &str) -> Result<Self, ServerError> {
         check_url(url)?;
         let (config, display) = pg_config(url)?;
         let db = Self {
@@ -779,6 +804,11 @@ impl Db {
             return Err(newer(&db.display, version));
         }
         Ok(db)
+    }
+
+    /// The file, or the URL without its password, for messages.
+    pub(crate) fn display(&self) -> &str {
+        &self.display
     }
 
     /// Runs `f` on a connection; each statement commits on its own.

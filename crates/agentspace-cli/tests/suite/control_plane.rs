@@ -244,7 +244,7 @@ fn the_control_plane_on_postgres_decides_a_real_cells_held_request() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        said.contains("applied control-plane schema version 1, 2"),
+        said.contains("applied control-plane schema version 1, 2, 3"),
         "{said}"
     );
     // The login the server and its tasks use: the two roles and nothing else, as
@@ -335,6 +335,51 @@ fn the_control_plane_on_postgres_decides_a_real_cells_held_request() {
     );
     let verify = alice.get("/v1/audit/verify").unwrap().json();
     assert_eq!(verify["ok"], true, "{verify}");
-    assert!(!s.state().join("server/control.db").exists());
-    assert!(!s.state().join("audit/audit.db").exists());
+
+    // A revocation made with `agentspace revoke` goes to the database: the server lists
+    // it, and the next task's request is denied by it.
+    let out = s
+        .command()
+        .args([
+            "revoke",
+            "agent",
+            "payer",
+            "--tenant",
+            "acme",
+            "--reason",
+            "incident 7",
+        ])
+        .envs(env)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed = alice.get("/v1/revocations").unwrap().json();
+    assert_eq!(listed[0]["agent"], "payer", "{listed}");
+    let out = s
+        .governed_run(&def, up.port)
+        .envs(env)
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "curl -sS https://api.example.test/v1/small; echo",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("was revoked"), "{stdout}");
+    assert!(!stdout.contains("upstream saw"), "{stdout}");
+
+    // Nothing of the control plane, the audit log or revocations went to SQLite files.
+    for file in [
+        "server/control.db",
+        "audit/audit.db",
+        "policy/revocations.db",
+    ] {
+        assert!(!s.state().join(file).exists(), "{file} was made");
+    }
 }

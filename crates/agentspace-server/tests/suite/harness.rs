@@ -110,6 +110,12 @@ impl Place {
         }
     }
 
+    /// The revocation store, on its own connection, as another process (`agentspace run`,
+    /// `agentspace revoke`) would open it.
+    pub fn revocations(&self) -> agentspace_policy::Revocations {
+        agentspace_server::revocations(self.state(), self.database_url().as_deref()).unwrap()
+    }
+
     /// An approval store on its own connection, as another process (`agentspace run`)
     /// would open it.
     pub fn approval_store(&self) -> ApprovalStore {

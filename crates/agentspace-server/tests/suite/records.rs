@@ -135,7 +135,7 @@ fn revocations_are_made_listed_lifted_and_audited(backend: Backend) {
     assert_eq!(list[0]["kind"], "user-agent");
     assert_eq!(list[0]["reason"], "left the team");
     // The policy engine sees it (same store as `agentspace revoke`).
-    let store = agentspace_policy::Revocations::open(server.state()).unwrap();
+    let store = server.place().revocations();
     assert_eq!(store.list().unwrap().len(), 1);
     let lifted = admin.post(
         "/v1/revocations/lift",
@@ -261,7 +261,61 @@ fn malformed_requests_get_errors_and_the_server_stays_up(backend: Backend) {
     assert_eq!(admin.get("/v1/me").status, 200);
 }
 
+/// A revocation made through the API is seen by the very next decision of a decision
+/// point in another process on the same store (an `agentspace run` on this host, or on
+/// another host sharing the PostgreSQL database); lifting it lets the next one through.
+fn a_revocation_reaches_the_next_decision_of_another_process(backend: Backend) {
+    use agentspace_core::{Actor, Principal, TaskRef, UserId};
+    use agentspace_policy::{Action, DenyReason, PolicyEngine, Request, Resource};
+
+    let server = TestServer::start(backend);
+    let admin = server.bootstrap("acme", "alice");
+    let definition = agentspace_core::Definition::parse(
+        std::path::Path::new("/defs/officer.yaml"),
+        "apiVersion: agentspace/v1\nkind: Agent\nmetadata: {name: officer, tenant: acme}\nspec:\n  egress:\n    - name: scoring\n      hosts: [scoring.example]\n",
+    )
+    .unwrap();
+    let engine = PolicyEngine::load_with_revocations(
+        &definition,
+        server.state(),
+        server.place().revocations(),
+    )
+    .unwrap();
+    let task = "01jabcdefghjkmnpqrstvwxyz0";
+    let principal = Principal::new(
+        agentspace_core::Name::new("acme").unwrap(),
+        UserId::new("bob").unwrap(),
+        Actor::new(
+            agentspace_core::Name::new("officer").unwrap(),
+            TaskRef::new(task).unwrap(),
+        ),
+    );
+    let get = |n: u32| Request {
+        principal: principal.clone(),
+        action: Action::Http {
+            method: "GET".to_owned(),
+        },
+        resource: Resource {
+            host: Some("scoring.example".to_owned()),
+            port: Some(443),
+            path: Some(format!("/{n}")),
+            ..Resource::default()
+        },
+        context: agentspace_policy::RequestContext::default(),
+    };
+    assert!(engine.decide(&get(1)).is_allow());
+    let body = json!({"kind": "task", "task": task, "reason": "incident 7"});
+    let r = admin.post("/v1/revocations", body.clone());
+    assert_eq!(r.status, 201, "{}", r.error_message());
+    let d = engine.decide(&get(2));
+    assert_eq!(d.deny_reason(), Some(DenyReason::Revoked), "{d}");
+    let r = admin.post("/v1/revocations/lift", body);
+    assert_eq!(r.json()["lifted"], true, "{}", r.error_message());
+    assert!(engine.decide(&get(3)).is_allow());
+}
+
 on_both!(
+    a_revocation_reaches_the_next_decision_of_another_process,
     tasks_are_listed_from_the_state_directory,
     audit_is_queried_verified_and_exported,
     revocations_are_made_listed_lifted_and_audited,

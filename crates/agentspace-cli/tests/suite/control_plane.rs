@@ -261,6 +261,33 @@ fn the_control_plane_on_postgres_decides_a_real_cells_held_request() {
     let r = alice.post("/v1/users/bob/tokens", &json!({})).unwrap();
     let bob = Client::new(&server.url, Some(r.json()["token"].as_str().unwrap())).unwrap();
 
+    // A task the server starts gets the database from it: its records are there.
+    let r = alice
+        .post("/v1/definitions", &json!({"definition": AGENT}))
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.error_message());
+    let r = alice
+        .post(
+            "/v1/tasks",
+            &json!({"agent": "hello", "command": ["sh", "-c", "echo hello"]}),
+        )
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.error_message());
+    let started = r.json()["task"].as_str().unwrap().to_owned();
+    let kinds = until("the started task's records in the database", || {
+        let events = alice
+            .get(&format!("/v1/audit/events?task={started}"))
+            .unwrap()
+            .json();
+        let kinds: Vec<String> = events
+            .as_array()?
+            .iter()
+            .filter_map(|e| e["event"]["kind"].as_str().map(str::to_owned))
+            .collect();
+        kinds.contains(&"task_exit".to_owned()).then_some(kinds)
+    });
+    assert_eq!(kinds, ["task_start", "task_exit"]);
+
     let up = upstream(&s);
     let def = s.definition("payer.yaml", super::approvals::DEFINITION);
     let agent = s

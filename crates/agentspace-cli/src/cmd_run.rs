@@ -30,6 +30,11 @@ pub(crate) struct Args {
     /// After the run, apply the task's workspace changes to the host workspace.
     #[arg(long)]
     commit_workspace: bool,
+    /// Resolve the definition's relative paths against DIR instead of the file's own
+    /// directory. The control plane runs a host-registered definition's text (copied
+    /// into its run directory) with the directory of the file it was registered from.
+    #[arg(long, value_name = "DIR", hide = true)]
+    base_dir: Option<PathBuf>,
     /// The gateway's operator settings (--config, --resolve, --upstream-ca).
     #[command(flatten)]
     gateway: crate::cmd_gateway::GatewayOptions,
@@ -49,7 +54,7 @@ pub(crate) fn run(state: &StateDir, args: Args) -> Result<ExitCode> {
     // first SIGINT reaches the agent, a second kills the cell (the supervisor counts).
     // Blocked first thing, so every thread started later (the audit log's) inherits it.
     let forwarded = block_forwarded_signals()?;
-    let definition = load_definition(&args.definition)?;
+    let definition = load_definition_at(&args.definition, args.base_dir.as_deref())?;
     let user = resolve_user(args.user.clone())?;
     let now = crate::state::unix_nanos();
     let (task, random) = crate::state::new_task_id(now)?;
@@ -150,11 +155,26 @@ pub(crate) fn run(state: &StateDir, args: Args) -> Result<ExitCode> {
 }
 
 pub(crate) fn load_definition(path: &Path) -> Result<Definition> {
+    load_definition_at(path, None)
+}
+
+/// Reads and validates the definition in `path`; its relative paths resolve against
+/// `base_dir` when given, else against the file's directory. `source` is the file read
+/// either way (the manifest names what ran).
+fn load_definition_at(path: &Path, base_dir: Option<&Path>) -> Result<Definition> {
     let text = fs::read_to_string(path)
         .with_context(|| format!("cannot read definition `{}`", path.display()))?;
     let abs = std::path::absolute(path)
         .with_context(|| format!("cannot resolve `{}`", path.display()))?;
-    Ok(Definition::parse(&abs, &text)?)
+    let anchor = match base_dir {
+        Some(dir) => std::path::absolute(dir)
+            .with_context(|| format!("cannot resolve `--base-dir {}`", dir.display()))?
+            .join(abs.file_name().unwrap_or_default()),
+        None => abs.clone(),
+    };
+    let mut definition = Definition::parse(&anchor, &text)?;
+    definition.source = abs;
+    Ok(definition)
 }
 
 fn resolve_user(given: Option<String>) -> Result<String> {

@@ -50,7 +50,8 @@ enum Command {
     Secret(cmd_secret::Command),
     /// Report what this host supports for cells.
     Doctor(cmd_doctor::Args),
-    /// Validate agent definitions; print the definition JSON Schema.
+    /// Validate agent definitions; print the definition JSON Schema; register one with
+    /// the control plane as the host's operator.
     #[command(subcommand)]
     Definition(cmd_definition::Command),
     /// A tenant's token signing keys: JWKS export and rotation.
@@ -95,7 +96,7 @@ fn main() -> ExitCode {
         Command::Keys(cmd) => cmd_keys::run(&state, cmd),
         Command::Policy(cmd) => cmd_policy::run(cmd),
         Command::Revoke(cmd) => cmd_revoke::run(&state, cmd),
-        Command::Definition(cmd) => cmd_definition::run(cmd),
+        Command::Definition(cmd) => cmd_definition::run(&state, cmd),
         Command::Gateway(args) => cmd_gateway::run(&state, args),
         Command::Serve(args) => cmd_serve::run(&state, args),
         Command::Server(cmd) => cmd_server::run(cmd),

@@ -40,8 +40,10 @@ fn to_event(event: AdminEvent<'_>) -> AuditEvent {
     e.resource = Some(event.resource);
     e.user = Some(event.by.to_owned());
     e.details = event.details;
+    // The host's own commands say `via: host`; everything else came through the API.
     e.details
-        .insert("via".to_owned(), serde_json::Value::from("control-plane"));
+        .entry("via")
+        .or_insert_with(|| serde_json::Value::from("control-plane"));
     e
 }
 

@@ -1,5 +1,10 @@
 //! Registered agent definitions: each registration that changes the text is a new
 //! version; the text is kept as given, validated with the same parser as `agentspace run`.
+//!
+//! A version registered through the API may not name anything on the server host (the
+//! runner refuses it); a version registered on the host by its operator
+//! (`agentspace definition register`) is *host-trusted*: it keeps the path of the file
+//! it came from, against whose directory its relative paths resolve.
 
 use std::path::{Path, PathBuf};
 
@@ -10,7 +15,7 @@ use serde::Serialize;
 use crate::audit::{AdminEvent, details, record};
 use crate::auth::Caller;
 use crate::error::{DefinitionProblem, ServerError};
-use crate::store::{Db, Row, format_ms, now_ms};
+use crate::store::{Conn, Db, Row, format_ms, now_ms};
 
 /// Largest definition accepted, in bytes.
 pub(crate) const MAX_DEFINITION: usize = 256 * 1024;
@@ -31,6 +36,9 @@ pub struct DefinitionVersion {
     pub registered_by: String,
     /// When.
     pub registered_at: String,
+    /// Registered on the server host by its operator (`agentspace definition register`):
+    /// it may name host paths and host commands, which the runner then allows.
+    pub host: bool,
     /// The definition text (only on single-version answers).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
@@ -56,15 +64,32 @@ pub(crate) fn source_path(state_dir: &Path, tenant: &Name) -> PathBuf {
         .join("definition.yaml")
 }
 
+/// Where a registration comes from.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Origin<'a> {
+    /// The API or the console: the text may not name host paths or commands.
+    Api,
+    /// The server host's operator, from this file (absolute): trusted to name host
+    /// paths and commands, resolved against the file's directory.
+    Host(&'a Path),
+}
+
+impl Origin<'_> {
+    fn host_source(self) -> Option<String> {
+        match self {
+            Self::Api => None,
+            Self::Host(path) => Some(path.display().to_string()),
+        }
+    }
+}
+
 pub(crate) struct Registry<'a> {
     pub(crate) db: &'a Db,
     pub(crate) audit: &'a AuditLog,
     pub(crate) state_dir: &'a Path,
 }
 
-/// The columns [`to_version`] reads, in order.
-const VERSION_COLUMNS: &str = "name, version, digest, registered_by, registered_at";
-
+/// One version as read from a row of [`VERSION_COLUMNS`] (with its text when asked).
 fn to_version(row: &Row, with_text: bool) -> Result<DefinitionVersion, ServerError> {
     let version = row.int(1)?;
     Ok(DefinitionVersion {
@@ -76,14 +101,70 @@ fn to_version(row: &Row, with_text: bool) -> Result<DefinitionVersion, ServerErr
         digest: row.text(2)?,
         registered_by: row.text(3)?,
         registered_at: format_ms(row.int(4)?),
+        host: row.opt_text(6)?.is_some(),
         text: if with_text { Some(row.text(5)?) } else { None },
     })
 }
+
+/// A stored version from a row of [`VERSION_COLUMNS`].
+fn to_stored(row: &Row) -> Result<StoredVersion, ServerError> {
+    Ok(StoredVersion {
+        version: to_version(row, true)?,
+        text: row.text(5)?,
+        host_source: row.opt_text(6)?.map(PathBuf::from),
+    })
+}
+
+/// One stored version with everything the runner needs.
+pub(crate) struct StoredVersion {
+    /// The version as the API shows it (with its text).
+    pub(crate) version: DefinitionVersion,
+    /// The text as registered.
+    pub(crate) text: String,
+    /// For host-trusted versions, the file it was registered from (absolute).
+    pub(crate) host_source: Option<PathBuf>,
+}
+
+impl StoredVersion {
+    /// The path the text is parsed as: the original file for host-trusted versions
+    /// (relative paths resolve as with `agentspace run -f` on it), else a path inside
+    /// the control plane's directory.
+    pub(crate) fn source(&self, state_dir: &Path, tenant: &Name) -> PathBuf {
+        self.host_source
+            .clone()
+            .unwrap_or_else(|| source_path(state_dir, tenant))
+    }
+
+    /// The validated definition.
+    pub(crate) fn parse(&self, state_dir: &Path, tenant: &Name) -> Result<Definition, ServerError> {
+        Ok(Definition::parse(
+            &self.source(state_dir, tenant),
+            &self.text,
+        )?)
+    }
+}
+
+/// The columns [`to_version`] and [`to_stored`] read, in order.
+const VERSION_COLUMNS: &str =
+    "name, version, digest, registered_by, registered_at, text, host_source";
 
 impl Registry<'_> {
     /// Validates and stores `text` for the caller's tenant (a new version when it differs
     /// from the current one), audited as `definition_change`.
     pub(crate) fn register(&self, caller: &Caller, text: &str) -> Result<Registered, ServerError> {
+        self.register_from(&caller.tenant, &caller.user, text, Origin::Api)
+    }
+
+    /// Validates and stores `text` for `tenant` as registered by `by` from `origin`. A
+    /// new version is made unless the current one has the same text and origin;
+    /// audited as `definition_change` (`details.via` = `host` for the host's operator).
+    pub(crate) fn register_from(
+        &self,
+        tenant: &Name,
+        by: &str,
+        text: &str,
+        origin: Origin<'_>,
+    ) -> Result<Registered, ServerError> {
         if text.len() > MAX_DEFINITION {
             return Err(ServerError::Definition(vec![DefinitionProblem {
                 field: None,
@@ -95,8 +176,12 @@ impl Registry<'_> {
                 ),
             }]));
         }
-        let definition = Definition::parse(&source_path(self.state_dir, &caller.tenant), text)?;
-        if definition.tenant != caller.tenant {
+        let source = match origin {
+            Origin::Api => source_path(self.state_dir, tenant),
+            Origin::Host(path) => path.to_owned(),
+        };
+        let definition = Definition::parse(&source, text)?;
+        if definition.tenant != *tenant {
             return Err(ServerError::Definition(vec![DefinitionProblem {
                 field: Some("metadata.tenant".into()),
                 line: text
@@ -105,23 +190,27 @@ impl Registry<'_> {
                     .map(|i| i + 1),
                 column: None,
                 message: format!(
-                    "the definition belongs to tenant `{}` but you are registering it in tenant `{}`; set `metadata.tenant: {}`",
-                    definition.tenant, caller.tenant, caller.tenant
+                    "the definition belongs to tenant `{}` but you are registering it in tenant `{tenant}`; set `metadata.tenant: {tenant}`",
+                    definition.tenant
                 ),
             }]));
         }
-        let tenant = &caller.tenant;
+        let host_source = origin.host_source();
         let name = definition.name.as_str();
         self.db.transaction(tenant.as_str(), |tx| {
-            let current = tx.query_opt(
-                &format!(
-                    "SELECT {VERSION_COLUMNS} FROM definition
-                     WHERE tenant = $1 AND name = $2 ORDER BY version DESC LIMIT 1"
-                ),
-                &[&tenant.as_str(), &name],
-            )?;
+            if host_source.is_some() && !tenant_exists(tx, tenant)? {
+                return Err(ServerError::not_found(
+                    format!("there is no tenant `{tenant}`"),
+                    format!(
+                        "create it with `agentspace serve --bootstrap-admin USER --tenant {tenant}`"
+                    ),
+                ));
+            }
+            let current = current_version(tx, tenant, name)?;
             let next = match current {
-                Some(row) if row.text(2)? == definition.digest => {
+                Some(row)
+                    if row.text(2)? == definition.digest && row.opt_text(6)? == host_source =>
+                {
                     return Ok(Registered {
                         version: to_version(&row, false)?,
                         created: false,
@@ -131,19 +220,27 @@ impl Registry<'_> {
                 None => 1,
             };
             let now = now_ms();
-            tx.execute(
-                "INSERT INTO definition (tenant, name, version, digest, text, registered_by, registered_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                &[
-                    &tenant.as_str(),
-                    &name,
-                    &i64::from(next),
-                    &definition.digest,
-                    &text,
-                    &caller.user,
-                    &now,
-                ],
+            insert_version(
+                tx,
+                NewVersion {
+                    tenant,
+                    name,
+                    version: next,
+                    digest: &definition.digest,
+                    text,
+                    by,
+                    at: now,
+                    host_source: host_source.as_deref(),
+                },
             )?;
+            let mut details = details([
+                ("version", next.into()),
+                ("definition_digest", definition.digest.clone().into()),
+            ]);
+            if host_source.is_some() {
+                details.insert("via".into(), "host".into());
+                details.insert("host_trusted".into(), true.into());
+            }
             record(
                 self.audit,
                 AdminEvent {
@@ -151,11 +248,8 @@ impl Registry<'_> {
                     kind: AuditKind::DefinitionChange,
                     action: "register",
                     resource: format!("definition/{name}"),
-                    by: &caller.user,
-                    details: details([
-                        ("version", next.into()),
-                        ("definition_digest", definition.digest.clone().into()),
-                    ]),
+                    by,
+                    details,
                 },
             )?;
             Ok(Registered {
@@ -163,8 +257,9 @@ impl Registry<'_> {
                     name: name.to_owned(),
                     version: next,
                     digest: definition.digest.clone(),
-                    registered_by: caller.user.clone(),
+                    registered_by: by.to_owned(),
                     registered_at: format_ms(now),
+                    host: host_source.is_some(),
                     text: None,
                 },
                 created: true,
@@ -176,7 +271,7 @@ impl Registry<'_> {
     pub(crate) fn list(&self, tenant: &Name) -> Result<Vec<DefinitionVersion>, ServerError> {
         let rows = self.db.run(|c| {
             c.query(
-                "SELECT d.name, d.version, d.digest, d.registered_by, d.registered_at FROM definition d
+                "SELECT d.name, d.version, d.digest, d.registered_by, d.registered_at, '', d.host_source FROM definition d
                  WHERE d.tenant = $1 AND d.version = (SELECT MAX(version) FROM definition e WHERE e.tenant = d.tenant AND e.name = d.name)
                  ORDER BY d.name",
                 &[&tenant.as_str()],
@@ -193,10 +288,8 @@ impl Registry<'_> {
     ) -> Result<Vec<DefinitionVersion>, ServerError> {
         let rows = self.db.run(|c| {
             c.query(
-                &format!(
-                    "SELECT {VERSION_COLUMNS} FROM definition
-                     WHERE tenant = $1 AND name = $2 ORDER BY version"
-                ),
+                "SELECT name, version, digest, registered_by, registered_at, '', host_source FROM definition
+                 WHERE tenant = $1 AND name = $2 ORDER BY version",
                 &[&tenant.as_str(), &name],
             )
         })?;
@@ -213,10 +306,20 @@ impl Registry<'_> {
         name: &str,
         version: Option<u32>,
     ) -> Result<DefinitionVersion, ServerError> {
+        Ok(self.stored(tenant, name, version)?.version)
+    }
+
+    /// One version with its text and origin; the current one when `version` is `None`.
+    pub(crate) fn stored(
+        &self,
+        tenant: &Name,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<StoredVersion, ServerError> {
         let row = self.db.run(|c| {
             c.query_opt(
                 &format!(
-                    "SELECT {VERSION_COLUMNS}, text FROM definition
+                    "SELECT {VERSION_COLUMNS} FROM definition
                      WHERE tenant = $1 AND name = $2 AND (CAST($3 AS BIGINT) IS NULL OR version = $3)
                      ORDER BY version DESC LIMIT 1"
                 ),
@@ -224,7 +327,7 @@ impl Registry<'_> {
             )
         })?;
         match row {
-            Some(row) => to_version(&row, true),
+            Some(row) => to_stored(&row),
             None => Err(match version {
                 Some(v) => ServerError::not_found(
                     format!("definition `{name}` of tenant `{tenant}` has no version {v}"),
@@ -233,6 +336,26 @@ impl Registry<'_> {
                 None => no_definition(tenant, name),
             }),
         }
+    }
+
+    /// The newest version of `agent` whose text has `digest` (what a task ran), if any.
+    pub(crate) fn by_digest(
+        &self,
+        tenant: &Name,
+        agent: &str,
+        digest: &str,
+    ) -> Result<Option<StoredVersion>, ServerError> {
+        let row = self.db.run(|c| {
+            c.query_opt(
+                &format!(
+                    "SELECT {VERSION_COLUMNS} FROM definition
+                     WHERE tenant = $1 AND name = $2 AND digest = $3
+                     ORDER BY version DESC LIMIT 1"
+                ),
+                &[&tenant.as_str(), &agent, &digest],
+            )
+        })?;
+        row.as_ref().map(to_stored).transpose()
     }
 
     /// A unified line diff between two versions.
@@ -262,6 +385,59 @@ impl Registry<'_> {
         }
         Ok(out)
     }
+}
+
+/// Whether `tenant` exists.
+fn tenant_exists(c: &mut dyn Conn, tenant: &Name) -> Result<bool, ServerError> {
+    c.query_one(
+        "SELECT EXISTS(SELECT 1 FROM tenant WHERE name = $1)",
+        &[&tenant.as_str()],
+    )?
+    .bool(0)
+}
+
+/// The newest version of one definition.
+fn current_version(
+    c: &mut dyn Conn,
+    tenant: &Name,
+    name: &str,
+) -> Result<Option<Row>, ServerError> {
+    c.query_opt(
+        &format!(
+            "SELECT {VERSION_COLUMNS} FROM definition
+             WHERE tenant = $1 AND name = $2 ORDER BY version DESC LIMIT 1"
+        ),
+        &[&tenant.as_str(), &name],
+    )
+}
+
+/// A version to store.
+struct NewVersion<'a> {
+    tenant: &'a Name,
+    name: &'a str,
+    version: u32,
+    digest: &'a str,
+    text: &'a str,
+    by: &'a str,
+    at: i64,
+    host_source: Option<&'a str>,
+}
+
+fn insert_version(c: &mut dyn Conn, v: NewVersion<'_>) -> Result<u64, ServerError> {
+    c.execute(
+        "INSERT INTO definition (tenant, name, version, digest, text, registered_by, registered_at, host_source)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        &[
+            &v.tenant.as_str(),
+            &v.name,
+            &i64::from(v.version),
+            &v.digest,
+            &v.text,
+            &v.by,
+            &v.at,
+            &v.host_source,
+        ],
+    )
 }
 
 fn no_definition(tenant: &Name, name: &str) -> ServerError {

@@ -34,6 +34,8 @@ pub use auth::{NewToken, Role, TokenInfo, User};
 pub use definitions::{DefinitionVersion, Registered};
 pub use error::{DefinitionProblem, ErrorBody, ServerError};
 pub use revocations::revocations;
-pub use server::{Server, ServerConfig, audit_url, bootstrap_admin, migrate, openapi};
+pub use server::{
+    Server, ServerConfig, audit_url, bootstrap_admin, migrate, openapi, register_on_host,
+};
 pub use store::CONTROL_ROLE;
 pub use webhook::TenantWebhook;

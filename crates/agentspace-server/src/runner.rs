@@ -4,8 +4,11 @@
 //!
 //! A registered definition is refused here when it names anything on the host: a
 //! workspace or read-only directory, extra policy files, or a tool server started as a
-//! host command. Those are choices of whoever controls the host, not of an API caller;
-//! `agentspace run` on the host remains the way to use them.
+//! host command. Those are choices of whoever controls the host, not of an API caller:
+//! only versions the host's operator registered (`agentspace definition register`) may
+//! name them, and those run with their relative paths resolved against the directory of
+//! the file they were registered from. Either way the registered text is what runs (its
+//! copy in the run's directory), never the file on disk as it is now.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -37,6 +40,19 @@ pub(crate) struct Runner {
     children: Mutex<HashMap<String, Arc<Mutex<Child>>>>,
 }
 
+/// What to start.
+pub(crate) struct Start<'a> {
+    /// The registered text (what runs).
+    pub(crate) text: &'a str,
+    /// For a host-trusted version, the file it was registered from: its relative paths
+    /// resolve against this file's directory.
+    pub(crate) host_source: Option<&'a Path>,
+    /// The user the task acts for.
+    pub(crate) user: &'a str,
+    /// The program to run in the cell and its arguments.
+    pub(crate) command: &'a [String],
+}
+
 /// Why a definition cannot be started through the API: each host-bound field.
 pub(crate) fn host_bound(definition: &Definition) -> Vec<DefinitionProblem> {
     let mut out = Vec::new();
@@ -46,7 +62,7 @@ pub(crate) fn host_bound(definition: &Definition) -> Vec<DefinitionProblem> {
             line: None,
             column: None,
             message: format!(
-                "{what} on the server host; a task started through the control plane may not name host paths or host commands: remove the field, or run the definition with `agentspace run` on the host"
+                "{what} on the server host; a definition registered through the API may not name host paths or host commands: remove the field, or have the host's operator register it with `agentspace definition register` (or run it with `agentspace run` on the host)"
             ),
         });
     };
@@ -91,16 +107,20 @@ impl Runner {
         }
     }
 
-    /// Starts `agentspace run` for `user` with the definition `text` and `command`;
+    /// Starts `agentspace run` for `start.user` with the registered text and command;
     /// returns the task id once its manifest exists.
     pub(crate) fn start(
         &self,
         state_dir: &Path,
         tenant: &Name,
-        text: &str,
-        user: &str,
-        command: &[String],
+        start: Start<'_>,
     ) -> Result<String, ServerError> {
+        let Start {
+            text,
+            host_source,
+            user,
+            command,
+        } = start;
         let Some(program) = &self.program else {
             return Err(ServerError::conflict(
                 "this server does not start tasks",
@@ -146,8 +166,12 @@ impl Runner {
             .arg("-f")
             .arg(&file)
             .arg("--user")
-            .arg(user)
-            .arg("--")
+            .arg(user);
+        if let Some(dir) = host_source.and_then(Path::parent) {
+            // The registered text runs, resolved as if it were the host's file.
+            cmd.arg("--base-dir").arg(dir);
+        }
+        cmd.arg("--")
             .args(command)
             .stdin(Stdio::null())
             .stdout(out)

@@ -170,6 +170,14 @@ fn router(app: AppState) -> Router {
             get(|| async { axum::response::Redirect::permanent("/console/") }),
         )
         .route("/console/", get(console::home))
+        .route("/console/console.js", get(console::script))
+        .route("/console/console.css", get(console::style))
+        .route("/console/state", get(console::state))
+        .route("/console/events", get(console::stream))
+        .route("/console/tasks", post(console::start_task))
+        .route("/console/tasks/{id}", get(console::task_page))
+        .route("/console/tasks/{id}/log", get(console::task_log))
+        .route("/console/tasks/{id}/stop", post(console::stop_task))
         .route(
             "/console/login",
             get(console::login_form).post(console::login),
@@ -178,9 +186,36 @@ fn router(app: AppState) -> Router {
         .route("/console/audit", get(console::audit))
         .route("/console/definitions", get(console::definitions))
         .route("/console/definitions/{name}", get(console::definition))
+        .route("/console/approvals/{id}", get(console::approval_page))
         .route("/console/approvals/{id}/{verb}", post(console::decide))
         .fallback(api::not_found)
+        .layer(axum::middleware::map_response(safe_headers))
         .with_state(app)
+}
+
+/// Headers every answer carries, errors and extractor rejections included: no content
+/// sniffing (so no answer can be loaded as a script or style from another page), not
+/// readable across origins, no referrer. Pages set their own CSP on top.
+async fn safe_headers(mut response: axum::response::Response) -> axum::response::Response {
+    use axum::http::{HeaderValue, header};
+    let h = response.headers_mut();
+    for (name, value) in [
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (
+            axum::http::HeaderName::from_static("cross-origin-resource-policy"),
+            "same-origin",
+        ),
+        (
+            axum::http::HeaderName::from_static("cross-origin-opener-policy"),
+            "same-origin",
+        ),
+    ] {
+        if !h.contains_key(&name) {
+            h.insert(name, HeaderValue::from_static(value));
+        }
+    }
+    response
 }
 
 fn open_audit(state_dir: &Path, audit_url: Option<&str>) -> Result<AuditLog, ServerError> {
@@ -228,6 +263,7 @@ impl Server {
                 audit,
                 revocations,
                 allow_private_webhooks,
+                streams: Arc::default(),
             })
         })
         .await
@@ -362,4 +398,41 @@ pub fn bootstrap_admin(
         audit: &audit,
     }
     .bootstrap(tenant, admin)
+}
+
+/// Registers the definition in `file` for `tenant` on behalf of the server host's
+/// operator `by`: a host-trusted version, which may name host paths and host commands
+/// (workspace, read-only directories, policy files, stdio tool servers) and whose
+/// relative paths resolve against `file`'s directory when the control plane starts it.
+/// The text registered now is what runs; a later change to the file takes a new
+/// registration. Audited as `definition_change` with `details.via = "host"`.
+/// `database_url` and `audit_url` are as in [`ServerConfig`].
+pub fn register_on_host(
+    state_dir: &Path,
+    database_url: Option<&str>,
+    audit_url: Option<&str>,
+    tenant: &Name,
+    by: &str,
+    file: &Path,
+) -> Result<crate::Registered, ServerError> {
+    crate::auth::valid_user(by)?;
+    let source = std::path::absolute(file)
+        .map_err(|e| ServerError::Io(format!("cannot resolve `{}`: {e}", file.display())))?;
+    let text = std::fs::read_to_string(&source).map_err(|e| {
+        ServerError::Io(format!(
+            "cannot read definition `{}`: {e}",
+            source.display()
+        ))
+    })?;
+    let db = Db::open(state_dir, database_url)?;
+    let audit = open_audit(
+        state_dir,
+        self::audit_url(database_url, audit_url).as_deref(),
+    )?;
+    crate::definitions::Registry {
+        db: &db,
+        audit: &audit,
+        state_dir,
+    }
+    .register_from(tenant, by, &text, crate::definitions::Origin::Host(&source))
 }

@@ -28,6 +28,9 @@ use crate::error::ServerError;
 struct Migration {
     version: i64,
     what: &'static str,
+    /// Columns SQLite gets if it lacks them, as (table, column, declaration), before
+    /// `sqlite` runs: some were added by builds from before schema versions.
+    sqlite_columns: &'static [(&'static str, &'static str, &'static str)],
     sqlite: &'static str,
     postgres: &'static str,
 }
@@ -37,6 +40,7 @@ struct Migration {
 const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
+        sqlite_columns: &[],
         what: "tenants, users, tokens, definitions, approvals, approval use and announcements, console sessions",
         sqlite: "
 CREATE TABLE IF NOT EXISTS tenant (
@@ -167,6 +171,7 @@ CREATE TABLE session (
     },
     Migration {
         version: 2,
+        sqlite_columns: &[],
         what: "the request digest as a column of approval; announcements per webhook with delivery state; tenant webhooks",
         sqlite: "
 ALTER TABLE approval ADD COLUMN digest TEXT;
@@ -211,6 +216,7 @@ CREATE TABLE tenant_webhook (
     },
     Migration {
         version: 3,
+        sqlite_columns: &[],
         what: "revocations in the shared database (PostgreSQL only: SQLite keeps them in <state>/policy/revocations.db)",
         sqlite: "",
         postgres: "
@@ -229,6 +235,13 @@ CREATE TABLE revocation_version (
 );
 INSERT INTO revocation_version (id, version) VALUES (1, 0);
 ",
+    },
+    Migration {
+        version: 4,
+        what: "definition.host_source: the file a host-trusted version was registered from (NULL for versions registered through the API)",
+        sqlite_columns: &[("definition", "host_source", "TEXT")],
+        sqlite: "",
+        postgres: "ALTER TABLE definition ADD COLUMN host_source TEXT;",
     },
 ];
 
@@ -751,6 +764,21 @@ impl Db {
             display: &display,
         })?;
         for m in pending(current, &display)? {
+            for (table, column, declaration) in m.sqlite_columns {
+                let has: bool = tx
+                    .query_row(
+                        "SELECT EXISTS(SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2)",
+                        [table, column],
+                        |r| r.get(0),
+                    )
+                    .map_err(fail)?;
+                if !has {
+                    tx.execute_batch(&format!(
+                        "ALTER TABLE {table} ADD COLUMN {column} {declaration}"
+                    ))
+                    .map_err(fail)?;
+                }
+            }
             if !m.sqlite.is_empty() {
                 tx.execute_batch(m.sqlite).map_err(fail)?;
             }

@@ -320,6 +320,27 @@ impl Store for PostgresStore {
             .map_err(|e| pg_error(&self.display, &e))
     }
 
+    fn task_events(
+        &mut self,
+        tenant: &str,
+        task: &str,
+        from: u64,
+        limit: u64,
+    ) -> Result<Vec<Row>, AuditError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT tenant, seq, time_ns, kind, task, event, hash, sig FROM audit_events
+                 WHERE tenant = $1 AND task = $2 AND seq >= $3 ORDER BY seq LIMIT $4",
+                &[&tenant, &task, &to_i64(from), &to_i64(limit)],
+            )
+            .map_err(|e| pg_error(&self.display, &e))?;
+        rows.iter()
+            .map(row_from)
+            .collect::<Result<_, _>>()
+            .map_err(|e| pg_error(&self.display, &e))
+    }
+
     fn chain_len(&mut self, tenant: &str) -> Result<u64, AuditError> {
         self.client
             .query_one(

@@ -39,6 +39,19 @@ fn writer_role_appends_and_reads_but_cannot_update_delete_or_truncate() {
         log.append(http_event("acme", i)).unwrap();
     }
     assert_eq!(verify(&log).unwrap()[0].events, 5);
+    // A task's events by the index: events 1 and 4 are task-1's.
+    let mut seqs = Vec::new();
+    let filter = agentspace_audit::Filter {
+        tenant: Some("acme".to_owned()),
+        task: Some("task-1".to_owned()),
+        ..Default::default()
+    };
+    log.query(&filter, |e| {
+        seqs.push(e.event.seq);
+        Ok(true)
+    })
+    .unwrap();
+    assert_eq!(seqs, [1, 4]);
 
     let mut writer = Client::connect(&url, postgres::NoTls).unwrap();
     for sql in [

@@ -25,9 +25,9 @@ spec:
 ";
 
 /// A control plane on a free loopback port, killed on drop.
-struct Serve {
+pub struct Serve {
     child: Child,
-    url: String,
+    pub url: String,
 }
 
 impl Drop for Serve {
@@ -37,7 +37,8 @@ impl Drop for Serve {
     }
 }
 
-fn serve(s: &Sandbox) -> Serve {
+/// `agentspace serve` on `s`'s state directory.
+pub fn serve(s: &Sandbox) -> Serve {
     serve_with(s, &[])
 }
 
@@ -65,17 +66,9 @@ fn serve_with(s: &Sandbox, env: &[(&str, &str)]) -> Serve {
     Serve { child, url }
 }
 
-fn bootstrap(s: &Sandbox) -> String {
-    bootstrap_with(s, &[])
-}
-
-fn bootstrap_with(s: &Sandbox, env: &[(&str, &str)]) -> String {
-    let out = s
-        .command()
-        .args(["serve", "--bootstrap-admin", "alice", "--tenant", "acme"])
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
+/// Runs `command`, which must succeed; returns its stdout, trimmed.
+fn succeed(command: &mut Command) -> String {
+    let out = command.output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -84,7 +77,33 @@ fn bootstrap_with(s: &Sandbox, env: &[(&str, &str)]) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
-fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+/// Creates tenant `acme` with admin `alice`; returns her token.
+pub fn bootstrap(s: &Sandbox) -> String {
+    bootstrap_with(s, &[])
+}
+
+/// [`bootstrap`] with extra environment variables.
+fn bootstrap_with(s: &Sandbox, env: &[(&str, &str)]) -> String {
+    succeed(
+        s.command()
+            .args(["serve", "--bootstrap-admin", "alice", "--tenant", "acme"])
+            .envs(env.iter().copied()),
+    )
+}
+
+/// `agentspace definition register -f FILE --tenant acme --as operator`, as the host's
+/// operator does.
+pub fn register_on_host(s: &Sandbox, file: &std::path::Path) {
+    succeed(
+        s.command()
+            .args(["definition", "register", "-f"])
+            .arg(file)
+            .args(["--tenant", "acme", "--as", "operator"]),
+    );
+}
+
+/// Polls `f` until it gives a value (at most 20 s).
+pub fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let end = Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(v) = f() {
@@ -244,7 +263,7 @@ fn the_control_plane_on_postgres_decides_a_real_cells_held_request() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        said.contains("applied control-plane schema version 1, 2, 3"),
+        said.contains("applied control-plane schema version 1, 2, 3, 4"),
         "{said}"
     );
     // The login the server and its tasks use: the two roles and nothing else, as
@@ -409,4 +428,55 @@ fn the_control_plane_on_postgres_decides_a_real_cells_held_request() {
     ] {
         assert!(!s.state().join(file).exists(), "{file} was made");
     }
+}
+
+#[test]
+fn a_host_registered_definition_runs_its_registered_text_with_host_paths() {
+    if !privileged() {
+        return;
+    }
+    let s = Sandbox::new();
+    let token = bootstrap(&s);
+    let dir = s.path().join("officer");
+    for (ws, marker) in [
+        ("ws", "registered workspace"),
+        ("other", "edited workspace"),
+    ] {
+        std::fs::create_dir_all(dir.join(ws)).unwrap();
+        std::fs::write(dir.join(ws).join("marker"), marker).unwrap();
+    }
+    let file = dir.join("officer.yaml");
+    let text = AGENT
+        .replace("name: hello", "name: officer")
+        .replace("spec:\n", "spec:\n  workspace: ./ws\n");
+    std::fs::write(&file, &text).unwrap();
+    register_on_host(&s, &file);
+    let server = serve(&s);
+    let api = Client::new(&server.url, Some(&token)).unwrap();
+    let registered = api.get("/v1/definitions/officer").unwrap().json();
+    assert_eq!(registered["host"], true, "{registered}");
+
+    // The file changes on disk after registration; what runs is still the registered
+    // text, its relative workspace resolved against the file's directory.
+    std::fs::write(&file, text.replace("./ws", "./other")).unwrap();
+    let r = api
+        .post(
+            "/v1/tasks",
+            &json!({"agent": "officer", "command": ["cat", "/workspace/marker"]}),
+        )
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.error_message());
+    let task = r.json()["task"].as_str().unwrap().to_owned();
+    let m: Value = until("the task's exit", || {
+        let m = api.get(&format!("/v1/tasks/{task}")).unwrap().json();
+        (m["state"] != "running").then_some(m)
+    });
+    assert_eq!(
+        (m["state"].as_str(), m["exit_code"].as_i64()),
+        (Some("exited"), Some(0)),
+        "{m}"
+    );
+    assert_eq!(m["definition_digest"], registered["digest"], "{m}");
+    let log = api.get(&format!("/v1/tasks/{task}/logs")).unwrap();
+    assert_eq!(String::from_utf8_lossy(&log.body), "registered workspace");
 }

@@ -3,7 +3,7 @@
 use pretty_assertions::assert_eq;
 use serde_json::json;
 
-use super::harness::{Backend, TestServer, definition};
+use super::harness::{Backend, Options, Place, TestServer, definition};
 
 fn registering_makes_versions_and_diffs(backend: Backend) {
     let server = TestServer::start(backend);
@@ -113,3 +113,173 @@ on_both!(
     registering_makes_versions_and_diffs,
     a_bad_definition_gets_field_line_and_column,
 );
+
+/// A definition that names things on the host: a workspace beside it and a tool server
+/// started from a program beside it.
+const HOST_BOUND: &str = "apiVersion: agentspace/v1
+kind: Agent
+metadata: {name: officer, tenant: acme}
+spec:
+  workspace: ./ws
+  resources: {memory: 64Mi}
+  tools:
+    - server: scoring
+      command: [python3, ./servers/scoring.py]
+      allow: [score]
+";
+
+fn the_hosts_operator_registers_host_trusted_versions_the_api_cannot_make(backend: Backend) {
+    let server = TestServer::start(backend);
+    let admin = server.bootstrap("acme", "alice");
+    let dev = admin.user(&server, "dave", &["developer"]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("officer.yaml");
+    std::fs::write(&file, HOST_BOUND).unwrap();
+    let acme = agentspace_core::Name::new("acme").unwrap();
+
+    let r = agentspace_server::register_on_host(
+        server.state(),
+        server.place().database_url().as_deref(),
+        None,
+        &acme,
+        "root",
+        &file,
+    )
+    .unwrap();
+    assert_eq!(
+        (r.version.version, r.version.host, r.created),
+        (1, true, true)
+    );
+    let v1 = dev.get("/v1/definitions/officer").json();
+    assert_eq!(
+        (v1["host"].as_bool(), v1["text"].as_str()),
+        (Some(true), Some(HOST_BOUND))
+    );
+    let event = server.audit_events("acme").pop().unwrap();
+    assert_eq!(event.kind.as_str(), "definition_change");
+    assert_eq!(event.user.as_deref(), Some("root"));
+    assert_eq!(event.details["via"], "host");
+    assert_eq!(event.details["definition_digest"], v1["digest"]);
+    // The same file again changes nothing.
+    let again = agentspace_server::register_on_host(
+        server.state(),
+        server.place().database_url().as_deref(),
+        None,
+        &acme,
+        "root",
+        &file,
+    )
+    .unwrap();
+    assert_eq!((again.version.version, again.created), (1, false));
+
+    // The same text through the API is a version of its own, not trusted; starting it
+    // is refused for each host-bound field, while the host's version passes that check
+    // (this server has no runner, so it gets as far as saying so).
+    let r = dev.post("/v1/definitions", json!({"definition": HOST_BOUND}));
+    assert_eq!(r.status, 201, "{}", r.error_message());
+    assert_eq!(
+        (r.json()["version"].as_u64(), r.json()["host"].as_bool()),
+        (Some(2), Some(false))
+    );
+    let r = dev.post(
+        "/v1/tasks",
+        json!({"agent": "officer", "command": ["true"]}),
+    );
+    assert_eq!(r.status, 422);
+    let problems = r.json()["problems"].clone();
+    let fields: Vec<&str> = problems
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["spec.workspace", "spec.tools[0].command"]);
+    let r = dev.post(
+        "/v1/tasks",
+        json!({"agent": "officer", "version": 1, "command": ["true"]}),
+    );
+    assert_eq!(r.status, 409, "{}", r.error_message());
+    assert!(
+        r.error_message().contains("does not start tasks"),
+        "{}",
+        r.error_message()
+    );
+
+    // A changed file is not what version 1 runs: it takes a new registration.
+    std::fs::write(&file, HOST_BOUND.replace("./ws", "/etc")).unwrap();
+    let v1 = dev.get("/v1/definitions/officer/versions/1").json();
+    assert_eq!(v1["text"], HOST_BOUND);
+    let r = agentspace_server::register_on_host(
+        server.state(),
+        server.place().database_url().as_deref(),
+        None,
+        &acme,
+        "root",
+        &file,
+    )
+    .unwrap();
+    assert_eq!((r.version.version, r.version.host), (3, true));
+
+    // A tenant that does not exist, or a file of another tenant, is refused.
+    let nope = agentspace_core::Name::new("nope").unwrap();
+    std::fs::write(&file, HOST_BOUND.replace("tenant: acme", "tenant: nope")).unwrap();
+    let e = agentspace_server::register_on_host(
+        server.state(),
+        server.place().database_url().as_deref(),
+        None,
+        &nope,
+        "root",
+        &file,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("there is no tenant `nope`"), "{e}");
+    let e = agentspace_server::register_on_host(
+        server.state(),
+        server.place().database_url().as_deref(),
+        None,
+        &acme,
+        "root",
+        &file,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("belongs to tenant `nope`"), "{e}");
+}
+
+#[test]
+fn a_database_from_before_host_trusted_versions_is_brought_up_to_date() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("server")).unwrap();
+    {
+        let c = rusqlite::Connection::open(dir.path().join("server/control.db")).unwrap();
+        c.execute_batch(
+            "CREATE TABLE tenant (name TEXT PRIMARY KEY NOT NULL, created_at INTEGER NOT NULL) WITHOUT ROWID;
+             CREATE TABLE definition (tenant TEXT NOT NULL REFERENCES tenant(name), name TEXT NOT NULL,
+               version INTEGER NOT NULL, digest TEXT NOT NULL, text TEXT NOT NULL,
+               registered_by TEXT NOT NULL, registered_at INTEGER NOT NULL,
+               PRIMARY KEY (tenant, name, version)) WITHOUT ROWID;
+             INSERT INTO tenant VALUES ('acme', 0);",
+        )
+        .unwrap();
+        c.execute(
+            "INSERT INTO definition VALUES ('acme', 'writer', 1, 'sha256:x', ?1, 'dave', 0)",
+            [definition("acme", "writer", "64Mi")],
+        )
+        .unwrap();
+    }
+    let server = TestServer::start_in(Place::sqlite_in(dir), Options::default());
+    let acme = agentspace_core::Name::new("acme").unwrap();
+    let file = server.state().join("writer.yaml");
+    std::fs::write(&file, definition("acme", "writer", "128Mi")).unwrap();
+    let r = agentspace_server::register_on_host(
+        server.state(),
+        server.place().database_url().as_deref(),
+        None,
+        &acme,
+        "root",
+        &file,
+    )
+    .unwrap();
+    assert_eq!((r.version.version, r.version.host), (2, true));
+}
+
+on_both!(the_hosts_operator_registers_host_trusted_versions_the_api_cannot_make,);

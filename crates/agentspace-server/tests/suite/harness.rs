@@ -87,6 +87,11 @@ impl Place {
         })
     }
 
+    /// A SQLite place on an existing state directory (one a test prepared).
+    pub fn sqlite_in(dir: tempfile::TempDir) -> Arc<Self> {
+        Arc::new(Self { dir, pg: None })
+    }
+
     /// The state directory.
     pub fn state(&self) -> &Path {
         self.dir.path()

@@ -94,7 +94,7 @@ fn a_sqlite_database_from_before_versions_is_migrated_on_open() {
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(versions, [1, 2, 3]);
+    assert_eq!(versions, [1, 2, 3, 4]);
     let notice: (String, String) = db
         .query_row("SELECT hook, state FROM approval_notice", [], |r| {
             Ok((r.get(0)?, r.get(1)?))
@@ -118,7 +118,10 @@ fn postgres_needs_the_migration_and_it_is_idempotent() {
             .contains("run `agentspace server migrate --database-url URL`"),
         "{err}"
     );
-    assert_eq!(agentspace_server::migrate(&url, None).unwrap(), [1, 2, 3]);
+    assert_eq!(
+        agentspace_server::migrate(&url, None).unwrap(),
+        [1, 2, 3, 4]
+    );
     assert_eq!(
         agentspace_server::migrate(&url, None).unwrap(),
         Vec::<i64>::new()

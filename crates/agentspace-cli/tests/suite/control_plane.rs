@@ -102,6 +102,19 @@ pub fn register_on_host(s: &Sandbox, file: &std::path::Path) {
     );
 }
 
+/// Registers the `hello` agent through the API and starts it with `command`; the answer.
+fn start_hello(api: &Client, command: &[&str]) -> Value {
+    let r = api
+        .post("/v1/definitions", &json!({"definition": AGENT}))
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.error_message());
+    let r = api
+        .post("/v1/tasks", &json!({"agent": "hello", "command": command}))
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.error_message());
+    r.json()
+}
+
 /// Polls `f` until it gives a value (at most 20 s).
 pub fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let end = Instant::now() + Duration::from_secs(20);
@@ -124,18 +137,10 @@ fn the_control_plane_starts_and_stops_a_task_for_the_caller() {
     let server = serve(&s);
     let api = Client::new(&server.url, Some(&token)).unwrap();
 
-    let r = api
-        .post("/v1/definitions", &json!({"definition": AGENT}))
-        .unwrap();
-    assert_eq!(r.status, 201, "{}", r.error_message());
-    let r = api
-        .post(
-            "/v1/tasks",
-            &json!({"agent": "hello", "command": ["sh", "-c", "echo started as $(id -u); exec sleep 30"]}),
-        )
-        .unwrap();
-    assert_eq!(r.status, 201, "{}", r.error_message());
-    let started = r.json();
+    let started = start_hello(
+        &api,
+        &["sh", "-c", "echo started as $(id -u); exec sleep 30"],
+    );
     let task = started["task"].as_str().unwrap().to_owned();
     assert_eq!(started["user"], "alice");
 
@@ -281,18 +286,10 @@ fn the_control_plane_on_postgres_decides_a_real_cells_held_request() {
     let bob = Client::new(&server.url, Some(r.json()["token"].as_str().unwrap())).unwrap();
 
     // A task the server starts gets the database from it: its records are there.
-    let r = alice
-        .post("/v1/definitions", &json!({"definition": AGENT}))
-        .unwrap();
-    assert_eq!(r.status, 201, "{}", r.error_message());
-    let r = alice
-        .post(
-            "/v1/tasks",
-            &json!({"agent": "hello", "command": ["sh", "-c", "echo hello"]}),
-        )
-        .unwrap();
-    assert_eq!(r.status, 201, "{}", r.error_message());
-    let started = r.json()["task"].as_str().unwrap().to_owned();
+    let started = start_hello(&alice, &["sh", "-c", "echo hello"])["task"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let kinds = until("the started task's records in the database", || {
         let events = alice
             .get(&format!("/v1/audit/events?task={started}"))

@@ -5,6 +5,22 @@ use serde_json::json;
 
 use super::harness::{Backend, Options, Place, TestServer, definition};
 
+/// `agentspace definition register -f FILE --tenant TENANT --as root`, on the server's store.
+fn register_on_host(
+    server: &TestServer,
+    tenant: &agentspace_core::Name,
+    file: &std::path::Path,
+) -> Result<agentspace_server::Registered, agentspace_server::ServerError> {
+    agentspace_server::register_on_host(
+        server.state(),
+        server.place().database_url().as_deref(),
+        None,
+        tenant,
+        "root",
+        file,
+    )
+}
+
 fn registering_makes_versions_and_diffs(backend: Backend) {
     let server = TestServer::start(backend);
     let admin = server.bootstrap("acme", "alice");
@@ -137,15 +153,7 @@ fn the_hosts_operator_registers_host_trusted_versions_the_api_cannot_make(backen
     std::fs::write(&file, HOST_BOUND).unwrap();
     let acme = agentspace_core::Name::new("acme").unwrap();
 
-    let r = agentspace_server::register_on_host(
-        server.state(),
-        server.place().database_url().as_deref(),
-        None,
-        &acme,
-        "root",
-        &file,
-    )
-    .unwrap();
+    let r = register_on_host(&server, &acme, &file).unwrap();
     assert_eq!(
         (r.version.version, r.version.host, r.created),
         (1, true, true)
@@ -161,15 +169,7 @@ fn the_hosts_operator_registers_host_trusted_versions_the_api_cannot_make(backen
     assert_eq!(event.details["via"], "host");
     assert_eq!(event.details["definition_digest"], v1["digest"]);
     // The same file again changes nothing.
-    let again = agentspace_server::register_on_host(
-        server.state(),
-        server.place().database_url().as_deref(),
-        None,
-        &acme,
-        "root",
-        &file,
-    )
-    .unwrap();
+    let again = register_on_host(&server, &acme, &file).unwrap();
     assert_eq!((again.version.version, again.created), (1, false));
 
     // The same text through the API is a version of its own, not trusted; starting it
@@ -209,39 +209,15 @@ fn the_hosts_operator_registers_host_trusted_versions_the_api_cannot_make(backen
     std::fs::write(&file, HOST_BOUND.replace("./ws", "/etc")).unwrap();
     let v1 = dev.get("/v1/definitions/officer/versions/1").json();
     assert_eq!(v1["text"], HOST_BOUND);
-    let r = agentspace_server::register_on_host(
-        server.state(),
-        server.place().database_url().as_deref(),
-        None,
-        &acme,
-        "root",
-        &file,
-    )
-    .unwrap();
+    let r = register_on_host(&server, &acme, &file).unwrap();
     assert_eq!((r.version.version, r.version.host), (3, true));
 
     // A tenant that does not exist, or a file of another tenant, is refused.
     let nope = agentspace_core::Name::new("nope").unwrap();
     std::fs::write(&file, HOST_BOUND.replace("tenant: acme", "tenant: nope")).unwrap();
-    let e = agentspace_server::register_on_host(
-        server.state(),
-        server.place().database_url().as_deref(),
-        None,
-        &nope,
-        "root",
-        &file,
-    )
-    .unwrap_err();
+    let e = register_on_host(&server, &nope, &file).unwrap_err();
     assert!(e.to_string().contains("there is no tenant `nope`"), "{e}");
-    let e = agentspace_server::register_on_host(
-        server.state(),
-        server.place().database_url().as_deref(),
-        None,
-        &acme,
-        "root",
-        &file,
-    )
-    .unwrap_err();
+    let e = register_on_host(&server, &acme, &file).unwrap_err();
     assert!(e.to_string().contains("belongs to tenant `nope`"), "{e}");
 }
 
@@ -270,15 +246,7 @@ fn a_database_from_before_host_trusted_versions_is_brought_up_to_date() {
     let acme = agentspace_core::Name::new("acme").unwrap();
     let file = server.state().join("writer.yaml");
     std::fs::write(&file, definition("acme", "writer", "128Mi")).unwrap();
-    let r = agentspace_server::register_on_host(
-        server.state(),
-        server.place().database_url().as_deref(),
-        None,
-        &acme,
-        "root",
-        &file,
-    )
-    .unwrap();
+    let r = register_on_host(&server, &acme, &file).unwrap();
     assert_eq!((r.version.version, r.version.host), (2, true));
 }
 

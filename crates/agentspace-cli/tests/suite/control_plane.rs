@@ -306,15 +306,13 @@ fn the_control_plane_on_postgres_decides_a_real_cells_held_request() {
 
     let up = upstream(&s);
     let def = s.definition("payer.yaml", super::approvals::DEFINITION);
-    let agent = s
-        .governed_run(&def, up.port)
-        .envs(env)
-        .args([
-            "--",
-            "sh",
-            "-c",
-            "curl -sS 'https://api.example.test/v1/pay?size=big'; echo",
-        ])
+    // `agentspace run` of the payer on the same database, running `script`.
+    let payer = |script: &str| {
+        let mut c = s.governed_run(&def, up.port);
+        c.envs(env).args(["--", "sh", "-c", script]);
+        c
+    };
+    let agent = payer("curl -sS 'https://api.example.test/v1/pay?size=big'; echo")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -402,15 +400,7 @@ fn the_control_plane_on_postgres_decides_a_real_cells_held_request() {
     );
     let listed = alice.get("/v1/revocations").unwrap().json();
     assert_eq!(listed[0]["agent"], "payer", "{listed}");
-    let out = s
-        .governed_run(&def, up.port)
-        .envs(env)
-        .args([
-            "--",
-            "sh",
-            "-c",
-            "curl -sS https://api.example.test/v1/small; echo",
-        ])
+    let out = payer("curl -sS https://api.example.test/v1/small; echo")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);

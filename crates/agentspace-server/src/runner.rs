@@ -78,15 +78,28 @@ pub(crate) fn host_bound(definition: &Definition) -> Vec<DefinitionProblem> {
     if !definition.governance.policies.is_empty() {
         refuse("spec.policies", "extra policies are files");
     }
-    for (i, server) in definition.governance.tools.servers.iter().enumerate() {
-        if matches!(
-            server.transport,
-            agentspace_core::ToolTransport::Stdio { .. }
-        ) {
+    // The gateway connects from the server host: an internal address it may reach is on
+    // the host's own network (its loopback, its private range, the cloud's metadata
+    // service). Only the host's operator names those.
+    for (i, rule) in definition.governance.egress.iter().enumerate() {
+        if rule.internal {
             refuse(
+                &format!("spec.egress[{i}].internal"),
+                "an `internal: true` rule reaches loopback, private or metadata addresses as seen",
+            );
+        }
+    }
+    for (i, server) in definition.governance.tools.servers.iter().enumerate() {
+        match server.transport {
+            agentspace_core::ToolTransport::Stdio { .. } => refuse(
                 &format!("spec.tools[{i}].command"),
                 "a stdio tool server is a program started",
-            );
+            ),
+            // Tool servers are reached as internal services (they usually are).
+            _ => refuse(
+                &format!("spec.tools[{i}].url"),
+                "a tool server is reached as an internal service, at an address as resolved",
+            ),
         }
     }
     out

@@ -250,4 +250,54 @@ fn a_database_from_before_host_trusted_versions_is_brought_up_to_date() {
     assert_eq!((r.version.version, r.version.host), (2, true));
 }
 
-on_both!(the_hosts_operator_registers_host_trusted_versions_the_api_cannot_make,);
+/// A developer cannot reach the server host's own network through a definition
+/// registered with the API: the gateway connects from the host, so `internal: true`
+/// rules (the cloud's metadata service, the host's loopback) and tool servers (reached
+/// as internal services) are refused when such a version is started.
+fn an_api_definition_cannot_reach_the_hosts_own_network(backend: Backend) {
+    let server = TestServer::start(backend);
+    let admin = server.bootstrap("acme", "alice");
+    let text = "apiVersion: agentspace/v1
+kind: Agent
+metadata: {name: prober, tenant: acme}
+spec:
+  egress:
+    - {name: api, hosts: [api.example.com]}
+    - {name: md, hosts: ['169.254.169.254'], internal: true}
+    - {name: lo, hosts: ['127.0.0.1'], internal: true}
+  tools:
+    - {server: local, url: 'http://127.0.0.1:5432/mcp', allow: [t]}
+";
+    let r = admin.post("/v1/definitions", json!({"definition": text}));
+    assert_eq!(r.status, 201, "{}", r.error_message());
+    let r = admin.post("/v1/tasks", json!({"agent": "prober", "command": ["true"]}));
+    assert_eq!(r.status, 422, "{}", r.error_message());
+    let fields: Vec<String> = r.json()["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["field"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "spec.egress[1].internal",
+            "spec.egress[2].internal",
+            "spec.tools[0].url"
+        ]
+    );
+    // The same agent without them passes that check (this server starts no tasks).
+    let plain = text
+        .lines()
+        .filter(|l| !l.contains("internal: true") && !l.contains("url:") && !l.contains("tools:"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    admin.post("/v1/definitions", json!({"definition": plain}));
+    let r = admin.post("/v1/tasks", json!({"agent": "prober", "command": ["true"]}));
+    assert_eq!(r.status, 409, "{}", r.error_message());
+}
+
+on_both!(
+    the_hosts_operator_registers_host_trusted_versions_the_api_cannot_make,
+    an_api_definition_cannot_reach_the_hosts_own_network,
+);

@@ -247,8 +247,9 @@ impl Boundary {
         }
         let config = options.config(state.path())?;
         // Decisions go to the same audit store as the task's start and exit.
-        let audit_url = args.stores.audit();
-        let audit = || crate::cmd_audit::open(state, audit_url.as_deref());
+        // One handle (one writer, one connection) shared by the gateway, the MCP gateway
+        // and the approval desk.
+        let audit = crate::cmd_audit::open(state, args.stores.audit().as_deref())?;
         let user = UserId::new(user).with_context(|| format!("invalid user `{user}`"))?;
         let principal = Principal::new(
             definition.tenant.clone(),
@@ -266,14 +267,14 @@ impl Boundary {
             None => agentspace_policy::PolicyEngine::load(definition, state.path())?,
         };
         let policy = std::sync::Arc::new(policy);
-        let gateway = Gateway::new(config, audit()?)?;
+        let gateway = Gateway::new(config, audit.clone())?;
         let ca = gateway
             .tenant_ca(&definition.tenant)?
             .cert_path()
             .to_path_buf();
         let identity = std::sync::Arc::new(agentspace_identity::Identity::open(state.path()));
         let mcp_gateway = agentspace_gateway::McpGateway::sandboxed(
-            audit()?,
+            audit.clone(),
             std::sync::Arc::clone(&identity),
             std::sync::Arc::new(ToolCells {
                 exe: std::env::current_exe().context("cannot find the agentspace binary")?,
@@ -306,7 +307,7 @@ impl Boundary {
         let desk = agentspace_server::ApprovalStore::open(
             state.path(),
             args.stores.database_url.as_deref(),
-            audit()?,
+            audit,
         )?;
         let mut gw_task = agentspace_gateway::Task::new(principal, policy)
             .with_approvals(std::sync::Arc::new(desk))

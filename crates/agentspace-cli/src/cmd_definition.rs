@@ -33,10 +33,9 @@ pub(crate) enum Command {
         /// Who registers it, recorded in the audit log (default: the invoking user).
         #[arg(long = "as", value_name = "USER")]
         by: Option<String>,
-        /// The audit store: `postgres://...` or `sqlite:PATH` (default: SQLite in the
-        /// state directory).
-        #[arg(long, env = "AGENTSPACE_AUDIT_URL", value_name = "URL")]
-        audit_url: Option<String>,
+        /// The control plane's database (`--database-url`) and audit store.
+        #[command(flatten)]
+        stores: crate::state::Stores,
     },
 }
 
@@ -63,14 +62,15 @@ pub(crate) fn run(state: &StateDir, cmd: Command) -> Result<ExitCode> {
             definition,
             tenant,
             by,
-            audit_url,
+            stores,
         } => {
             let tenant = agentspace_core::Name::new(&tenant)
                 .with_context(|| format!("invalid `--tenant {tenant}`"))?;
             let by = crate::state::default_user(by);
             match agentspace_server::register_on_host(
                 state.path(),
-                audit_url.as_deref(),
+                stores.database_url.as_deref(),
+                stores.audit_url.as_deref(),
                 &tenant,
                 &by,
                 &definition,

@@ -1,11 +1,12 @@
 //! `agentspace revoke task|agent|user|capability|list`: stop work on the next decision of
-//! every process sharing the state directory, or (`--server`) through a control plane,
-//! in the token's tenant.
+//! every process sharing the store: the state directory's, or the control plane's
+//! PostgreSQL database when AGENTSPACE_DATABASE_URL names one (then on every host); or
+//! (`--server`) through a control plane, in the token's tenant.
 
 use std::process::ExitCode;
 
 use agentspace_core::{Name, TaskRef, UserId};
-use agentspace_policy::{Revocation, Revocations};
+use agentspace_policy::Revocation;
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
@@ -158,7 +159,7 @@ pub(crate) fn run(state: &StateDir, args: Args) -> Result<ExitCode> {
             }
         }
         None => {
-            let store = Revocations::open(state.path())?;
+            let store = local_store(state)?;
             // Every revocation and lift is recorded in the tenant's audit log (after it
             // is in force: a failing audit store never delays a revocation; it makes this
             // command fail).
@@ -186,7 +187,7 @@ pub(crate) fn run(state: &StateDir, args: Args) -> Result<ExitCode> {
 fn list(state: &StateDir, remote: Option<&crate::remote::Remote>, json: bool) -> Result<ExitCode> {
     let records: Vec<Value> = match remote {
         Some(remote) => serde_json::from_value(remote.get("/v1/revocations")?)?,
-        None => Revocations::open(state.path())?
+        None => local_store(state)?
             .list()?
             .iter()
             .map(serde_json::to_value)
@@ -214,4 +215,13 @@ fn list(state: &StateDir, remote: Option<&crate::remote::Remote>, json: bool) ->
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The revocations of the state directory, or of the control plane's PostgreSQL
+/// database when AGENTSPACE_DATABASE_URL names one.
+fn local_store(state: &StateDir) -> Result<agentspace_policy::Revocations> {
+    Ok(agentspace_server::revocations(
+        state.path(),
+        crate::state::Stores::from_env().database_url.as_deref(),
+    )?)
 }

@@ -13,6 +13,7 @@ mod cmd_run;
 mod cmd_run_remote;
 mod cmd_secret;
 mod cmd_serve;
+mod cmd_server;
 mod cmd_tasks;
 mod remote;
 mod state;
@@ -68,6 +69,9 @@ enum Command {
     Approvals(cmd_approvals::Args),
     /// Run the control plane (REST API, approvals, event stream); bootstrap a tenant's admin.
     Serve(cmd_serve::Args),
+    /// Manage the control plane's PostgreSQL database (`migrate`).
+    #[command(subcommand)]
+    Server(cmd_server::Command),
 }
 
 fn main() -> ExitCode {
@@ -95,6 +99,7 @@ fn main() -> ExitCode {
         Command::Definition(cmd) => cmd_definition::run(&state, cmd),
         Command::Gateway(args) => cmd_gateway::run(&state, args),
         Command::Serve(args) => cmd_serve::run(&state, args),
+        Command::Server(cmd) => cmd_server::run(cmd),
         Command::Approvals(args) => cmd_approvals::run(&state, args),
     };
     match result {

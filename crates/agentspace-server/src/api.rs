@@ -22,6 +22,7 @@ use crate::definitions::{DefinitionVersion, Registered, Registry};
 use crate::error::ServerError;
 use crate::extract::{Body, Path, Query};
 use crate::store::Db;
+use crate::webhook::{TenantWebhook, Webhooks};
 
 /// Everything the handlers share.
 pub(crate) struct App {
@@ -31,6 +32,8 @@ pub(crate) struct App {
     pub(crate) approvals: ApprovalStore,
     pub(crate) revocations: Revocations,
     pub(crate) runner: crate::runner::Runner,
+    /// The operator lets tenant webhooks reach private addresses.
+    pub(crate) allow_private_webhooks: bool,
     /// The event streams open now (limited per caller and in all).
     pub(crate) streams: Arc<crate::events::StreamSlots>,
 }
@@ -42,6 +45,14 @@ impl App {
         Accounts {
             db: &self.db,
             audit: &self.audit,
+        }
+    }
+
+    pub(crate) fn webhooks(&self) -> Webhooks<'_> {
+        Webhooks {
+            db: &self.db,
+            audit: &self.audit,
+            allow_private: self.allow_private_webhooks,
         }
     }
 
@@ -1493,6 +1504,57 @@ pub(crate) async fn secrets(State(app): State<AppState>, caller: Caller) -> ApiR
         })
         .await?,
     ))
+}
+
+// ---------------------------------------------------------------- tenant webhook
+
+/// The webhook body: where to announce the tenant's approval requests.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WebhookBody {
+    /// `https://...` (or `http://...`) of a public host.
+    url: String,
+}
+
+/// The tenant's webhook: its origin and digest, never the URL (admin).
+#[utoipa::path(get, path = "/v1/tenant/webhook", tag = "tenants", security(("bearer" = [])),
+    responses((status = 200, body = TenantWebhook), (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
+pub(crate) async fn tenant_webhook(
+    State(app): State<AppState>,
+    caller: Caller,
+) -> ApiResult<TenantWebhook> {
+    caller.require(ADMIN)?;
+    Ok(axum::Json(
+        blocking(&app, move |app| app.webhooks().get(&caller.tenant)).await?,
+    ))
+}
+
+/// Sets the webhook the tenant's approval requests are announced to (admin); audited. A
+/// URL whose host resolves to a loopback, private, link-local or other special address is
+/// refused (400, and audited) unless the operator allows private webhooks.
+#[utoipa::path(put, path = "/v1/tenant/webhook", tag = "tenants", security(("bearer" = [])), request_body = WebhookBody,
+    responses((status = 200, body = TenantWebhook), (status = 400, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody)))]
+pub(crate) async fn set_tenant_webhook(
+    State(app): State<AppState>,
+    caller: Caller,
+    Body(body): Body<WebhookBody>,
+) -> ApiResult<TenantWebhook> {
+    caller.require(ADMIN)?;
+    Ok(axum::Json(
+        blocking(&app, move |app| app.webhooks().set(&caller, &body.url)).await?,
+    ))
+}
+
+/// Removes the tenant's webhook (admin); audited.
+#[utoipa::path(delete, path = "/v1/tenant/webhook", tag = "tenants", security(("bearer" = [])),
+    responses((status = 204), (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
+pub(crate) async fn delete_tenant_webhook(
+    State(app): State<AppState>,
+    caller: Caller,
+) -> Result<StatusCode, ServerError> {
+    caller.require(ADMIN)?;
+    blocking(&app, move |app| app.webhooks().remove(&caller)).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// The answer for a path that is not an endpoint.

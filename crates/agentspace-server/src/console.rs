@@ -27,7 +27,6 @@ use std::fmt::Write as _;
 use axum::extract::{Form, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
-use rusqlite::{OptionalExtension, params};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -200,14 +199,11 @@ pub(crate) async fn login(
         let id = random_hex::<32>()?;
         let csrf = random_hex::<32>()?;
         let now = now_ms();
-        app.db.with(|c| {
+        app.db.run(|c| {
+            c.execute("DELETE FROM session WHERE expires_at <= $1", &[&now])?;
             c.execute(
-                "DELETE FROM session WHERE expires_at <= ?1",
-                params![now],
-            )?;
-            c.execute(
-                "INSERT INTO session (hash, token_id, csrf, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![hash(&id), caller.token_id, csrf, now, now.saturating_add(SESSION_MS)],
+                "INSERT INTO session (hash, token_id, csrf, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
+                &[&hash(&id), &caller.token_id, &csrf, &now, &now.saturating_add(SESSION_MS)],
             )
         })?;
         Ok(Some(id))
@@ -247,20 +243,19 @@ pub(crate) async fn session(
     };
     blocking(app, move |app| {
         let h = hash(&id);
-        let row: Option<(String, String, String, String)> = app.db.with(|c| {
-            c.query_row(
-                "SELECT s.csrf, t.tenant, t.user, u.roles FROM session s
-                 JOIN token t ON t.id = s.token_id
-                 JOIN user u ON u.tenant = t.tenant AND u.name = t.user
-                 WHERE s.hash = ?1 AND s.expires_at > ?2",
-                params![h, now_ms()],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        let row = app.db.run(|c| {
+            c.query_opt(
+                r#"SELECT s.csrf, t.tenant, t."user", u.roles FROM session s
+                   JOIN token t ON t.id = s.token_id
+                   JOIN "user" u ON u.tenant = t.tenant AND u.name = t."user"
+                   WHERE s.hash = $1 AND s.expires_at > $2"#,
+                &[&h, &now_ms()],
             )
-            .optional()
         })?;
-        let Some((csrf, tenant, user, roles)) = row else {
+        let Some(row) = row else {
             return Ok(None);
         };
+        let (csrf, tenant, user, roles) = (row.text(0)?, row.text(1)?, row.text(2)?, row.text(3)?);
         let Ok(tenant) = agentspace_core::Name::new(&tenant) else {
             return Ok(None);
         };
@@ -351,7 +346,7 @@ pub(crate) async fn logout(
     };
     blocking(&app, move |app| {
         app.db
-            .with(|c| c.execute("DELETE FROM session WHERE hash = ?1", params![s.hash]))
+            .run(|c| c.execute("DELETE FROM session WHERE hash = $1", &[&s.hash]))
     })
     .await?;
     let mut r = to_login();

@@ -10,13 +10,12 @@ use std::path::{Path, PathBuf};
 
 use agentspace_audit::AuditLog;
 use agentspace_core::{AuditKind, Definition, Name};
-use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 
 use crate::audit::{AdminEvent, details, record};
 use crate::auth::Caller;
 use crate::error::{DefinitionProblem, ServerError};
-use crate::store::{Db, format_ms, now_ms};
+use crate::store::{Conn, Db, Row, format_ms, now_ms};
 
 /// Largest definition accepted, in bytes.
 pub(crate) const MAX_DEFINITION: usize = 256 * 1024;
@@ -90,31 +89,30 @@ pub(crate) struct Registry<'a> {
     pub(crate) state_dir: &'a Path,
 }
 
-type VersionRow = (String, u32, String, String, i64, String, Option<String>);
-
-fn version_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VersionRow> {
-    Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-        r.get(6)?,
-    ))
+/// One version as read from a row of [`VERSION_COLUMNS`] (with its text when asked).
+fn to_version(row: &Row, with_text: bool) -> Result<DefinitionVersion, ServerError> {
+    let version = row.int(1)?;
+    Ok(DefinitionVersion {
+        name: row.text(0)?,
+        version: u32::try_from(version).map_err(|_| ServerError::Store {
+            path: "control-plane database".to_owned(),
+            message: format!("stored definition version {version} is out of range"),
+        })?,
+        digest: row.text(2)?,
+        registered_by: row.text(3)?,
+        registered_at: format_ms(row.int(4)?),
+        host: row.opt_text(6)?.is_some(),
+        text: if with_text { Some(row.text(5)?) } else { None },
+    })
 }
 
-fn to_version(row: VersionRow, with_text: bool) -> DefinitionVersion {
-    let (name, version, digest, registered_by, at, text, host_source) = row;
-    DefinitionVersion {
-        name,
-        version,
-        digest,
-        registered_by,
-        registered_at: format_ms(at),
-        host: host_source.is_some(),
-        text: with_text.then_some(text),
-    }
+/// A stored version from a row of [`VERSION_COLUMNS`].
+fn to_stored(row: &Row) -> Result<StoredVersion, ServerError> {
+    Ok(StoredVersion {
+        version: to_version(row, true)?,
+        text: row.text(5)?,
+        host_source: row.opt_text(6)?.map(PathBuf::from),
+    })
 }
 
 /// One stored version with everything the runner needs.
@@ -146,6 +144,7 @@ impl StoredVersion {
     }
 }
 
+/// The columns [`to_version`] and [`to_stored`] read, in order.
 const VERSION_COLUMNS: &str =
     "name, version, digest, registered_by, registered_at, text, host_source";
 
@@ -198,11 +197,8 @@ impl Registry<'_> {
         }
         let host_source = origin.host_source();
         let name = definition.name.as_str();
-        self.db.with_tx(|c| {
-            let tx = c
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(|e| self.db.err(e))?;
-            if host_source.is_some() && !tenant_exists(&tx, tenant).map_err(|e| self.db.err(e))? {
+        self.db.transaction(tenant.as_str(), |tx| {
+            if host_source.is_some() && !tenant_exists(tx, tenant)? {
                 return Err(ServerError::not_found(
                     format!("there is no tenant `{tenant}`"),
                     format!(
@@ -210,20 +206,22 @@ impl Registry<'_> {
                     ),
                 ));
             }
-            let current = current_version(&tx, tenant, name).map_err(|e| self.db.err(e))?;
+            let current = current_version(tx, tenant, name)?;
             let next = match current {
-                Some(row) if row.2 == definition.digest && row.6 == host_source => {
+                Some(row)
+                    if row.text(2)? == definition.digest && row.opt_text(6)? == host_source =>
+                {
                     return Ok(Registered {
-                        version: to_version(row, false),
+                        version: to_version(&row, false)?,
                         created: false,
                     });
                 }
-                Some(row) => row.1.saturating_add(1),
+                Some(row) => to_version(&row, false)?.version.saturating_add(1),
                 None => 1,
             };
             let now = now_ms();
             insert_version(
-                &tx,
+                tx,
                 NewVersion {
                     tenant,
                     name,
@@ -234,8 +232,7 @@ impl Registry<'_> {
                     at: now,
                     host_source: host_source.as_deref(),
                 },
-            )
-            .map_err(|e| self.db.err(e))?;
+            )?;
             let mut details = details([
                 ("version", next.into()),
                 ("definition_digest", definition.digest.clone().into()),
@@ -255,7 +252,6 @@ impl Registry<'_> {
                     details,
                 },
             )?;
-            tx.commit().map_err(|e| self.db.err(e))?;
             Ok(Registered {
                 version: DefinitionVersion {
                     name: name.to_owned(),
@@ -273,16 +269,15 @@ impl Registry<'_> {
 
     /// The current version of each of the tenant's definitions.
     pub(crate) fn list(&self, tenant: &Name) -> Result<Vec<DefinitionVersion>, ServerError> {
-        let rows = self.db.with(|c| {
-            let mut stmt = c.prepare(
+        let rows = self.db.run(|c| {
+            c.query(
                 "SELECT d.name, d.version, d.digest, d.registered_by, d.registered_at, '', d.host_source FROM definition d
-                 WHERE d.tenant = ?1 AND d.version = (SELECT MAX(version) FROM definition e WHERE e.tenant = d.tenant AND e.name = d.name)
+                 WHERE d.tenant = $1 AND d.version = (SELECT MAX(version) FROM definition e WHERE e.tenant = d.tenant AND e.name = d.name)
                  ORDER BY d.name",
-            )?;
-            let rows = stmt.query_map(params![tenant.as_str()], version_row)?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()
+                &[&tenant.as_str()],
+            )
         })?;
-        Ok(rows.into_iter().map(|r| to_version(r, false)).collect())
+        rows.iter().map(|r| to_version(r, false)).collect()
     }
 
     /// Every version of one definition, oldest first (404 when there is none).
@@ -291,18 +286,17 @@ impl Registry<'_> {
         tenant: &Name,
         name: &str,
     ) -> Result<Vec<DefinitionVersion>, ServerError> {
-        let rows = self.db.with(|c| {
-            let mut stmt = c.prepare(
+        let rows = self.db.run(|c| {
+            c.query(
                 "SELECT name, version, digest, registered_by, registered_at, '', host_source FROM definition
-                 WHERE tenant = ?1 AND name = ?2 ORDER BY version",
-            )?;
-            let rows = stmt.query_map(params![tenant.as_str(), name], version_row)?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()
+                 WHERE tenant = $1 AND name = $2 ORDER BY version",
+                &[&tenant.as_str(), &name],
+            )
         })?;
         if rows.is_empty() {
             return Err(no_definition(tenant, name));
         }
-        Ok(rows.into_iter().map(|r| to_version(r, false)).collect())
+        rows.iter().map(|r| to_version(r, false)).collect()
     }
 
     /// One version with its text; the current one when `version` is `None`.
@@ -322,28 +316,18 @@ impl Registry<'_> {
         name: &str,
         version: Option<u32>,
     ) -> Result<StoredVersion, ServerError> {
-        let row = self.db.with(|c| {
-            c.query_row(
+        let row = self.db.run(|c| {
+            c.query_opt(
                 &format!(
                     "SELECT {VERSION_COLUMNS} FROM definition
-                     WHERE tenant = ?1 AND name = ?2 AND (?3 IS NULL OR version = ?3)
+                     WHERE tenant = $1 AND name = $2 AND (CAST($3 AS BIGINT) IS NULL OR version = $3)
                      ORDER BY version DESC LIMIT 1"
                 ),
-                params![tenant.as_str(), name, version],
-                version_row,
+                &[&tenant.as_str(), &name, &version.map(i64::from)],
             )
-            .optional()
         })?;
         match row {
-            Some(row) => {
-                let text = row.5.clone();
-                let host_source = row.6.clone().map(PathBuf::from);
-                Ok(StoredVersion {
-                    version: to_version(row, true),
-                    text,
-                    host_source,
-                })
-            }
+            Some(row) => to_stored(&row),
             None => Err(match version {
                 Some(v) => ServerError::not_found(
                     format!("definition `{name}` of tenant `{tenant}` has no version {v}"),
@@ -361,27 +345,17 @@ impl Registry<'_> {
         agent: &str,
         digest: &str,
     ) -> Result<Option<StoredVersion>, ServerError> {
-        let row = self.db.with(|c| {
-            c.query_row(
+        let row = self.db.run(|c| {
+            c.query_opt(
                 &format!(
                     "SELECT {VERSION_COLUMNS} FROM definition
-                     WHERE tenant = ?1 AND name = ?2 AND digest = ?3
+                     WHERE tenant = $1 AND name = $2 AND digest = $3
                      ORDER BY version DESC LIMIT 1"
                 ),
-                params![tenant.as_str(), agent, digest],
-                version_row,
+                &[&tenant.as_str(), &agent, &digest],
             )
-            .optional()
         })?;
-        Ok(row.map(|row| {
-            let text = row.5.clone();
-            let host_source = row.6.clone().map(PathBuf::from);
-            StoredVersion {
-                version: to_version(row, true),
-                text,
-                host_source,
-            }
-        }))
+        row.as_ref().map(to_stored).transpose()
     }
 
     /// A unified line diff between two versions.
@@ -414,29 +388,27 @@ impl Registry<'_> {
 }
 
 /// Whether `tenant` exists.
-fn tenant_exists(c: &rusqlite::Connection, tenant: &Name) -> rusqlite::Result<bool> {
-    c.query_row(
-        "SELECT EXISTS(SELECT 1 FROM tenant WHERE name = ?1)",
-        params![tenant.as_str()],
-        |r| r.get(0),
-    )
+fn tenant_exists(c: &mut dyn Conn, tenant: &Name) -> Result<bool, ServerError> {
+    c.query_one(
+        "SELECT EXISTS(SELECT 1 FROM tenant WHERE name = $1)",
+        &[&tenant.as_str()],
+    )?
+    .bool(0)
 }
 
 /// The newest version of one definition.
 fn current_version(
-    c: &rusqlite::Connection,
+    c: &mut dyn Conn,
     tenant: &Name,
     name: &str,
-) -> rusqlite::Result<Option<VersionRow>> {
-    c.query_row(
+) -> Result<Option<Row>, ServerError> {
+    c.query_opt(
         &format!(
             "SELECT {VERSION_COLUMNS} FROM definition
-             WHERE tenant = ?1 AND name = ?2 ORDER BY version DESC LIMIT 1"
+             WHERE tenant = $1 AND name = $2 ORDER BY version DESC LIMIT 1"
         ),
-        params![tenant.as_str(), name],
-        version_row,
+        &[&tenant.as_str(), &name],
     )
-    .optional()
 }
 
 /// A version to store.
@@ -451,19 +423,19 @@ struct NewVersion<'a> {
     host_source: Option<&'a str>,
 }
 
-fn insert_version(c: &rusqlite::Connection, v: NewVersion<'_>) -> rusqlite::Result<usize> {
+fn insert_version(c: &mut dyn Conn, v: NewVersion<'_>) -> Result<u64, ServerError> {
     c.execute(
         "INSERT INTO definition (tenant, name, version, digest, text, registered_by, registered_at, host_source)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        params![
-            v.tenant.as_str(),
-            v.name,
-            v.version,
-            v.digest,
-            v.text,
-            v.by,
-            v.at,
-            v.host_source
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        &[
+            &v.tenant.as_str(),
+            &v.name,
+            &i64::from(v.version),
+            &v.digest,
+            &v.text,
+            &v.by,
+            &v.at,
+            &v.host_source,
         ],
     )
 }

@@ -79,9 +79,9 @@ pub enum ServerError {
     /// The control plane's database failed (500).
     #[error("control-plane database `{path}` failed: {message}")]
     Store {
-        /// The database file.
+        /// The database: its file, or its PostgreSQL URL without the password.
         path: String,
-        /// What SQLite said.
+        /// What the database said.
         message: String,
     },
     /// The policy state (revocations, budgets) failed (500).
@@ -141,13 +141,6 @@ impl ServerError {
     pub(crate) fn too_many(problem: impl Into<String>, fix: impl Into<String>) -> Self {
         let (problem, fix) = text(problem, fix);
         Self::TooMany { problem, fix }
-    }
-    /// A database failure at `path`.
-    pub(crate) fn store(path: &std::path::Path, e: impl std::fmt::Display) -> Self {
-        Self::Store {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        }
     }
 
     /// The HTTP status this error answers with.

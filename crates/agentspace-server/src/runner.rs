@@ -32,6 +32,9 @@ const MAX_COMMAND_BYTES: usize = 64 * 1024;
 pub(crate) struct Runner {
     /// The `agentspace` binary; `None` when this server cannot start tasks.
     program: Option<PathBuf>,
+    /// The control-plane database URL to hand to children (their approvals are held
+    /// there, for this server to list and decide).
+    database_url: Option<String>,
     /// The audit store URL to hand to children.
     audit_url: Option<String>,
     /// The gateway config file handed to tasks with a boundary (`--config`).
@@ -86,15 +89,28 @@ pub(crate) fn host_bound(definition: &Definition) -> Vec<DefinitionProblem> {
     if !definition.governance.policies.is_empty() {
         refuse("spec.policies", "extra policies are files");
     }
-    for (i, server) in definition.governance.tools.servers.iter().enumerate() {
-        if matches!(
-            server.transport,
-            agentspace_core::ToolTransport::Stdio { .. }
-        ) {
+    // The gateway connects from the server host: an internal address it may reach is on
+    // the host's own network (its loopback, its private range, the cloud's metadata
+    // service). Only the host's operator names those.
+    for (i, rule) in definition.governance.egress.iter().enumerate() {
+        if rule.internal {
             refuse(
+                &format!("spec.egress[{i}].internal"),
+                "an `internal: true` rule reaches loopback, private or metadata addresses as seen",
+            );
+        }
+    }
+    for (i, server) in definition.governance.tools.servers.iter().enumerate() {
+        match server.transport {
+            agentspace_core::ToolTransport::Stdio { .. } => refuse(
                 &format!("spec.tools[{i}].command"),
                 "a stdio tool server is a program started",
-            );
+            ),
+            // Tool servers are reached as internal services (they usually are).
+            _ => refuse(
+                &format!("spec.tools[{i}].url"),
+                "a tool server is reached as an internal service, at an address as resolved",
+            ),
         }
     }
     out
@@ -104,11 +120,13 @@ impl Runner {
     /// A runner that starts tasks with `program` (none when `None`).
     pub(crate) fn new(
         program: Option<PathBuf>,
+        database_url: Option<String>,
         audit_url: Option<String>,
         gateway_config: Option<PathBuf>,
     ) -> Self {
         Self {
             program,
+            database_url,
             audit_url,
             gateway_config,
             children: Mutex::new(HashMap::new()),
@@ -195,8 +213,13 @@ impl Runner {
                 "PATH",
                 "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             );
+        // In the environment rather than on the command line, where any local user could
+        // read a password in them; `agentspace run` gives the agent none of its own.
         if let Some(url) = &self.audit_url {
             cmd.env("AGENTSPACE_AUDIT_URL", url);
+        }
+        if let Some(url) = &self.database_url {
+            cmd.env("AGENTSPACE_DATABASE_URL", url);
         }
         let child = cmd
             .spawn()

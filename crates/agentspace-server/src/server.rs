@@ -23,12 +23,16 @@ use crate::{console, events};
 /// How the control plane runs.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
-    /// The state directory (tasks, audit, policy, secrets, and `server/control.db`).
+    /// The state directory (tasks, audit keys, policy, secrets, and `server/control.db`
+    /// unless `database_url` is given).
     pub state_dir: PathBuf,
     /// Where to listen.
     pub listen: SocketAddr,
-    /// The audit store (`postgres://...`, `sqlite:PATH`); SQLite in the state directory
-    /// when `None`.
+    /// The control-plane tables in PostgreSQL (`postgres://...`, migrated with
+    /// [`migrate`]) instead of SQLite in the state directory.
+    pub database_url: Option<String>,
+    /// The audit store (`postgres://...`, `sqlite:PATH`); when `None`, the database of
+    /// `database_url`, else SQLite in the state directory. See [`audit_url`].
     pub audit_url: Option<String>,
     /// The `agentspace` binary that starts tasks (`agentspace run`); `None`: this server
     /// does not start tasks.
@@ -40,6 +44,32 @@ pub struct ServerConfig {
     /// Announce each approval request here (`http(s)://...`), with a Slack-compatible
     /// JSON body.
     pub approval_webhook: Option<String>,
+    /// Let tenant webhooks reach loopback, private and link-local addresses (for an
+    /// operator whose chat server is on the private network); refused by default.
+    pub allow_private_webhooks: bool,
+}
+
+/// The audit store the control plane uses: `audit_url` when given, else the PostgreSQL
+/// database of `database_url` (state and audit in one database), else `None` (SQLite in
+/// the state directory).
+pub fn audit_url(database_url: Option<&str>, audit_url: Option<&str>) -> Option<String> {
+    audit_url.or(database_url).map(str::to_owned)
+}
+
+/// Creates or updates the control-plane tables and the role `agentspace_control` in the
+/// PostgreSQL database at `database_url`, and the audit tables and their writer role in
+/// the audit store (`audit_url`, or the same database) when that is PostgreSQL too.
+/// Returns the control-plane schema versions it applied (none when it was current). Run
+/// it once as the database owner before the first `agentspace serve`, and after each
+/// upgrade; it is idempotent.
+pub fn migrate(database_url: &str, audit_url: Option<&str>) -> Result<Vec<i64>, ServerError> {
+    let applied = crate::store::migrate(database_url)?;
+    if let Some(url) = self::audit_url(Some(database_url), audit_url)
+        && crate::store::is_postgres_url(&url)
+    {
+        agentspace_audit::migrate_postgres(&url)?;
+    }
+    Ok(applied)
 }
 
 #[derive(OpenApi)]
@@ -59,6 +89,7 @@ pub struct ServerConfig {
         api::audit_events, api::audit_verify, api::audit_export,
         api::revocations, api::revoke, api::lift,
         api::secrets,
+        api::tenant_webhook, api::set_tenant_webhook, api::delete_tenant_webhook,
         events::events,
     ),
     components(schemas(crate::error::ErrorBody)),
@@ -93,6 +124,12 @@ fn router(app: AppState) -> Router {
         .route("/openapi.json", get(openapi_json))
         .route("/v1/me", get(api::me))
         .route("/v1/tenants", get(api::tenants))
+        .route(
+            "/v1/tenant/webhook",
+            get(api::tenant_webhook)
+                .put(api::set_tenant_webhook)
+                .delete(api::delete_tenant_webhook),
+        )
         .route("/v1/users", get(api::users).post(api::add_user))
         .route("/v1/users/{name}", delete(api::delete_user))
         .route("/v1/users/{name}/roles", put(api::set_roles))
@@ -196,7 +233,7 @@ fn open_audit(state_dir: &Path, audit_url: Option<&str>) -> Result<AuditLog, Ser
 pub struct Server {
     app: AppState,
     listener: tokio::net::TcpListener,
-    webhook: Option<crate::client::Client>,
+    announcer: Arc<crate::webhook::Announcer>,
 }
 
 impl Server {
@@ -205,10 +242,12 @@ impl Server {
         let ServerConfig {
             state_dir,
             listen,
+            database_url,
             audit_url,
             runner,
             gateway_config,
             approval_webhook,
+            allow_private_webhooks,
         } = config;
         let webhook = approval_webhook
             .map(|url| {
@@ -217,16 +256,18 @@ impl Server {
             })
             .transpose()?;
         let app = tokio::task::spawn_blocking(move || -> Result<App, ServerError> {
-            let db = Arc::new(Db::open(&state_dir)?);
+            let db = Arc::new(Db::open(&state_dir, database_url.as_deref())?);
+            let audit_url = self::audit_url(database_url.as_deref(), audit_url.as_deref());
             let audit = open_audit(&state_dir, audit_url.as_deref())?;
-            let revocations = agentspace_policy::Revocations::open(&state_dir)?;
+            let revocations = crate::revocations::revocations(&state_dir, database_url.as_deref())?;
             Ok(App {
-                runner: crate::runner::Runner::new(runner, audit_url.clone(), gateway_config),
+                runner: crate::runner::Runner::new(runner, database_url, audit_url, gateway_config),
                 approvals: ApprovalStore::new(Arc::clone(&db), audit.clone()),
                 state_dir,
                 db,
                 audit,
                 revocations,
+                allow_private_webhooks,
                 streams: Arc::default(),
             })
         })
@@ -235,10 +276,16 @@ impl Server {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|e| ServerError::Io(format!("cannot listen on `{listen}`: {e}")))?;
+        let announcer = Arc::new(crate::webhook::Announcer::new(
+            Arc::clone(&app.db),
+            app.audit.clone(),
+            webhook,
+            allow_private_webhooks,
+        ));
         Ok(Self {
             app: Arc::new(app),
             listener,
-            webhook,
+            announcer,
         })
     }
 
@@ -270,25 +317,20 @@ impl Server {
                 let _ = tokio::task::spawn_blocking(move || store.expire_overdue()).await;
             }
         });
-        let announcer = self.webhook.map(|client| {
-            let approvals = self.app.approvals.clone();
+        // Announces every second: the operator's webhook (if any) and tenants' webhooks.
+        let announcer = {
+            let announcer = Arc::clone(&self.announcer);
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_secs(1));
                 loop {
                     tick.tick().await;
-                    let (store, client) = (approvals.clone(), client.clone());
-                    let _ = tokio::task::spawn_blocking(move || {
-                        crate::webhook::announce(&store, &client)
-                    })
-                    .await;
+                    announcer.round().await;
                 }
             })
-        });
+        };
         let result = serve_connections(self.listener, router(self.app), shutdown).await;
         sweeper.abort();
-        if let Some(announcer) = announcer {
-            announcer.abort();
-        }
+        announcer.abort();
         result
     }
 }
@@ -342,15 +384,20 @@ async fn serve_connections(
 }
 
 /// Creates `tenant` with its first admin `admin` and returns the admin's token (shown
-/// once). Refuses a tenant that exists. Audited in the tenant's log.
+/// once). Refuses a tenant that exists. Audited in the tenant's log. `database_url` and
+/// `audit_url` are as in [`ServerConfig`].
 pub fn bootstrap_admin(
     state_dir: &Path,
+    database_url: Option<&str>,
     audit_url: Option<&str>,
     tenant: &Name,
     admin: &str,
 ) -> Result<NewToken, ServerError> {
-    let db = Db::open(state_dir)?;
-    let audit = open_audit(state_dir, audit_url)?;
+    let db = Db::open(state_dir, database_url)?;
+    let audit = open_audit(
+        state_dir,
+        self::audit_url(database_url, audit_url).as_deref(),
+    )?;
     Accounts {
         db: &db,
         audit: &audit,
@@ -364,8 +411,10 @@ pub fn bootstrap_admin(
 /// relative paths resolve against `file`'s directory when the control plane starts it.
 /// The text registered now is what runs; a later change to the file takes a new
 /// registration. Audited as `definition_change` with `details.via = "host"`.
+/// `database_url` and `audit_url` are as in [`ServerConfig`].
 pub fn register_on_host(
     state_dir: &Path,
+    database_url: Option<&str>,
     audit_url: Option<&str>,
     tenant: &Name,
     by: &str,
@@ -380,8 +429,11 @@ pub fn register_on_host(
             source.display()
         ))
     })?;
-    let db = Db::open(state_dir)?;
-    let audit = open_audit(state_dir, audit_url)?;
+    let db = Db::open(state_dir, database_url)?;
+    let audit = open_audit(
+        state_dir,
+        self::audit_url(database_url, audit_url).as_deref(),
+    )?;
     crate::definitions::Registry {
         db: &db,
         audit: &audit,

@@ -64,8 +64,9 @@ pub(crate) struct PostgresStore {
     display: String,
 }
 
-/// The URL without its password, for error messages.
-pub(crate) fn display_url(url: &str) -> String {
+/// A PostgreSQL URL without its password (`postgres://USER@HOST/DB`), for messages and
+/// logs.
+pub fn display_url(url: &str) -> String {
     match url.parse::<postgres::Config>() {
         Ok(cfg) => {
             let host = cfg

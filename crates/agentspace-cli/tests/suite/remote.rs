@@ -444,7 +444,7 @@ fn a_governed_task_through_the_server_uses_its_gateway_config_and_waits_for_an_a
     .unwrap();
     let token = bootstrap(&s);
     let config = s.path().join("gateway.yaml");
-    let server = serve_with(&s, &["--gateway-config", config.to_str().unwrap()]);
+    let server = serve_with(&s, &["--gateway-config", config.to_str().unwrap()], &[]);
     let api = Client::new(&server.url, Some(&token)).unwrap();
     let r = api
         .post("/v1/users", &json!({"name": "bob", "roles": ["approver"]}))

@@ -214,16 +214,17 @@ impl Drop for Serve {
 }
 
 pub fn serve(s: &Sandbox) -> Serve {
-    serve_with(s, &[])
+    serve_with(s, &[], &[])
 }
 
-/// `agentspace serve` with extra arguments.
-pub fn serve_with(s: &Sandbox, args: &[&str]) -> Serve {
+/// `agentspace serve` with extra arguments and environment variables.
+pub fn serve_with(s: &Sandbox, args: &[&str], env: &[(&str, &str)]) -> Serve {
     let mut child = Command::new(agentspace_bin())
         .arg("--state-dir")
         .arg(s.state())
         .args(["serve", "--listen", "127.0.0.1:0"])
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -254,9 +255,15 @@ pub fn succeed(command: &mut Command) -> String {
 
 /// Creates tenant `acme` with admin `alice`; returns her API token.
 pub fn bootstrap(s: &Sandbox) -> String {
+    bootstrap_with(s, &[])
+}
+
+/// [`bootstrap`] with extra environment variables.
+pub fn bootstrap_with(s: &Sandbox, env: &[(&str, &str)]) -> String {
     succeed(
         s.command()
-            .args(["serve", "--bootstrap-admin", "alice", "--tenant", "acme"]),
+            .args(["serve", "--bootstrap-admin", "alice", "--tenant", "acme"])
+            .envs(env.iter().copied()),
     )
 }
 

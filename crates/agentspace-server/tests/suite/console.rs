@@ -3,7 +3,6 @@
 //! starting tasks. (The browser test, with real cells, is in the CLI's suite:
 //! `suite::console`.)
 
-use agentspace_audit::AuditLog;
 use agentspace_core::{AuditDecision, AuditEvent, AuditKind, Name};
 use agentspace_server::client::{Client, Response};
 use pretty_assertions::assert_eq;
@@ -11,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::approvals::context;
 use super::events::open_stream_at;
-use super::harness::{Api, TestServer, write_task};
+use super::harness::{Api, Backend, TestServer, write_task};
 
 fn browser(server: &TestServer) -> Client {
     Client::new(&server.url, None).unwrap()
@@ -52,9 +51,8 @@ fn csrf_in(body: &[u8]) -> String {
     html[at..at + 64].to_owned()
 }
 
-#[test]
-fn login_makes_a_strict_session_and_forms_need_its_csrf_token() {
-    let server = TestServer::start();
+fn login_makes_a_strict_session_and_forms_need_its_csrf_token(backend: Backend) {
+    let server = TestServer::start(backend);
     let admin = server.bootstrap("acme", "alice");
     let token = admin
         .post("/v1/users/alice/tokens", json!({"label": "console"}))
@@ -114,7 +112,7 @@ fn login_makes_a_strict_session_and_forms_need_its_csrf_token() {
     }
     let session = cookie_pair(session);
     // The database keeps only a hash of the session id.
-    let db = std::fs::read(server.state().join("server/control.db")).unwrap();
+    let db = server.place().stored_bytes();
     let raw = session.split('=').nth(1).unwrap();
     assert!(!db.windows(raw.len()).any(|w| w == raw.as_bytes()));
 
@@ -199,9 +197,8 @@ fn sign_in(server: &TestServer, token: &str) -> (String, String) {
     (session, csrf_in(&home.body))
 }
 
-#[test]
-fn a_console_session_sees_and_decides_only_its_own_tenant() {
-    let server = TestServer::start();
+fn a_console_session_sees_and_decides_only_its_own_tenant(backend: Backend) {
+    let server = TestServer::start(backend);
     let acme = server.bootstrap("acme", "alice");
     let id = server
         .approvals
@@ -243,9 +240,8 @@ fn a_console_session_sees_and_decides_only_its_own_tenant() {
     assert_eq!(r.status, 403);
 }
 
-#[test]
-fn the_audit_page_searches_the_tenants_log_and_shows_the_verify_status() {
-    let server = TestServer::start();
+fn the_audit_page_searches_the_tenants_log_and_shows_the_verify_status(backend: Backend) {
+    let server = TestServer::start(backend);
     let admin = server.bootstrap("acme", "alice");
     let dev = admin.user(&server, "dave", &["developer"]);
     let def = super::harness::definition("acme", "writer", "64Mi");
@@ -291,9 +287,8 @@ fn the_audit_page_searches_the_tenants_log_and_shows_the_verify_status() {
     assert_eq!(get(&b, "/console/audit", &dev_session).status, 403);
 }
 
-#[test]
-fn definitions_show_their_text_and_generated_policies_never_host_files() {
-    let server = TestServer::start();
+fn definitions_show_their_text_and_generated_policies_never_host_files(backend: Backend) {
+    let server = TestServer::start(backend);
     let admin = server.bootstrap("acme", "alice");
     let secret = server.state().join("host-secret.cedar");
     std::fs::write(&secret, "TOP-SECRET host content").unwrap();
@@ -323,6 +318,13 @@ fn definitions_show_their_text_and_generated_policies_never_host_files() {
     assert!(!html.contains("TOP-SECRET"), "{html}");
     assert_eq!(get(&b, "/console/definitions/nope", &session).status, 404);
 }
+
+on_both!(
+    login_makes_a_strict_session_and_forms_need_its_csrf_token,
+    a_console_session_sees_and_decides_only_its_own_tenant,
+    the_audit_page_searches_the_tenants_log_and_shows_the_verify_status,
+    definitions_show_their_text_and_generated_policies_never_host_files,
+);
 
 /// A fresh token of `user` (made by `admin`) signed in; returns the session cookie pair
 /// and its CSRF token.
@@ -357,10 +359,7 @@ fn running_task(
 
 /// Appends `event` to the tenant's chain as the gateway would.
 fn append(server: &TestServer, event: AuditEvent) {
-    AuditLog::open(server.state())
-        .unwrap()
-        .append(event)
-        .unwrap();
+    server.place().audit().append(event).unwrap();
 }
 
 fn gateway_event(tenant: &str, task: &str, kind: AuditKind, resource: &str) -> AuditEvent {
@@ -398,9 +397,8 @@ fn text(r: &Response) -> String {
     String::from_utf8_lossy(&r.body).into_owned()
 }
 
-#[test]
-fn live_pages_run_only_the_consoles_own_script() {
-    let server = TestServer::start();
+fn live_pages_run_only_the_consoles_own_script(backend: Backend) {
+    let server = TestServer::start(backend);
     let admin = server.bootstrap("acme", "alice");
     let (session, _) = session_of(&server, &admin, "alice");
     let b = browser(&server);
@@ -468,9 +466,8 @@ fn live_pages_run_only_the_consoles_own_script() {
     );
 }
 
-#[test]
-fn html_in_audit_data_shows_as_text_on_the_canvas_the_stream_and_the_task_page() {
-    let server = TestServer::start();
+fn html_in_audit_data_shows_as_text_on_the_canvas_the_stream_and_the_task_page(backend: Backend) {
+    let server = TestServer::start(backend);
     let admin = server.bootstrap("acme", "alice");
     let r = admin.post("/v1/definitions", json!({"definition": OFFICER}));
     assert_eq!(r.status, 201, "{}", r.error_message());
@@ -579,9 +576,8 @@ fn html_in_audit_data_shows_as_text_on_the_canvas_the_stream_and_the_task_page()
     );
 }
 
-#[test]
-fn the_console_stream_needs_a_session_and_a_role_and_shows_only_the_tenant() {
-    let server = TestServer::start();
+fn the_console_stream_needs_a_session_and_a_role_and_shows_only_the_tenant(backend: Backend) {
+    let server = TestServer::start(backend);
     let admin = server.bootstrap("acme", "alice");
     admin.user(&server, "bob", &["approver"]);
     admin.user(&server, "dave", &["developer"]);
@@ -617,10 +613,7 @@ fn the_console_stream_needs_a_session_and_a_role_and_shows_only_the_tenant() {
     // An approver follows them, from where the page left off, unnamed events with
     // their sequence numbers as ids; nothing of another tenant.
     let (bob, _) = session_of(&server, &admin, "bob");
-    let after = super::harness::audit_events(server.state(), "acme")
-        .last()
-        .unwrap()
-        .seq;
+    let after = server.audit_events("acme").last().unwrap().seq;
     let mut stream = open_stream_at(
         &server,
         &format!("/console/events?after={after}"),
@@ -659,9 +652,8 @@ fn the_console_stream_needs_a_session_and_a_role_and_shows_only_the_tenant() {
     assert!(!lines.iter().any(|l| l.contains("secretive")), "{lines:?}");
 }
 
-#[test]
-fn starting_a_task_from_the_console_needs_csrf_a_role_and_a_startable_definition() {
-    let server = TestServer::start();
+fn starting_a_task_from_the_console_needs_csrf_a_role_and_a_startable_definition(backend: Backend) {
+    let server = TestServer::start(backend);
     let admin = server.bootstrap("acme", "alice");
     admin.user(&server, "ann", &["auditor"]);
     let nosy = super::harness::definition("acme", "nosy", "64Mi") + "  workspace: /etc\n";
@@ -723,9 +715,8 @@ fn starting_a_task_from_the_console_needs_csrf_a_role_and_a_startable_definition
     assert_eq!(tasks(), 0);
 }
 
-#[test]
-fn another_tenants_task_is_not_found_on_any_console_page() {
-    let server = TestServer::start();
+fn another_tenants_task_is_not_found_on_any_console_page(backend: Backend) {
+    let server = TestServer::start(backend);
     let admin = server.bootstrap("acme", "alice");
     let r = admin.post("/v1/definitions", json!({"definition": OFFICER}));
     let digest = r.json()["digest"].as_str().unwrap().to_owned();
@@ -790,9 +781,8 @@ fn another_tenants_task_is_not_found_on_any_console_page() {
 }
 
 /// Signing out ends the console's event stream too (it is checked again while it runs).
-#[test]
-fn signing_out_ends_the_console_stream() {
-    let server = TestServer::start();
+fn signing_out_ends_the_console_stream(backend: Backend) {
+    let server = TestServer::start(backend);
     let admin = server.bootstrap("acme", "alice");
     let token = admin.post("/v1/users/alice/tokens", json!({})).json()["token"]
         .as_str()
@@ -819,9 +809,8 @@ fn signing_out_ends_the_console_stream() {
 /// in the queue, only a link to the approval's page, which shows the whole request
 /// escaped, with direction-changing characters made visible. Another tenant's approval
 /// is a 404 there.
-#[test]
-fn an_approver_sees_the_whole_held_request_before_deciding() {
-    let server = TestServer::start();
+fn an_approver_sees_the_whole_held_request_before_deciding(backend: Backend) {
+    let server = TestServer::start(backend);
     let admin = server.bootstrap("acme", "alice");
     admin.post("/v1/users", json!({"name": "bob", "roles": ["approver"]}));
     let mut ctx = context("acme", "carol", true, 600);
@@ -891,9 +880,8 @@ fn an_approver_sees_the_whole_held_request_before_deciding() {
 
 /// Every answer, errors and rejected queries included, forbids content sniffing and
 /// cross-origin reads, so none can be loaded as script or style by another page.
-#[test]
-fn every_answer_forbids_sniffing_and_cross_origin_reads() {
-    let server = TestServer::start();
+fn every_answer_forbids_sniffing_and_cross_origin_reads(backend: Backend) {
+    let server = TestServer::start(backend);
     let admin = server.bootstrap("acme", "alice");
     let (session, _) = session_of(&server, &admin, "alice");
     let b = browser(&server);
@@ -916,3 +904,14 @@ fn every_answer_forbids_sniffing_and_cross_origin_reads() {
         );
     }
 }
+
+on_both!(
+    live_pages_run_only_the_consoles_own_script,
+    html_in_audit_data_shows_as_text_on_the_canvas_the_stream_and_the_task_page,
+    the_console_stream_needs_a_session_and_a_role_and_shows_only_the_tenant,
+    starting_a_task_from_the_console_needs_csrf_a_role_and_a_startable_definition,
+    another_tenants_task_is_not_found_on_any_console_page,
+    signing_out_ends_the_console_stream,
+    an_approver_sees_the_whole_held_request_before_deciding,
+    every_answer_forbids_sniffing_and_cross_origin_reads,
+);

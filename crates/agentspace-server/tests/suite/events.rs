@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::approvals::context;
-use super::harness::{TestServer, definition};
+use super::harness::{Backend, TestServer, definition};
 
 /// Opens an event stream and returns a line reader positioned after the headers.
 pub fn open_stream(server: &TestServer, token: &str, query: &str) -> BufReader<TcpStream> {
@@ -33,8 +33,9 @@ pub fn open_stream_with(
 pub fn open_stream_at(server: &TestServer, path: &str, headers: &str) -> BufReader<TcpStream> {
     let addr = server.url.trim_start_matches("http://");
     let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(300)))
-        .unwrap();
+    // The answer's head may take a while (a busy machine, a first database connection);
+    // the events after it are read in short slices.
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n{headers}\r\n"
@@ -51,6 +52,9 @@ pub fn open_stream_at(server: &TestServer, path: &str, headers: &str) -> BufRead
             break;
         }
     }
+    r.get_ref()
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
     r
 }
 
@@ -78,9 +82,8 @@ pub fn read_data(
     out
 }
 
-#[test]
-fn events_stream_as_they_are_appended_filtered_by_task() {
-    let server = TestServer::start();
+fn events_stream_as_they_are_appended_filtered_by_task(backend: Backend) {
+    let server = TestServer::start(backend);
     let admin = server.bootstrap("acme", "alice");
     let token = admin.post("/v1/users/alice/tokens", json!({})).json()["token"]
         .as_str()
@@ -130,6 +133,8 @@ fn events_stream_as_they_are_appended_filtered_by_task() {
     assert_eq!(got[0]["event"]["agent"], "credit-officer");
 }
 
+on_both!(events_stream_as_they_are_appended_filtered_by_task,);
+
 /// Reads raw lines until the stream ends or `for_at_most` passes; `true` when it ended.
 pub fn read_until_end(
     r: &mut BufReader<TcpStream>,
@@ -152,9 +157,8 @@ pub fn read_until_end(
 
 /// A stream is no way around revocation: once its token is revoked it says so and ends
 /// within seconds. And one caller cannot hold more than a few streams.
-#[test]
-fn a_stream_ends_when_its_token_is_revoked_and_a_caller_holds_only_a_few() {
-    let server = TestServer::start();
+fn a_stream_ends_when_its_token_is_revoked_and_a_caller_holds_only_a_few(backend: Backend) {
+    let server = TestServer::start(backend);
     let admin = server.bootstrap("acme", "alice");
     let made = admin
         .post("/v1/users/alice/tokens", json!({"label": "watcher"}))
@@ -195,3 +199,5 @@ fn a_stream_ends_when_its_token_is_revoked_and_a_caller_holds_only_a_few() {
     drop(streams);
     let _again = open_stream(&server, &other, "");
 }
+
+on_both!(a_stream_ends_when_its_token_is_revoked_and_a_caller_holds_only_a_few,);

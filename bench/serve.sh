@@ -59,14 +59,8 @@ api_port="${BENCH_API_PORT:-7180}"
 url="http://127.0.0.1:$api_port"
 
 # The stand-in's test CA and certificate, and nginx answering every GET with 200.
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-  -subj "/CN=serve bench test CA" -keyout "$work/ca.key" -out "$work/ca.pem" 2>/dev/null
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$host" \
-  -keyout "$work/up.key" -out "$work/up.csr" 2>/dev/null
-printf 'subjectAltName=DNS:%s\nextendedKeyUsage=serverAuth\n' "$host" >"$work/up.ext"
-openssl x509 -req -in "$work/up.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" \
-  -CAcreateserial -days 2 -extfile "$work/up.ext" -out "$work/up.pem" 2>/dev/null
-chmod 644 "$work/ca.pem"
+. bench/lib.sh
+test_certificate "$work" "$host"
 mkdir -p "$work/nginx"
 cat >"$work/nginx/nginx.conf" <<EOF
 worker_processes 1;

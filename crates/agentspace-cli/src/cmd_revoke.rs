@@ -13,13 +13,7 @@ use serde_json::Value;
 use crate::state::StateDir;
 
 /// `agentspace revoke` and where.
-#[derive(clap::Args)]
-pub(crate) struct Args {
-    #[command(flatten)]
-    server: crate::remote::ServerArgs,
-    #[command(subcommand)]
-    command: Command,
-}
+pub(crate) type Args = crate::remote::WithServer<Command>;
 
 /// What to revoke, or `list`.
 #[derive(clap::Subcommand)]

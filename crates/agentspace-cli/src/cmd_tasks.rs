@@ -10,13 +10,7 @@ use anyhow::{Context, Result};
 use crate::state::StateDir;
 
 /// `agentspace tasks` and where the tasks are.
-#[derive(clap::Args)]
-pub(crate) struct Args {
-    #[command(flatten)]
-    server: crate::remote::ServerArgs,
-    #[command(subcommand)]
-    command: Command,
-}
+pub(crate) type Args = crate::remote::WithServer<Command>;
 
 /// `agentspace tasks` subcommands.
 #[derive(clap::Subcommand)]

@@ -51,6 +51,15 @@ impl ServerArgs {
     }
 }
 
+/// A command's subcommands with `--server` and `--token-file` for all of them.
+#[derive(clap::Args)]
+pub(crate) struct WithServer<C: clap::Subcommand> {
+    #[command(flatten)]
+    pub(crate) server: ServerArgs,
+    #[command(subcommand)]
+    pub(crate) command: C,
+}
+
 /// A control plane, as one user (the token's).
 pub(crate) struct Remote {
     client: Client,

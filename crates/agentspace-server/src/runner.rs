@@ -21,6 +21,34 @@ use agentspace_core::{Definition, Name};
 use crate::error::{DefinitionProblem, ServerError};
 use crate::store::random_hex;
 
+/// The most of each of `agentspace run`'s output streams kept in a run's `run.log`.
+const RUN_LOG_BYTES: u64 = 256 * 1024;
+
+/// Copies the first `limit` bytes of `from` into `to` and reads (discards) the rest
+/// until it ends, so the writer never blocks on a full pipe.
+fn keep_head(mut from: impl std::io::Read, mut to: std::fs::File, limit: u64) {
+    use std::io::Write as _;
+    let mut buf = [0u8; 16 * 1024];
+    let mut kept = 0u64;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
+        };
+        let room = usize::try_from(limit.saturating_sub(kept)).unwrap_or(usize::MAX);
+        let take = n.min(room);
+        if take > 0 {
+            if let Some(head) = buf.get(..take) {
+                // A failing log write loses only the log, never the task.
+                let _ = to.write_all(head);
+            }
+            kept = kept.saturating_add(take as u64);
+        }
+    }
+}
+
 /// How long a start waits for the task's manifest before giving up.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -185,16 +213,15 @@ impl Runner {
         let file =
             std::path::absolute(dir.join("definition.yaml")).map_err(|e| io("resolve", e))?;
         std::fs::write(&file, text).map_err(|e| io("write into", e))?;
-        let out = std::fs::File::create(dir.join("run.log")).map_err(|e| io("write into", e))?;
-        let err = out.try_clone().map_err(|e| io("write into", e))?;
+        let log = std::fs::File::create(dir.join("run.log")).map_err(|e| io("write into", e))?;
         let mut cmd = Command::new(program);
         cmd.arg("--state-dir")
             .arg(state_dir)
             .arg("run")
             .arg("-f")
             .arg(&file)
-            .arg("--user")
-            .arg(user);
+            // One argument, so that no user name can pass for an option.
+            .arg(format!("--user={user}"));
         if let (true, Some(config)) = (boundary, &self.gateway_config) {
             cmd.arg("--config").arg(config);
         }
@@ -205,8 +232,8 @@ impl Runner {
         cmd.arg("--")
             .args(command)
             .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             // A clean environment: nothing of the server's reaches the task.
             .env_clear()
             .env(
@@ -221,9 +248,26 @@ impl Runner {
         if let Some(url) = &self.database_url {
             cmd.env("AGENTSPACE_DATABASE_URL", url);
         }
-        let child = cmd
+        let mut child = cmd
             .spawn()
             .map_err(|e| ServerError::Io(format!("cannot start `{}`: {e}", program.display())))?;
+        // What `agentspace run` prints (the agent's output among it; the task keeps its
+        // own capped logs) goes to `run.log` up to a limit and is drained past it, so an
+        // agent that prints without end cannot fill the server's disk.
+        let streams = [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ];
+        for stream in streams.into_iter().flatten() {
+            let log = log.try_clone().map_err(|e| io("write into", e))?;
+            std::thread::spawn(move || keep_head(stream, log, RUN_LOG_BYTES));
+        }
         let child = Arc::new(Mutex::new(child));
         // The task id: the manifest whose definition is this run's file.
         let started = Instant::now();

@@ -102,6 +102,14 @@ fn run_with_a_server_runs_a_real_cell_there_and_exits_with_its_code() {
             .unwrap()
             .contains("/server/runs/acme/")
     );
+    // The server keeps only the head of what the run printed: an agent that prints
+    // without end cannot fill the server's disk (the task's own logs are capped too).
+    let run_dir = std::path::Path::new(list[0]["definition"].as_str().unwrap())
+        .parent()
+        .unwrap()
+        .to_owned();
+    let kept = std::fs::metadata(run_dir.join("run.log")).unwrap().len();
+    assert!(kept <= 2 * 256 * 1024, "run.log holds {kept} bytes");
     let r = ran(client(&s, &server, Some(&token)), &["tasks", "list"]);
     assert_eq!(r.code, 0, "{r:?}");
     let row = r.stdout.lines().nth(1).unwrap();

@@ -3,11 +3,7 @@
 //! the next), and the parent reports the latency of each append across all of them.
 //!
 //! Usage: `audit_contend PROCESSES EVENTS_EACH` (run by `bench/audit.sh contend`).
-#![expect(
-    clippy::unwrap_used,
-    clippy::indexing_slicing,
-    reason = "a benchmark"
-)]
+#![expect(clippy::unwrap_used, clippy::indexing_slicing, reason = "a benchmark")]
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

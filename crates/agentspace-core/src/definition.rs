@@ -572,6 +572,8 @@ spec:
       command: [python3, ./servers/customer_db.py]   # started OUTSIDE the cell by the boundary
       allow: [lookup_customer]
       labels: [pii]                                  # what this source's results carry
+      resources: ["customer://*"]
+      prompts: [credit_brief]
     - server: hr
       url: http://hr.internal.example/mcp            # a streamable-HTTP server
       allow: []                                      # nothing: the agent never sees it
@@ -605,6 +607,9 @@ spec:
         );
         assert_eq!(db.allow, vec!["lookup_customer"]);
         assert!(db.labels.contains("pii"));
+        assert_eq!(db.resources, vec!["customer://*"]);
+        assert_eq!(db.prompts, vec!["credit_brief"]);
+        assert!(t.servers[1].resources.is_empty() && t.servers[1].prompts.is_empty());
         assert_eq!(
             t.servers[1].transport,
             crate::ToolTransport::Http {
@@ -674,6 +679,18 @@ spec:
                 "allow: [\"mail/*\"]",
                 "spec.tools[2].allow",
                 "not a tool name",
+            ),
+            (
+                "resources: [\"customer://*\"]",
+                "resources: [\"customer\"]",
+                "spec.tools[0].resources",
+                "URI scheme",
+            ),
+            (
+                "prompts: [credit_brief]",
+                "prompts: [credit_brief, \"a b\"]",
+                "spec.tools[0].prompts",
+                "not a prompt name",
             ),
             (
                 "labels: [pii]",

@@ -56,6 +56,14 @@ pub struct RawToolServer {
     /// (default), `redact` the strings that do, or `block` the whole result.
     #[serde(default)]
     pub injection: Option<InjectionAction>,
+    /// The resources the agent may list and read, as URI patterns (`customer://*`,
+    /// `file:///srv/reports/*`; `*` matches any run of characters, `*` alone every
+    /// resource). Omitted or empty: none.
+    #[serde(default)]
+    pub resources: Vec<String>,
+    /// The prompts the agent may list and get, by name. Omitted or empty: none.
+    #[serde(default)]
+    pub prompts: Vec<String>,
 }
 
 /// What the MCP gateway does with a tool result that looks like a prompt injection.
@@ -129,6 +137,81 @@ pub struct ToolServer {
     pub approval: Option<Approval>,
     /// What happens to results that look like prompt injections.
     pub injection: InjectionAction,
+    /// URI patterns of the resources the agent may list and read, in file order.
+    pub resources: Vec<String>,
+    /// The prompts the agent may list and get, in file order.
+    pub prompts: Vec<String>,
+}
+
+impl ToolServer {
+    /// Whether the agent may read the resource at `uri` of this server (a pattern of
+    /// `resources` matches it).
+    pub fn allows_resource(&self, uri: &str) -> bool {
+        self.resources
+            .iter()
+            .any(|p| glob(p.as_bytes(), uri.as_bytes()))
+    }
+
+    /// Whether every URI the resource template `template` (RFC 6570, `{...}`
+    /// expressions) can produce is one the agent may read: the template with each
+    /// expression read as `*` is matched by a pattern whose literal characters never
+    /// stand where an expression is.
+    pub fn allows_template(&self, template: &str) -> bool {
+        // Each expression becomes one `\0`, which no pattern character but `*` matches.
+        let mut shape = Vec::with_capacity(template.len());
+        let mut depth = 0usize;
+        for b in template.bytes() {
+            match (b, depth) {
+                (b'{', 0) => {
+                    depth = 1;
+                    shape.push(0);
+                }
+                (b'{', _) => return false,
+                (b'}', 1) => depth = 0,
+                (_, 1) => {}
+                (b, _) => shape.push(b),
+            }
+        }
+        depth == 0 && self.resources.iter().any(|p| glob(p.as_bytes(), &shape))
+    }
+
+    /// Whether the agent may get the prompt `name` of this server.
+    pub fn allows_prompt(&self, name: &str) -> bool {
+        self.prompts.iter().any(|p| p == name)
+    }
+}
+
+/// Whether `pattern` (`*` matches any run of bytes, everything else itself) matches all
+/// of `text`: the semantics of Cedar's `like` for patterns without escapes, which is
+/// what the compiled policies use, so the gateway's listing and Cedar agree.
+fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    // Iterative wildcard matching with one backtrack point: linear in practice, never
+    // exponential.
+    let (mut p, mut t) = (0usize, 0usize);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                star = Some((p, t));
+                p += 1;
+            }
+            Some(&c) if text.get(t) == Some(&c) && c != 0 => {
+                p += 1;
+                t += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    p = sp + 1;
+                    t = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern
+        .get(p..)
+        .is_some_and(|rest| rest.iter().all(|&c| c == b'*'))
 }
 
 /// A validated data-flow rule.
@@ -250,6 +333,26 @@ pub(crate) fn validate_tools(
             Some(a) => Some(validate_approval(a).map_err(|(sub, m)| (field(&sub), m))?),
             None => None,
         };
+        let mut resources = Vec::new();
+        for pattern in &raw.resources {
+            check_uri_pattern(pattern).map_err(|m| (field("resources"), m))?;
+            if resources.contains(pattern) {
+                return Err((field("resources"), format!("`{pattern}` is listed twice")));
+            }
+            resources.push(pattern.clone());
+        }
+        let mut prompts = Vec::new();
+        for prompt in &raw.prompts {
+            check_tool_name(prompt)
+                .map_err(|_| (field("prompts"), format!("`{prompt}` is not a prompt name (1-{MAX_TOOL_NAME} letters, digits, `_`, `-` or `.`; list each prompt by its exact name)")))?;
+            if prompts.contains(prompt) {
+                return Err((
+                    field("prompts"),
+                    format!("prompt `{prompt}` is listed twice"),
+                ));
+            }
+            prompts.push(prompt.clone());
+        }
         out.servers.push(ToolServer {
             name: raw.server.clone(),
             transport,
@@ -258,6 +361,8 @@ pub(crate) fn validate_tools(
             cleared_for,
             approval,
             injection: raw.injection.unwrap_or_default(),
+            resources,
+            prompts,
         });
     }
 
@@ -347,6 +452,45 @@ fn check_tool_name(tool: &str) -> Result<(), String> {
     }
 }
 
+/// A resource URI pattern: `*` alone, or a URI scheme (`customer:`) and then any
+/// characters but whitespace, control characters and `\` (Cedar's `like` escape);
+/// `*` matches any run of characters.
+fn check_uri_pattern(pattern: &str) -> Result<(), String> {
+    let hint = "write a URI pattern such as `customer://*` or `file:///srv/reports/*` (`*` matches any characters), or `*` for every resource";
+    if pattern.len() > 2048 {
+        return Err(format!(
+            "the pattern is longer than 2048 characters; {hint}"
+        ));
+    }
+    if pattern
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == '\\')
+    {
+        return Err(format!(
+            "`{pattern}` has whitespace, a control character or `\\`; {hint}"
+        ));
+    }
+    if pattern == "*" {
+        return Ok(());
+    }
+    let scheme = pattern.split(':').next().unwrap_or_default();
+    let scheme_ok = pattern.contains(':')
+        && scheme
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic())
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+.-".contains(&b));
+    if scheme_ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{pattern}` does not start with a URI scheme; {hint}"
+        ))
+    }
+}
+
 /// A data label: 1-64 lowercase letters, digits, `-` and `_`.
 fn check_label(label: &str) -> Result<(), String> {
     let ok = !label.is_empty()
@@ -418,5 +562,56 @@ mod tests {
         for bad in ["ftp://x", "http://", "http://u:p@x/", "http://x/ y", "x"] {
             assert!(check_url(bad).is_err(), "{bad}");
         }
+        for good in ["*", "customer://*", "file:///srv/a b", "x-y+z.1:abc"] {
+            let ok = check_uri_pattern(good).is_ok();
+            assert_eq!(ok, !good.contains(' '), "{good}");
+        }
+        for bad in ["customer", "//x", "1x:y", "a:\\*", ""] {
+            assert!(check_uri_pattern(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn server(resources: &[&str]) -> ToolServer {
+        ToolServer {
+            name: Name::new("s").unwrap(),
+            transport: ToolTransport::Http {
+                url: "http://x/mcp".into(),
+            },
+            allow: Vec::new(),
+            labels: BTreeSet::new(),
+            cleared_for: BTreeSet::new(),
+            approval: None,
+            injection: InjectionAction::Flag,
+            resources: resources.iter().map(|s| (*s).to_owned()).collect(),
+            prompts: vec!["brief".into()],
+        }
+    }
+
+    #[test]
+    fn resource_patterns_match_like_cedar() {
+        let s = server(&["customer://*", "file:///srv/*/report.txt"]);
+        assert!(s.allows_resource("customer://c-001"));
+        assert!(s.allows_resource("customer://"));
+        assert!(!s.allows_resource("customers://c-001"));
+        assert!(s.allows_resource("file:///srv/2024/report.txt"));
+        assert!(s.allows_resource("file:///srv/a/b/report.txt"));
+        assert!(!s.allows_resource("file:///srv/report.txt.bak"));
+        assert!(!s.allows_resource("file:///etc/passwd"));
+        assert!(server(&["*"]).allows_resource("anything:at-all"));
+        assert!(!server(&[]).allows_resource("customer://c-001"));
+        assert!(s.allows_prompt("brief") && !s.allows_prompt("brie"));
+    }
+
+    #[test]
+    fn a_template_is_allowed_only_when_every_expansion_is() {
+        let s = server(&["customer://*", "file:///srv/*/report.txt"]);
+        assert!(s.allows_template("customer://{id}"));
+        assert!(s.allows_template("file:///srv/{year}/report.txt"));
+        assert!(!s.allows_template("file:///srv/{year}/{name}"));
+        assert!(!s.allows_template("{scheme}://c-001"));
+        assert!(!server(&["customer://c-*"]).allows_template("customer://{id}"));
+        assert!(!s.allows_template("customer://{id"));
+        assert!(!s.allows_template("customer://{{id}}"));
+        assert!(server(&["*"]).allows_template("{anything}"));
     }
 }

@@ -125,6 +125,8 @@ const ACTIONS: &[(&str, bool)] = &[
     ("OPTIONS", true),
     ("dns", false),
     ("mcp", false),
+    ("mcp_resource", false),
+    ("mcp_prompt", false),
     ("spawn", false),
     ("tunnel", false),
 ];
@@ -674,6 +676,37 @@ fn generate(def: &Definition, def_file: &str) -> Result<Generated, PolicyError> 
                 ),
                 id,
                 field: format!("{field}.allow"),
+            });
+        }
+        if !server.resources.is_empty() {
+            // One permit per server: the listing and Cedar match URIs the same way
+            // (`like`, `*` for any characters; patterns cannot hold Cedar's escape).
+            let id = format!("resources.{name}");
+            let uris: Vec<String> = server
+                .resources
+                .iter()
+                .map(|p| format!("context.uri like {}", quote(p)))
+                .collect();
+            policies.push(GeneratedPolicy {
+                text: format!(
+                    "@id({})\npermit (\n  principal in {agent},\n  action == AgentSpace::Action::\"mcp_resource\",\n  {scope}\n)\nwhen {{ {} }};\n",
+                    quote(&id),
+                    uris.join(" || "),
+                ),
+                id,
+                field: format!("{field}.resources"),
+            });
+        }
+        for prompt in &server.prompts {
+            let id = format!("prompts.{name}.{prompt}");
+            policies.push(GeneratedPolicy {
+                text: format!(
+                    "@id({})\npermit (\n  principal in {agent},\n  action == AgentSpace::Action::\"mcp_prompt\",\n  resource == AgentSpace::Prompt::{}\n);\n",
+                    quote(&id),
+                    quote(&format!("{name}/{prompt}")),
+                ),
+                id,
+                field: format!("{field}.prompts"),
             });
         }
         if let Some(approval) = &server.approval {

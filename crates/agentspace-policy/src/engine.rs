@@ -351,7 +351,11 @@ fn window_bucket(now: u64, window: std::time::Duration) -> i64 {
 /// what budgets count; DNS lookups and spawns are not.
 fn charges_budgets(action: &Action) -> bool {
     match action {
-        Action::Http { .. } | Action::Mcp | Action::Tunnel => true,
+        Action::Http { .. }
+        | Action::Mcp
+        | Action::McpResource
+        | Action::McpPrompt
+        | Action::Tunnel => true,
         Action::Dns | Action::Spawn => false,
     }
 }

@@ -97,7 +97,9 @@ pub(crate) fn check(
         return None;
     }
     let destinations: Vec<&str> = match &request.action {
-        Action::Mcp => vec![request.resource.server.as_deref().unwrap_or_default()],
+        Action::Mcp | Action::McpResource | Action::McpPrompt => {
+            vec![request.resource.server.as_deref().unwrap_or_default()]
+        }
         Action::Dns | Action::Spawn => return None,
         _ => capabilities.iter().map(String::as_str).collect(),
     };

@@ -10,7 +10,10 @@
 //! task: who acts comes from the listener, never from what the client sends.
 //!
 //! `tools/list` shows only allowed tools; any other name gets the answer a tool that does
-//! not exist gets, and is audited. Each `tools/call` runs: content checks on the
+//! not exist gets, and is audited. Resources and prompts (`resources/list`,
+//! `resources/templates/list`, `resources/read`, `prompts/list`, `prompts/get`) are
+//! allowlisted the same way (URI patterns, prompt names) and governed by the same
+//! pipeline. Each `tools/call` runs: content checks on the
 //! arguments (secrets and personal data become labels) → the task's policy engine
 //! (Cedar with the tool and arguments in the context, approvals, loop breaker, flow
 //! rules over the session's taint, budgets) → the tool's `inputSchema` → a per-call

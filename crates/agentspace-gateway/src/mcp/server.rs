@@ -91,6 +91,74 @@ struct TaskTools {
     refused: mpsc::UnboundedSender<ServerRequest>,
 }
 
+/// A listing other than `tools/list`.
+#[derive(Clone, Copy, Debug)]
+enum Listing {
+    Resources,
+    Templates,
+    Prompts,
+}
+
+/// What a governed request is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Tool,
+    Resource,
+    Prompt,
+}
+
+impl Kind {
+    /// The policy action.
+    fn action(self) -> Action {
+        match self {
+            Self::Tool => Action::Mcp,
+            Self::Resource => Action::McpResource,
+            Self::Prompt => Action::McpPrompt,
+        }
+    }
+
+    /// The method forwarded to the server.
+    fn method(self) -> &'static str {
+        match self {
+            Self::Tool => "tools/call",
+            Self::Resource => "resources/read",
+            Self::Prompt => "prompts/get",
+        }
+    }
+
+    /// The audit actions of the decision and of the result.
+    fn audit_actions(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Tool => ("tools/call", "tools/result"),
+            Self::Resource => ("resources/read", "resources/result"),
+            Self::Prompt => ("prompts/get", "prompts/result"),
+        }
+    }
+}
+
+/// One request to a tool server, as [`McpGateway::govern`] decides, forwards and
+/// audits it.
+struct Governed {
+    kind: Kind,
+    /// The server's name.
+    server: String,
+    /// The policy resource.
+    resource: Resource,
+    /// The audit event's resource: `mcp://server/tool`, `mcp://server/resources/URI`,
+    /// `mcp://server/prompts/NAME`.
+    audit_resource: String,
+    /// Tool or prompt arguments: content-checked and in the Cedar context.
+    arguments: Option<Value>,
+    /// What the audit event's `request` (and an approver) shows of it.
+    request: Map<String, Value>,
+    /// The parameters forwarded to the server.
+    forward: Map<String, Value>,
+    /// The tool's input schema (tools only).
+    input: Option<Result<Arc<Validator>, String>>,
+    /// The tool's output schema, when it declares one.
+    output: Option<Result<Arc<Validator>, String>>,
+}
+
 /// What a refused call tells the agent.
 struct Refusal {
     code: i64,
@@ -290,15 +358,24 @@ impl McpGateway {
                 None,
             );
         }
+        let params = params.unwrap_or_default();
         let answer = match method.as_str() {
             "ping" => jsonrpc::result(&id, json!({})),
             "tools/list" => self.list_tools(state, &id).await,
-            "tools/call" => self.call_tool(state, &id, params.unwrap_or_default()).await,
+            "tools/call" => self.call_tool(state, &id, params).await,
+            "resources/list" => self.list(state, &id, Listing::Resources).await,
+            "resources/templates/list" => self.list(state, &id, Listing::Templates).await,
+            "resources/read" => self.read_resource(state, &id, params).await,
+            "prompts/list" => self.list(state, &id, Listing::Prompts).await,
+            "prompts/get" => self.get_prompt(state, &id, params).await,
+            "resources/subscribe" | "resources/unsubscribe" => {
+                self.not_served(state, &id, &method, &params).await
+            }
             other => jsonrpc::error(
                 &id,
                 jsonrpc::METHOD_NOT_FOUND,
                 &format!(
-                    "method `{other}` is not served through the Agent Space boundary (tools only)"
+                    "method `{other}` is not served through the Agent Space boundary (tools, resources and prompts only)"
                 ),
                 None,
             ),
@@ -354,11 +431,24 @@ impl McpGateway {
                 );
             }
         }
+        // Resources and prompts only when the definition allows some; never
+        // subscriptions (docs/tools.md says why).
+        let mut capabilities = Map::new();
+        capabilities.insert("tools".into(), json!({"listChanged": false}));
+        if state.tools.servers.iter().any(|s| !s.resources.is_empty()) {
+            capabilities.insert(
+                "resources".into(),
+                json!({"subscribe": false, "listChanged": false}),
+            );
+        }
+        if state.tools.servers.iter().any(|s| !s.prompts.is_empty()) {
+            capabilities.insert("prompts".into(), json!({"listChanged": false}));
+        }
         let result = json!({
             "protocolVersion": version,
-            "capabilities": {"tools": {"listChanged": false}},
+            "capabilities": capabilities,
             "serverInfo": {"name": "agentspace", "version": env!("CARGO_PKG_VERSION")},
-            "instructions": "Tools of this task, governed by Agent Space: every call is decided, audited and may be denied.",
+            "instructions": "Tools, resources and prompts of this task, governed by Agent Space: every call is decided, audited and may be denied.",
         });
         rpc_response(StatusCode::OK, &jsonrpc::result(id, result), Some(&session))
     }
@@ -465,13 +555,106 @@ impl McpGateway {
         jsonrpc::result(id, json!({"tools": catalog.tools}))
     }
 
-    /// One `tools/call`: identity → content checks on the arguments → policy
-    /// (approvals, loop breaker, flow rules, budgets) → input schema → audit →
-    /// forward with the per-call token → output schema → injection checks on the
-    /// result → taint → audit.
+    /// `resources/list`, `resources/templates/list` or `prompts/list`: every server's
+    /// listing, fresh each time (resources come and go), with only what the definition
+    /// allows and that server would serve (the first server in the definition whose
+    /// pattern or list covers an item serves it).
+    async fn list(&self, state: &TaskTools, id: &Value, listing: Listing) -> Value {
+        let (method, key, audit_key) = match listing {
+            Listing::Resources => ("resources/list", "resources", "resources"),
+            Listing::Templates => ("resources/templates/list", "resourceTemplates", "templates"),
+            Listing::Prompts => ("prompts/list", "prompts", "prompts"),
+        };
+        let servers = &state.tools.servers;
+        let mut items = Vec::new();
+        let mut names = Vec::new();
+        let mut unavailable = BTreeMap::new();
+        for (i, server) in servers.iter().enumerate() {
+            let wanted = match listing {
+                Listing::Resources | Listing::Templates => !server.resources.is_empty(),
+                Listing::Prompts => !server.prompts.is_empty(),
+            };
+            if !wanted {
+                continue;
+            }
+            let earlier = servers.get(..i).unwrap_or_default();
+            let listed = match self.upstream(state, server).await {
+                Ok(up) => list_pages(&up, method, key).await,
+                Err(e) => Err(e),
+            };
+            let listed = match listed {
+                Ok(l) => l,
+                Err(e) => {
+                    unavailable.insert(server.name.to_string(), e);
+                    continue;
+                }
+            };
+            for item in listed {
+                let field = match listing {
+                    Listing::Resources => "uri",
+                    Listing::Templates => "uriTemplate",
+                    Listing::Prompts => "name",
+                };
+                let Some(name) = item.get(field).and_then(Value::as_str) else {
+                    continue;
+                };
+                let serves = |s: &ToolServer| match listing {
+                    Listing::Resources => s.allows_resource(name),
+                    Listing::Templates => s.allows_template(name),
+                    Listing::Prompts => s.allows_prompt(name),
+                };
+                if serves(server) && !earlier.iter().any(serves) {
+                    names.push(name.to_owned());
+                    items.push(item);
+                }
+            }
+        }
+        let mut event = base_event(&state.task, method, "mcp://*".to_owned());
+        event.decision = Some(AuditDecision::Allow);
+        event.details.insert(audit_key.into(), json!(names));
+        if !unavailable.is_empty() {
+            event
+                .details
+                .insert("unavailable".into(), json!(unavailable));
+        }
+        if let Err(e) = self.append(event).await {
+            return jsonrpc::error(id, jsonrpc::INTERNAL_ERROR, &audit_failed(&e), None);
+        }
+        jsonrpc::result(id, json!({ key: items }))
+    }
+
+    /// Resource subscriptions are not served (docs/tools.md says why): audited as a
+    /// denial and answered "method not found", as a server without them answers.
+    async fn not_served(
+        &self,
+        state: &TaskTools,
+        id: &Value,
+        method: &str,
+        params: &Map<String, Value>,
+    ) -> Value {
+        let uri = params.get("uri").and_then(Value::as_str).unwrap_or("?");
+        let mut event = base_event(&state.task, method, format!("mcp://?/resources/{uri}"));
+        event.decision = Some(AuditDecision::Deny);
+        event.reason = Some(format!(
+            "`{method}` is not served through the Agent Space boundary: read resources with `resources/read`, each read decided on its own"
+        ));
+        event
+            .details
+            .insert("code".into(), json!(DenyReason::NotPermitted.code()));
+        if let Err(e) = self.append(event).await {
+            return jsonrpc::error(id, jsonrpc::INTERNAL_ERROR, &audit_failed(&e), None);
+        }
+        jsonrpc::error(
+            id,
+            jsonrpc::METHOD_NOT_FOUND,
+            &format!("method `{method}` is not served through the Agent Space boundary"),
+            None,
+        )
+    }
+
+    /// One `tools/call`: the tool must be in the catalog (allowed and offered by its
+    /// server), then it is governed like every call ([`McpGateway::govern`]).
     async fn call_tool(&self, state: &TaskTools, id: &Value, params: Map<String, Value>) -> Value {
-        let started = Instant::now();
-        let task = &state.task;
         let name = params
             .get("name")
             .and_then(Value::as_str)
@@ -489,43 +672,217 @@ impl McpGateway {
                 );
             }
         };
-        let args_digest = sha256(&serde_json::to_vec(&arguments).unwrap_or_default());
         let catalog = self.catalog(state).await;
         let Some(entry) = catalog.entries.get(&name) else {
             // Not allowed, or not there at all: the agent cannot tell the two apart.
-            let mut event = base_event(task, "tools/call", format!("mcp://?/{name}"));
-            event.decision = Some(AuditDecision::Deny);
-            event.reason = Some(format!(
-                "`{name}` is not a tool this agent may use (its definition's `spec.tools[].allow` does not list it)"
-            ));
-            event
-                .details
-                .insert("code".into(), json!(DenyReason::NotPermitted.code()));
-            event.args_digest = Some(args_digest);
-            if let Err(e) = self.append(event).await {
-                return jsonrpc::error(id, jsonrpc::INTERNAL_ERROR, &audit_failed(&e), None);
-            }
-            return jsonrpc::error(
-                id,
-                jsonrpc::INVALID_PARAMS,
-                &format!("Unknown tool: {name}"),
-                None,
-            );
+            return self
+                .unknown(
+                    state,
+                    id,
+                    "tools/call",
+                    format!("mcp://?/{name}"),
+                    &arguments,
+                    format!(
+                        "`{name}` is not a tool this agent may use (its definition's `spec.tools[].allow` does not list it)"
+                    ),
+                    format!("Unknown tool: {name}"),
+                    None,
+                )
+                .await;
         };
-        let server = entry.server.clone();
-        let resource = format!("mcp://{server}/{}", entry.tool);
+        let mut forward = params.clone();
+        forward.insert("arguments".into(), arguments.clone());
+        let mut request = Map::new();
+        request.insert("server".into(), json!(entry.server));
+        request.insert("tool".into(), json!(entry.tool));
+        self.govern(
+            state,
+            id,
+            Governed {
+                kind: Kind::Tool,
+                server: entry.server.clone(),
+                resource: Resource {
+                    server: Some(entry.server.clone()),
+                    tool: Some(entry.tool.clone()),
+                    ..Resource::default()
+                },
+                audit_resource: format!("mcp://{}/{}", entry.server, entry.tool),
+                arguments: Some(arguments),
+                request,
+                forward,
+                input: Some(entry.input.clone()),
+                output: entry.output.clone(),
+            },
+        )
+        .await
+    }
 
-        let findings = content::scan_arguments(&arguments);
+    /// One `resources/read`: the URI must match a `resources` pattern of a server
+    /// (the first in the definition whose pattern matches serves it).
+    async fn read_resource(
+        &self,
+        state: &TaskTools,
+        id: &Value,
+        params: Map<String, Value>,
+    ) -> Value {
+        let Some(uri) = params.get("uri").and_then(Value::as_str).map(str::to_owned) else {
+            return jsonrpc::error(id, jsonrpc::INVALID_PARAMS, "`uri` must be a string", None);
+        };
+        let Some(server) = state.tools.servers.iter().find(|s| s.allows_resource(&uri)) else {
+            return self
+                .unknown(
+                    state,
+                    id,
+                    "resources/read",
+                    format!("mcp://?/resources/{uri}"),
+                    &json!({"uri": uri}),
+                    format!(
+                        "`{uri}` is not a resource this agent may read (no `spec.tools[].resources` pattern matches it)"
+                    ),
+                    format!("Unknown resource: {uri}"),
+                    Some(json!({"uri": uri})),
+                )
+                .await;
+        };
+        let mut request = Map::new();
+        request.insert("server".into(), json!(server.name));
+        request.insert("uri".into(), json!(uri));
+        self.govern(
+            state,
+            id,
+            Governed {
+                kind: Kind::Resource,
+                server: server.name.to_string(),
+                resource: Resource {
+                    server: Some(server.name.to_string()),
+                    uri: Some(uri.clone()),
+                    ..Resource::default()
+                },
+                audit_resource: format!("mcp://{}/resources/{uri}", server.name),
+                arguments: None,
+                request,
+                forward: params,
+                input: None,
+                output: None,
+            },
+        )
+        .await
+    }
+
+    /// One `prompts/get`: the name must be in a server's `prompts` (the first in the
+    /// definition that lists it serves it).
+    async fn get_prompt(&self, state: &TaskTools, id: &Value, params: Map<String, Value>) -> Value {
+        let name = params
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let arguments = match params.get("arguments") {
+            None | Some(Value::Null) => Value::Object(Map::new()),
+            Some(v @ Value::Object(_)) => v.clone(),
+            Some(_) => {
+                return jsonrpc::error(
+                    id,
+                    jsonrpc::INVALID_PARAMS,
+                    "`arguments` must be an object",
+                    None,
+                );
+            }
+        };
+        let Some(server) = state.tools.servers.iter().find(|s| s.allows_prompt(&name)) else {
+            return self
+                .unknown(
+                    state,
+                    id,
+                    "prompts/get",
+                    format!("mcp://?/prompts/{name}"),
+                    &arguments,
+                    format!(
+                        "`{name}` is not a prompt this agent may get (its definition's `spec.tools[].prompts` does not list it)"
+                    ),
+                    format!("Unknown prompt: {name}"),
+                    None,
+                )
+                .await;
+        };
+        let mut request = Map::new();
+        request.insert("server".into(), json!(server.name));
+        request.insert("prompt".into(), json!(name));
+        self.govern(
+            state,
+            id,
+            Governed {
+                kind: Kind::Prompt,
+                server: server.name.to_string(),
+                resource: Resource {
+                    server: Some(server.name.to_string()),
+                    prompt: Some(name.clone()),
+                    ..Resource::default()
+                },
+                audit_resource: format!("mcp://{}/prompts/{name}", server.name),
+                arguments: Some(arguments),
+                request,
+                forward: params,
+                input: None,
+                output: None,
+            },
+        )
+        .await
+    }
+
+    /// The answer to a name the agent may not use: audited as a denial
+    /// (`not-permitted`) and answered as the MCP SDKs answer a name that does not exist,
+    /// so the agent cannot probe what exists.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call site per kind, each spelled out"
+    )]
+    async fn unknown(
+        &self,
+        state: &TaskTools,
+        id: &Value,
+        action: &str,
+        resource: String,
+        arguments: &Value,
+        reason: String,
+        message: String,
+        data: Option<Value>,
+    ) -> Value {
+        let mut event = base_event(&state.task, action, resource);
+        event.decision = Some(AuditDecision::Deny);
+        event.reason = Some(reason);
+        event
+            .details
+            .insert("code".into(), json!(DenyReason::NotPermitted.code()));
+        event.args_digest = Some(sha256(&serde_json::to_vec(arguments).unwrap_or_default()));
+        if let Err(e) = self.append(event).await {
+            return jsonrpc::error(id, jsonrpc::INTERNAL_ERROR, &audit_failed(&e), None);
+        }
+        jsonrpc::error(id, jsonrpc::INVALID_PARAMS, &message, data)
+    }
+
+    /// One governed request to a tool server (a tool call, a resource read, a prompt
+    /// get): content checks on what goes out → policy (approvals, loop breaker, flow
+    /// rules, budgets) → the tool's input schema → a per-call identity token → audit
+    /// (durable before anything is forwarded) → forward → the tool's output schema →
+    /// injection checks on the result → taint → audit.
+    async fn govern(&self, state: &TaskTools, id: &Value, g: Governed) -> Value {
+        let started = Instant::now();
+        let task = &state.task;
+        let (call_action, result_action) = g.kind.audit_actions();
+        // What goes out: the arguments, or the URI of a read.
+        let outgoing = g
+            .arguments
+            .clone()
+            .unwrap_or_else(|| json!({"uri": g.resource.uri}));
+        let args_digest = sha256(&serde_json::to_vec(&outgoing).unwrap_or_default());
+        let findings = content::scan_arguments(&outgoing);
         let request = PolicyRequest {
             principal: task.principal.clone(),
-            action: Action::Mcp,
-            resource: Resource {
-                server: Some(server.clone()),
-                tool: Some(entry.tool.clone()),
-                ..Resource::default()
-            },
+            action: g.kind.action(),
+            resource: g.resource.clone(),
             context: RequestContext {
-                arguments: Some(arguments.clone()),
+                arguments: g.arguments.clone(),
                 labels: findings.labels(),
                 ..RequestContext::default()
             },
@@ -536,14 +893,9 @@ impl McpGateway {
             task,
             decision,
             request,
-            "tools/call",
-            || resource.clone(),
-            || {
-                let mut summary = Map::new();
-                summary.insert("server".into(), json!(server));
-                summary.insert("tool".into(), json!(entry.tool));
-                summary
-            },
+            call_action,
+            || g.audit_resource.clone(),
+            || g.request.clone(),
         )
         .await;
         let session_labels = task
@@ -551,20 +903,21 @@ impl McpGateway {
             .session_labels(&task.principal)
             .unwrap_or_default();
 
-        let mut event = base_event(task, "tools/call", resource.clone());
+        let mut event = base_event(task, call_action, g.audit_resource.clone());
         if let Some(id) = approval {
             event.details.insert("approval".into(), json!(id));
         }
         event.args_digest = Some(args_digest);
-        event.request.insert("server".into(), json!(server));
-        event.request.insert("tool".into(), json!(entry.tool));
-        let argument_names: Vec<&String> = arguments
-            .as_object()
-            .map(|o| o.keys().collect())
-            .unwrap_or_default();
-        event
-            .request
-            .insert("arguments".into(), json!(argument_names));
+        event.request.extend(g.request.clone());
+        if let Some(arguments) = &g.arguments {
+            let argument_names: Vec<&String> = arguments
+                .as_object()
+                .map(|o| o.keys().collect())
+                .unwrap_or_default();
+            event
+                .request
+                .insert("arguments".into(), json!(argument_names));
+        }
         if !findings.kinds.is_empty() {
             event
                 .details
@@ -583,10 +936,12 @@ impl McpGateway {
                 Some(("approval-required".to_owned(), message.clone(), true))
             }
         };
-        if refusal.is_none() {
-            let checked = match &entry.input {
+        if refusal.is_none()
+            && let (Some(input), Some(arguments)) = (&g.input, &g.arguments)
+        {
+            let checked = match input {
                 Ok(v) => v
-                    .validate(&arguments)
+                    .validate(arguments)
                     .map_err(|e| format!("the arguments do not match the tool's inputSchema: {e}")),
                 Err(e) => Err(format!(
                     "the tool's inputSchema cannot be used, so it cannot be called: {e}"
@@ -598,7 +953,7 @@ impl McpGateway {
         }
         // The identity the upstream receives: the user and agent chain, for this call.
         let token = if refusal.is_none() {
-            match self.call_token(state, &server).await {
+            match self.call_token(state, &g.server).await {
                 Ok(t) => Some(t),
                 Err(message) => {
                     refusal = Some(("identity".to_owned(), message, false));
@@ -638,7 +993,7 @@ impl McpGateway {
         }
 
         // Forward.
-        let Some(server_def) = state.tools.server(&server) else {
+        let Some(server_def) = state.tools.server(&g.server) else {
             return jsonrpc::error(
                 id,
                 jsonrpc::INTERNAL_ERROR,
@@ -646,16 +1001,14 @@ impl McpGateway {
                 None,
             );
         };
-        let mut forwarded = params.clone();
-        forwarded.insert("arguments".into(), arguments);
         let answer = match self.upstream(state, server_def).await {
             Ok(up) => up
-                .request("tools/call", Value::Object(forwarded), token.as_deref())
+                .request(g.kind.method(), Value::Object(g.forward), token.as_deref())
                 .await
                 .map_err(|e| e.to_string()),
             Err(e) => Err(e),
         };
-        let mut result_event = base_event(task, "tools/result", resource);
+        let mut result_event = base_event(task, result_action, g.audit_resource);
         result_event.details.insert("call".into(), json!(audit_id));
         let reply = match answer {
             Err(message) => {
@@ -675,24 +1028,22 @@ impl McpGateway {
                 } else {
                     let mut result = body.get("result").cloned().unwrap_or_else(|| json!({}));
                     result_event.status = Some(0);
+                    let mut withheld = None;
                     // The result's structured content must match the declared schema.
                     if let (Some(out), Some(structured)) =
-                        (&entry.output, result.get("structuredContent"))
+                        (&g.output, result.get("structuredContent"))
                     {
                         let checked = match out {
                             Ok(v) => v.validate(structured),
                             Err(e) => Err(e.clone()),
                         };
                         if let Err(e) = checked {
-                            let message = format!(
-                                "the tool's result does not match its outputSchema, so it is withheld: {e}"
-                            );
-                            result_event.decision = Some(AuditDecision::Deny);
-                            result_event.reason = Some(message.clone());
-                            result_event
-                                .details
-                                .insert("code".into(), json!("invalid-result"));
-                            result = json!({"content": [{"type": "text", "text": message}], "isError": true});
+                            withheld = Some((
+                                "invalid-result",
+                                format!(
+                                    "the tool's result does not match its outputSchema, so it is withheld: {e}"
+                                ),
+                            ));
                         }
                     }
                     let flags = content::scan_result(&result);
@@ -705,12 +1056,7 @@ impl McpGateway {
                             .insert("injection".into(), json!(server_def.injection));
                     }
                     if let Some(message) = blocked {
-                        result_event.decision = Some(AuditDecision::Deny);
-                        result_event.reason = Some(message.clone());
-                        result_event
-                            .details
-                            .insert("code".into(), json!("injection"));
-                        result = json!({"content": [{"type": "text", "text": message}], "isError": true});
+                        withheld = Some(("injection", message));
                     }
                     if !flags.is_empty()
                         && let Some(obj) = result.as_object_mut()
@@ -720,7 +1066,30 @@ impl McpGateway {
                             meta.insert("agentspace/flags".into(), json!(flags));
                         }
                     }
-                    jsonrpc::result(id, result)
+                    match withheld {
+                        None => jsonrpc::result(id, result),
+                        Some((code, message)) => {
+                            result_event.decision = Some(AuditDecision::Deny);
+                            result_event.reason = Some(message.clone());
+                            result_event.details.insert("code".into(), json!(code));
+                            if g.kind == Kind::Tool {
+                                // A tool's failure is a result the model can read.
+                                jsonrpc::result(
+                                    id,
+                                    json!({"content": [{"type": "text", "text": message}], "isError": true}),
+                                )
+                            } else {
+                                jsonrpc::error(
+                                    id,
+                                    jsonrpc::DENIED,
+                                    &message,
+                                    Some(
+                                        json!({"decision": "deny", "code": code, "reason": message, "audit_id": audit_id}),
+                                    ),
+                                )
+                            }
+                        }
+                    }
                 }
             }
         };
@@ -796,7 +1165,12 @@ impl McpGateway {
 
 /// Every page of a server's `tools/list`.
 async fn list_all(up: &Upstream) -> Result<Vec<Value>, String> {
-    let mut tools = Vec::new();
+    list_pages(up, "tools/list", "tools").await
+}
+
+/// Every page of a server's listing `method`: the items under `key` of each page.
+async fn list_pages(up: &Upstream, method: &str, key: &str) -> Result<Vec<Value>, String> {
+    let mut items = Vec::new();
     let mut cursor: Option<String> = None;
     for _ in 0..MAX_PAGES {
         let params = match &cursor {
@@ -804,18 +1178,15 @@ async fn list_all(up: &Upstream) -> Result<Vec<Value>, String> {
             None => json!({}),
         };
         let body = up
-            .request("tools/list", params, None)
+            .request(method, params, None)
             .await
             .map_err(|e| e.to_string())?;
         if let Some(e) = body.get("error") {
-            return Err(format!("`tools/list` failed: {e}"));
+            return Err(format!("`{method}` failed: {e}"));
         }
         let result = body.get("result");
-        if let Some(list) = result
-            .and_then(|r| r.get("tools"))
-            .and_then(Value::as_array)
-        {
-            tools.extend(list.iter().cloned());
+        if let Some(list) = result.and_then(|r| r.get(key)).and_then(Value::as_array) {
+            items.extend(list.iter().cloned());
         }
         cursor = result
             .and_then(|r| r.get("nextCursor"))
@@ -825,7 +1196,7 @@ async fn list_all(up: &Upstream) -> Result<Vec<Value>, String> {
             break;
         }
     }
-    Ok(tools)
+    Ok(items)
 }
 
 fn refusal_of(

@@ -173,6 +173,57 @@ async fn mcp_credit_officer_scenario_end_to_end() {
     let tampered = step("lookup-tampered");
     assert_eq!(tampered["ok"], true);
     assert_eq!(tampered["flags"], serde_json::json!(["instruction"]));
+    // Resources and prompts: only what `resources` and `prompts` allow is listed; the
+    // rest does not exist; a read is checked for injections like a tool result.
+    assert_eq!(
+        step("resources")["uris"],
+        serde_json::json!(["customer://index"])
+    );
+    assert_eq!(
+        step("templates")["templates"],
+        serde_json::json!(["customer://{customer_id}"])
+    );
+    assert_eq!(step("read-record")["ok"], true, "{}", step("read-record"));
+    assert!(
+        step("read-record")["text"]
+            .as_str()
+            .unwrap()
+            .contains("Jane Doe")
+    );
+    assert_eq!(
+        step("read-tampered")["flags"],
+        serde_json::json!(["instruction"])
+    );
+    assert!(
+        !step("read-tampered")["text"]
+            .as_str()
+            .unwrap()
+            .contains("IGNORE PREVIOUS"),
+        "{}",
+        step("read-tampered")
+    );
+    assert_eq!(step("read-hidden")["ok"], false);
+    assert_eq!(
+        step("read-hidden")["error"],
+        -32602,
+        "{}",
+        step("read-hidden")
+    );
+    assert_eq!(
+        step("read-hidden")["message"],
+        "Unknown resource: internal://audit-notes"
+    );
+    assert_eq!(
+        step("prompts")["prompts"],
+        serde_json::json!(["credit_brief"])
+    );
+    assert_eq!(step("brief")["ok"], true, "{}", step("brief"));
+    assert!(step("brief")["text"].as_str().unwrap().contains("c-001"));
+    assert_eq!(step("prompt-hidden")["error"], -32602);
+    assert_eq!(
+        step("prompt-hidden")["message"],
+        "Unknown prompt: collections_script"
+    );
     assert_eq!(step("letter")["ok"], true);
     assert!(
         step("letter")["text"]
@@ -212,6 +263,49 @@ async fn mcp_credit_officer_scenario_end_to_end() {
         assert_eq!(denied[0]["decision"], "deny");
         assert_eq!(denied[0]["details"]["code"], "not-permitted");
     }
+    let reads = find(
+        "resources/read",
+        "mcp://customer-db/resources/customer://c-001",
+    );
+    assert_eq!(reads.len(), 1);
+    assert_eq!(reads[0]["decision"], "allow");
+    assert_eq!(
+        reads[0]["policies"],
+        serde_json::json!(["resources.customer-db"])
+    );
+    let hidden = find("resources/read", "mcp://?/resources/internal://audit-notes");
+    assert_eq!(hidden[0]["decision"], "deny");
+    assert_eq!(hidden[0]["details"]["code"], "not-permitted");
+    let tampered = find(
+        "resources/result",
+        "mcp://customer-db/resources/customer://c-002",
+    );
+    assert_eq!(
+        tampered[0]["details"]["flags"],
+        serde_json::json!(["instruction"])
+    );
+    assert_eq!(tampered[0]["details"]["labels"], serde_json::json!(["pii"]));
+    let briefs = find("prompts/get", "mcp://customer-db/prompts/credit_brief");
+    assert_eq!(briefs[0]["decision"], "allow");
+    assert_eq!(
+        briefs[0]["request"]["arguments"],
+        serde_json::json!(["customer_id"])
+    );
+    assert_eq!(
+        find("prompts/result", "mcp://customer-db/prompts/credit_brief").len(),
+        1
+    );
+    assert_eq!(
+        find("prompts/get", "mcp://?/prompts/collections_script")[0]["decision"],
+        "deny"
+    );
+    let subscribe = find("resources/subscribe", "mcp://?/resources/customer://c-001");
+    assert_eq!(subscribe[0]["decision"], "deny");
+    let listing = find("resources/list", "mcp://*");
+    assert_eq!(
+        listing[0]["details"]["resources"],
+        serde_json::json!(["customer://index"])
+    );
     let mails = find("tools/call", "mcp://mail/send_mail");
     assert_eq!(mails[0]["decision"], "approval_required");
     assert_eq!(mails[1]["decision"], "deny");

@@ -280,3 +280,149 @@ fn a_flow_rule_with_approval_holds_what_it_would_deny() {
     e.taint(&p, ["pii".to_owned()]).unwrap();
     assert!(e.decide_approved(&web).deny_reason() == Some(DenyReason::Flow));
 }
+
+fn read(p: &agentspace_core::Principal, server: &str, uri: &str) -> Request {
+    Request {
+        principal: p.clone(),
+        action: Action::McpResource,
+        resource: Resource {
+            server: Some(server.to_owned()),
+            uri: Some(uri.to_owned()),
+            ..Resource::default()
+        },
+        context: RequestContext {
+            time: Some(OFFICE_HOURS),
+            ..RequestContext::default()
+        },
+    }
+}
+
+fn prompt(
+    p: &agentspace_core::Principal,
+    server: &str,
+    name: &str,
+    args: serde_json::Value,
+) -> Request {
+    Request {
+        principal: p.clone(),
+        action: Action::McpPrompt,
+        resource: Resource {
+            server: Some(server.to_owned()),
+            prompt: Some(name.to_owned()),
+            ..Resource::default()
+        },
+        context: RequestContext {
+            arguments: Some(args),
+            time: Some(OFFICE_HOURS),
+            ..RequestContext::default()
+        },
+    }
+}
+
+/// The credit officer's definition with resources and prompts allowed on two servers.
+fn with_resources() -> String {
+    TOOLS
+        .replace(
+            "      labels: [pii]\n",
+            "      labels: [pii]\n      resources: [\"customer://*\", \"file:///srv/*/report.txt\"]\n      prompts: [credit_brief]\n",
+        )
+        .replace(
+            "      allow: [send_mail]\n",
+            "      allow: [send_mail]\n      resources: [\"mail://outbox\"]\n      prompts: [letter]\n",
+        )
+}
+
+#[test]
+fn resources_and_prompts_are_allowed_by_pattern_and_name_only() {
+    let f = Fixture::new(&with_resources(), &[]);
+    let e = PolicyEngine::load(&f.definition, &f.state()).unwrap();
+    let p = principal("credit-officer", "t1");
+    let d = e.decide(&read(&p, "customer-db", "customer://c-001"));
+    assert!(d.is_allow(), "{d}");
+    assert_eq!(d.policies(), ["resources.customer-db"]);
+    assert!(
+        e.decide(&read(&p, "customer-db", "file:///srv/2024/report.txt"))
+            .is_allow()
+    );
+    for (server, uri) in [
+        ("customer-db", "file:///etc/passwd"),
+        ("customer-db", "file:///srv/2024/report.txt.bak"),
+        ("customer-db", "customers://c-001"),
+        ("hr", "customer://c-001"),
+        ("templates", "customer://c-001"),
+    ] {
+        let d = e.decide(&read(&p, server, uri));
+        assert_eq!(
+            d.deny_reason(),
+            Some(DenyReason::NotPermitted),
+            "{uri}: {d}"
+        );
+    }
+    let d = e.decide(&prompt(
+        &p,
+        "customer-db",
+        "credit_brief",
+        serde_json::json!({"customer_id": "c-001"}),
+    ));
+    assert!(d.is_allow(), "{d}");
+    assert_eq!(d.policies(), ["prompts.customer-db.credit_brief"]);
+    for (server, name) in [("customer-db", "letter"), ("hr", "credit_brief")] {
+        let d = e.decide(&prompt(&p, server, name, serde_json::json!({})));
+        assert_eq!(d.deny_reason(), Some(DenyReason::NotPermitted), "{d}");
+    }
+    // The tool approval of `mail` is about its tools, not its resources.
+    assert!(e.decide(&read(&p, "mail", "mail://outbox")).is_allow());
+}
+
+#[test]
+fn resource_reads_and_prompts_obey_the_flow_rules_and_the_loop_breaker() {
+    let f = Fixture::new(&with_resources(), &[]);
+    let e = PolicyEngine::load(&f.definition, &f.state()).unwrap();
+    let p = principal("credit-officer", "t1");
+    e.taint(&p, ["pii".to_owned()]).unwrap();
+    // mail is not cleared for pii: neither its resources nor its prompts may be asked.
+    let d = e.decide(&read(&p, "mail", "mail://outbox"));
+    assert_eq!(d.deny_reason(), Some(DenyReason::Flow), "{d}");
+    let d = e.decide(&prompt(&p, "mail", "letter", serde_json::json!({})));
+    assert_eq!(d.deny_reason(), Some(DenyReason::Flow), "{d}");
+    // The source itself is.
+    let same = read(&p, "customer-db", "customer://c-002");
+    for _ in 0..3 {
+        assert!(e.decide(&same).is_allow());
+    }
+    assert_eq!(e.decide(&same).deny_reason(), Some(DenyReason::Loop));
+}
+
+#[test]
+fn extra_policies_read_the_uri_and_the_prompt_arguments() {
+    let f = Fixture::new(
+        &format!("{}  policies: [./narrow.cedar]\n", with_resources()),
+        &[(
+            "narrow.cedar",
+            r#"@id("no-c-002") forbid (principal, action == AgentSpace::Action::"mcp_resource", resource in AgentSpace::McpServer::"customer-db") when { context.uri == "customer://c-002" };
+@id("brief-c-001-only") forbid (principal, action == AgentSpace::Action::"mcp_prompt", resource == AgentSpace::Prompt::"customer-db/credit_brief") unless { context.arguments has customer_id && context.arguments.customer_id == "c-001" };"#,
+        )],
+    );
+    let e = PolicyEngine::load(&f.definition, &f.state()).unwrap();
+    let p = principal("credit-officer", "t1");
+    assert!(
+        e.decide(&read(&p, "customer-db", "customer://c-001"))
+            .is_allow()
+    );
+    let d = e.decide(&read(&p, "customer-db", "customer://c-002"));
+    assert_eq!(d.deny_reason(), Some(DenyReason::Forbidden), "{d}");
+    let ok = prompt(
+        &p,
+        "customer-db",
+        "credit_brief",
+        serde_json::json!({"customer_id": "c-001"}),
+    );
+    assert!(e.decide(&ok).is_allow());
+    let d = e.decide(&prompt(
+        &p,
+        "customer-db",
+        "credit_brief",
+        serde_json::json!({"customer_id": "c-002"}),
+    ));
+    assert_eq!(d.policies(), ["brief-c-001-only"], "{d}");
+}

@@ -574,6 +574,7 @@ spec:
       labels: [pii]                                  # what this source's results carry
       resources: ["customer://*"]
       prompts: [credit_brief]
+      relay: [sampling, elicitation, progress, listChanged]
     - server: hr
       url: http://hr.internal.example/mcp            # a streamable-HTTP server
       allow: []                                      # nothing: the agent never sees it
@@ -609,6 +610,11 @@ spec:
         assert!(db.labels.contains("pii"));
         assert_eq!(db.resources, vec!["customer://*"]);
         assert_eq!(db.prompts, vec!["credit_brief"]);
+        assert_eq!(
+            db.relay.iter().map(|r| r.name()).collect::<Vec<_>>(),
+            ["sampling", "elicitation", "progress", "listChanged"]
+        );
+        assert!(t.servers[1].relay.is_empty());
         assert!(t.servers[1].resources.is_empty() && t.servers[1].prompts.is_empty());
         assert_eq!(
             t.servers[1].transport,
@@ -691,6 +697,18 @@ spec:
                 "prompts: [credit_brief, \"a b\"]",
                 "spec.tools[0].prompts",
                 "not a prompt name",
+            ),
+            (
+                "relay: [sampling, elicitation, progress, listChanged]",
+                "relay: [sampling, sampling]",
+                "spec.tools[0].relay",
+                "listed twice",
+            ),
+            (
+                "relay: [sampling, elicitation, progress, listChanged]",
+                "relay: [everything]",
+                "spec.tools[0].relay",
+                "",
             ),
             (
                 "labels: [pii]",

@@ -64,6 +64,73 @@ pub struct RawToolServer {
     /// The prompts the agent may list and get, by name. Omitted or empty: none.
     #[serde(default)]
     pub prompts: Vec<String>,
+    /// What this server may send the agent's client through the boundary: requests
+    /// (`sampling`, `elicitation`, `roots`; each decided by policy and audited, the
+    /// answer checked against the flow rules on its way back) and notifications
+    /// (`progress`, `logging`, `listChanged`). Omitted or empty: nothing; such requests
+    /// are refused and audited.
+    #[serde(default)]
+    pub relay: Vec<Relay>,
+}
+
+/// What a tool server may send the agent's client through the boundary.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize, JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum Relay {
+    /// `sampling/createMessage`: the server asks the agent's model for a completion.
+    Sampling,
+    /// `elicitation/create`: the server asks the user (through the agent's client).
+    Elicitation,
+    /// `roots/list`: the server asks for the client's roots.
+    Roots,
+    /// `notifications/progress` of a call in flight.
+    Progress,
+    /// `notifications/message`: log messages.
+    Logging,
+    /// `notifications/tools/list_changed` and its resources and prompts siblings.
+    ListChanged,
+}
+
+impl Relay {
+    /// What a message of `method` from a server is, if it is one a definition can relay.
+    pub fn of_method(method: &str) -> Option<Self> {
+        Some(match method {
+            "sampling/createMessage" => Self::Sampling,
+            "elicitation/create" => Self::Elicitation,
+            "roots/list" => Self::Roots,
+            "notifications/progress" => Self::Progress,
+            "notifications/message" => Self::Logging,
+            "notifications/tools/list_changed"
+            | "notifications/resources/list_changed"
+            | "notifications/prompts/list_changed" => Self::ListChanged,
+            _ => return None,
+        })
+    }
+
+    /// The name as a definition writes it (`listChanged`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sampling => "sampling",
+            Self::Elicitation => "elicitation",
+            Self::Roots => "roots",
+            Self::Progress => "progress",
+            Self::Logging => "logging",
+            Self::ListChanged => "listChanged",
+        }
+    }
+
+    /// The request method, for the kinds that are requests (`sampling`, `elicitation`,
+    /// `roots`).
+    pub fn request_method(self) -> Option<&'static str> {
+        match self {
+            Self::Sampling => Some("sampling/createMessage"),
+            Self::Elicitation => Some("elicitation/create"),
+            Self::Roots => Some("roots/list"),
+            Self::Progress | Self::Logging | Self::ListChanged => None,
+        }
+    }
 }
 
 /// What the MCP gateway does with a tool result that looks like a prompt injection.
@@ -141,6 +208,8 @@ pub struct ToolServer {
     pub resources: Vec<String>,
     /// The prompts the agent may list and get, in file order.
     pub prompts: Vec<String>,
+    /// What the server may send the agent's client.
+    pub relay: BTreeSet<Relay>,
 }
 
 impl ToolServer {
@@ -353,6 +422,12 @@ pub(crate) fn validate_tools(
             }
             prompts.push(prompt.clone());
         }
+        let mut relay = BTreeSet::new();
+        for r in &raw.relay {
+            if !relay.insert(*r) {
+                return Err((field("relay"), format!("`{}` is listed twice", r.name())));
+            }
+        }
         out.servers.push(ToolServer {
             name: raw.server.clone(),
             transport,
@@ -363,6 +438,7 @@ pub(crate) fn validate_tools(
             injection: raw.injection.unwrap_or_default(),
             resources,
             prompts,
+            relay,
         });
     }
 
@@ -584,6 +660,7 @@ mod tests {
             injection: InjectionAction::Flag,
             resources: resources.iter().map(|s| (*s).to_owned()).collect(),
             prompts: vec!["brief".into()],
+            relay: BTreeSet::new(),
         }
     }
 

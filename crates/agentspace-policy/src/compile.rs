@@ -127,6 +127,7 @@ const ACTIONS: &[(&str, bool)] = &[
     ("mcp", false),
     ("mcp_resource", false),
     ("mcp_prompt", false),
+    ("mcp_server_request", false),
     ("spawn", false),
     ("tunnel", false),
 ];
@@ -695,6 +696,25 @@ fn generate(def: &Definition, def_file: &str) -> Result<Generated, PolicyError> 
                 ),
                 id,
                 field: format!("{field}.resources"),
+            });
+        }
+        let methods: Vec<String> = server
+            .relay
+            .iter()
+            .filter_map(|r| r.request_method())
+            .map(|m| format!("context.method == {}", quote(m)))
+            .collect();
+        if !methods.is_empty() {
+            let id = format!("relay.{name}");
+            policies.push(GeneratedPolicy {
+                text: format!(
+                    "@id({})\npermit (\n  principal in {agent},\n  action == AgentSpace::Action::\"mcp_server_request\",\n  resource == AgentSpace::McpServer::{}\n)\nwhen {{ {} }};\n",
+                    quote(&id),
+                    quote(name),
+                    methods.join(" || "),
+                ),
+                id,
+                field: format!("{field}.relay"),
             });
         }
         for prompt in &server.prompts {

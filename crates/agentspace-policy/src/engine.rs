@@ -116,9 +116,13 @@ impl PolicyEngine {
             ));
         }
         // A passed-through connection is not a request: clients open one per request or
-        // reconnect at will, and its host and port are all there is to compare.
-        if !matches!(request.action, Action::Tunnel)
-            && let Some(d) = self.loop_check(request)
+        // reconnect at will, and its host and port are all there is to compare. A tool
+        // server's request is not the agent's: counting it would break the agent's run
+        // of identical calls (call, sampling, call, ...) and hide its loop.
+        if !matches!(
+            request.action,
+            Action::Tunnel | Action::McpServerRequest { .. }
+        ) && let Some(d) = self.loop_check(request)
         {
             return Ok(d);
         }
@@ -356,7 +360,7 @@ fn charges_budgets(action: &Action) -> bool {
         | Action::McpResource
         | Action::McpPrompt
         | Action::Tunnel => true,
-        Action::Dns | Action::Spawn => false,
+        Action::Dns | Action::Spawn | Action::McpServerRequest { .. } => false,
     }
 }
 

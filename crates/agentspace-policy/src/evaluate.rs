@@ -353,6 +353,14 @@ impl CompiledPolicies {
                     ));
                 }
             }
+            Action::McpServerRequest { method } => {
+                if r.server.as_deref().is_none_or(str::is_empty) || method.is_empty() {
+                    return Err(
+                        "an `mcp_server_request` request needs `resource.server` and a method"
+                            .to_owned(),
+                    );
+                }
+            }
             Action::Spawn => {
                 if r.agent.is_none() {
                     return Err("a `spawn` request needs `resource.agent`".to_owned());
@@ -453,6 +461,10 @@ pub(crate) fn describe(request: &Request) -> String {
             "MCP prompt `{}/{}`",
             r.server.as_deref().unwrap_or("?"),
             r.prompt.as_deref().unwrap_or("?")
+        ),
+        Action::McpServerRequest { method } => format!(
+            "request `{method}` of MCP server `{}`",
+            r.server.as_deref().unwrap_or("?")
         ),
         Action::Spawn => format!(
             "starting agent `{}`",
@@ -604,6 +616,16 @@ fn build(facts: &Facts<'_>, wanted: u32) -> Result<cedar_policy::Request, String
                         .map_err(|e| err(&e))
                 })?;
             }
+        }
+        Action::McpServerRequest { method } => {
+            add("server", &|| {
+                string(r.server.as_deref().unwrap_or_default())
+            })?;
+            add("method", &|| string(method))?;
+            add("params", &|| {
+                json_record(request.context.arguments.as_ref(), &mut { MAX_VALUES })
+                    .map_err(|e| err(&e))
+            })?;
         }
         Action::Spawn => add("target", &|| string(&facts.resource.1))?,
     }

@@ -97,7 +97,8 @@ pub(crate) fn check(
         return None;
     }
     let destinations: Vec<&str> = match &request.action {
-        Action::Mcp | Action::McpResource | Action::McpPrompt => {
+        // A server's request: the client's answer goes to the server.
+        Action::Mcp | Action::McpResource | Action::McpPrompt | Action::McpServerRequest { .. } => {
             vec![request.resource.server.as_deref().unwrap_or_default()]
         }
         Action::Dns | Action::Spawn => return None,

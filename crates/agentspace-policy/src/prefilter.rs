@@ -28,7 +28,7 @@ use crate::request::{Action, Request, Usage};
 
 /// Every attribute a decision's context can have. What a policy reads is a bit set over
 /// them ([`attr_bit`]).
-const CONTEXT_ATTRS: [&str; 22] = [
+const CONTEXT_ATTRS: [&str; 23] = [
     "tenant",
     "user",
     "agent",
@@ -51,6 +51,7 @@ const CONTEXT_ATTRS: [&str; 22] = [
     "target",
     "uri",
     "prompt",
+    "params",
 ];
 
 /// All of [`CONTEXT_ATTRS`].
@@ -591,7 +592,9 @@ impl<'a> Facts<'a> {
         let weekday = (unix.div_euclid(86_400) + 3).rem_euclid(7) + 1;
         let json = match &request.action {
             Action::Http { .. } => request.context.body.as_ref(),
-            Action::Mcp | Action::McpPrompt => request.context.arguments.as_ref(),
+            Action::Mcp | Action::McpPrompt | Action::McpServerRequest { .. } => {
+                request.context.arguments.as_ref()
+            }
             Action::Dns | Action::Spawn | Action::Tunnel | Action::McpResource => None,
         };
         let (resource, resource_parent) = match &request.action {
@@ -612,6 +615,9 @@ impl<'a> Facts<'a> {
                     (PROMPT, r.prompt.as_deref().unwrap_or_default())
                 };
                 ((ty, format!("{server}/{name}")), Some((MCP_SERVER, server)))
+            }
+            Action::McpServerRequest { .. } => {
+                ((MCP_SERVER, r.server.clone().unwrap_or_default()), None)
             }
             Action::Spawn => (
                 (
@@ -712,6 +718,11 @@ impl<'a> Facts<'a> {
                     (Action::McpPrompt, "prompt") => {
                         is(Val::Str(r.prompt.as_deref().unwrap_or("")))
                     }
+                    (Action::McpServerRequest { .. }, "server") => {
+                        is(Val::Str(r.server.as_deref().unwrap_or("")))
+                    }
+                    (Action::McpServerRequest { method }, "method") => is(Val::Str(method)),
+                    (Action::McpServerRequest { .. }, "params") => is(Val::Rec(Rec::Json)),
                     (Action::Spawn, "target") => is(Val::Str(&self.resource.1)),
                     _ => Field::Absent,
                 }
@@ -1090,6 +1101,8 @@ spec:
         r#"@id("uri-deny") forbid (principal, action == AgentSpace::Action::"mcp_resource", resource) when { context.uri == "file:///bob/1" || context.server == "db" };"#,
         r#"@id("prompt") permit (principal, action == AgentSpace::Action::"mcp_prompt", resource == AgentSpace::Prompt::"fs/read_file") when { context.prompt like "read*" };"#,
         r#"@id("prompt-args") forbid (principal, action == AgentSpace::Action::"mcp_prompt", resource) when { context.arguments has path && context.arguments.path like "/etc/*" };"#,
+        r#"@id("relay") permit (principal, action == AgentSpace::Action::"mcp_server_request", resource == AgentSpace::McpServer::"fs") when { context.method == "sampling/createMessage" };"#,
+        r#"@id("relay-params") forbid (principal, action == AgentSpace::Action::"mcp_server_request", resource) when { context.params has path && context.server == "db" };"#,
         r#"@id("is-tool") forbid (principal, action == AgentSpace::Action::"mcp", resource) when { resource is AgentSpace::Tool && context.tool == "drop" };"#,
         r#"@id("user-attr") forbid (principal, action in AgentSpace::Action::"http", resource) when { principal.user == AgentSpace::User::"eve@acme.example" };"#,
         r#"@id("memo") forbid (principal, action in AgentSpace::Action::"http", resource) when { context.body has memo && context.body.memo == "x" };"#,
@@ -1153,6 +1166,8 @@ spec:
             1 => Just(Action::Mcp),
             1 => Just(Action::McpResource),
             1 => Just(Action::McpPrompt),
+            1 => prop::sample::select(&["sampling/createMessage", "roots/list"][..])
+                .prop_map(|m| Action::McpServerRequest { method: m.to_owned() }),
             1 => Just(Action::Spawn),
             1 => Just(Action::Tunnel),
         ]
@@ -1201,6 +1216,7 @@ spec:
                 Action::Mcp => Resource { server: Some(tool.0.to_owned()), tool: Some(tool.1.to_owned()), ..Resource::default() },
                 Action::McpResource => Resource { server: Some(tool.0.to_owned()), uri: Some(format!("file://{}", path)), ..Resource::default() },
                 Action::McpPrompt => Resource { server: Some(tool.0.to_owned()), prompt: Some(tool.1.to_owned()), ..Resource::default() },
+                Action::McpServerRequest { .. } => Resource { server: Some(tool.0.to_owned()), ..Resource::default() },
                 Action::Spawn => Resource { agent: Some(name(target)), ..Resource::default() },
                 Action::Tunnel => Resource { host: Some(host.to_owned()), port: Some(port), ..Resource::default() },
             };

@@ -45,6 +45,14 @@ pub enum Action {
     /// with its arguments in `context.arguments`.
     #[serde(rename = "mcp_prompt")]
     McpPrompt,
+    /// A request a tool server sends the agent's client through the boundary
+    /// (`{"mcp_server_request": {"method": "sampling/createMessage"}}`): of
+    /// `resource.server`, its parameters in `context.arguments`.
+    #[serde(rename = "mcp_server_request")]
+    McpServerRequest {
+        /// The method the server asks for.
+        method: String,
+    },
     /// Starting another agent (`"spawn"`) named by `resource.agent`.
     Spawn,
     /// A TLS connection passed through without interception (`"tunnel"`) to
@@ -61,6 +69,7 @@ impl Action {
             Self::Mcp => "mcp",
             Self::McpResource => "mcp_resource",
             Self::McpPrompt => "mcp_prompt",
+            Self::McpServerRequest { .. } => "mcp_server_request",
             Self::Spawn => "spawn",
             Self::Tunnel => "tunnel",
         }
@@ -113,7 +122,7 @@ pub struct RequestContext {
     /// JSON body fields from the gateway's bounded inspection window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<serde_json::Value>,
-    /// MCP tool-call or prompt arguments.
+    /// MCP tool-call or prompt arguments; the parameters of a server's request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arguments: Option<serde_json::Value>,
     /// Data labels the session has read (`pii`, `confidential`).

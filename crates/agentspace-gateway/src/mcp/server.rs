@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -13,6 +14,7 @@ use agentspace_policy::{
 };
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -25,8 +27,9 @@ use tokio::sync::mpsc;
 
 use super::content;
 use super::jsonrpc::{self, Message};
+use super::relay::{self, Relayed};
 use super::schema::Validator;
-use super::upstream::{ServerRequest, StdioSandbox, Upstream};
+use super::upstream::{Messages, StdioSandbox, Upstream};
 use crate::door::Task;
 
 /// The port of the MCP door inside a cell: the agent reaches its tools at
@@ -45,11 +48,16 @@ const MAX_PAGES: usize = 32;
 const PROTOCOLS: &[&str] = &["2025-11-25", "2025-06-18", "2025-03-26"];
 /// The response header that carries the session id.
 const SESSION_HEADER: &str = "mcp-session-id";
+/// Events queued on one SSE stream before the sender waits.
+const STREAM_QUEUE: usize = 64;
+
+/// A response body: a whole JSON message, or an SSE stream.
+pub(super) type Body = BoxBody<Bytes, Infallible>;
 
 /// The MCP gateway: serves one MCP endpoint per task, each on a listener that belongs
 /// to that task. One per process; share it as `Arc`.
 pub struct McpGateway {
-    audit: AuditLog,
+    pub(super) audit: AuditLog,
     identity: Arc<Identity>,
     sandbox: Option<Arc<dyn StdioSandbox>>,
 }
@@ -80,15 +88,76 @@ struct Catalog {
 
 /// The MCP side of one task: its tool servers (started on demand, stopped when this is
 /// dropped), the catalog and the sessions.
-struct TaskTools {
-    task: Arc<Task>,
-    tools: Tools,
+pub(super) struct TaskTools {
+    pub(super) task: Arc<Task>,
+    pub(super) tools: Tools,
     upstreams: tokio::sync::Mutex<HashMap<String, Arc<Upstream>>>,
     catalog: tokio::sync::Mutex<Option<Arc<Catalog>>>,
     /// Open sessions, oldest first; past [`MAX_SESSIONS`] the oldest is forgotten (its
     /// client gets 404 and initializes again, as the transport prescribes).
-    sessions: Mutex<VecDeque<String>>,
-    refused: mpsc::UnboundedSender<ServerRequest>,
+    pub(super) sessions: Mutex<VecDeque<Session>>,
+    /// Calls in flight that answer on an SSE stream, oldest first: a tool server's
+    /// requests and notifications during a call to it go on the newest one's stream.
+    pub(super) in_flight: Mutex<Vec<InFlight>>,
+    /// Requests relayed to the agent's client, waiting for its answer, by the id the
+    /// client was given.
+    pub(super) relayed: Mutex<HashMap<String, Relayed>>,
+    /// Where tool servers' requests and notifications go.
+    messages: Messages,
+    /// Numbers calls in flight and relayed requests.
+    next: AtomicU64,
+}
+
+impl TaskTools {
+    /// Forgets the tool catalog: the next listing or call asks the servers again.
+    pub(super) async fn forget_catalog(&self) {
+        *self.catalog.lock().await = None;
+    }
+
+    /// A number not given out before in this task.
+    pub(super) fn next_key(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// One MCP session of the agent.
+pub(super) struct Session {
+    pub(super) id: String,
+    /// The client's capabilities, as its `initialize` said.
+    pub(super) capabilities: Value,
+    /// The stream the client opened with `GET`, if any: where messages unrelated to a
+    /// call in flight go.
+    pub(super) stream: Option<mpsc::Sender<Bytes>>,
+}
+
+/// A call in flight whose response is an SSE stream.
+pub(super) struct InFlight {
+    key: u64,
+    pub(super) server: String,
+    pub(super) session: String,
+    pub(super) events: mpsc::Sender<Bytes>,
+}
+
+/// Who asked for a governed request: the session, and the SSE stream its answer goes
+/// on when it is one.
+#[derive(Clone)]
+struct Caller {
+    session: String,
+    events: Option<mpsc::Sender<Bytes>>,
+}
+
+/// Keeps a call registered in [`TaskTools::in_flight`] while it runs.
+struct InFlightGuard<'a> {
+    state: &'a TaskTools,
+    key: u64,
+}
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut calls) = self.state.in_flight.lock() {
+            calls.retain(|c| c.key != self.key);
+        }
+    }
 }
 
 /// A listing other than `tools/list`.
@@ -196,29 +265,28 @@ impl McpGateway {
     /// The tools are those of the task's definition (`spec.tools`).
     pub async fn serve(self: Arc<Self>, listener: TcpListener, task: Arc<Task>) {
         let tools = task.policy.tools().clone();
-        let (refused, mut refusals) = mpsc::unbounded_channel();
+        let (messages, mut incoming) = mpsc::unbounded_channel();
         let state = Arc::new(TaskTools {
             task: Arc::clone(&task),
             tools,
             upstreams: tokio::sync::Mutex::default(),
             catalog: tokio::sync::Mutex::default(),
             sessions: Mutex::default(),
-            refused,
+            in_flight: Mutex::default(),
+            relayed: Mutex::default(),
+            messages,
+            next: AtomicU64::new(1),
         });
-        let auditor = {
+        // The tool servers' requests and notifications, each handled on its own (a
+        // relayed request waits for the client). Weak: the servers hold the sender, so
+        // this must not keep them alive.
+        let relay = {
             let me = Arc::clone(&self);
-            let task = Arc::clone(&task);
+            let weak = Arc::downgrade(&state);
             tokio::spawn(async move {
-                while let Some(r) = refusals.recv().await {
-                    let mut event =
-                        base_event(&task, "server-request", format!("mcp://{}", r.server));
-                    event.decision = Some(AuditDecision::Deny);
-                    event.reason = Some(format!(
-                        "tool server `{}` asked the client for `{}`; requests from tool servers are refused at the boundary",
-                        r.server, r.method
-                    ));
-                    event.details.insert("code".into(), json!("server-request"));
-                    let _ = me.append(event).await;
+                while let Some(message) = incoming.recv().await {
+                    let Some(state) = weak.upgrade() else { break };
+                    tokio::spawn(Arc::clone(&me).on_server_message(state, message));
                 }
             })
         };
@@ -239,7 +307,7 @@ impl McpGateway {
                 let service = service_fn(move |req| {
                     let me = Arc::clone(&me);
                     let state = Arc::clone(&state);
-                    async move { Ok::<_, Infallible>(me.handle(&state, req).await) }
+                    async move { Ok::<_, Infallible>(me.handle(state, req).await) }
                 });
                 let conn = http1::Builder::new()
                     .keep_alive(true)
@@ -250,13 +318,17 @@ impl McpGateway {
                 }
             });
         }
-        auditor.abort();
+        relay.abort();
         // Dropping the last reference to `state` stops the task's tool servers; open
         // connections hold one until they see the task closed, which they do at once.
         drop(state);
     }
 
-    async fn handle(&self, state: &TaskTools, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn handle(
+        self: Arc<Self>,
+        state: Arc<TaskTools>,
+        req: Request<Incoming>,
+    ) -> Response<Body> {
         if req.uri().path() != MCP_PATH {
             return plain(StatusCode::NOT_FOUND, "the MCP endpoint is /mcp");
         }
@@ -265,13 +337,20 @@ impl McpGateway {
             .get(SESSION_HEADER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        let accepts_sse = req
+            .headers()
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.contains("text/event-stream"));
         match *req.method() {
             Method::POST => {}
+            Method::GET => return open_stream(&state, session.as_deref(), accepts_sse),
             Method::DELETE => {
                 let removed = session.is_some_and(|s| {
                     state.sessions.lock().is_ok_and(|mut open| {
                         let before = open.len();
-                        open.retain(|o| *o != s);
+                        open.retain(|o| o.id != s);
                         open.len() < before
                     })
                 });
@@ -282,11 +361,10 @@ impl McpGateway {
                 };
             }
             _ => {
-                // No server-initiated stream: the gateway sends nothing unasked.
-                let mut resp = plain(StatusCode::METHOD_NOT_ALLOWED, "use POST");
+                let mut resp = plain(StatusCode::METHOD_NOT_ALLOWED, "use POST, GET or DELETE");
                 resp.headers_mut().insert(
                     header::ALLOW,
-                    http::HeaderValue::from_static("POST, DELETE"),
+                    http::HeaderValue::from_static("POST, GET, DELETE"),
                 );
                 return resp;
             }
@@ -323,7 +401,24 @@ impl McpGateway {
         };
         let (id, method, params) = match jsonrpc::parse(value) {
             Ok(Message::Request { id, method, params }) => (id, method, params),
-            Ok(Message::Notification { .. } | Message::Response { .. }) => {
+            Ok(Message::Response { id, body }) => {
+                // The client's answer to a request relayed from a tool server.
+                return if relay::answer(&state, session.as_deref(), &id, body) {
+                    plain(StatusCode::ACCEPTED, "")
+                } else {
+                    rpc_response(
+                        StatusCode::BAD_REQUEST,
+                        &jsonrpc::error(
+                            &Value::Null,
+                            jsonrpc::INVALID_REQUEST,
+                            "no request of this session waits for a response with this id",
+                            None,
+                        ),
+                        None,
+                    )
+                };
+            }
+            Ok(Message::Notification { .. }) => {
                 return plain(StatusCode::ACCEPTED, "");
             }
             Err((code, message)) => {
@@ -335,52 +430,99 @@ impl McpGateway {
             }
         };
         if method == "initialize" {
-            return self.initialize(state, &id, params.as_ref());
+            return self.initialize(&state, &id, params.as_ref());
         }
-        let known = session
-            .as_ref()
-            .is_some_and(|s| state.sessions.lock().is_ok_and(|open| open.contains(s)));
-        if !known && method != "server/discover" {
-            let (status, message) = if session.is_none() {
-                (
+        let known = session.as_ref().is_some_and(|s| {
+            state
+                .sessions
+                .lock()
+                .is_ok_and(|open| open.iter().any(|o| o.id == *s))
+        });
+        let session = match session {
+            Some(s) if known => s,
+            _ if method == "server/discover" => String::new(),
+            None => {
+                return rpc_response(
                     StatusCode::BAD_REQUEST,
-                    "send the Mcp-Session-Id header of your session (from `initialize`)",
-                )
-            } else {
-                (
+                    &jsonrpc::error(
+                        &id,
+                        jsonrpc::INVALID_REQUEST,
+                        "send the Mcp-Session-Id header of your session (from `initialize`)",
+                        None,
+                    ),
+                    None,
+                );
+            }
+            Some(_) => {
+                return rpc_response(
                     StatusCode::NOT_FOUND,
-                    "the session is unknown or was ended; initialize a new one",
-                )
-            };
-            return rpc_response(
-                status,
-                &jsonrpc::error(&id, jsonrpc::INVALID_REQUEST, message, None),
-                None,
-            );
-        }
+                    &jsonrpc::error(
+                        &id,
+                        jsonrpc::INVALID_REQUEST,
+                        "the session is unknown or was ended; initialize a new one",
+                        None,
+                    ),
+                    None,
+                );
+            }
+        };
         let params = params.unwrap_or_default();
-        let answer = match method.as_str() {
-            "ping" => jsonrpc::result(&id, json!({})),
-            "tools/list" => self.list_tools(state, &id).await,
-            "tools/call" => self.call_tool(state, &id, params).await,
-            "resources/list" => self.list(state, &id, Listing::Resources).await,
-            "resources/templates/list" => self.list(state, &id, Listing::Templates).await,
-            "resources/read" => self.read_resource(state, &id, params).await,
-            "prompts/list" => self.list(state, &id, Listing::Prompts).await,
-            "prompts/get" => self.get_prompt(state, &id, params).await,
+        // A call that may meet a tool server's request or notification answers on an
+        // SSE stream, where those go first; everything else is one JSON response.
+        let governed = matches!(
+            method.as_str(),
+            "tools/call" | "resources/read" | "prompts/get"
+        );
+        if governed && accepts_sse && state.tools.servers.iter().any(|s| !s.relay.is_empty()) {
+            let (events, rx) = mpsc::channel(STREAM_QUEUE);
+            let caller = Caller {
+                session,
+                events: Some(events.clone()),
+            };
+            tokio::spawn(async move {
+                let answer = self.dispatch(&state, &id, &method, params, &caller).await;
+                let _ = events.send(sse_event(&answer)).await;
+            });
+            return sse_response(rx);
+        }
+        let caller = Caller {
+            session,
+            events: None,
+        };
+        let answer = self.dispatch(&state, &id, &method, params, &caller).await;
+        rpc_response(StatusCode::OK, &answer, None)
+    }
+
+    /// Answers one request of a known session.
+    async fn dispatch(
+        &self,
+        state: &TaskTools,
+        id: &Value,
+        method: &str,
+        params: Map<String, Value>,
+        caller: &Caller,
+    ) -> Value {
+        match method {
+            "ping" => jsonrpc::result(id, json!({})),
+            "tools/list" => self.list_tools(state, id).await,
+            "tools/call" => self.call_tool(state, id, params, caller).await,
+            "resources/list" => self.list(state, id, Listing::Resources).await,
+            "resources/templates/list" => self.list(state, id, Listing::Templates).await,
+            "resources/read" => self.read_resource(state, id, params, caller).await,
+            "prompts/list" => self.list(state, id, Listing::Prompts).await,
+            "prompts/get" => self.get_prompt(state, id, params, caller).await,
             "resources/subscribe" | "resources/unsubscribe" => {
-                self.not_served(state, &id, &method, &params).await
+                self.not_served(state, id, method, &params).await
             }
             other => jsonrpc::error(
-                &id,
+                id,
                 jsonrpc::METHOD_NOT_FOUND,
                 &format!(
                     "method `{other}` is not served through the Agent Space boundary (tools, resources and prompts only)"
                 ),
                 None,
             ),
-        };
-        rpc_response(StatusCode::OK, &answer, None)
+        }
     }
 
     fn initialize(
@@ -388,7 +530,7 @@ impl McpGateway {
         state: &TaskTools,
         id: &Value,
         params: Option<&Map<String, Value>>,
-    ) -> Response<Full<Bytes>> {
+    ) -> Response<Body> {
         let asked = params
             .and_then(|p| p.get("protocolVersion"))
             .and_then(Value::as_str)
@@ -416,7 +558,14 @@ impl McpGateway {
                 while open.len() >= MAX_SESSIONS {
                     open.pop_front();
                 }
-                open.push_back(session.clone());
+                open.push_back(Session {
+                    id: session.clone(),
+                    capabilities: params
+                        .and_then(|p| p.get("capabilities"))
+                        .cloned()
+                        .unwrap_or_else(|| json!({})),
+                    stream: None,
+                });
             }
             Err(_) => {
                 return rpc_response(
@@ -529,7 +678,8 @@ impl McpGateway {
             server.name.as_str(),
             &server.transport,
             self.sandbox.as_deref(),
-            state.refused.clone(),
+            state.messages.clone(),
+            relay::client_capabilities(server),
         )
         .await
         .map(Arc::new)
@@ -654,7 +804,13 @@ impl McpGateway {
 
     /// One `tools/call`: the tool must be in the catalog (allowed and offered by its
     /// server), then it is governed like every call ([`McpGateway::govern`]).
-    async fn call_tool(&self, state: &TaskTools, id: &Value, params: Map<String, Value>) -> Value {
+    async fn call_tool(
+        &self,
+        state: &TaskTools,
+        id: &Value,
+        params: Map<String, Value>,
+        caller: &Caller,
+    ) -> Value {
         let name = params
             .get("name")
             .and_then(Value::as_str)
@@ -698,6 +854,7 @@ impl McpGateway {
         self.govern(
             state,
             id,
+            caller,
             Governed {
                 kind: Kind::Tool,
                 server: entry.server.clone(),
@@ -724,6 +881,7 @@ impl McpGateway {
         state: &TaskTools,
         id: &Value,
         params: Map<String, Value>,
+        caller: &Caller,
     ) -> Value {
         let Some(uri) = params.get("uri").and_then(Value::as_str).map(str::to_owned) else {
             return jsonrpc::error(id, jsonrpc::INVALID_PARAMS, "`uri` must be a string", None);
@@ -750,6 +908,7 @@ impl McpGateway {
         self.govern(
             state,
             id,
+            caller,
             Governed {
                 kind: Kind::Resource,
                 server: server.name.to_string(),
@@ -771,7 +930,13 @@ impl McpGateway {
 
     /// One `prompts/get`: the name must be in a server's `prompts` (the first in the
     /// definition that lists it serves it).
-    async fn get_prompt(&self, state: &TaskTools, id: &Value, params: Map<String, Value>) -> Value {
+    async fn get_prompt(
+        &self,
+        state: &TaskTools,
+        id: &Value,
+        params: Map<String, Value>,
+        caller: &Caller,
+    ) -> Value {
         let name = params
             .get("name")
             .and_then(Value::as_str)
@@ -811,6 +976,7 @@ impl McpGateway {
         self.govern(
             state,
             id,
+            caller,
             Governed {
                 kind: Kind::Prompt,
                 server: server.name.to_string(),
@@ -866,7 +1032,7 @@ impl McpGateway {
     /// rules, budgets) → the tool's input schema → a per-call identity token → audit
     /// (durable before anything is forwarded) → forward → the tool's output schema →
     /// injection checks on the result → taint → audit.
-    async fn govern(&self, state: &TaskTools, id: &Value, g: Governed) -> Value {
+    async fn govern(&self, state: &TaskTools, id: &Value, caller: &Caller, g: Governed) -> Value {
         let started = Instant::now();
         let task = &state.task;
         let (call_action, result_action) = g.kind.audit_actions();
@@ -1001,6 +1167,20 @@ impl McpGateway {
                 None,
             );
         };
+        // While it runs, the server's requests and notifications go on this call's
+        // stream (when it has one).
+        let _in_flight = caller.events.as_ref().map(|events| {
+            let key = state.next_key();
+            if let Ok(mut calls) = state.in_flight.lock() {
+                calls.push(InFlight {
+                    key,
+                    server: g.server.clone(),
+                    session: caller.session.clone(),
+                    events: events.clone(),
+                });
+            }
+            InFlightGuard { state, key }
+        });
         let answer = match self.upstream(state, server_def).await {
             Ok(up) => up
                 .request(g.kind.method(), Value::Object(g.forward), token.as_deref())
@@ -1153,7 +1333,7 @@ impl McpGateway {
         })
     }
 
-    async fn append(&self, event: AuditEvent) -> Result<String, String> {
+    pub(super) async fn append(&self, event: AuditEvent) -> Result<String, String> {
         let audit = self.audit.clone();
         match tokio::task::spawn_blocking(move || audit.append(event)).await {
             Ok(Ok(receipt)) => Ok(format!("{}:{}", receipt.tenant, receipt.seq)),
@@ -1247,7 +1427,7 @@ fn audit_failed(e: &str) -> String {
     format!("the decision could not be written to the audit log, so the call is refused: {e}")
 }
 
-fn base_event(task: &Task, action: &str, resource: String) -> AuditEvent {
+pub(super) fn base_event(task: &Task, action: &str, resource: String) -> AuditEvent {
     let p = &task.principal;
     let mut event = AuditEvent::new(p.tenant(), AuditKind::McpCall, action);
     event.task = Some(p.current().task.as_str().to_owned());
@@ -1272,15 +1452,15 @@ fn new_session_id() -> Result<String, getrandom::Error> {
     Ok(hex::encode(bytes))
 }
 
-fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+pub(super) fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(text.as_bytes())).boxed());
     *resp.status_mut() = status;
     resp
 }
 
-fn rpc_response(status: StatusCode, body: &Value, session: Option<&str>) -> Response<Full<Bytes>> {
+fn rpc_response(status: StatusCode, body: &Value, session: Option<&str>) -> Response<Body> {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
-    let mut resp = Response::new(Full::new(Bytes::from(bytes)));
+    let mut resp = Response::new(Full::new(Bytes::from(bytes)).boxed());
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -1290,4 +1470,77 @@ fn rpc_response(status: StatusCode, body: &Value, session: Option<&str>) -> Resp
         resp.headers_mut().insert(SESSION_HEADER, s);
     }
     resp
+}
+
+/// One SSE event carrying a JSON-RPC message.
+pub(super) fn sse_event(message: &Value) -> Bytes {
+    let mut out = b"event: message\ndata: ".to_vec();
+    // Compact JSON has no line breaks, so one `data:` line carries it.
+    out.extend(serde_json::to_vec(message).unwrap_or_default());
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
+}
+
+/// A `text/event-stream` response whose events come from `rx`; it ends once every
+/// sender is gone.
+fn sse_response(rx: mpsc::Receiver<Bytes>) -> Response<Body> {
+    let mut resp = Response::new(BodyExt::boxed(EventStream(rx)));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/event-stream"),
+    );
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-cache"),
+    );
+    resp
+}
+
+/// A response body fed by a channel.
+struct EventStream(mpsc::Receiver<Bytes>);
+
+impl http_body::Body for EventStream {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|event| event.map(|bytes| Ok(http_body::Frame::data(bytes))))
+    }
+}
+
+/// `GET /mcp`: the session's stream for messages unrelated to a call in flight (a
+/// newer `GET` replaces an older stream).
+fn open_stream(state: &TaskTools, session: Option<&str>, accepts_sse: bool) -> Response<Body> {
+    if !accepts_sse {
+        return plain(
+            StatusCode::NOT_ACCEPTABLE,
+            "the stream is text/event-stream; send Accept: text/event-stream",
+        );
+    }
+    let Some(session) = session else {
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "send the Mcp-Session-Id header of your session (from `initialize`)",
+        );
+    };
+    let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+    let opened = state.sessions.lock().is_ok_and(|mut open| {
+        open.iter_mut()
+            .find(|s| s.id == session)
+            .map(|s| s.stream = Some(tx))
+            .is_some()
+    });
+    if opened {
+        sse_response(rx)
+    } else {
+        plain(
+            StatusCode::NOT_FOUND,
+            "the session is unknown or was ended; initialize a new one",
+        )
+    }
 }

@@ -32,6 +32,8 @@ pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// The `_meta` key that carries the per-call identity token to a stdio server (HTTP
 /// servers get the `Agentspace-Identity` header).
 pub(crate) const IDENTITY_META: &str = "agentspace/identity";
+/// How long a server's next message waits for its notification to be handled.
+const NOTIFICATION_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a tool server could not answer.
 #[derive(Debug, thiserror::Error)]
@@ -57,15 +59,28 @@ pub(crate) enum UpstreamError {
     Protocol { server: String, message: String },
 }
 
-/// A request a tool server sent to the client (sampling, elicitation, roots): refused
-/// by the gateway, reported so it is audited.
-#[derive(Debug, Clone)]
-pub(crate) struct ServerRequest {
+/// A message a tool server sent to the client: a request (sampling, elicitation,
+/// roots), which the gateway decides and relays or refuses, or a notification. A
+/// server's `ping` is answered here and never reported.
+#[derive(Debug)]
+pub(crate) struct ServerMessage {
     /// The server's name.
     pub(crate) server: String,
-    /// The method it asked for.
+    /// The method.
     pub(crate) method: String,
+    /// The parameters, when given.
+    pub(crate) params: Option<Map<String, Value>>,
+    /// For a request: where its answer goes (`result` or `error`, as the answering side
+    /// wrote it); the upstream adds the server's id. Dropped unanswered, the server is
+    /// sent a refusal.
+    pub(crate) reply: Option<oneshot::Sender<Map<String, Value>>>,
+    /// For a notification: dropped once it has been handled, so that the server's next
+    /// message (the response it precedes, say) is read only after it was relayed.
+    pub(crate) handled: Option<oneshot::Sender<()>>,
 }
+
+/// Where a tool server's messages to the client go.
+pub(crate) type Messages = mpsc::UnboundedSender<ServerMessage>;
 
 /// One tool server session.
 pub(crate) struct Upstream {
@@ -83,8 +98,8 @@ impl std::fmt::Debug for Upstream {
 }
 
 enum Conn {
-    Stdio(StdioConn),
-    Http(HttpConn),
+    Stdio(Box<StdioConn>),
+    Http(Arc<HttpConn>),
 }
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Map<String, Value>>>>>;
@@ -109,9 +124,12 @@ impl Drop for StdioConn {
 }
 
 struct HttpConn {
+    server: String,
     authority: String,
     path: String,
     session: Mutex<Option<String>>,
+    /// Where the server's requests and notifications on a response stream go.
+    messages: Messages,
 }
 
 /// Where stdio tool servers run. Given a server's name, command and working directory,
@@ -125,13 +143,14 @@ pub trait StdioSandbox: Send + Sync {
 
 impl Upstream {
     /// Starts (stdio, in `sandbox` when given) or connects to (HTTP) server `name` and
-    /// runs the `initialize` handshake. Server-initiated requests are refused and sent to
-    /// `refused`.
+    /// runs the `initialize` handshake, offering `capabilities` as the client's. The
+    /// server's requests and notifications go to `messages`.
     pub(crate) async fn start(
         name: &str,
         transport: &ToolTransport,
         sandbox: Option<&dyn StdioSandbox>,
-        refused: mpsc::UnboundedSender<ServerRequest>,
+        messages: Messages,
+        capabilities: Value,
     ) -> Result<Self, UpstreamError> {
         let conn = match transport {
             ToolTransport::Stdio { command, cwd } => {
@@ -145,9 +164,11 @@ impl Upstream {
                         })?,
                     None => command.clone(),
                 };
-                Conn::Stdio(spawn(name, &command, cwd, refused)?)
+                Conn::Stdio(Box::new(spawn(name, &command, cwd, messages)?))
             }
-            ToolTransport::Http { url } => Conn::Http(HttpConn::new(name, url)?),
+            ToolTransport::Http { url } => {
+                Conn::Http(Arc::new(HttpConn::new(name, url, messages)?))
+            }
         };
         let upstream = Self {
             name: name.to_owned(),
@@ -156,7 +177,7 @@ impl Upstream {
         };
         let init = json!({
             "protocolVersion": UPSTREAM_PROTOCOL,
-            "capabilities": {},
+            "capabilities": capabilities,
             "clientInfo": {"name": "agentspace-gateway", "version": env!("CARGO_PKG_VERSION")},
         });
         let response = upstream.request("initialize", init, None).await?;
@@ -223,13 +244,12 @@ impl Upstream {
             }
             Conn::Http(h) => {
                 let message = jsonrpc::request(id, method, params);
-                tokio::time::timeout(
-                    CALL_TIMEOUT,
-                    h.post(&self.name, &message, identity, Some(id)),
-                )
-                .await
-                .map_err(timeout)?
-                .and_then(|r| r.ok_or_else(|| self.protocol(format!("no response to `{method}`"))))
+                tokio::time::timeout(CALL_TIMEOUT, h.post(&message, identity, Some(id)))
+                    .await
+                    .map_err(timeout)?
+                    .and_then(|r| {
+                        r.ok_or_else(|| self.protocol(format!("no response to `{method}`")))
+                    })
             }
         }
     }
@@ -248,14 +268,12 @@ impl Upstream {
                 stdin.write_all(&line).await.map_err(closed)?;
                 stdin.flush().await.map_err(closed)
             }
-            Conn::Http(h) => {
-                tokio::time::timeout(CALL_TIMEOUT, h.post(&self.name, &message, None, None))
-                    .await
-                    .map_err(|_| UpstreamError::Timeout {
-                        server: self.name.clone(),
-                    })?
-                    .map(|_| ())
-            }
+            Conn::Http(h) => tokio::time::timeout(CALL_TIMEOUT, h.post(&message, None, None))
+                .await
+                .map_err(|_| UpstreamError::Timeout {
+                    server: self.name.clone(),
+                })?
+                .map(|_| ()),
         }
     }
 }
@@ -266,7 +284,7 @@ fn spawn(
     name: &str,
     command: &[String],
     cwd: &std::path::Path,
-    refused: mpsc::UnboundedSender<ServerRequest>,
+    messages: Messages,
 ) -> Result<StdioConn, UpstreamError> {
     let (program, args) = command.split_first().ok_or_else(|| UpstreamError::Start {
         server: name.to_owned(),
@@ -304,13 +322,14 @@ fn spawn(
         name.to_owned(),
         stdout,
         (Arc::clone(&pending), Arc::clone(&dead)),
-        refused,
+        messages,
         replies_tx,
     ));
     let stdin = Arc::new(tokio::sync::Mutex::new(stdin));
     let writer = Arc::clone(&stdin);
-    // Refusals of server-initiated requests go back on stdin, which the reader does
-    // not hold; this task writes them. It ends with the reader (its only sender).
+    // Answers to the server's requests go back on stdin, which the reader does not
+    // hold; this task writes them. It ends once the reader and every answer in flight
+    // (its senders) are gone.
     let replier = tokio::spawn(async move {
         while let Some(reply) = replies_rx.recv().await {
             let Ok(mut line) = serde_json::to_vec(&reply) else {
@@ -334,13 +353,13 @@ fn spawn(
     Ok(conn)
 }
 
-/// Reads a stdio server's messages: responses complete their calls; requests of the
-/// server are refused (and reported); notifications are dropped.
+/// Reads a stdio server's messages: responses complete their calls; its requests and
+/// notifications go to `messages` (a request's answer is written back by `replies`).
 async fn read_stdio(
     server: String,
     stdout: tokio::process::ChildStdout,
     (pending, dead): (Pending, Arc<AtomicBool>),
-    refused: mpsc::UnboundedSender<ServerRequest>,
+    messages: Messages,
     replies: mpsc::UnboundedSender<Value>,
 ) {
     let mut reader = BufReader::new(stdout);
@@ -368,14 +387,14 @@ async fn read_stdio(
                     let _ = tx.send(body);
                 }
             }
-            Ok(jsonrpc::Message::Request { id, method, .. }) => {
-                let _ = refused.send(ServerRequest {
-                    server: server.clone(),
-                    method,
-                });
-                let _ = replies.send(refusal(&id));
+            Ok(message) => {
+                let replies = replies.clone();
+                hand_over(&server, message, &messages, move |answer| {
+                    let _ = replies.send(answer);
+                })
+                .await;
             }
-            Ok(jsonrpc::Message::Notification { .. }) | Err(_) => {}
+            Err(_) => {}
         }
     }
     // Whoever still waits learns the server is gone.
@@ -385,18 +404,70 @@ async fn read_stdio(
     }
 }
 
-/// The answer to a server-initiated request.
+/// Hands a server's request or notification to the gateway (`messages`); `answer`
+/// sends a request's response back to the server, once the gateway has one. A `ping`
+/// is answered at once. Returns once a notification has been handled (a request is
+/// answered later), so that messages keep their order.
+async fn hand_over(
+    server: &str,
+    message: jsonrpc::Message,
+    messages: &Messages,
+    answer: impl FnOnce(Value) + Send + 'static,
+) {
+    match message {
+        jsonrpc::Message::Request { id, method, .. } if method == "ping" => {
+            answer(jsonrpc::result(&id, json!({})));
+        }
+        jsonrpc::Message::Request { id, method, params } => {
+            let (tx, rx) = oneshot::channel();
+            let sent = messages.send(ServerMessage {
+                server: server.to_owned(),
+                method,
+                params,
+                reply: Some(tx),
+                handled: None,
+            });
+            if sent.is_err() {
+                answer(refusal(&id));
+                return;
+            }
+            tokio::spawn(async move {
+                let reply = match rx.await {
+                    Ok(body) => jsonrpc::response(&id, &body),
+                    Err(_) => refusal(&id),
+                };
+                answer(reply);
+            });
+        }
+        jsonrpc::Message::Notification { method, params } => {
+            let (handled, done) = oneshot::channel();
+            let sent = messages.send(ServerMessage {
+                server: server.to_owned(),
+                method,
+                params,
+                reply: None,
+                handled: Some(handled),
+            });
+            if sent.is_ok() {
+                let _ = tokio::time::timeout(NOTIFICATION_TIMEOUT, done).await;
+            }
+        }
+        jsonrpc::Message::Response { .. } => {}
+    }
+}
+
+/// The answer to a server-initiated request nobody answered.
 pub(crate) fn refusal(id: &Value) -> Value {
     jsonrpc::error(
         id,
-        jsonrpc::METHOD_NOT_FOUND,
-        "requests from tool servers (sampling, elicitation, roots) are not served through the Agent Space boundary",
+        jsonrpc::INTERNAL_ERROR,
+        "the request could not be answered through the Agent Space boundary",
         None,
     )
 }
 
 impl HttpConn {
-    fn new(server: &str, url: &str) -> Result<Self, UpstreamError> {
+    fn new(server: &str, url: &str, messages: Messages) -> Result<Self, UpstreamError> {
         let bad = |message: String| UpstreamError::Http {
             server: server.to_owned(),
             message,
@@ -414,25 +485,104 @@ impl HttpConn {
             None => (rest, "/"),
         };
         Ok(Self {
+            server: server.to_owned(),
             authority: authority.to_owned(),
             path: path.to_owned(),
             session: Mutex::new(None),
+            messages,
         })
     }
 
     /// POSTs one message; for a request (`id`), reads the response from a JSON body or
-    /// an SSE stream.
+    /// an SSE stream. The server's own requests and notifications on that stream are
+    /// handed to the gateway, and their answers POSTed back.
     async fn post(
-        &self,
-        server: &str,
+        self: &Arc<Self>,
         message: &Value,
         identity: Option<&str>,
         id: Option<u64>,
     ) -> Result<Option<Map<String, Value>>, UpstreamError> {
-        let fail = |message: String| UpstreamError::Http {
-            server: server.to_owned(),
-            message,
+        let Some(id) = id else {
+            return self.post_only(message).await.map(|()| None);
         };
+        let fail = |message: String| self.fail(message);
+        let resp = self.exchange(message, identity).await?;
+        let status = resp.status();
+        if status != StatusCode::OK {
+            return Err(fail(format!("answered {status}")));
+        }
+        let sse = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        let mut body = resp.into_body();
+        let mut buf: Vec<u8> = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| fail(e.to_string()))?;
+            if let Some(data) = frame.data_ref() {
+                buf.extend_from_slice(data);
+            }
+            if buf.len() as u64 > MAX_MESSAGE {
+                return Err(fail("the response is larger than 16 MiB".into()));
+            }
+            if sse {
+                let mut others = Vec::new();
+                let found = sse_response(&mut buf, id, &mut |m| others.push(m));
+                for m in others {
+                    self.on_stream(m).await;
+                }
+                if let Some(found) = found {
+                    return Ok(Some(found));
+                }
+            }
+        }
+        if sse {
+            buf.extend_from_slice(b"\n\n");
+            let mut others = Vec::new();
+            let found = sse_response(&mut buf, id, &mut |m| others.push(m));
+            for m in others {
+                self.on_stream(m).await;
+            }
+            return found
+                .map(Some)
+                .ok_or_else(|| fail("the event stream ended without the response".into()));
+        }
+        let value: Value =
+            serde_json::from_slice(&buf).map_err(|e| fail(format!("the body is not JSON: {e}")))?;
+        match jsonrpc::parse(value) {
+            Ok(jsonrpc::Message::Response { body, .. }) => Ok(Some(body)),
+            _ => Err(fail("the body is not a JSON-RPC response".into())),
+        }
+    }
+}
+
+impl HttpConn {
+    fn fail(&self, message: String) -> UpstreamError {
+        UpstreamError::Http {
+            server: self.server.clone(),
+            message,
+        }
+    }
+
+    /// POSTs a message that expects no response (a notification, an answer to the
+    /// server's request).
+    async fn post_only(&self, message: &Value) -> Result<(), UpstreamError> {
+        let status = self.exchange(message, None).await?.status();
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(self.fail(format!("answered {status} to a notification")))
+        }
+    }
+
+    /// Sends one POST in the server's session (keeping the session id it gives).
+    async fn exchange(
+        &self,
+        message: &Value,
+        identity: Option<&str>,
+    ) -> Result<http::Response<hyper::body::Incoming>, UpstreamError> {
+        let fail = |message: String| self.fail(message);
         let addr = if self.authority.contains(':') {
             self.authority.clone()
         } else {
@@ -476,55 +626,30 @@ impl HttpConn {
         {
             *slot = Some(s.to_owned());
         }
-        let status = resp.status();
-        let Some(id) = id else {
-            return if status.is_success() {
-                Ok(None)
-            } else {
-                Err(fail(format!("answered {status} to a notification")))
-            };
-        };
-        if status != StatusCode::OK {
-            return Err(fail(format!("answered {status}")));
-        }
-        let sse = resp
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("text/event-stream"));
-        let mut body = resp.into_body();
-        let mut buf: Vec<u8> = Vec::new();
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| fail(e.to_string()))?;
-            if let Some(data) = frame.data_ref() {
-                buf.extend_from_slice(data);
-            }
-            if buf.len() as u64 > MAX_MESSAGE {
-                return Err(fail("the response is larger than 16 MiB".into()));
-            }
-            if sse && let Some(found) = sse_response(&mut buf, id) {
-                return Ok(Some(found));
-            }
-        }
-        if sse {
-            buf.extend_from_slice(b"\n\n");
-            return sse_response(&mut buf, id)
-                .map(Some)
-                .ok_or_else(|| fail("the event stream ended without the response".into()));
-        }
-        let value: Value =
-            serde_json::from_slice(&buf).map_err(|e| fail(format!("the body is not JSON: {e}")))?;
-        match jsonrpc::parse(value) {
-            Ok(jsonrpc::Message::Response { body, .. }) => Ok(Some(body)),
-            _ => Err(fail("the body is not a JSON-RPC response".into())),
-        }
+        Ok(resp)
+    }
+
+    /// A request or notification the server sent on a response stream: handed to the
+    /// gateway; a request's answer is POSTed back in the server's session.
+    async fn on_stream(self: &Arc<Self>, message: jsonrpc::Message) {
+        let me = Arc::clone(self);
+        hand_over(&self.server, message, &self.messages, move |answer| {
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(CALL_TIMEOUT, me.post_only(&answer)).await;
+            });
+        })
+        .await;
     }
 }
 
 /// Takes complete SSE events off the front of `buf`; returns the JSON-RPC response
-/// with `id` once one has come. Other events (notifications, server requests) are
-/// dropped: this client never answers them.
-fn sse_response(buf: &mut Vec<u8>, id: u64) -> Option<Map<String, Value>> {
+/// with `id` once one has come. Other messages (the server's requests and
+/// notifications) go to `other`.
+fn sse_response(
+    buf: &mut Vec<u8>,
+    id: u64,
+    other: &mut dyn FnMut(jsonrpc::Message),
+) -> Option<Map<String, Value>> {
     loop {
         let text = String::from_utf8_lossy(buf).replace("\r\n", "\n");
         let end = text.find("\n\n")?;
@@ -544,12 +669,22 @@ fn sse_response(buf: &mut Vec<u8>, id: u64) -> Option<Map<String, Value>> {
         let Ok(value) = serde_json::from_str::<Value>(&data.join("\n")) else {
             continue;
         };
-        if let Ok(jsonrpc::Message::Response { id: got, body }) = jsonrpc::parse(value)
-            && got.as_u64() == Some(id)
-        {
-            return Some(body);
+        match jsonrpc::parse(value) {
+            Ok(jsonrpc::Message::Response { id: got, body }) if got.as_u64() == Some(id) => {
+                return Some(body);
+            }
+            Ok(m @ (jsonrpc::Message::Request { .. } | jsonrpc::Message::Notification { .. })) => {
+                other(m);
+            }
+            _ => {}
         }
     }
+}
+
+/// Reads `bytes` as an HTTP tool server's event stream (for the fuzz target).
+pub(crate) fn fuzz_sse(bytes: &[u8]) {
+    let mut buf = bytes.to_vec();
+    let _ = sse_response(&mut buf, 1, &mut |_| {});
 }
 
 /// How many bytes of `raw` make `normalised` characters once CRLF is read as LF.
@@ -574,16 +709,21 @@ mod tests {
     #[test]
     fn sse_events_are_read_until_the_response() {
         let mut buf = b"event: message\r\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\r\n\r\nevent: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{\"ok\":true}}\n\n".to_vec();
-        let body = sse_response(&mut buf, 7).unwrap();
+        let mut others = Vec::new();
+        let body = sse_response(&mut buf, 7, &mut |m| others.push(m)).unwrap();
         assert_eq!(body.get("result"), Some(&json!({"ok": true})));
+        assert!(
+            matches!(&others[..], [jsonrpc::Message::Notification { method, .. }] if method == "notifications/progress")
+        );
         let mut partial = b"data: {\"jsonrpc\":\"2.0\",\"id\":7,".to_vec();
-        assert!(sse_response(&mut partial, 7).is_none());
+        assert!(sse_response(&mut partial, 7, &mut |_| {}).is_none());
     }
 
     #[test]
     fn only_plain_http_urls_are_taken() {
-        assert!(HttpConn::new("hr", "https://hr.example/mcp").is_err());
-        let h = HttpConn::new("hr", "http://127.0.0.1:8080/mcp").unwrap();
+        let (tx, _rx) = mpsc::unbounded_channel();
+        assert!(HttpConn::new("hr", "https://hr.example/mcp", tx.clone()).is_err());
+        let h = HttpConn::new("hr", "http://127.0.0.1:8080/mcp", tx).unwrap();
         assert_eq!(h.authority, "127.0.0.1:8080");
         assert_eq!(h.path, "/mcp");
     }

@@ -743,3 +743,270 @@ spec:
     );
     task.close();
 }
+
+/// Runs tests/servers/relay_client.py: like `call`, with the SDK client's sampling,
+/// elicitation, roots and logging callbacks answering what tool servers ask.
+async fn call_answering(url: &str, calls: &[(&str, &str)]) -> Vec<Value> {
+    let mut cmd = tokio::process::Command::new("python3");
+    cmd.arg(servers_dir().join("relay_client.py")).arg(url);
+    for (tool, args) in calls {
+        cmd.args([tool, args]);
+    }
+    let output = tokio::time::timeout(std::time::Duration::from_secs(90), cmd.output())
+        .await
+        .expect("the client did not finish in 90 s")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A gateway for a definition of `tools` (the `spec.tools` YAML list) on loopback.
+async fn gateway_for(dir: &Path, tools: &str, task: &str) -> (AuditLog, Arc<Task>, String) {
+    let state = dir.join("state");
+    let text = format!(
+        "apiVersion: agentspace/v1\nkind: Agent\nmetadata: {{name: credit-officer, tenant: acme}}\nspec:\n  tools:\n{tools}"
+    );
+    let definition = Definition::parse(&dir.join("agent.yaml"), &text).unwrap();
+    let policy = Arc::new(PolicyEngine::load(&definition, &state).unwrap());
+    let audit = AuditLog::open(&state).unwrap();
+    let principal = Principal::new(
+        Name::new("acme").unwrap(),
+        UserId::new("alice@acme.example").unwrap(),
+        Actor::new(
+            Name::new("credit-officer").unwrap(),
+            TaskRef::new(task).unwrap(),
+        ),
+    );
+    let task = Arc::new(Task::new(principal, policy));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+    tokio::spawn(
+        McpGateway::new(audit.clone(), Arc::new(Identity::open(&state)))
+            .serve(listener, Arc::clone(&task)),
+    );
+    (audit, task, url)
+}
+
+/// A tool server asks the agent's client in the middle of a call (sampling,
+/// elicitation, roots, progress, a log line): what the server's `relay` lets through is
+/// decided, audited and relayed to the SDK client's callbacks, and their answers go
+/// back; the rest is refused and audited; an answer carrying data the server is not
+/// cleared for is withheld.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_server_requests_are_relayed_when_allowed_and_refused_otherwise() {
+    require_python_mcp();
+    let dir = tempfile::tempdir().unwrap();
+    let tools = format!(
+        "    - server: asks\n      command: [python3, {}]\n      allow: [ask_model, ask_user, ask_roots, progress]\n      relay: [sampling, elicitation, progress]\n",
+        servers_dir().join("asks.py").display()
+    );
+    let (audit, task, url) = gateway_for(dir.path(), &tools, "t-relay").await;
+    let out = call_answering(
+        &url,
+        &[
+            ("ask_model", r#"{"question": "which band?"}"#),
+            ("ask_user", "{}"),
+            ("ask_roots", "{}"),
+            ("ask_model", r#"{"question": "a card number please"}"#),
+            ("progress", "{}"),
+        ],
+    )
+    .await;
+    // Sampling: the client's model was asked and its answer reached the server.
+    assert_eq!(out[0]["text"], "model said: band A", "{}", out[0]);
+    assert_eq!(out[0]["seen"][0]["sampling"], "which band?", "{}", out[0]);
+    // Elicitation: the user (the client's callback) accepted.
+    assert_eq!(out[1]["text"], "user: accept True", "{}", out[1]);
+    assert_eq!(out[1]["seen"][0]["elicitation"], "Approve the credit line?");
+    // Roots are not in `relay`: the client is never asked, the server is refused.
+    assert!(
+        out[2]["text"].as_str().unwrap().starts_with("refused"),
+        "{}",
+        out[2]
+    );
+    assert_eq!(out[2]["seen"], serde_json::json!([]), "{}", out[2]);
+    // The model answered with a card number: `asks` is not cleared for pii.
+    assert_eq!(out[3]["seen"][0]["sampling"], "a card number please");
+    let refused = out[3]["text"].as_str().unwrap();
+    assert!(refused.starts_with("refused"), "{}", out[3]);
+    assert!(!refused.contains("4111"), "{}", out[3]);
+    // Progress is relayed; the log line (with an injection) is not in `relay`.
+    assert_eq!(out[4]["text"], "done", "{}", out[4]);
+    assert_eq!(
+        out[4]["progress"],
+        serde_json::json!(["halfway", "done"]),
+        "{}",
+        out[4]
+    );
+    assert_eq!(out[4]["seen"], serde_json::json!([]), "{}", out[4]);
+
+    let events = events(&audit).await;
+    let of = |action: &str| -> Vec<&Value> {
+        events
+            .iter()
+            .filter(|e| e["action"] == action && e["resource"] == "mcp://asks")
+            .collect()
+    };
+    let requests = of("server-request");
+    let summary: Vec<(String, String, String)> = requests
+        .iter()
+        .map(|e| {
+            (
+                e["request"]["method"].as_str().unwrap().to_owned(),
+                e["decision"].as_str().unwrap().to_owned(),
+                e["details"]["code"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (
+                "sampling/createMessage".into(),
+                "allow".into(),
+                String::new()
+            ),
+            ("elicitation/create".into(), "allow".into(), String::new()),
+            ("roots/list".into(), "deny".into(), "not-permitted".into()),
+            (
+                "sampling/createMessage".into(),
+                "allow".into(),
+                String::new()
+            ),
+        ]
+    );
+    assert_eq!(requests[0]["policies"], serde_json::json!(["relay.asks"]));
+    let responses = of("server-response");
+    assert_eq!(responses.len(), 3);
+    assert_eq!(responses[0]["decision"], "allow");
+    assert_eq!(responses[2]["decision"], "deny");
+    assert_eq!(responses[2]["details"]["code"], "flow");
+    assert_eq!(
+        responses[2]["details"]["detected"],
+        serde_json::json!(["card-number"])
+    );
+    let notes = of("server-notification");
+    let progress: Vec<&&Value> = notes
+        .iter()
+        .filter(|e| e["request"]["method"] == "notifications/progress")
+        .collect();
+    assert_eq!(progress.len(), 2);
+    assert!(
+        progress
+            .iter()
+            .all(|e| e["decision"] == "allow" && e["details"]["relayed"] == 1)
+    );
+    let log = notes
+        .iter()
+        .find(|e| e["request"]["method"] == "notifications/message")
+        .unwrap();
+    assert_eq!(log["decision"], "deny");
+    assert_eq!(log["details"]["flags"], serde_json::json!(["instruction"]));
+    task.close();
+}
+
+/// A tool server's notification that its tools changed is relayed on the session's
+/// `GET` stream when `relay` has `listChanged`, and the gateway lists the tools again:
+/// a tool that appeared can be called (if allowed); without `listChanged` the client is
+/// not told, and the refusal is audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_a_changed_tool_list_is_relayed_and_listed_again() {
+    require_python_mcp();
+    for relayed in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let relay = if relayed { "[listChanged]" } else { "[]" };
+        let tools = format!(
+            "    - server: asks\n      command: [python3, {}]\n      allow: [add_tool, bonus]\n      relay: {relay}\n",
+            servers_dir().join("asks.py").display()
+        );
+        let (audit, task, url) = gateway_for(dir.path(), &tools, "t-changed").await;
+        let out = call_answering(&url, &[("add_tool", "{}"), ("bonus", "{}")]).await;
+        assert_eq!(out[0]["text"], "added", "{}", out[0]);
+        // Listed again either way: the new tool is allowed, so it can be called.
+        assert_eq!(out[1]["text"], "bonus", "{}", out[1]);
+        let told = out[0]["notified"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("notifications/tools/list_changed"));
+        assert_eq!(told, relayed, "{}", out[0]);
+        let events = events(&audit).await;
+        let note = events
+            .iter()
+            .find(|e| e["action"] == "server-notification")
+            .unwrap();
+        assert_eq!(
+            note["request"]["method"],
+            "notifications/tools/list_changed"
+        );
+        assert_eq!(note["decision"], if relayed { "allow" } else { "deny" });
+        task.close();
+    }
+}
+
+/// The same over a streamable-HTTP tool server: its requests arrive on the SSE stream of
+/// the gateway's call and their answers are POSTed back in its session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_server_requests_of_an_http_tool_server_are_relayed() {
+    require_python_mcp();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut server = tokio::process::Command::new("python3")
+        .arg(servers_dir().join("asks.py"))
+        .args(["--http", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut ready = false;
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(ready, "the asks server did not start");
+    let dir = tempfile::tempdir().unwrap();
+    let tools = format!(
+        "    - server: asks\n      url: http://127.0.0.1:{port}/mcp\n      allow: [ask_model, ask_user, ask_roots]\n      relay: [sampling, elicitation]\n"
+    );
+    let (audit, task, url) = gateway_for(dir.path(), &tools, "t-relay-http").await;
+    let out = call_answering(
+        &url,
+        &[
+            ("ask_model", r#"{"question": "which band?"}"#),
+            ("ask_user", "{}"),
+            ("ask_roots", "{}"),
+        ],
+    )
+    .await;
+    assert_eq!(out[0]["text"], "model said: band A", "{}", out[0]);
+    assert_eq!(out[1]["text"], "user: accept True", "{}", out[1]);
+    assert!(
+        out[2]["text"].as_str().unwrap().starts_with("refused"),
+        "{}",
+        out[2]
+    );
+    let events = events(&audit).await;
+    let denied = events
+        .iter()
+        .find(|e| e["action"] == "server-request" && e["request"]["method"] == "roots/list")
+        .unwrap();
+    assert_eq!(denied["decision"], "deny");
+    task.close();
+    let _ = server.kill().await;
+}

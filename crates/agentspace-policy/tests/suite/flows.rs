@@ -426,3 +426,69 @@ fn extra_policies_read_the_uri_and_the_prompt_arguments() {
     ));
     assert_eq!(d.policies(), ["brief-c-001-only"], "{d}");
 }
+
+fn server_request(p: &agentspace_core::Principal, server: &str, method: &str) -> Request {
+    Request {
+        principal: p.clone(),
+        action: Action::McpServerRequest {
+            method: method.to_owned(),
+        },
+        resource: Resource {
+            server: Some(server.to_owned()),
+            ..Resource::default()
+        },
+        context: RequestContext {
+            arguments: Some(serde_json::json!({"maxTokens": 50})),
+            time: Some(OFFICE_HOURS),
+            ..RequestContext::default()
+        },
+    }
+}
+
+#[test]
+fn server_requests_are_permitted_per_server_by_relay() {
+    let text = TOOLS
+        .replace(
+            "      labels: [pii]\n",
+            "      labels: [pii]\n      relay: [sampling, progress]\n",
+        )
+        .replace(
+            "      allow: [send_mail]\n",
+            "      allow: [send_mail]\n      relay: [elicitation, roots]\n",
+        );
+    let f = Fixture::new(&text, &[]);
+    let e = PolicyEngine::load(&f.definition, &f.state()).unwrap();
+    let p = principal("credit-officer", "t1");
+    let d = e.decide(&server_request(&p, "customer-db", "sampling/createMessage"));
+    assert!(d.is_allow(), "{d}");
+    assert_eq!(d.policies(), ["relay.customer-db"]);
+    assert!(
+        e.decide(&server_request(&p, "mail", "roots/list"))
+            .is_allow()
+    );
+    for (server, method) in [
+        ("customer-db", "elicitation/create"),
+        ("customer-db", "roots/list"),
+        ("mail", "sampling/createMessage"),
+        ("templates", "sampling/createMessage"),
+    ] {
+        let d = e.decide(&server_request(&p, server, method));
+        assert_eq!(d.deny_reason(), Some(DenyReason::NotPermitted), "{d}");
+    }
+    // Not the agent's request: never a loop, however often a server asks.
+    for _ in 0..6 {
+        assert!(
+            e.decide(&server_request(&p, "customer-db", "sampling/createMessage"))
+                .is_allow()
+        );
+    }
+    // The client's answer goes to the server: a tainted session may not answer a server
+    // that is not cleared for the taint.
+    e.taint(&p, ["pii".to_owned()]).unwrap();
+    let d = e.decide(&server_request(&p, "mail", "roots/list"));
+    assert_eq!(d.deny_reason(), Some(DenyReason::Flow), "{d}");
+    assert!(
+        e.decide(&server_request(&p, "customer-db", "sampling/createMessage"))
+            .is_allow()
+    );
+}

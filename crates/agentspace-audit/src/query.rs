@@ -86,6 +86,13 @@ impl AuditLog {
             .collect()
     }
 
+    /// The number of events in `tenant`'s chain: the sequence number the next event will
+    /// get (0 for a tenant with none). One indexed read, for followers that start at the
+    /// end of the chain.
+    pub fn chain_len(&self, tenant: &str) -> Result<u64, AuditError> {
+        self.with_reader(|s| s.chain_len(tenant))
+    }
+
     /// Calls `each` for every event that passes `filter`, tenant by tenant in sequence
     /// order, until it returns `Ok(false)`.
     pub fn query(

@@ -378,15 +378,8 @@ pub(crate) fn run(state: &StateDir, args: Args) -> Result<ExitCode> {
                     let from = match next.get(&t) {
                         Some(n) => *n,
                         None => {
-                            // Start `lines` events before the end (found by paging to it).
-                            let mut end = 0;
-                            loop {
-                                let page = log.events_from(&t, end, 4096)?;
-                                match page.last() {
-                                    Some(last) => end = last.event.seq + 1,
-                                    None => break,
-                                }
-                            }
+                            // Start `lines` events before the end.
+                            let end = log.chain_len(&t)?;
                             if first { end.saturating_sub(lines) } else { 0 }
                         }
                     };

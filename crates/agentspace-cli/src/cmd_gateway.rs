@@ -104,7 +104,9 @@ pub(crate) fn run(state: &StateDir, args: Args) -> Result<ExitCode> {
             principal.user().as_str(),
             ca.cert_path().display(),
         );
-        let mut task = Task::new(principal, policy);
+        let mut task = Task::new(principal, policy).with_identity(std::sync::Arc::new(
+            agentspace_identity::Identity::open(state.path()),
+        ));
         for rule in &definition.governance.egress {
             if let Some(credential) = &rule.credential {
                 task = task.with_credential(rule.name.as_str(), Credential::from(credential));

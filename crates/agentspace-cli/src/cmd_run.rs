@@ -232,9 +232,10 @@ impl Boundary {
             .tenant_ca(&definition.tenant)?
             .cert_path()
             .to_path_buf();
+        let identity = std::sync::Arc::new(agentspace_identity::Identity::open(state.path()));
         let mcp_gateway = agentspace_gateway::McpGateway::sandboxed(
             agentspace_audit::AuditLog::open(state.path())?,
-            std::sync::Arc::new(agentspace_identity::Identity::open(state.path())),
+            std::sync::Arc::clone(&identity),
             std::sync::Arc::new(ToolCells {
                 exe: std::env::current_exe().context("cannot find the agentspace binary")?,
                 state: state.path().to_path_buf(),
@@ -267,7 +268,8 @@ impl Boundary {
             agentspace_audit::AuditLog::open(state.path())?,
         )?;
         let mut gw_task = agentspace_gateway::Task::new(principal, policy)
-            .with_approvals(std::sync::Arc::new(desk));
+            .with_approvals(std::sync::Arc::new(desk))
+            .with_identity(identity);
         for rule in &definition.governance.egress {
             if let Some(c) = &rule.credential {
                 gw_task = gw_task

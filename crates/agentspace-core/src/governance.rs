@@ -62,6 +62,13 @@ pub struct RawEgressRule {
     /// link-local addresses stay refused unless named as an IP address.
     #[serde(default)]
     pub internal: Option<bool>,
+    /// Send a per-call identity token (`Agentspace-Identity`, a one-time EdDSA JWT naming
+    /// the user and the agent) with every request of this capability, so the service can
+    /// verify who the call is for. Default: `true` for `internal: true` rules, `false`
+    /// otherwise (a third party need not learn the tenant's user names). Not possible with
+    /// `tls: passthrough`.
+    #[serde(default)]
+    pub identity: Option<bool>,
 }
 
 /// How the gateway handles TLS to a rule's hosts.
@@ -361,6 +368,8 @@ pub struct EgressRule {
     pub tls: TlsMode,
     /// Whether the hosts are internal services the SSRF guard lets through.
     pub internal: bool,
+    /// Whether requests of this capability carry a per-call identity token.
+    pub identity: bool,
 }
 
 impl EgressRule {
@@ -483,6 +492,11 @@ pub(crate) fn validate_egress(raw: &[RawEgressRule]) -> Result<Vec<EgressRule>, 
                 ("paths", rule.paths.is_some(), "paths"),
                 ("credential", rule.credential.is_some(), "a credential"),
                 (
+                    "identity",
+                    rule.identity == Some(true),
+                    "a per-call identity token",
+                ),
+                (
                     "budget.tokens",
                     rule.budget.as_ref().is_some_and(|b| b.tokens.is_some()),
                     "a token budget",
@@ -588,6 +602,8 @@ pub(crate) fn validate_egress(raw: &[RawEgressRule]) -> Result<Vec<EgressRule>, 
             credential,
             tls,
             internal,
+            // A passed-through connection has no headers to carry a token in.
+            identity: rule.identity.unwrap_or(internal) && tls == TlsMode::Intercept,
         });
     }
     // A host is either intercepted or passed through, never both: which one must not
@@ -909,6 +925,7 @@ mod egress_tests {
             ("methods: [GET]", "spec.egress[0].methods"),
             ("paths: [/v1/*]", "spec.egress[0].paths"),
             ("budget: {tokens: 10}", "spec.egress[0].budget.tokens"),
+            ("identity: true", "spec.egress[0].identity"),
         ] {
             refused(
                 &format!("[{{name: pinned, hosts: [p.example.com], tls: passthrough, {extra}}}]"),
@@ -931,6 +948,19 @@ mod egress_tests {
             "rule `api`",
         );
         assert!(egress("[{name: api, hosts: [api.example.com, '*.x.example.com']}, {name: pinned, hosts: [pinned.example.com, '*.example.org'], tls: passthrough}]").is_ok());
+    }
+
+    #[test]
+    fn identity_tokens_go_to_internal_services_unless_the_rule_says_otherwise() {
+        let rules = egress(
+            "[{name: db, hosts: [db.corp], internal: true}, {name: api, hosts: [api.example.com]}, \
+              {name: saas, hosts: [saas.example.com], identity: true}, \
+              {name: quiet, hosts: [quiet.corp], internal: true, identity: false}, \
+              {name: pinned, hosts: [pinned.corp], internal: true, tls: passthrough}]",
+        )
+        .unwrap();
+        let identity: Vec<bool> = rules.iter().map(|r| r.identity).collect();
+        assert_eq!(identity, [true, false, true, false, false]);
     }
 
     #[test]

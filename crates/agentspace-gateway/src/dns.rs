@@ -74,6 +74,8 @@ pub(crate) struct Names {
 struct Inner {
     by_name: HashMap<String, Ipv4Addr>,
     by_addr: HashMap<Ipv4Addr, String>,
+    /// Addresses handed out so far (never reused, even when one is taken back).
+    assigned: u32,
     refusals: VecDeque<Instant>,
     suspended_until: Option<Instant>,
 }
@@ -103,22 +105,33 @@ impl Names {
         self.lock().by_name.get(name).copied()
     }
 
-    /// The address of `name`, assigning the next free one; `None` when the task has used
-    /// up its names.
-    fn assign(&self, name: &str) -> Option<Ipv4Addr> {
+    /// The address of `name`, assigning the next free one (`true` when it is new);
+    /// `None` when the task has used up its names.
+    fn assign(&self, name: &str) -> Option<(Ipv4Addr, bool)> {
         let mut inner = self.lock();
         if let Some(ip) = inner.by_name.get(name) {
-            return Some(*ip);
+            return Some((*ip, false));
         }
-        let n = u32::try_from(inner.by_name.len()).ok()?;
-        if n >= MAX_NAMES {
+        if inner.assigned >= MAX_NAMES {
             return None;
         }
+        inner.assigned += 1;
         // .0.0 is the network itself; start at .0.1.
-        let ip = Ipv4Addr::from(u32::from(SYNTHETIC_NETWORK) + n + 1);
+        let ip = Ipv4Addr::from(u32::from(SYNTHETIC_NETWORK) + inner.assigned);
         inner.by_name.insert(name.to_owned(), ip);
         inner.by_addr.insert(ip, name.to_owned());
-        Some(ip)
+        Some((ip, true))
+    }
+
+    /// Takes back an address whose lookup could not be recorded, so that no later lookup
+    /// is answered from the table without a decision on the record. Its address is not
+    /// handed out again.
+    fn forget(&self, name: &str, ip: Ipv4Addr) {
+        let mut inner = self.lock();
+        if inner.by_name.get(name) == Some(&ip) {
+            inner.by_name.remove(name);
+            inner.by_addr.remove(&ip);
+        }
     }
 
     fn suspended(&self, now: Instant) -> bool {
@@ -512,7 +525,7 @@ impl Gateway {
             });
         match decision {
             Decision::Allow { policies, .. } => {
-                let Some(ip) = task.names.assign(&query.name) else {
+                let Some((ip, fresh)) = task.names.assign(&query.name) else {
                     let message = format!(
                         "the task has looked up {MAX_NAMES} names; `{}` is one too many",
                         query.name
@@ -529,8 +542,13 @@ impl Gateway {
                     .insert("address".into(), json!(ip.to_string()));
                 match self.append(event).await {
                     Ok(_) => answer(&query, RCODE::NoError, address_for(&query, ip)),
-                    // Fail closed: no answer that is not on the record.
-                    Err(_) => answer(&query, RCODE::ServerFailure, None),
+                    // Fail closed: no answer that is not on the record, now or later.
+                    Err(_) => {
+                        if fresh {
+                            task.names.forget(&query.name, ip);
+                        }
+                        answer(&query, RCODE::ServerFailure, None)
+                    }
                 }
             }
             Decision::Deny {
@@ -671,15 +689,23 @@ mod tests {
     #[test]
     fn names_get_stable_synthetic_addresses() {
         let names = Names::default();
-        let a = names.assign("a.example").unwrap();
-        let b = names.assign("b.example").unwrap();
+        let (a, fresh) = names.assign("a.example").unwrap();
+        assert!(fresh);
+        let (b, _) = names.assign("b.example").unwrap();
         assert_eq!(a, Ipv4Addr::new(198, 18, 0, 1));
         assert_eq!(b, Ipv4Addr::new(198, 18, 0, 2));
-        assert_eq!(names.assign("a.example"), Some(a));
+        assert_eq!(names.assign("a.example"), Some((a, false)));
         assert_eq!(names.name_of(b).as_deref(), Some("b.example"));
         assert!(is_synthetic(a) && is_synthetic(Ipv4Addr::new(198, 19, 255, 255)));
         assert!(!is_synthetic(Ipv4Addr::new(198, 20, 0, 1)));
-        for i in 2..MAX_NAMES {
+        // A forgotten name's address is never handed to another name.
+        names.forget("a.example", a);
+        assert_eq!(names.name_of(a), None);
+        assert_eq!(
+            names.assign("c.example"),
+            Some((Ipv4Addr::new(198, 18, 0, 3), true))
+        );
+        for i in 3..MAX_NAMES {
             assert!(names.assign(&format!("n{i}.example")).is_some());
         }
         assert_eq!(names.assign("one-too-many.example"), None);

@@ -30,6 +30,9 @@ pub struct Task {
     /// Where approval-required requests wait for a person; without one they are
     /// refused at once.
     pub(crate) approvals: Option<Arc<dyn crate::approval::ApprovalDesk>>,
+    /// Mints the per-call identity tokens of capabilities with `identity`; without it,
+    /// such requests are refused (they could not say who they are for).
+    pub(crate) identity: Option<Arc<agentspace_identity::Identity>>,
 }
 
 impl Task {
@@ -42,6 +45,7 @@ impl Task {
             closed: watch::channel(false).0,
             names: crate::dns::Names::default(),
             approvals: None,
+            identity: None,
         }
     }
 
@@ -66,6 +70,13 @@ impl Task {
     /// Holds the task's approval-required requests at `desk` until a person decides.
     pub fn with_approvals(mut self, desk: Arc<dyn crate::approval::ApprovalDesk>) -> Self {
         self.approvals = Some(desk);
+        self
+    }
+
+    /// Mints per-call identity tokens (`Agentspace-Identity`) with `identity` for the
+    /// requests of capabilities that send them.
+    pub fn with_identity(mut self, identity: Arc<agentspace_identity::Identity>) -> Self {
+        self.identity = Some(identity);
         self
     }
 

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use agentspace_audit::AuditLog;
 use agentspace_core::{AuditDecision, AuditEvent, AuditKind, Name};
+use agentspace_identity::CallTarget;
 use agentspace_policy::{Action, Decision, Request as PolicyRequest, RequestContext, Resource};
 use agentspace_secrets::{SecretStore, SecretValue};
 use bytes::Bytes;
@@ -47,9 +48,13 @@ mod passthrough;
 /// (`deny` or `approval-required`).
 pub const DECISION_HEADER: &str = "x-agentspace-decision";
 
+/// [`agentspace_identity::CALL_TOKEN_HEADER`] as an HTTP/2 header name.
+const CALL_TOKEN_HEADER_LOWER: &str = "agentspace-identity";
+
 /// Request headers never shown to policies: they carry credentials.
-const SECRET_HEADERS: [&str; 5] = [
+const SECRET_HEADERS: [&str; 6] = [
     "authorization",
+    "agentspace-identity",
     "proxy-authorization",
     "cookie",
     "x-api-key",
@@ -102,6 +107,8 @@ enum Verdict {
         policies: Vec<String>,
         capabilities: Vec<String>,
         broker: Option<(Credential, SecretValue)>,
+        /// The per-call identity token the request carries upstream.
+        identity: Option<CallIdentity>,
     },
     Deny {
         code: String,
@@ -114,6 +121,13 @@ enum Verdict {
     },
     /// Allowed, but the upstream cannot be reached.
     Unreachable(UpstreamError),
+}
+
+/// A per-call identity token minted for one forwarded request.
+struct CallIdentity {
+    token: String,
+    /// Its id, recorded in the audit event so a service's log can be matched to it.
+    jti: String,
 }
 
 type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -592,6 +606,7 @@ impl Gateway {
         )
         .await;
         let verdict = self.verdict(task, decision, &target).await;
+        let verdict = with_call_identity(task, verdict, &method, &target, &path).await;
         let mut event = base_event(task, &method, resource);
         if let Some(id) = approval {
             event.details.insert("approval".into(), json!(id));
@@ -623,6 +638,7 @@ impl Gateway {
                 checked,
                 capabilities,
                 broker,
+                identity,
                 ..
             } => {
                 let meter = Meter {
@@ -632,7 +648,14 @@ impl Gateway {
                     received: 0,
                     usage: UsageScanner::Off,
                 };
-                self.forward(parts, body, &target, &checked, &conn.pool, meter, broker)
+                let call = Call {
+                    target: &target,
+                    checked: &checked,
+                    pool: &conn.pool,
+                    broker,
+                    identity,
+                };
+                self.forward(parts, body, call, meter)
                     .await
                     .unwrap_or_else(|e| error(StatusCode::BAD_GATEWAY, &e.to_string()))
             }
@@ -658,6 +681,7 @@ impl Gateway {
                             policies,
                             capabilities,
                             broker,
+                            identity: None,
                         },
                         Err(message) => Verdict::Deny {
                             code: "credential".into(),
@@ -688,20 +712,28 @@ impl Gateway {
         }
     }
 
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "one call site on the request path; grouping them would only rename them"
-    )]
     async fn forward(
         &self,
         mut parts: http::request::Parts,
         mut body: RequestBody,
-        target: &Target,
-        checked: &Checked,
-        pool: &Pool,
+        call: Call<'_>,
         mut meter: Meter,
-        broker: Option<(Credential, SecretValue)>,
     ) -> Result<Response<GwBody>, UpstreamError> {
+        let Call {
+            target,
+            checked,
+            pool,
+            broker,
+            identity,
+        } = call;
+        // Only the gateway says who a call is for: a token the agent sent is dropped.
+        let call_header = HeaderName::from_static(CALL_TOKEN_HEADER_LOWER);
+        parts.headers.remove(&call_header);
+        if let Some(identity) = identity {
+            let value = HeaderValue::from_str(&identity.token)
+                .map_err(|e| UpstreamError::Credential(format!("the identity token: {e}")))?;
+            parts.headers.insert(call_header, value);
+        }
         let mut conn = self.upstream.checkout(pool, target, checked).await?;
         let path_and_query = parts
             .uri
@@ -971,6 +1003,99 @@ pub(crate) fn base_event(task: &Task, action: &str, resource: String) -> AuditEv
     event
 }
 
+/// What an allowed request is forwarded with.
+struct Call<'a> {
+    target: &'a Target,
+    checked: &'a Checked,
+    pool: &'a Pool,
+    broker: Option<(Credential, SecretValue)>,
+    identity: Option<CallIdentity>,
+}
+
+/// The URL a per-call token names: the request's origin (default port omitted, as a
+/// service names itself) and path, without the query.
+fn call_url(target: &Target, path: &str) -> String {
+    let scheme = if target.tls { "https" } else { "http" };
+    let default_port = if target.tls { 443 } else { 80 };
+    let host = if target.host.contains(':') {
+        format!("[{}]", target.host)
+    } else {
+        target.host.clone()
+    };
+    if target.port == default_port {
+        format!("{scheme}://{host}{path}")
+    } else {
+        format!("{scheme}://{host}:{}{path}", target.port)
+    }
+}
+
+/// Mints the per-call identity token of an allowed request whose capability sends one;
+/// a request that should carry one and cannot is denied (it would reach the service
+/// without saying who it is for).
+async fn with_call_identity(
+    task: &Task,
+    verdict: Verdict,
+    method: &str,
+    target: &Target,
+    path: &str,
+) -> Verdict {
+    let Verdict::Allow {
+        checked,
+        policies,
+        capabilities,
+        broker,
+        identity: None,
+    } = verdict
+    else {
+        return verdict;
+    };
+    if !rules::sends_identity(task, &capabilities) {
+        return Verdict::Allow {
+            checked,
+            policies,
+            capabilities,
+            broker,
+            identity: None,
+        };
+    }
+    let minted = match &task.identity {
+        None => Err("this gateway has no identity store to mint it with".to_owned()),
+        Some(identity) => {
+            let identity = Arc::clone(identity);
+            let principal = task.principal.clone();
+            let (method, url) = (method.to_owned(), call_url(target, path));
+            tokio::task::spawn_blocking(move || {
+                let target = CallTarget::new(&method, &url).map_err(|e| e.to_string())?;
+                identity
+                    .mint_call_token(&principal, &target)
+                    .map(|t| CallIdentity {
+                        token: t.as_str().to_owned(),
+                        jti: t.claims().jti.clone(),
+                    })
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()))
+        }
+    };
+    match minted {
+        Ok(identity) => Verdict::Allow {
+            checked,
+            policies,
+            capabilities,
+            broker,
+            identity: Some(identity),
+        },
+        Err(e) => Verdict::Deny {
+            code: "identity".into(),
+            message: format!(
+                "the per-call identity token this capability sends cannot be minted, so the request is refused: {e}"
+            ),
+            policies,
+        },
+    }
+}
+
 /// Records a verdict in its audit event.
 fn annotate(event: &mut AuditEvent, verdict: &Verdict) {
     match verdict {
@@ -979,7 +1104,13 @@ fn annotate(event: &mut AuditEvent, verdict: &Verdict) {
             capabilities,
             checked,
             broker,
+            identity,
         } => {
+            if let Some(identity) = identity {
+                event
+                    .details
+                    .insert("identity_jti".into(), json!(identity.jti));
+            }
             if let Some((credential, _)) = broker {
                 event
                     .details

@@ -40,3 +40,11 @@ pub(crate) fn reach(task: &Task, capabilities: &[String], host: &str) -> Reach {
         (true, true) => Reach::Literal,
     }
 }
+
+/// Whether a request allowed under `capabilities` carries a per-call identity token: when
+/// any of those rules says so.
+pub(crate) fn sends_identity(task: &Task, capabilities: &[String]) -> bool {
+    egress(task)
+        .iter()
+        .any(|r| r.identity && capabilities.iter().any(|c| c == r.name.as_str()))
+}

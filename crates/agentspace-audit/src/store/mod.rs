@@ -70,6 +70,9 @@ pub(crate) trait Store: Send {
 
     /// Every checkpoint of `tenant`, by size.
     fn checkpoints(&mut self, tenant: &str) -> Result<Vec<CheckpointRow>, AuditError>;
+
+    /// The number of events in `tenant`'s chain (its last sequence number plus one).
+    fn chain_len(&mut self, tenant: &str) -> Result<u64, AuditError>;
 }
 
 pub(crate) fn hash_from(bytes: &[u8], store: &str) -> Result<Hash, AuditError> {

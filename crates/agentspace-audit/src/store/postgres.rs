@@ -319,6 +319,17 @@ impl Store for PostgresStore {
             .map_err(|e| pg_error(&self.display, &e))
     }
 
+    fn chain_len(&mut self, tenant: &str) -> Result<u64, AuditError> {
+        self.client
+            .query_one(
+                "SELECT COALESCE(MAX(seq) + 1, 0) FROM audit_events WHERE tenant = $1",
+                &[&tenant],
+            )
+            .and_then(|row| row.try_get::<_, i64>(0))
+            .map(to_u64)
+            .map_err(|e| pg_error(&self.display, &e))
+    }
+
     fn checkpoints(&mut self, tenant: &str) -> Result<Vec<CheckpointRow>, AuditError> {
         let rows = self
             .client

@@ -249,6 +249,14 @@ impl Store for SqliteStore {
             .map_err(|e| store_error(&self.path, &e))
     }
 
+    fn chain_len(&mut self, tenant: &str) -> Result<u64, AuditError> {
+        self.conn
+            .prepare_cached("SELECT COALESCE(MAX(seq) + 1, 0) FROM audit_events WHERE tenant = ?1")
+            .and_then(|mut stmt| stmt.query_row([tenant], |r| r.get::<_, i64>(0)))
+            .map(to_u64)
+            .map_err(|e| store_error(&self.path, &e))
+    }
+
     fn checkpoints(&mut self, tenant: &str) -> Result<Vec<CheckpointRow>, AuditError> {
         let mut stmt = self
             .conn

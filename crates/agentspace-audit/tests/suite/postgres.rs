@@ -181,6 +181,10 @@ fn concurrent_writers_on_separate_connections_keep_one_chain() {
         .prove_inclusion(&super::support::tenant("acme"), 17)
         .unwrap();
     assert_eq!(p.tree_size, 3 * 56);
+    // Followers start at the end of each chain.
+    assert_eq!(log.chain_len("acme").unwrap(), 3 * 56);
+    assert_eq!(log.chain_len("globex").unwrap(), 3);
+    assert_eq!(log.chain_len("initech").unwrap(), 0);
 }
 
 #[test]

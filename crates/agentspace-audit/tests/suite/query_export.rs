@@ -114,6 +114,20 @@ fn filters_combine() {
 }
 
 #[test]
+fn chain_len_is_where_the_next_event_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(dir.path()).unwrap();
+    assert_eq!(log.chain_len("acme").unwrap(), 0);
+    append_n(&log, "acme", 7);
+    append_n(&log, "globex", 2);
+    assert_eq!(log.chain_len("acme").unwrap(), 7);
+    assert_eq!(log.chain_len("globex").unwrap(), 2);
+    let receipt = log.append(super::support::http_event("acme", 7)).unwrap();
+    assert_eq!(receipt.seq, 7);
+    assert_eq!(log.chain_len("acme").unwrap(), 8);
+}
+
+#[test]
 fn jsonl_export_carries_the_exact_hashed_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let log = AuditLog::open(dir.path()).unwrap();

@@ -306,3 +306,64 @@ spec:
     let seen = std::fs::read_to_string(s.path().join("seen.log")).unwrap();
     assert!(!seen.contains("/v1/three"), "{seen}");
 }
+
+/// A program that floods the cell's resolver with refused lookups (a DNS tunnel trying
+/// name after name) gets the whole resolver suspended: after 32 refusals even an allowed
+/// name is refused, and the suspension is one audit event, not one per query.
+#[test]
+fn a_flood_of_refused_lookups_suspends_the_cells_resolver() {
+    if !privileged() {
+        return;
+    }
+    let s = Sandbox::new();
+    let up = upstream(&s);
+    let def = s.definition("door.yaml", DEFINITION);
+    let script = r#"
+import socket, struct
+
+def dns(name):
+    q = struct.pack("!HHHHHH", 0x4242, 0x0100, 1, 0, 0, 0)
+    for label in name.split("."):
+        q += bytes([len(label)]) + label.encode()
+    q += b"\x00" + struct.pack("!HH", 1, 1)
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.settimeout(5)
+    u.sendto(q, ("127.0.0.1", 53))
+    reply, _ = u.recvfrom(4096)
+    return reply[3] & 0x0F
+
+print("before:", dns("api.example.test"), flush=True)
+print("flood:", " ".join(str(dns("n%d.exfil.example.org" % i)) for i in range(40)), flush=True)
+print("after:", dns("api.example.test"), dns("other.example.test"), flush=True)
+"#;
+    let mut c = s.governed_run(&def, up.port);
+    c.args(["--", "python3", "-c", script]);
+    let r: Ran = c.output().unwrap().into();
+    assert_eq!(r.code, 0, "{r:?}");
+    // rcode 0: answered; 3: NXDOMAIN; 5: REFUSED.
+    assert_eq!(outcome(&r, "before"), "0", "{r:?}");
+    let flood: Vec<&str> = outcome(&r, "flood").split(' ').collect();
+    assert_eq!(flood.len(), 40);
+    assert!(flood[..32].iter().all(|c| *c == "3"), "{r:?}");
+    assert!(flood[32..].iter().all(|c| *c == "5"), "{r:?}");
+    assert_eq!(outcome(&r, "after"), "5 5", "{r:?}");
+
+    let lookups = s.audit_events(&["--kind", "dns_lookup"]);
+    let floods: Vec<_> = lookups
+        .iter()
+        .filter(|e| e["details"]["code"] == "dns-flood")
+        .collect();
+    assert_eq!(floods.len(), 1, "{lookups:#?}");
+    assert!(
+        floods[0]["reason"].as_str().unwrap().contains("suspended"),
+        "{floods:?}"
+    );
+    // Each refused name before the suspension is audited; the suspended ones are not
+    // decided at all.
+    let refused = lookups
+        .iter()
+        .filter(|e| e["decision"] == "deny" && e["details"]["code"] != "dns-flood")
+        .count();
+    assert_eq!(refused, 32, "{lookups:#?}");
+    assert!(s.audit_verifies());
+}

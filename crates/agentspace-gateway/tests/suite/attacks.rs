@@ -305,3 +305,58 @@ async fn identity_comes_from_the_door_never_from_what_the_client_sends() {
     assert_eq!(events[0]["task"], "t1");
     assert_eq!(events[0]["user"], "alice@acme.example");
 }
+
+/// One A query for `name` to the resolver at `addr`; returns the reply's rcode and
+/// answer count.
+async fn dns_query(addr: std::net::SocketAddr, name: &str) -> (u8, u16) {
+    let mut q = vec![0x42, 0x42, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    socket.send_to(&q, addr).await.unwrap();
+    let mut reply = [0u8; 512];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(10), socket.recv_from(&mut reply))
+        .await
+        .expect("the resolver did not answer")
+        .unwrap();
+    assert!(n >= 12);
+    (reply[3] & 0x0f, u16::from_be_bytes([reply[6], reply[7]]))
+}
+
+/// The resolver fails closed too: when its decision cannot be recorded it answers
+/// SERVFAIL, so no address (and no refusal) reaches the agent without an audit event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_audit_log_cannot_be_written_lookups_get_no_answer() {
+    let h = Harness::start().await;
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(Arc::clone(&h.gateway).serve_dns(socket, Arc::clone(&h.task)));
+    // Working log: an allowed name gets its address, an unlisted one NXDOMAIN.
+    assert_eq!(dns_query(addr, "api.example.com").await, (0, 1));
+    assert_eq!(dns_query(addr, "unlisted.example.org").await, (3, 0));
+    let before = h.events().await.len();
+    assert_eq!(before, 2);
+
+    // The signing keys become unreadable (kept aside, to be put back).
+    let keys = h.dir.path().join("state/audit/keys");
+    let aside = h.dir.path().join("keys-aside");
+    std::fs::rename(&keys, &aside).unwrap();
+    std::fs::write(&keys, b"not a directory").unwrap();
+    // A new allowed name and a refused one: SERVFAIL (rcode 2), no address.
+    assert_eq!(dns_query(addr, "plain.example.com").await, (2, 0));
+    assert_eq!(dns_query(addr, "other.example.org").await, (2, 0));
+
+    std::fs::remove_file(&keys).unwrap();
+    std::fs::rename(&aside, &keys).unwrap();
+    assert_eq!(
+        h.events().await.len(),
+        before,
+        "nothing was recorded while failing"
+    );
+    // Once the log works again, the name is decided and answered normally.
+    assert_eq!(dns_query(addr, "plain.example.com").await, (0, 1));
+    assert_eq!(h.verified_events().await, 3);
+}

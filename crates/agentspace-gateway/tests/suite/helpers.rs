@@ -377,11 +377,11 @@ impl Harness {
         let proxy = listener.local_addr().unwrap();
         let door = Door::new(
             DoorListener::Tcp(listener),
-            credentials
-                .into_iter()
-                .fold(Task::new(principal("t1"), policy), |t, (cap, cred)| {
-                    t.with_credential(cap, cred)
-                }),
+            credentials.into_iter().fold(
+                Task::new(principal("t1"), policy)
+                    .with_identity(Arc::new(agentspace_identity::Identity::open(&state))),
+                |t, (cap, cred)| t.with_credential(cap, cred),
+            ),
         );
         let task = Arc::clone(door.task());
         tokio::spawn(Arc::clone(&gateway).serve(door));

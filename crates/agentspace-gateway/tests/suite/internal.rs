@@ -80,3 +80,67 @@ async fn an_internal_rule_reaches_the_service_it_names_and_nothing_else() {
     assert_eq!(events[0]["details"]["code"], "ssrf");
     assert!(h.upstream_seen.lock().unwrap().is_empty());
 }
+
+/// Internal services learn who a call is for: each request of an `internal: true` rule
+/// carries a one-time `Agentspace-Identity` token that verifies against the tenant's keys
+/// and names the user and the agent; a token the agent forges is dropped, and a rule
+/// with `identity: false` sends none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_services_receive_a_verifiable_per_call_identity_and_never_the_agents() {
+    let h = Harness::start_with(INTERNAL).await;
+    let port = h.upstream_plain.port();
+    let forged = "Agentspace-Identity: eyJhbGciOiJub25lIn0.eyJzdWIiOiJhZG1pbiJ9.";
+    let url = format!("http://localhost:{port}/v1/who?x=1");
+    let out = h.curl(&["-H", forged, &url]).await;
+    assert_eq!(out.status, 200, "{}", out.body);
+    let token = out.json()["headers"]["agentspace-identity"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no identity token upstream: {}", out.body))
+        .to_owned();
+    assert!(
+        !token.contains("eyJzdWIiOiJhZG1pbiJ9"),
+        "the forged token went through"
+    );
+    let state = h.dir.path().join("state");
+    let identity = agentspace_identity::Identity::open(&state);
+    let tenant = agentspace_core::Name::new("acme").unwrap();
+    let target =
+        agentspace_identity::CallTarget::new("GET", &format!("http://localhost:{port}/v1/who"))
+            .unwrap();
+    let expected = agentspace_identity::Expected::call(&tenant, &target);
+    let verified = identity
+        .verify(&token, &expected, &agentspace_identity::NothingRevoked)
+        .unwrap_or_else(|e| panic!("{e}: {token}"));
+    assert_eq!(verified.principal(), &super::helpers::principal("t1"));
+    // One-time: the service refuses it a second time.
+    assert!(
+        identity
+            .verify(&token, &expected, &agentspace_identity::NothingRevoked)
+            .is_err()
+    );
+    // The audit event names the token's id, not the token.
+    let events = h.events().await;
+    let jti = events[0]["details"]["identity_jti"].as_str().unwrap();
+    assert_eq!(jti, verified.claims().jti);
+    assert!(!events[0].to_string().contains(&token));
+
+    assert_eq!(h.verified_events().await, 1);
+
+    // `identity: false`: no token, and the agent's forged one is still dropped.
+    let h = Harness::start_with(&INTERNAL.replacen(
+        "      internal: true\n",
+        "      internal: true\n      identity: false\n",
+        1,
+    ))
+    .await;
+    let out = h
+        .curl(&["-H", forged, &format!("http://localhost:{port}/v1/quiet")])
+        .await;
+    assert_eq!(out.status, 200, "{}", out.body);
+    assert_eq!(
+        out.json()["headers"].get("agentspace-identity"),
+        None,
+        "{}",
+        out.body
+    );
+}

@@ -227,24 +227,30 @@ impl Boundary {
             definition,
             state.path(),
         )?);
-        let gateway = Gateway::new(config, agentspace_audit::AuditLog::open(state.path())?)?;
+        let gateway = Gateway::new(
+            config.clone(),
+            agentspace_audit::AuditLog::open(state.path())?,
+        )?;
         let ca = gateway
             .tenant_ca(&definition.tenant)?
             .cert_path()
             .to_path_buf();
         let identity = std::sync::Arc::new(agentspace_identity::Identity::open(state.path()));
-        let mcp_gateway = agentspace_gateway::McpGateway::sandboxed(
+        // HTTP tool servers are reached like HTTP egress upstreams (the same roots,
+        // --upstream-ca and --resolve); stdio ones run in cells of their own.
+        let mcp_gateway = agentspace_gateway::McpGateway::configured(
             agentspace_audit::AuditLog::open(state.path())?,
             std::sync::Arc::clone(&identity),
-            std::sync::Arc::new(ToolCells {
+            &config,
+            Some(std::sync::Arc::new(ToolCells {
                 exe: std::env::current_exe().context("cannot find the agentspace binary")?,
                 state: state.path().to_path_buf(),
                 dir: state.tasks_dir()?.join(task.as_str()).join("tools"),
                 tenant: definition.tenant.to_string(),
                 user: principal.user().as_str().to_owned(),
                 timeout_secs: definition.limits.timeout.as_secs().max(1),
-            }),
-        );
+            })),
+        )?;
         let mut door = agentspace_cell::NetworkDoor::create()?;
         let sockets = door.take_sockets().context("the door has no sockets")?;
         for nonblocking in [

@@ -578,6 +578,7 @@ spec:
     - server: hr
       url: http://hr.internal.example/mcp            # a streamable-HTTP server
       allow: []                                      # nothing: the agent never sees it
+      credential: {secret: hr-token, header: Authorization, format: "Bearer {}"}
     - server: mail
       command: [python3, ./servers/mail.py]
       allow: [send_mail]
@@ -615,6 +616,16 @@ spec:
             ["sampling", "elicitation", "progress", "listChanged"]
         );
         assert!(t.servers[1].relay.is_empty());
+        let cred = t.servers[1].credential.as_ref().unwrap();
+        assert_eq!(cred.secret, "hr-token");
+        assert_eq!(
+            cred.apply,
+            crate::CredentialApply::Header {
+                name: "Authorization".into(),
+                format: "Bearer {}".into()
+            }
+        );
+        assert!(db.credential.is_none());
         assert!(t.servers[1].resources.is_empty() && t.servers[1].prompts.is_empty());
         assert_eq!(
             t.servers[1].transport,
@@ -711,6 +722,24 @@ spec:
                 "",
             ),
             (
+                "format: \"Bearer {}\"}",
+                "format: \"Bearer\"}",
+                "spec.tools[1].credential.format",
+                "exactly one `{}`",
+            ),
+            (
+                "header: Authorization, format: \"Bearer {}\"}",
+                "awsSigV4: {region: us-east-1, service: s3}}",
+                "spec.tools[1].credential.awsSigV4",
+                "egress rules",
+            ),
+            (
+                "      labels: [pii]                                  # what this source's results carry\n",
+                "      labels: [pii]\n      credential: {secret: db, header: X-Key}\n",
+                "spec.tools[0].credential",
+                "stdio server",
+            ),
+            (
                 "labels: [pii]",
                 "labels: [PII]",
                 "spec.tools[0].labels",
@@ -746,7 +775,7 @@ spec:
             assert!(e.message.contains(message), "{from} -> {e}");
             // Keys inside a flow mapping (`{when: .., timeout: ..}`) have no line of
             // their own to find.
-            if !field.contains("approval") {
+            if !field.contains("approval") && !field.contains("credential.") {
                 assert!(e.line.is_some(), "{e}");
             }
         }

@@ -162,7 +162,7 @@ pub enum CredentialApply {
     },
 }
 
-fn validate_credential(c: &RawCredential) -> Result<CredentialRef, (String, String)> {
+pub(crate) fn validate_credential(c: &RawCredential) -> Result<CredentialRef, (String, String)> {
     let token_ok = |s: &str| {
         !s.is_empty()
             && s.len() <= 128

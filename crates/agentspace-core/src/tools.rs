@@ -71,6 +71,12 @@ pub struct RawToolServer {
     /// are refused and audited.
     #[serde(default)]
     pub relay: Vec<Relay>,
+    /// A credential the gateway adds to every request to this streamable-HTTP server
+    /// (`url`), from the tenant's secret store, as for `spec.egress[].credential`
+    /// (`header`, `basic` or `query`). Neither the agent nor anything it can read ever
+    /// holds it; a response that echoes it is redacted.
+    #[serde(default)]
+    pub credential: Option<crate::governance::RawCredential>,
 }
 
 /// What a tool server may send the agent's client through the boundary.
@@ -210,6 +216,8 @@ pub struct ToolServer {
     pub prompts: Vec<String>,
     /// What the server may send the agent's client.
     pub relay: BTreeSet<Relay>,
+    /// The credential the gateway adds to every request to this (HTTP) server.
+    pub credential: Option<crate::governance::CredentialRef>,
 }
 
 impl ToolServer {
@@ -428,6 +436,26 @@ pub(crate) fn validate_tools(
                 return Err((field("relay"), format!("`{}` is listed twice", r.name())));
             }
         }
+        let credential = match (&raw.credential, &transport) {
+            (None, _) => None,
+            (Some(_), ToolTransport::Stdio { .. }) => {
+                return Err((
+                    field("credential"),
+                    "a stdio server is given no credential (it would hold it); the gateway brokers credentials for a `url` server only".to_owned(),
+                ));
+            }
+            (Some(c), ToolTransport::Http { .. }) => {
+                let c = crate::governance::validate_credential(c)
+                    .map_err(|(sub, m)| (field(&format!("credential.{sub}")), m))?;
+                if let crate::governance::CredentialApply::AwsSigV4 { .. } = c.apply {
+                    return Err((
+                        field("credential.awsSigV4"),
+                        "AWS signing is for egress rules; give a tool server `header`, `basic` or `query`".to_owned(),
+                    ));
+                }
+                Some(c)
+            }
+        };
         out.servers.push(ToolServer {
             name: raw.server.clone(),
             transport,
@@ -439,6 +467,7 @@ pub(crate) fn validate_tools(
             resources,
             prompts,
             relay,
+            credential,
         });
     }
 
@@ -661,6 +690,7 @@ mod tests {
             resources: resources.iter().map(|s| (*s).to_owned()).collect(),
             prompts: vec!["brief".into()],
             relay: BTreeSet::new(),
+            credential: None,
         }
     }
 

@@ -226,7 +226,11 @@ async fn main() {
     let task = Arc::new(Task::new(principal, policy));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(McpGateway::new(audit, identity).serve(listener, Arc::clone(&task)));
+    tokio::spawn(
+        McpGateway::new(audit, identity)
+            .unwrap()
+            .serve(listener, Arc::clone(&task)),
+    );
 
     let mut direct = Direct::start(&script).await;
     let mut gateway = Gateway::connect(addr).await;

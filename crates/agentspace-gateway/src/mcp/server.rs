@@ -29,8 +29,12 @@ use super::content;
 use super::jsonrpc::{self, Message};
 use super::relay::{self, Relayed};
 use super::schema::Validator;
-use super::upstream::{Messages, StdioSandbox, Upstream};
+use super::upstream::{HttpLink, Messages, StdioSandbox, Upstream};
+use crate::config::GatewayConfig;
 use crate::door::Task;
+use crate::error::GatewayError;
+use crate::upstream::Upstream as HttpClient;
+use agentspace_secrets::SecretStore;
 
 /// The port of the MCP door inside a cell: the agent reaches its tools at
 /// `http://127.0.0.1:3130/mcp`.
@@ -60,6 +64,10 @@ pub struct McpGateway {
     pub(super) audit: AuditLog,
     identity: Arc<Identity>,
     sandbox: Option<Arc<dyn StdioSandbox>>,
+    /// The client HTTP tool servers are reached with (as HTTP egress upstreams are).
+    client: Arc<HttpClient>,
+    /// Where brokered credentials of HTTP tool servers are read.
+    secrets: Option<SecretStore>,
 }
 
 impl std::fmt::Debug for McpGateway {
@@ -160,6 +168,20 @@ impl Drop for InFlightGuard<'_> {
     }
 }
 
+/// A name the agent may not use, as [`McpGateway::unknown`] audits and answers it.
+struct Unknown<'a> {
+    action: &'static str,
+    resource: String,
+    arguments: &'a Value,
+    /// The audit log's reason.
+    reason: String,
+    /// What the agent is told: what an SDK server says of a name it does not have.
+    message: String,
+    data: Option<Value>,
+    /// Servers that could not be listed, with why.
+    unavailable: &'a BTreeMap<String, String>,
+}
+
 /// A listing other than `tools/list`.
 #[derive(Clone, Copy, Debug)]
 enum Listing {
@@ -237,26 +259,38 @@ struct Refusal {
 
 impl McpGateway {
     /// A gateway writing every decision to `audit` and minting per-call identity tokens
-    /// with `identity`.
-    pub fn new(audit: AuditLog, identity: Arc<Identity>) -> Arc<Self> {
-        Arc::new(Self {
+    /// with `identity`; stdio tool servers run as plain child processes, HTTP ones are
+    /// verified against the host's roots, and none may have a brokered credential (there
+    /// is no secret store). For tests and embedding; `agentspace run` uses
+    /// [`McpGateway::configured`].
+    pub fn new(audit: AuditLog, identity: Arc<Identity>) -> Result<Arc<Self>, GatewayError> {
+        let config = GatewayConfig::new(std::path::PathBuf::new());
+        Ok(Arc::new(Self {
             audit,
             identity,
             sandbox: None,
-        })
+            client: Arc::new(HttpClient::new(&config)?),
+            secrets: None,
+        }))
     }
 
-    /// As [`McpGateway::new`], starting every stdio tool server through `sandbox`.
-    pub fn sandboxed(
+    /// A gateway that reaches HTTP tool servers as the HTTP gateway reaches upstreams
+    /// under `config` (its roots and upstream CAs, resolve overrides), reads their
+    /// brokered credentials from the secret store of `config.state_dir`, and starts
+    /// every stdio tool server through `sandbox` when given.
+    pub fn configured(
         audit: AuditLog,
         identity: Arc<Identity>,
-        sandbox: Arc<dyn StdioSandbox>,
-    ) -> Arc<Self> {
-        Arc::new(Self {
+        config: &GatewayConfig,
+        sandbox: Option<Arc<dyn StdioSandbox>>,
+    ) -> Result<Arc<Self>, GatewayError> {
+        Ok(Arc::new(Self {
             audit,
             identity,
-            sandbox: Some(sandbox),
-        })
+            sandbox,
+            client: Arc::new(HttpClient::new(config)?),
+            secrets: Some(SecretStore::open(&config.state_dir)),
+        }))
     }
 
     /// Serves the MCP endpoint of `task` on `listener` until the task is closed
@@ -680,6 +714,15 @@ impl McpGateway {
             self.sandbox.as_deref(),
             state.messages.clone(),
             relay::client_capabilities(server),
+            Arc::new(HttpLink {
+                client: Arc::clone(&self.client),
+                secrets: self.secrets.clone(),
+                tenant: state.task.principal.tenant().clone(),
+                credential: server
+                    .credential
+                    .as_ref()
+                    .map(crate::broker::Credential::from),
+            }),
         )
         .await
         .map(Arc::new)
@@ -835,14 +878,17 @@ impl McpGateway {
                 .unknown(
                     state,
                     id,
-                    "tools/call",
-                    format!("mcp://?/{name}"),
-                    &arguments,
-                    format!(
+                    Unknown {
+                        action: "tools/call",
+                        resource: format!("mcp://?/{name}"),
+                        arguments: &arguments,
+                        reason: format!(
                         "`{name}` is not a tool this agent may use (its definition's `spec.tools[].allow` does not list it)"
                     ),
-                    format!("Unknown tool: {name}"),
-                    None,
+                        message: format!("Unknown tool: {name}"),
+                        data: None,
+                        unavailable: &catalog.unavailable,
+                    },
                 )
                 .await;
         };
@@ -891,14 +937,17 @@ impl McpGateway {
                 .unknown(
                     state,
                     id,
-                    "resources/read",
-                    format!("mcp://?/resources/{uri}"),
-                    &json!({"uri": uri}),
-                    format!(
+                    Unknown {
+                        action: "resources/read",
+                        resource: format!("mcp://?/resources/{uri}"),
+                        arguments: &json!({"uri": uri}),
+                        reason: format!(
                         "`{uri}` is not a resource this agent may read (no `spec.tools[].resources` pattern matches it)"
                     ),
-                    format!("Unknown resource: {uri}"),
-                    Some(json!({"uri": uri})),
+                        message: format!("Unknown resource: {uri}"),
+                        data: Some(json!({"uri": uri})),
+                        unavailable: &BTreeMap::new(),
+                    },
                 )
                 .await;
         };
@@ -959,14 +1008,17 @@ impl McpGateway {
                 .unknown(
                     state,
                     id,
-                    "prompts/get",
-                    format!("mcp://?/prompts/{name}"),
-                    &arguments,
-                    format!(
+                    Unknown {
+                        action: "prompts/get",
+                        resource: format!("mcp://?/prompts/{name}"),
+                        arguments: &arguments,
+                        reason: format!(
                         "`{name}` is not a prompt this agent may get (its definition's `spec.tools[].prompts` does not list it)"
                     ),
-                    format!("Unknown prompt: {name}"),
-                    None,
+                        message: format!("Unknown prompt: {name}"),
+                        data: None,
+                        unavailable: &BTreeMap::new(),
+                    },
                 )
                 .await;
         };
@@ -999,32 +1051,23 @@ impl McpGateway {
     /// The answer to a name the agent may not use: audited as a denial
     /// (`not-permitted`) and answered as the MCP SDKs answer a name that does not exist,
     /// so the agent cannot probe what exists.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "one call site per kind, each spelled out"
-    )]
-    async fn unknown(
-        &self,
-        state: &TaskTools,
-        id: &Value,
-        action: &str,
-        resource: String,
-        arguments: &Value,
-        reason: String,
-        message: String,
-        data: Option<Value>,
-    ) -> Value {
-        let mut event = base_event(&state.task, action, resource);
+    async fn unknown(&self, state: &TaskTools, id: &Value, u: Unknown<'_>) -> Value {
+        let mut event = base_event(&state.task, u.action, u.resource);
         event.decision = Some(AuditDecision::Deny);
-        event.reason = Some(reason);
+        event.reason = Some(u.reason);
         event
             .details
             .insert("code".into(), json!(DenyReason::NotPermitted.code()));
-        event.args_digest = Some(sha256(&serde_json::to_vec(arguments).unwrap_or_default()));
+        if !u.unavailable.is_empty() {
+            event
+                .details
+                .insert("unavailable".into(), json!(u.unavailable));
+        }
+        event.args_digest = Some(sha256(&serde_json::to_vec(u.arguments).unwrap_or_default()));
         if let Err(e) = self.append(event).await {
             return jsonrpc::error(id, jsonrpc::INTERNAL_ERROR, &audit_failed(&e), None);
         }
-        jsonrpc::error(id, jsonrpc::INVALID_PARAMS, &message, data)
+        jsonrpc::error(id, jsonrpc::INVALID_PARAMS, &u.message, u.data)
     }
 
     /// One governed request to a tool server (a tool call, a resource read, a prompt

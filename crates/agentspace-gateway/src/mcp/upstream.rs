@@ -9,18 +9,21 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agentspace_core::ToolTransport;
-use bytes::Bytes;
+use agentspace_core::{Name, ToolTransport};
+use agentspace_secrets::SecretStore;
 use http::{Method, Request, StatusCode, header};
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
+use http_body_util::BodyExt;
 use serde_json::{Map, Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use zeroize::Zeroizing;
 
 use super::jsonrpc;
+use crate::broker::Credential;
+use crate::ssrf::Reach;
+use crate::upstream::{Pool, Pooled, Target, Upstream as HttpClient, checkin};
 
 /// The MCP revision the gateway asks its tool servers for (the newest one negotiated
 /// with `initialize`).
@@ -125,11 +128,35 @@ impl Drop for StdioConn {
 
 struct HttpConn {
     server: String,
+    /// Scheme, host and port.
+    target: Target,
+    /// `host[:port]` as the URL wrote it, for `Host`.
     authority: String,
     path: String,
     session: Mutex<Option<String>>,
     /// Where the server's requests and notifications on a response stream go.
     messages: Messages,
+    link: Arc<HttpLink>,
+    /// Idle connections to the server.
+    pool: Pool,
+}
+
+/// How the gateway reaches HTTP tool servers: its upstream client (the host's roots
+/// plus the operator's CAs, resolve overrides, the SSRF guard) and, for a server with a
+/// credential, the secret store it is read from.
+pub(crate) struct HttpLink {
+    pub(crate) client: Arc<HttpClient>,
+    pub(crate) secrets: Option<SecretStore>,
+    pub(crate) tenant: Name,
+    pub(crate) credential: Option<Credential>,
+}
+
+/// One POST on its way: the response, the connection it came on (back to the pool
+/// once the body is read) and what must be redacted from what it carries.
+struct Exchange {
+    resp: http::Response<hyper::body::Incoming>,
+    conn: Pooled,
+    redact: Vec<Zeroizing<Vec<u8>>>,
 }
 
 /// Where stdio tool servers run. Given a server's name, command and working directory,
@@ -151,6 +178,7 @@ impl Upstream {
         sandbox: Option<&dyn StdioSandbox>,
         messages: Messages,
         capabilities: Value,
+        link: Arc<HttpLink>,
     ) -> Result<Self, UpstreamError> {
         let conn = match transport {
             ToolTransport::Stdio { command, cwd } => {
@@ -167,7 +195,7 @@ impl Upstream {
                 Conn::Stdio(Box::new(spawn(name, &command, cwd, messages)?))
             }
             ToolTransport::Http { url } => {
-                Conn::Http(Arc::new(HttpConn::new(name, url, messages)?))
+                Conn::Http(Arc::new(HttpConn::new(name, url, messages, link)?))
             }
         };
         let upstream = Self {
@@ -467,14 +495,23 @@ pub(crate) fn refusal(id: &Value) -> Value {
 }
 
 impl HttpConn {
-    fn new(server: &str, url: &str, messages: Messages) -> Result<Self, UpstreamError> {
+    fn new(
+        server: &str,
+        url: &str,
+        messages: Messages,
+        link: Arc<HttpLink>,
+    ) -> Result<Self, UpstreamError> {
         let bad = |message: String| UpstreamError::Http {
             server: server.to_owned(),
             message,
         };
-        let Some(rest) = url.strip_prefix("http://") else {
+        let (tls, rest) = if let Some(rest) = url.strip_prefix("https://") {
+            (true, rest)
+        } else if let Some(rest) = url.strip_prefix("http://") {
+            (false, rest)
+        } else {
             return Err(bad(format!(
-                "`{url}`: only `http://` tool servers are supported so far (https is not yet)"
+                "`{url}` is not an `http://` or `https://` URL"
             )));
         };
         let (authority, path) = match rest.find('/') {
@@ -484,12 +521,47 @@ impl HttpConn {
             ),
             None => (rest, "/"),
         };
+        let default_port = if tls { 443 } else { 80 };
+        // `host`, `host:port`, `[v6]`, `[v6]:port`.
+        let (host, port) = match authority.strip_prefix('[') {
+            Some(v6) => {
+                let (host, after) = v6
+                    .split_once(']')
+                    .ok_or_else(|| bad(format!("`{url}` has an unclosed `[`")))?;
+                let port = match after.strip_prefix(':') {
+                    Some(p) => Some(p),
+                    None if after.is_empty() => None,
+                    None => return Err(bad(format!("`{url}` has a malformed host"))),
+                };
+                (host, port)
+            }
+            None => match authority.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            },
+        };
+        let port = match port {
+            None => default_port,
+            Some(p) => p
+                .parse::<u16>()
+                .map_err(|_| bad(format!("`{url}` has a malformed port")))?,
+        };
+        if host.is_empty() {
+            return Err(bad(format!("`{url}` has no host")));
+        }
         Ok(Self {
             server: server.to_owned(),
+            target: Target {
+                host: host.to_ascii_lowercase(),
+                port,
+                tls,
+            },
             authority: authority.to_owned(),
             path: path.to_owned(),
             session: Mutex::new(None),
             messages,
+            link,
+            pool: Pool::default(),
         })
     }
 
@@ -506,11 +578,18 @@ impl HttpConn {
             return self.post_only(message).await.map(|()| None);
         };
         let fail = |message: String| self.fail(message);
-        let resp = self.exchange(message, identity).await?;
+        let Exchange { resp, conn, redact } = self.exchange(message, identity).await?;
         let status = resp.status();
         if status != StatusCode::OK {
             return Err(fail(format!("answered {status}")));
         }
+        // A secret the server echoes never reaches the agent (nor the audit log).
+        let clean = |mut v: Map<String, Value>| {
+            for item in v.values_mut() {
+                redact_value(item, &redact);
+            }
+            v
+        };
         let sse = resp
             .headers()
             .get(header::CONTENT_TYPE)
@@ -530,10 +609,11 @@ impl HttpConn {
                 let mut others = Vec::new();
                 let found = sse_response(&mut buf, id, &mut |m| others.push(m));
                 for m in others {
-                    self.on_stream(m).await;
+                    self.on_stream(redact_message(m, &redact)).await;
                 }
                 if let Some(found) = found {
-                    return Ok(Some(found));
+                    // The server may keep the stream open: this connection is not reused.
+                    return Ok(Some(clean(found)));
                 }
             }
         }
@@ -542,16 +622,18 @@ impl HttpConn {
             let mut others = Vec::new();
             let found = sse_response(&mut buf, id, &mut |m| others.push(m));
             for m in others {
-                self.on_stream(m).await;
+                self.on_stream(redact_message(m, &redact)).await;
             }
+            checkin(&self.pool, conn);
             return found
-                .map(Some)
+                .map(|f| Some(clean(f)))
                 .ok_or_else(|| fail("the event stream ended without the response".into()));
         }
+        checkin(&self.pool, conn);
         let value: Value =
             serde_json::from_slice(&buf).map_err(|e| fail(format!("the body is not JSON: {e}")))?;
         match jsonrpc::parse(value) {
-            Ok(jsonrpc::Message::Response { body, .. }) => Ok(Some(body)),
+            Ok(jsonrpc::Message::Response { body, .. }) => Ok(Some(clean(body))),
             _ => Err(fail("the body is not a JSON-RPC response".into())),
         }
     }
@@ -568,7 +650,12 @@ impl HttpConn {
     /// POSTs a message that expects no response (a notification, an answer to the
     /// server's request).
     async fn post_only(&self, message: &Value) -> Result<(), UpstreamError> {
-        let status = self.exchange(message, None).await?.status();
+        let Exchange { resp, conn, .. } = self.exchange(message, None).await?;
+        let status = resp.status();
+        // Read to the end so the connection can be used again.
+        if resp.into_body().collect().await.is_ok() {
+            checkin(&self.pool, conn);
+        }
         if status.is_success() {
             Ok(())
         } else {
@@ -576,31 +663,46 @@ impl HttpConn {
         }
     }
 
-    /// Sends one POST in the server's session (keeping the session id it gives).
+    /// Sends one POST in the server's session (keeping the session id it gives), over
+    /// a connection of the pool or a new one: resolved (resolve overrides first) and
+    /// checked like an `internal: true` egress host, TLS verified against the host's
+    /// roots and the operator's CAs, the brokered credential added.
     async fn exchange(
         &self,
         message: &Value,
         identity: Option<&str>,
-    ) -> Result<http::Response<hyper::body::Incoming>, UpstreamError> {
+    ) -> Result<Exchange, UpstreamError> {
         let fail = |message: String| self.fail(message);
-        let addr = if self.authority.contains(':') {
-            self.authority.clone()
-        } else {
-            format!("{}:80", self.authority)
-        };
-        let stream = tokio::net::TcpStream::connect(&addr)
-            .await
-            .map_err(|e| fail(format!("cannot connect to `{addr}`: {e}")))?;
-        let _ = stream.set_nodelay(true);
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        let body = serde_json::to_vec(message).map_err(|e| fail(e.to_string()))?;
+        let mut headers = http::HeaderMap::new();
+        let mut path = self.path.clone();
+        let mut redact = Vec::new();
+        if let Some(credential) = &self.link.credential {
+            let secret = self.secret(credential).await?;
+            path = crate::broker::apply(credential, secret.expose(), &mut headers, &path)
+                .map_err(|e| fail(format!("cannot apply the brokered credential: {e}")))?;
+            redact = crate::broker::patterns(secret.expose(), &credential.apply);
+        }
+        let client = &self.link.client;
+        let checked = client
+            .resolve(&self.target, Reach::Internal)
             .await
             .map_err(|e| fail(e.to_string()))?;
-        tokio::spawn(conn);
-        let body = serde_json::to_vec(message).map_err(|e| fail(e.to_string()))?;
-        let mut req = Request::builder()
-            .method(Method::POST)
-            .uri(&self.path)
-            .header(header::HOST, &self.authority)
+        let mut conn = client
+            .checkout(&self.pool, &self.target, &checked)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let h2 = conn.sender.is_h2();
+        let uri = if h2 {
+            format!("{}{path}", self.target.origin())
+        } else {
+            path
+        };
+        let mut req = Request::builder().method(Method::POST).uri(uri);
+        if !h2 {
+            req = req.header(header::HOST, &self.authority);
+        }
+        req = req
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::ACCEPT, "application/json, text/event-stream")
             .header("mcp-protocol-version", UPSTREAM_PROTOCOL);
@@ -611,11 +713,13 @@ impl HttpConn {
         if let Some(token) = identity {
             req = req.header("agentspace-identity", token);
         }
-        let req = req
-            .body(Full::new(Bytes::from(body)))
+        let mut req = req
+            .body(crate::body::full(body))
             .map_err(|e| fail(e.to_string()))?;
-        let resp = sender
-            .send_request(req)
+        req.headers_mut().extend(headers);
+        let resp = conn
+            .sender
+            .send(req)
             .await
             .map_err(|e| fail(e.to_string()))?;
         if let Some(s) = resp
@@ -626,7 +730,25 @@ impl HttpConn {
         {
             *slot = Some(s.to_owned());
         }
-        Ok(resp)
+        Ok(Exchange { resp, conn, redact })
+    }
+
+    /// The value of the server's brokered credential, read from the secret store.
+    async fn secret(
+        &self,
+        credential: &Credential,
+    ) -> Result<agentspace_secrets::SecretValue, UpstreamError> {
+        let Some(secrets) = self.link.secrets.clone() else {
+            return Err(self.fail(
+                "the server has a credential but the gateway has no secret store".to_owned(),
+            ));
+        };
+        let tenant = self.link.tenant.clone();
+        let name = credential.secret.clone();
+        tokio::task::spawn_blocking(move || secrets.get(&tenant, &name))
+            .await
+            .map_err(|e| self.fail(e.to_string()))?
+            .map_err(|e| self.fail(format!("the brokered credential is unavailable: {e}")))
     }
 
     /// A request or notification the server sent on a response stream: handed to the
@@ -681,6 +803,52 @@ fn sse_response(
     }
 }
 
+/// Replaces every occurrence of a secret in the strings of `value` (the secret as the
+/// server may echo it, and its encodings as sent).
+fn redact_value(value: &mut Value, patterns: &[Zeroizing<Vec<u8>>]) {
+    if patterns.is_empty() {
+        return;
+    }
+    match value {
+        Value::String(s) => {
+            for p in patterns {
+                if let Ok(p) = std::str::from_utf8(p)
+                    && !p.is_empty()
+                    && s.contains(p)
+                {
+                    *s = s.replace(p, "[REDACTED]");
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| redact_value(v, patterns)),
+        Value::Object(map) => map.values_mut().for_each(|v| redact_value(v, patterns)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => {}
+    }
+}
+
+/// `message` with its parameters redacted.
+fn redact_message(message: jsonrpc::Message, patterns: &[Zeroizing<Vec<u8>>]) -> jsonrpc::Message {
+    match message {
+        jsonrpc::Message::Request {
+            id,
+            method,
+            mut params,
+        } => {
+            if let Some(p) = params.as_mut() {
+                p.values_mut().for_each(|v| redact_value(v, patterns));
+            }
+            jsonrpc::Message::Request { id, method, params }
+        }
+        jsonrpc::Message::Notification { method, mut params } => {
+            if let Some(p) = params.as_mut() {
+                p.values_mut().for_each(|v| redact_value(v, patterns));
+            }
+            jsonrpc::Message::Notification { method, params }
+        }
+        other @ jsonrpc::Message::Response { .. } => other,
+    }
+}
+
 /// Reads `bytes` as an HTTP tool server's event stream (for the fuzz target).
 pub(crate) fn fuzz_sse(bytes: &[u8]) {
     let mut buf = bytes.to_vec();
@@ -720,11 +888,47 @@ mod tests {
     }
 
     #[test]
-    fn only_plain_http_urls_are_taken() {
+    fn urls_of_http_tool_servers() {
         let (tx, _rx) = mpsc::unbounded_channel();
-        assert!(HttpConn::new("hr", "https://hr.example/mcp", tx.clone()).is_err());
-        let h = HttpConn::new("hr", "http://127.0.0.1:8080/mcp", tx).unwrap();
+        let link = Arc::new(HttpLink {
+            client: Arc::new(
+                HttpClient::new(&crate::GatewayConfig::new(std::path::PathBuf::new())).unwrap(),
+            ),
+            secrets: None,
+            tenant: Name::new("acme").unwrap(),
+            credential: None,
+        });
+        let conn = |url: &str| HttpConn::new("hr", url, tx.clone(), Arc::clone(&link));
+        let h = conn("http://127.0.0.1:8080/mcp").unwrap();
         assert_eq!(h.authority, "127.0.0.1:8080");
         assert_eq!(h.path, "/mcp");
+        assert_eq!(
+            (h.target.host.as_str(), h.target.port, h.target.tls),
+            ("127.0.0.1", 8080, false)
+        );
+        let h = conn("https://HR.example/mcp").unwrap();
+        assert_eq!(
+            (h.target.host.as_str(), h.target.port, h.target.tls),
+            ("hr.example", 443, true)
+        );
+        let h = conn("https://[::1]:8443").unwrap();
+        assert_eq!(
+            (h.target.host.as_str(), h.target.port, h.path.as_str()),
+            ("::1", 8443, "/")
+        );
+        for bad in ["ftp://x/", "http://x:port/", "https://[::1/", "http:///mcp"] {
+            assert!(conn(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn echoed_secrets_are_redacted_from_every_string() {
+        let patterns = vec![Zeroizing::new(b"s3cret".to_vec())];
+        let mut v = json!({"content": [{"text": "token s3cret and s3cret"}], "n": 1});
+        redact_value(&mut v, &patterns);
+        assert_eq!(
+            v,
+            json!({"content": [{"text": "token [REDACTED] and [REDACTED]"}], "n": 1})
+        );
     }
 }

@@ -62,7 +62,11 @@ async fn start(definition_text: Option<String>) -> Scenario {
     let task = Arc::new(Task::new(principal, policy));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/mcp", listener.local_addr().unwrap());
-    tokio::spawn(McpGateway::new(audit.clone(), identity).serve(listener, Arc::clone(&task)));
+    tokio::spawn(
+        McpGateway::new(audit.clone(), identity)
+            .unwrap()
+            .serve(listener, Arc::clone(&task)),
+    );
     Scenario {
         _dir: dir,
         audit,
@@ -490,7 +494,11 @@ spec:
     let task = Arc::new(Task::new(principal.clone(), policy));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mcp = format!("http://{}/mcp", listener.local_addr().unwrap());
-    tokio::spawn(McpGateway::new(audit, Arc::clone(&identity)).serve(listener, Arc::clone(&task)));
+    tokio::spawn(
+        McpGateway::new(audit, Arc::clone(&identity))
+            .unwrap()
+            .serve(listener, Arc::clone(&task)),
+    );
     // Both servers offer `whoami`: the first in the definition (stdio) serves it.
     let out = call(&mcp, &[("whoami", "{}")]).await;
     let stdio_token = out[0]["text"].as_str().unwrap().to_owned();
@@ -524,7 +532,11 @@ spec:
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mcp = format!("http://{}/mcp", listener.local_addr().unwrap());
     let audit = AuditLog::open(&state).unwrap();
-    tokio::spawn(McpGateway::new(audit, Arc::clone(&identity)).serve(listener, Arc::clone(&task)));
+    tokio::spawn(
+        McpGateway::new(audit, Arc::clone(&identity))
+            .unwrap()
+            .serve(listener, Arc::clone(&task)),
+    );
     let out = call(&mcp, &[("whoami", "{}")]).await;
     let http_token = out[0]["text"].as_str().unwrap().to_owned();
     let target = agentspace_identity::CallTarget::new("POST", &url).unwrap();
@@ -646,6 +658,7 @@ spec:
     let mcp = format!("http://{}/mcp", listener.local_addr().unwrap());
     tokio::spawn(
         McpGateway::new(audit.clone(), Arc::new(Identity::open(&state)))
+            .unwrap()
             .serve(listener, Arc::clone(&task)),
     );
     let out = call(&mcp, &[("crash", "{}"), ("whoami", "{}")]).await;
@@ -712,6 +725,7 @@ spec:
     let mcp = format!("http://{}/mcp", listener.local_addr().unwrap());
     tokio::spawn(
         McpGateway::new(audit.clone(), Arc::new(Identity::open(&state)))
+            .unwrap()
             .serve(listener, Arc::clone(&task)),
     );
     let rates = files.join("rates.txt").display().to_string();
@@ -790,6 +804,7 @@ async fn gateway_for(dir: &Path, tools: &str, task: &str) -> (AuditLog, Arc<Task
     let url = format!("http://{}/mcp", listener.local_addr().unwrap());
     tokio::spawn(
         McpGateway::new(audit.clone(), Arc::new(Identity::open(&state)))
+            .unwrap()
             .serve(listener, Arc::clone(&task)),
     );
     (audit, task, url)
@@ -1007,6 +1022,185 @@ async fn mcp_server_requests_of_an_http_tool_server_are_relayed() {
         .find(|e| e["action"] == "server-request" && e["request"]["method"] == "roots/list")
         .unwrap();
     assert_eq!(denied["decision"], "deny");
+    task.close();
+    let _ = server.kill().await;
+}
+
+/// A test CA and a certificate for `names` signed by it, as PEM files in `dir`:
+/// `(ca.pem, cert.pem, key.pem)`.
+fn tls_files(dir: &Path, names: &[&str]) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::default();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "tool server stand-in test CA");
+    let ca = params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let files = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&files.0, ca.pem()).unwrap();
+    std::fs::write(&files.1, cert.pem()).unwrap();
+    std::fs::write(&files.2, key.serialize_pem()).unwrap();
+    files
+}
+
+/// An `https://` tool server, verified like an HTTP egress upstream (here against the
+/// test CA given as an upstream CA, reached by name through a resolve override), gets
+/// the credential the gateway brokers from the secret store; the agent never sees it,
+/// not even when the server echoes it, and neither does the audit log. Without the CA
+/// the server is not reached at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_https_tool_server_with_a_brokered_credential() {
+    require_python_mcp();
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = tls_files(dir.path(), &["mcp.internal.example"]);
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    const SECRET: &str = "tok-s3cret-4242";
+    let mut server = tokio::process::Command::new("python3")
+        .arg(servers_dir().join("whoami.py"))
+        .args(["--https", &port.to_string()])
+        .arg(&cert)
+        .arg(&key)
+        .env("EXPECTED_AUTHORIZATION", format!("Bearer {SECRET}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut ready = false;
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(ready, "the https server did not start");
+
+    let state = dir.path().join("state");
+    let tenant = Name::new("acme").unwrap();
+    agentspace_secrets::SecretStore::open(&state)
+        .set(&tenant, "hr-token", SECRET.as_bytes())
+        .unwrap();
+    let url = format!("https://mcp.internal.example:{port}/mcp");
+    let text = format!(
+        "apiVersion: agentspace/v1
+kind: Agent
+metadata: {{name: credit-officer, tenant: acme}}
+spec:
+  tools:
+    - server: hr
+      url: {url}
+      allow: [authorized, authorization, whoami]
+      credential: {{secret: hr-token, header: Authorization, format: 'Bearer {{}}'}}
+"
+    );
+    let definition = Definition::parse(&dir.path().join("agent.yaml"), &text).unwrap();
+    let principal = Principal::new(
+        tenant.clone(),
+        UserId::new("alice@acme.example").unwrap(),
+        Actor::new(
+            Name::new("credit-officer").unwrap(),
+            TaskRef::new("t-https").unwrap(),
+        ),
+    );
+    let identity = Arc::new(Identity::open(&state));
+    let start = |trust_ca: bool| {
+        let definition = definition.clone();
+        let principal = principal.clone();
+        let identity = Arc::clone(&identity);
+        let state = state.clone();
+        let ca = ca.clone();
+        async move {
+            let mut config = agentspace_gateway::GatewayConfig::new(&state);
+            config.system_roots = false;
+            if trust_ca {
+                config.upstream_ca.push(ca);
+            }
+            config.resolve.push(
+                agentspace_gateway::ResolveOverride::parse(&format!(
+                    "mcp.internal.example:{port}:127.0.0.1"
+                ))
+                .unwrap(),
+            );
+            let policy = Arc::new(PolicyEngine::load(&definition, &state).unwrap());
+            let audit = AuditLog::open(&state).unwrap();
+            let task = Arc::new(Task::new(principal, policy));
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let mcp = format!("http://{}/mcp", listener.local_addr().unwrap());
+            let gateway = McpGateway::configured(audit.clone(), identity, &config, None).unwrap();
+            tokio::spawn(gateway.serve(listener, Arc::clone(&task)));
+            (audit, task, mcp)
+        }
+    };
+
+    let (audit, task, mcp) = start(true).await;
+    let out = call(
+        &mcp,
+        &[
+            ("authorized", "{}"),
+            ("authorization", "{}"),
+            ("whoami", "{}"),
+        ],
+    )
+    .await;
+    // The server got the brokered credential.
+    assert_eq!(out[0]["text"], "yes", "{}", out[0]);
+    // It echoed it: the agent sees it redacted.
+    assert_eq!(out[1]["text"], "Bearer [REDACTED]", "{}", out[1]);
+    // And the per-call identity, for exactly this server's origin.
+    let token = out[2]["text"].as_str().unwrap();
+    let target = agentspace_identity::CallTarget::new("POST", &url).unwrap();
+    identity
+        .verify(
+            token,
+            &agentspace_identity::Expected::call(&tenant, &target),
+            &agentspace_identity::NothingRevoked,
+        )
+        .unwrap_or_else(|e| panic!("{e}: {token}"));
+    let logged = events(&audit).await;
+    assert!(
+        !serde_json::to_string(&logged).unwrap().contains(SECRET),
+        "the secret is in the audit log"
+    );
+    task.close();
+
+    // Without the test CA, the server's certificate is not trusted: it is never called,
+    // and the refusal says why.
+    let (audit, task, mcp) = start(false).await;
+    let out = call(&mcp, &[("authorized", "{}")]).await;
+    assert_eq!(out[0]["ok"], false, "{}", out[0]);
+    let events = events(&audit).await;
+    let refused = events
+        .iter()
+        .rev()
+        .find(|e| e["action"] == "tools/call")
+        .unwrap();
+    assert_eq!(refused["decision"], "deny", "{refused}");
+    let why = refused["details"]["unavailable"]["hr"].as_str().unwrap();
+    assert!(why.contains("certificate"), "{why}");
     task.close();
     let _ = server.kill().await;
 }

@@ -249,6 +249,7 @@ impl Boundary {
                 tenant: definition.tenant.to_string(),
                 user: principal.user().as_str().to_owned(),
                 timeout_secs: definition.limits.timeout.as_secs().max(1),
+                gateway_args: options.to_args()?,
             })),
         )?;
         let mut door = agentspace_cell::NetworkDoor::create()?;
@@ -319,9 +320,11 @@ impl Boundary {
 
 /// Runs each stdio tool server of a task in a cell of its own: `agentspace run` of a
 /// definition made for it, with the agent definition's directory as its workspace (an
-/// overlay: the server's writes never reach the host), no network, and the task's user.
-/// A tool server so never runs with the launcher's privileges, sees only its own
-/// directory and the system, and its start and exit are in the audit log.
+/// overlay: the server's writes never reach the host), the task's user, and as network
+/// only what the server's own `egress` rules allow (none: no network at all), through
+/// a gateway of its own that adds the rules' brokered credentials. A tool server so
+/// never runs with the launcher's privileges, sees only its own directory and the
+/// system, never holds a secret, and its start, exit and requests are in the audit log.
 struct ToolCells {
     exe: PathBuf,
     state: PathBuf,
@@ -329,26 +332,37 @@ struct ToolCells {
     tenant: String,
     user: String,
     timeout_secs: u64,
+    /// The operator's gateway options (`--config`, `--resolve`, `--upstream-ca`), for
+    /// the gateways of servers with egress rules.
+    gateway_args: Vec<String>,
 }
 
 impl agentspace_gateway::StdioSandbox for ToolCells {
     fn wrap(
         &self,
-        server: &str,
-        command: &[String],
-        cwd: &Path,
+        server: &agentspace_core::ToolServer,
     ) -> std::result::Result<Vec<String>, String> {
-        // JSON strings are YAML strings: the path and names need no further quoting.
+        let agentspace_core::ToolTransport::Stdio { command, cwd } = &server.transport else {
+            return Err("only stdio servers run in a cell".to_owned());
+        };
+        let name = server.name.as_str();
+        // JSON is YAML: names, the path and the rules need no further quoting.
         let quote = |s: &str| serde_json::Value::from(s).to_string();
-        let text = format!(
+        let mut text = format!(
             "apiVersion: agentspace/v1\nkind: Agent\nmetadata:\n  name: {}\n  tenant: {}\nspec:\n  workspace: {}\n  resources: {{memory: 256Mi, pids: 64, cpu: 1.0, timeout: {}s}}\n",
-            quote(server),
+            quote(name),
             quote(&self.tenant),
             quote(&cwd.display().to_string()),
             self.timeout_secs
         );
+        if !server.egress.is_empty() {
+            let rules = serde_json::to_string(&server.egress)
+                .map_err(|e| format!("cannot write the tool server's egress rules: {e}"))?;
+            text.push_str(&format!("  egress: {rules}\n"));
+        }
+        let file = self.dir.join(format!("{name}.yaml"));
         std::fs::create_dir_all(&self.dir)
-            .and_then(|()| std::fs::write(self.dir.join(format!("{server}.yaml")), text))
+            .and_then(|()| std::fs::write(&file, text))
             .map_err(|e| format!("cannot write the tool server's cell definition: {e}"))?;
         let mut argv = vec![
             self.exe.display().to_string(),
@@ -358,12 +372,14 @@ impl agentspace_gateway::StdioSandbox for ToolCells {
             "--user".to_owned(),
             self.user.clone(),
             "-f".to_owned(),
-            self.dir
-                .join(format!("{server}.yaml"))
-                .display()
-                .to_string(),
-            "--".to_owned(),
+            file.display().to_string(),
         ];
+        // The gateway options configure the gateway, which only a cell with egress
+        // rules has (`run` refuses them otherwise).
+        if !server.egress.is_empty() {
+            argv.extend(self.gateway_args.iter().cloned());
+        }
+        argv.push("--".to_owned());
         argv.extend(command.iter().cloned());
         Ok(argv)
     }

@@ -584,6 +584,11 @@ spec:
       allow: [send_mail]
       clearedFor: []                                 # may not receive pii
       approval: {when: 'true', timeout: 10m}
+      egress:
+        - name: smtp-api
+          hosts: [mail.provider.example]
+          methods: [POST]
+          credential: {secret: mail-key, header: Authorization, format: "Bearer {}"}
     - server: templates
       command: [python3, ./servers/templates.py]
       allow: [render]
@@ -636,6 +641,16 @@ spec:
         assert!(t.servers[1].allow.is_empty());
         let mail = &t.servers[2];
         assert!(mail.cleared_for.is_empty());
+        assert_eq!(mail.egress.len(), 1);
+        assert_eq!(mail.egress[0].name.as_str(), "smtp-api");
+        assert_eq!(
+            mail.egress[0].credential.as_ref().unwrap().secret,
+            "mail-key"
+        );
+        // Written back as it was read (what the server's own cell is given).
+        let again: Vec<crate::RawEgressRule> =
+            serde_json::from_value(serde_json::to_value(&mail.egress).unwrap()).unwrap();
+        assert_eq!(again, mail.egress);
         let approval = mail.approval.as_ref().unwrap();
         assert_eq!(approval.when.as_deref(), Some("true"));
         assert_eq!(approval.timeout.as_secs(), 600);
@@ -737,6 +752,18 @@ spec:
                 "      labels: [pii]                                  # what this source's results carry\n",
                 "      labels: [pii]\n      credential: {secret: db, header: X-Key}\n",
                 "spec.tools[0].credential",
+                "stdio server",
+            ),
+            (
+                "hosts: [mail.provider.example]",
+                "hosts: [\"mail.provider.example/x\"]",
+                "spec.tools[2].egress[0].hosts",
+                "",
+            ),
+            (
+                "      allow: []                                      # nothing: the agent never sees it\n",
+                "      allow: []\n      egress: [{name: x, hosts: [x.example]}]\n",
+                "spec.tools[1].egress",
                 "stdio server",
             ),
             (

@@ -77,6 +77,12 @@ pub struct RawToolServer {
     /// holds it; a response that echoes it is redacted.
     #[serde(default)]
     pub credential: Option<crate::governance::RawCredential>,
+    /// For a stdio server: what its own cell may reach, as `spec.egress` rules (with
+    /// brokered `credential`s). Omitted or empty: its cell has no network. The server's
+    /// requests go through a gateway of its own, decided by these rules, and the
+    /// credentials are added there: the server process never holds them.
+    #[serde(default)]
+    pub egress: Vec<crate::governance::RawEgressRule>,
 }
 
 /// What a tool server may send the agent's client through the boundary.
@@ -218,6 +224,9 @@ pub struct ToolServer {
     pub relay: BTreeSet<Relay>,
     /// The credential the gateway adds to every request to this (HTTP) server.
     pub credential: Option<crate::governance::CredentialRef>,
+    /// A stdio server's own egress rules, as written (checked here; they become the
+    /// `spec.egress` of the server's cell, whose gateway enforces them).
+    pub egress: Vec<crate::governance::RawEgressRule>,
 }
 
 impl ToolServer {
@@ -456,6 +465,18 @@ pub(crate) fn validate_tools(
                 Some(c)
             }
         };
+        if !raw.egress.is_empty() {
+            if let ToolTransport::Http { .. } = transport {
+                return Err((
+                    field("egress"),
+                    "egress rules are for a stdio server's own cell; a `url` server's network is not the boundary's to give".to_owned(),
+                ));
+            }
+            crate::governance::validate_egress(&raw.egress).map_err(|(f, m)| {
+                let sub = f.strip_prefix("spec.egress").unwrap_or(&f);
+                (format!("spec.tools[{i}].egress{sub}"), m)
+            })?;
+        }
         out.servers.push(ToolServer {
             name: raw.server.clone(),
             transport,
@@ -468,6 +489,7 @@ pub(crate) fn validate_tools(
             prompts,
             relay,
             credential,
+            egress: raw.egress.clone(),
         });
     }
 
@@ -691,6 +713,7 @@ mod tests {
             prompts: vec!["brief".into()],
             relay: BTreeSet::new(),
             credential: None,
+            egress: Vec::new(),
         }
     }
 

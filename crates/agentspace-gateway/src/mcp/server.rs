@@ -709,8 +709,7 @@ impl McpGateway {
             return Err("the task has ended".to_owned());
         }
         let up = Upstream::start(
-            server.name.as_str(),
-            &server.transport,
+            server,
             self.sandbox.as_deref(),
             state.messages.clone(),
             relay::client_capabilities(server),

@@ -3,13 +3,12 @@
 //! opened with `initialize` on first use.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agentspace_core::{Name, ToolTransport};
+use agentspace_core::{Name, ToolServer, ToolTransport};
 use agentspace_secrets::SecretStore;
 use http::{Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
@@ -159,13 +158,14 @@ struct Exchange {
     redact: Vec<Zeroizing<Vec<u8>>>,
 }
 
-/// Where stdio tool servers run. Given a server's name, command and working directory,
-/// the command to start instead: the server inside a sandbox of its own (`agentspace
-/// run` puts each in a cell with no network), so a tool server never runs with the
-/// gateway's privileges.
+/// Where stdio tool servers run. Given a stdio server of the definition, the command to
+/// start instead: the server inside a sandbox of its own (`agentspace run` puts each in
+/// a cell whose only network is what the server's `egress` rules allow, through a
+/// gateway of its own), so a tool server never runs with the gateway's privileges.
 pub trait StdioSandbox: Send + Sync {
-    /// The program and arguments that run `command` of `server` in its sandbox.
-    fn wrap(&self, server: &str, command: &[String], cwd: &Path) -> Result<Vec<String>, String>;
+    /// The program and arguments that run `server` (its `command`, in its working
+    /// directory, with its `egress` rules) in its sandbox.
+    fn wrap(&self, server: &ToolServer) -> Result<Vec<String>, String>;
 }
 
 impl Upstream {
@@ -173,23 +173,28 @@ impl Upstream {
     /// runs the `initialize` handshake, offering `capabilities` as the client's. The
     /// server's requests and notifications go to `messages`.
     pub(crate) async fn start(
-        name: &str,
-        transport: &ToolTransport,
+        server: &ToolServer,
         sandbox: Option<&dyn StdioSandbox>,
         messages: Messages,
         capabilities: Value,
         link: Arc<HttpLink>,
     ) -> Result<Self, UpstreamError> {
-        let conn = match transport {
+        let name = server.name.as_str();
+        let conn = match &server.transport {
             ToolTransport::Stdio { command, cwd } => {
+                let refused = |e: String| UpstreamError::Start {
+                    server: name.to_owned(),
+                    program: command.first().cloned().unwrap_or_default(),
+                    source: std::io::Error::other(e),
+                };
                 let command = match sandbox {
-                    Some(s) => s
-                        .wrap(name, command, cwd)
-                        .map_err(|e| UpstreamError::Start {
-                            server: name.to_owned(),
-                            program: command.first().cloned().unwrap_or_default(),
-                            source: std::io::Error::other(e),
-                        })?,
+                    Some(s) => s.wrap(server).map_err(refused)?,
+                    // Fail closed: a plain child process would have the host's network.
+                    None if !server.egress.is_empty() => {
+                        return Err(refused(
+                            "the server has egress rules, which only a sandbox of its own can enforce (run it under `agentspace run`)".to_owned(),
+                        ));
+                    }
                     None => command.clone(),
                 };
                 Conn::Stdio(Box::new(spawn(name, &command, cwd, messages)?))

@@ -1204,3 +1204,23 @@ spec:
     task.close();
     let _ = server.kill().await;
 }
+
+/// A stdio server with egress rules is never started without a sandbox that enforces
+/// them: as a plain child process it would have the host's network.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_a_stdio_server_with_egress_rules_needs_a_sandbox() {
+    require_python_mcp();
+    let dir = tempfile::tempdir().unwrap();
+    let tools = format!(
+        "    - server: local\n      command: [python3, {}]\n      allow: [whoami]\n      egress: [{{name: api, hosts: [api.example.test]}}]\n",
+        servers_dir().join("whoami.py").display()
+    );
+    let (audit, task, url) = gateway_for(dir.path(), &tools, "t-nosandbox").await;
+    let out = call(&url, &[("whoami", "{}")]).await;
+    assert_eq!(out[0]["error"], -32602, "{}", out[0]);
+    let events = events(&audit).await;
+    let refused = events.iter().find(|e| e["action"] == "tools/call").unwrap();
+    let why = refused["details"]["unavailable"]["local"].as_str().unwrap();
+    assert!(why.contains("sandbox"), "{why}");
+    task.close();
+}

@@ -41,6 +41,7 @@
 
 mod content;
 mod jsonrpc;
+mod national_ids;
 mod relay;
 mod schema;
 mod server;

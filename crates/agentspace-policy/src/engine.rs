@@ -37,8 +37,8 @@ pub struct PolicyEngine {
 }
 
 impl PolicyEngine {
-    /// Compiles `definition` (reading its `spec.policies` files) and opens the budget and
-    /// revocation stores under `<state_dir>/policy/`.
+    /// Compiles `definition` (reading its `spec.policies` files) and opens the budget,
+    /// revocation and taint stores under `<state_dir>/policy/`.
     pub fn load(definition: &Definition, state_dir: &Path) -> Result<Self, PolicyError> {
         let policies = CompiledPolicies::compile(definition)?;
         Self::with_policies(definition, policies, state_dir)
@@ -56,7 +56,7 @@ impl PolicyEngine {
             budgets: BudgetStore::open(state_dir)?,
             revocations: Revocations::open(state_dir)?,
             loops: Mutex::new(HashMap::new()),
-            taint: Taint::default(),
+            taint: Taint::open(state_dir)?,
         })
     }
 
@@ -270,8 +270,9 @@ impl PolicyEngine {
     }
 
     /// Taints the session of `principal`'s task with `labels` (read from a tool server's
-    /// result): from now on, every action of the task is allowed only to destinations
-    /// cleared for them. Returns the labels that are new to the session.
+    /// result): from now on, every action of the task, and of every task it starts, is
+    /// allowed only to destinations cleared for them. Durable (`<state>/policy/taint.db`)
+    /// before it returns. Returns the labels that are new to the session.
     pub fn taint(
         &self,
         principal: &Principal,
@@ -280,7 +281,8 @@ impl PolicyEngine {
         self.taint.add(principal, labels)
     }
 
-    /// The data labels the session of `principal`'s task carries.
+    /// The data labels the session of `principal`'s task carries: its own and those of
+    /// the tasks that started it.
     pub fn session_labels(
         &self,
         principal: &Principal,

@@ -492,3 +492,76 @@ fn server_requests_are_permitted_per_server_by_relay() {
             .is_allow()
     );
 }
+
+#[test]
+fn taint_survives_a_restart_and_is_shared_by_every_engine_of_the_task() {
+    let f = Fixture::new(TOOLS, &[]);
+    let p = principal("credit-officer", "t1");
+    let mail = mcp(
+        &p,
+        "mail",
+        "send_mail",
+        serde_json::json!({"to": "bob@acme.example"}),
+    );
+    {
+        let first = PolicyEngine::load(&f.definition, &f.state()).unwrap();
+        // A second gateway of the same task, running at the same time.
+        let second = PolicyEngine::load(&f.definition, &f.state()).unwrap();
+        assert!(second.decide(&mail).is_allow());
+        first.taint(&p, ["pii".to_owned()]).unwrap();
+        let d = second.decide(&mail);
+        assert_eq!(d.deny_reason(), Some(DenyReason::Flow), "{d}");
+        // Already known to the session, whichever engine is asked: nothing new.
+        assert!(second.taint(&p, ["pii".to_owned()]).unwrap().is_empty());
+    }
+    // The gateway restarts: the session still carries pii.
+    let restarted = PolicyEngine::load(&f.definition, &f.state()).unwrap();
+    assert_eq!(
+        restarted.session_labels(&p).unwrap(),
+        std::collections::BTreeSet::from(["pii".to_owned()])
+    );
+    let d = restarted.decide(&mcp(
+        &p,
+        "mail",
+        "send_mail",
+        serde_json::json!({"to": "c@acme.example"}),
+    ));
+    assert_eq!(d.deny_reason(), Some(DenyReason::Flow), "{d}");
+    // Another task of the same agent is not tainted.
+    let other = principal("credit-officer", "t2");
+    assert!(restarted.session_labels(&other).unwrap().is_empty());
+}
+
+#[test]
+fn a_task_started_by_a_tainted_task_is_tainted() {
+    let parent_def = Fixture::new(TOOLS, &[]);
+    let child_def = Fixture::new(&TOOLS.replace("name: credit-officer", "name: helper"), &[]);
+    // Both engines share the state directory, as the gateways of one machine do.
+    let state = parent_def.state();
+    let parent_engine = PolicyEngine::load(&parent_def.definition, &state).unwrap();
+    let child_engine = PolicyEngine::load(&child_def.definition, &state).unwrap();
+    let parent = principal("credit-officer", "t1");
+    let child = parent.delegate(actor("helper", "t1-child")).unwrap();
+    let mail = |p: &agentspace_core::Principal| {
+        mcp(
+            p,
+            "mail",
+            "send_mail",
+            serde_json::json!({"to": "bob@acme.example"}),
+        )
+    };
+    assert!(child_engine.decide(&mail(&child)).is_allow());
+    // What the parent reads, before or after it starts the child, the child may hold.
+    parent_engine.taint(&parent, ["pii".to_owned()]).unwrap();
+    let d = child_engine.decide(&mail(&child));
+    assert_eq!(d.deny_reason(), Some(DenyReason::Flow), "{d}");
+    assert!(child_engine.session_labels(&child).unwrap().contains("pii"));
+    // The parent does not inherit what the child reads.
+    child_engine.taint(&child, ["secret".to_owned()]).unwrap();
+    assert!(
+        !parent_engine
+            .session_labels(&parent)
+            .unwrap()
+            .contains("secret")
+    );
+}

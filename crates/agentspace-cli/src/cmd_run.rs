@@ -193,8 +193,10 @@ struct Boundary {
     door: agentspace_cell::NetworkDoor,
     ca: PathBuf,
     /// Runs the gateway serving the door; held so it lives as long as the cell.
-    _runtime: tokio::runtime::Runtime,
+    runtime: tokio::runtime::Runtime,
     task: std::sync::Arc<agentspace_gateway::Task>,
+    /// The MCP endpoint: it ends once the task's last audit events are durable.
+    tools: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Boundary {
@@ -306,14 +308,16 @@ impl Boundary {
             tokio::spawn(gateway.serve_dns_tcp(dns_tcp, std::sync::Arc::clone(&task)));
             // The tools of `spec.tools`, at http://127.0.0.1:3130/mcp in the cell; with
             // none, the endpoint lists no tools and every call is refused and audited.
-            tokio::spawn(mcp_gateway.serve(mcp, std::sync::Arc::clone(&task)));
-            anyhow::Ok(task)
+            let tools = tokio::spawn(mcp_gateway.serve(mcp, std::sync::Arc::clone(&task)));
+            anyhow::Ok((task, tools))
         })?;
+        let (task, tools) = task;
         Ok(Some(Self {
             door,
             ca,
-            _runtime: runtime,
+            runtime,
             task,
+            tools: Some(tools),
         }))
     }
 }
@@ -387,8 +391,14 @@ impl agentspace_gateway::StdioSandbox for ToolCells {
 
 impl Drop for Boundary {
     fn drop(&mut self) {
-        // The task is over: its door stops accepting and every connection closes.
+        // The task is over: its door stops accepting and every connection closes. The
+        // MCP endpoint writes the audit events it still holds before the runtime stops.
         self.task.close();
+        if let Some(tools) = self.tools.take() {
+            let _ = self.runtime.block_on(async {
+                tokio::time::timeout(std::time::Duration::from_secs(10), tools).await
+            });
+        }
     }
 }
 

@@ -136,6 +136,22 @@ fn the_credit_officer_scenario_runs_in_a_cell_and_every_tool_call_is_governed() 
             .any(|e| e["decision"] == "deny" && e["details"]["code"] == "flow"),
         "{events:#?}"
     );
+    // Every allowed call has its result on record, the last one too: the endpoint
+    // writes what it holds before `agentspace run` ends.
+    let decided: Vec<String> = events
+        .iter()
+        .filter(|e| {
+            ["tools/call", "resources/read", "prompts/get"].contains(&e["action"].as_str().unwrap())
+                && e["decision"] == "allow"
+        })
+        .map(|e| format!("{}:{}", e["tenant"].as_str().unwrap(), e["seq"]))
+        .collect();
+    let answered: Vec<String> = events
+        .iter()
+        .filter_map(|e| e["details"]["call"].as_str().map(str::to_owned))
+        .collect();
+    assert!(!decided.is_empty());
+    assert_eq!(decided, answered, "{events:#?}");
     // Each stdio tool server ran in a cell of its own, for alice, recorded like any task.
     let starts = s.audit_events(&["--kind", "task_start"]);
     for server in ["customer-db", "scoring", "templates", "mail"] {

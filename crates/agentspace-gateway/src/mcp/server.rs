@@ -1,8 +1,8 @@
 //! The MCP endpoint a task's agent reaches (streamable HTTP) and the per-call pipeline.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -52,6 +52,8 @@ const MAX_PAGES: usize = 32;
 const PROTOCOLS: &[&str] = &["2025-11-25", "2025-06-18", "2025-03-26"];
 /// The response header that carries the session id.
 const SESSION_HEADER: &str = "mcp-session-id";
+/// How long the event of a plain result may wait for the next commit of its task.
+const DEFER_RESULTS: std::time::Duration = std::time::Duration::from_millis(20);
 /// Events queued on one SSE stream before the sender waits.
 const STREAM_QUEUE: usize = 64;
 
@@ -114,6 +116,12 @@ pub(super) struct TaskTools {
     messages: Messages,
     /// Numbers calls in flight and relayed requests.
     next: AtomicU64,
+    /// Result events of plain results, written with the next commit.
+    deferred: Arc<Mutex<Vec<AuditEvent>>>,
+    /// Whether a write of `deferred` is scheduled.
+    flush_due: Arc<AtomicBool>,
+    /// Held while a scheduled write of `deferred` runs.
+    flushing: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl TaskTools {
@@ -294,7 +302,9 @@ impl McpGateway {
     }
 
     /// Serves the MCP endpoint of `task` on `listener` until the task is closed
-    /// ([`Task::close`]); then its tool servers are stopped and its connections closed.
+    /// ([`Task::close`]); then its tool servers are stopped and its connections closed,
+    /// and it returns once every audit event of the task is durable (await it before
+    /// the runtime stops).
     /// Everything accepted on `listener` acts as the task, whatever the client sends.
     /// The tools are those of the task's definition (`spec.tools`).
     pub async fn serve(self: Arc<Self>, listener: TcpListener, task: Arc<Task>) {
@@ -310,6 +320,9 @@ impl McpGateway {
             relayed: Mutex::default(),
             messages,
             next: AtomicU64::new(1),
+            deferred: Arc::default(),
+            flush_due: Arc::default(),
+            flushing: Arc::default(),
         });
         // The tool servers' requests and notifications, each handled on its own (a
         // relayed request waits for the client). Weak: the servers hold the sender, so
@@ -353,6 +366,19 @@ impl McpGateway {
             });
         }
         relay.abort();
+        // Result events still waiting for a commit are written now (after a scheduled
+        // write that is running), before `serve` returns.
+        {
+            let _flushing = state.flushing.lock().await;
+            let events: Vec<AuditEvent> = state
+                .deferred
+                .lock()
+                .map(|mut d| std::mem::take(&mut *d))
+                .unwrap_or_default();
+            for e in events {
+                let _ = self.append(e).await;
+            }
+        }
         // Dropping the last reference to `state` stops the task's tool servers; open
         // connections hold one until they see the task closed, which they do at once.
         drop(state);
@@ -1095,7 +1121,12 @@ impl McpGateway {
                 ..RequestContext::default()
             },
         };
-        let (decision, request) = crate::approval::decide(task, request).await;
+        // The per-call identity token is minted while the policy decides (both on
+        // blocking threads): unused when the call is refused, it never leaves the gateway.
+        let ((decision, request), early_token) = tokio::join!(
+            crate::approval::decide(task, request),
+            self.call_token(state, &g.server)
+        );
         // A call that needs approval waits here for a person when the task has a desk.
         let (decision, approval) = crate::approval::hold_for_approval(
             task,
@@ -1112,7 +1143,7 @@ impl McpGateway {
             .unwrap_or_default();
 
         let mut event = base_event(task, call_action, g.audit_resource.clone());
-        if let Some(id) = approval {
+        if let Some(id) = &approval {
             event.details.insert("approval".into(), json!(id));
         }
         event.args_digest = Some(args_digest);
@@ -1159,9 +1190,14 @@ impl McpGateway {
                 refusal = Some(("invalid-arguments".to_owned(), message, false));
             }
         }
-        // The identity the upstream receives: the user and agent chain, for this call.
+        // The identity the upstream receives: the user and agent chain, for this call
+        // (minted again after a wait for approval, which may outlast the token).
         let token = if refusal.is_none() {
-            match self.call_token(state, &g.server).await {
+            let minted = match (approval.is_some(), early_token) {
+                (false, early) => early,
+                (true, _) => self.call_token(state, &g.server).await,
+            };
+            match minted {
                 Ok(t) => Some(t),
                 Err(message) => {
                     refusal = Some(("identity".to_owned(), message, false));
@@ -1184,7 +1220,9 @@ impl McpGateway {
             }
         }
         event.latency_us = u64::try_from(started.elapsed().as_micros()).ok();
-        let audit_id = match self.append(event).await {
+        // Audit before action: the decision is durable before anything is forwarded.
+        // Result events of earlier calls waiting to be written go in the same commit.
+        let audit_id = match self.append_after_deferred(state, event).await {
             Ok(a) => a,
             Err(e) => {
                 return jsonrpc::error(
@@ -1316,13 +1354,18 @@ impl McpGateway {
             }
         };
         // Whatever came back was read by the session: it carries the server's labels.
-        if !server_def.labels.is_empty() {
+        // Labels only grow, so a session that has them all already needs no write.
+        let mut labels = session_labels;
+        let mut tainted = false;
+        if !server_def.labels.is_subset(&labels) {
             match task
                 .policy
                 .taint(&task.principal, server_def.labels.iter().cloned())
             {
                 Ok(new) => {
+                    labels.extend(server_def.labels.iter().cloned());
                     if !new.is_empty() {
+                        tainted = true;
                         result_event.details.insert("taint".into(), json!(new));
                     }
                 }
@@ -1338,15 +1381,20 @@ impl McpGateway {
                 }
             }
         }
-        let labels: BTreeSet<String> = task
-            .policy
-            .session_labels(&task.principal)
-            .unwrap_or_default();
         if !labels.is_empty() {
             result_event.details.insert("labels".into(), json!(labels));
         }
         result_event.latency_us = u64::try_from(started.elapsed().as_micros()).ok();
-        if let Err(e) = self.append(result_event).await {
+        // A result that was withheld, looked like an injection or tainted the session is
+        // on record before the agent has it (and is withheld if it cannot be). A plain
+        // result's event is written with the next commit instead (the next decision's,
+        // or within `DEFER_RESULTS`): its call's decision is durable already.
+        let plain = result_event.decision.is_none()
+            && !tainted
+            && !result_event.details.contains_key("flags");
+        if plain {
+            self.defer(state, result_event);
+        } else if let Err(e) = self.append(result_event).await {
             return jsonrpc::error(id, jsonrpc::DENIED, &audit_failed(&e), None);
         }
         reply
@@ -1375,11 +1423,69 @@ impl McpGateway {
         })
     }
 
-    pub(super) async fn append(&self, event: AuditEvent) -> Result<String, String> {
+    /// Appends `event` after the deferred result events of the task, in one batch (one
+    /// transaction, one flush to disk); the id of `event` once it is durable.
+    async fn append_after_deferred(
+        &self,
+        state: &TaskTools,
+        event: AuditEvent,
+    ) -> Result<String, String> {
+        let mut batch: Vec<AuditEvent> = state
+            .deferred
+            .lock()
+            .map(|mut d| std::mem::take(&mut *d))
+            .unwrap_or_default();
+        if batch.is_empty() {
+            return self.append(event).await;
+        }
+        batch.push(event);
+        // One job: the log's writer commits it whole (all or none); appended one by one,
+        // the writer may wake for the first and flush twice.
         let audit = self.audit.clone();
-        match tokio::task::spawn_blocking(move || audit.append(event)).await {
-            Ok(Ok(receipt)) => Ok(format!("{}:{}", receipt.tenant, receipt.seq)),
+        match tokio::task::spawn_blocking(move || audit.append_batch(batch)).await {
+            Ok(Ok(receipts)) => receipts
+                .last()
+                .map(|r| format!("{}:{}", r.tenant, r.seq))
+                .ok_or_else(|| "no receipt returned".to_owned()),
             Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Holds a plain result event for the next commit of the task (see
+    /// [`McpGateway::append_after_deferred`]), or writes it within `DEFER_RESULTS`.
+    fn defer(&self, state: &TaskTools, event: AuditEvent) {
+        if let Ok(mut d) = state.deferred.lock() {
+            d.push(event);
+        }
+        if state.flush_due.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let audit = self.audit.clone();
+        let deferred = Arc::clone(&state.deferred);
+        let flush_due = Arc::clone(&state.flush_due);
+        let flushing = Arc::clone(&state.flushing);
+        tokio::spawn(async move {
+            tokio::time::sleep(DEFER_RESULTS).await;
+            // Held until the events are durable: the task's end waits for it.
+            let _flushing = flushing.lock().await;
+            flush_due.store(false, Ordering::SeqCst);
+            let events: Vec<AuditEvent> = deferred
+                .lock()
+                .map(|mut d| std::mem::take(&mut *d))
+                .unwrap_or_default();
+            for e in events {
+                let _ = audit.append_async(e).await;
+            }
+        });
+    }
+
+    /// Appends `event`; the id (`tenant:seq`) once it is durable.
+    pub(super) async fn append(&self, event: AuditEvent) -> Result<String, String> {
+        // Awaited, not on a blocking thread: the log's writer wakes this task once the
+        // group commit holding the event is on disk.
+        match self.audit.append_async(event).await {
+            Ok(receipt) => Ok(format!("{}:{}", receipt.tenant, receipt.seq)),
             Err(e) => Err(e.to_string()),
         }
     }

@@ -38,6 +38,17 @@ struct Scenario {
     audit: AuditLog,
     task: Arc<Task>,
     url: String,
+    serving: tokio::task::JoinHandle<()>,
+}
+
+impl Scenario {
+    /// Ends the task and waits for the endpoint to finish: every event it holds is then
+    /// in the log (the state directory lives as long as the returned guard).
+    async fn finish(self) -> (AuditLog, tempfile::TempDir) {
+        self.task.close();
+        self.serving.await.unwrap();
+        (self.audit, self._dir)
+    }
 }
 
 async fn start(definition_text: Option<String>) -> Scenario {
@@ -62,7 +73,7 @@ async fn start(definition_text: Option<String>) -> Scenario {
     let task = Arc::new(Task::new(principal, policy));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/mcp", listener.local_addr().unwrap());
-    tokio::spawn(
+    let serving = tokio::spawn(
         McpGateway::new(audit.clone(), identity)
             .unwrap()
             .serve(listener, Arc::clone(&task)),
@@ -72,6 +83,7 @@ async fn start(definition_text: Option<String>) -> Scenario {
         audit,
         task,
         url,
+        serving,
     }
 }
 
@@ -236,8 +248,10 @@ async fn mcp_credit_officer_scenario_end_to_end() {
             .contains("Jane Doe")
     );
 
-    // Every step is in the audit log, which verifies.
-    let events = events(&s.audit).await;
+    // Every step is in the audit log, which verifies, once the task has ended (plain
+    // results are written with the next commit, the last ones when the task ends).
+    let (audit, _state) = s.finish().await;
+    let events = events(&audit).await;
     let find = |action: &str, resource: &str| -> Vec<&Value> {
         events
             .iter()
@@ -327,15 +341,34 @@ async fn mcp_credit_officer_scenario_end_to_end() {
             &serde_json::json!("invalid-arguments")
         ]
     );
-    // No result is audited for a refused call, and every allowed call has one after it.
+    // No result is audited for a refused call, and every allowed call has one after it,
+    // the last call of the task included.
     assert_eq!(find("tools/result", "mcp://scoring/score").len(), 3);
+    let decided: Vec<String> = events
+        .iter()
+        .filter(|e| {
+            ["tools/call", "resources/read", "prompts/get"].contains(&e["action"].as_str().unwrap())
+                && e["decision"] == "allow"
+        })
+        .map(|e| format!("acme:{}", e["seq"]))
+        .collect();
+    let answered: Vec<String> = events
+        .iter()
+        .filter_map(|e| e["details"]["call"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(decided, answered);
+    let last = events
+        .iter()
+        .rev()
+        .find(|e| e["action"] == "tools/result")
+        .unwrap();
+    assert_eq!(last["resource"], "mcp://templates/render_letter", "{last}");
     // Nothing of HR or medical was ever started or asked.
     assert!(!events.iter().any(|e| {
         e["resource"]
             .as_str()
             .is_some_and(|r| r.starts_with("mcp://hr") || r.starts_with("mcp://medical"))
     }));
-    let audit = s.audit.clone();
     let verified = tokio::task::spawn_blocking(move || {
         audit.verify(&VerifyOptions {
             tenant: Some("acme".into()),
@@ -349,7 +382,6 @@ async fn mcp_credit_officer_scenario_end_to_end() {
         verified.iter().map(|t| t.events).sum::<u64>(),
         events.len() as u64
     );
-    s.task.close();
 }
 
 /// A streamable-HTTP tool server (the scoring server of the example, served by the

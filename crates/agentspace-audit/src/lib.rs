@@ -69,5 +69,5 @@ pub use merkle::{
 };
 pub use proof::{ConsistencyProof, InclusionProof};
 pub use query::{Entry, Filter};
-pub use store::postgres::{WRITER_ROLE, migrate_postgres};
+pub use store::postgres::{WRITER_ROLE, display_url as postgres_display_url, migrate_postgres};
 pub use verify::{VerifiedTenant, VerifyFailure, VerifyOptions};

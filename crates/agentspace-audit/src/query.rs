@@ -73,17 +73,20 @@ impl AuditLog {
         limit: u64,
     ) -> Result<Vec<Entry>, AuditError> {
         let rows = self.with_reader(|s| s.events(tenant, from, limit))?;
-        rows.into_iter()
-            .map(|row| {
-                let event: AuditEvent = serde_json::from_slice(&row.event).map_err(|e| {
-                    AuditError::Request(format!(
-                        "event {} of tenant `{tenant}` does not parse as schema v1 ({e}); run `agentspace audit verify`",
-                        row.seq
-                    ))
-                })?;
-                Ok(Entry { event, hash: hex::encode(&row.hash), sig: hex::encode(&row.sig) })
-            })
-            .collect()
+        parse_rows(tenant, rows)
+    }
+
+    /// Up to `limit` events of `tenant`'s task `task` from sequence number `from` on, in
+    /// order; reads only that task's events (an index), however long the chain.
+    pub fn task_events_from(
+        &self,
+        tenant: &str,
+        task: &str,
+        from: u64,
+        limit: u64,
+    ) -> Result<Vec<Entry>, AuditError> {
+        let rows = self.with_reader(|s| s.task_events(tenant, task, from, limit))?;
+        parse_rows(tenant, rows)
     }
 
     /// The number of events in `tenant`'s chain: the sequence number the next event will
@@ -107,7 +110,11 @@ impl AuditLog {
         for tenant in tenants {
             let mut from = 0;
             loop {
-                let page = self.events_from(&tenant, from, 4096)?;
+                // A task's events come by the index, not by reading the whole chain.
+                let page = match &filter.task {
+                    Some(task) => self.task_events_from(&tenant, task, from, 4096)?,
+                    None => self.events_from(&tenant, from, 4096)?,
+                };
                 let Some(last) = page.last() else { break };
                 from = last.event.seq + 1;
                 for entry in page {
@@ -119,4 +126,19 @@ impl AuditLog {
         }
         Ok(())
     }
+}
+
+/// Stored rows as entries; a row that does not parse is an error naming it.
+fn parse_rows(tenant: &str, rows: Vec<crate::store::Row>) -> Result<Vec<Entry>, AuditError> {
+    rows.into_iter()
+            .map(|row| {
+                let event: AuditEvent = serde_json::from_slice(&row.event).map_err(|e| {
+                    AuditError::Request(format!(
+                        "event {} of tenant `{tenant}` does not parse as schema v1 ({e}); run `agentspace audit verify`",
+                        row.seq
+                    ))
+                })?;
+                Ok(Entry { event, hash: hex::encode(&row.hash), sig: hex::encode(&row.sig) })
+            })
+        .collect()
 }

@@ -31,6 +31,16 @@ pub(crate) struct Args {
     /// Without --server: who decides (default: the invoking user, $SUDO_USER or $USER).
     #[arg(long = "as", value_name = "NAME", global = true)]
     approver: Option<String>,
+    /// Without --server: the queue in this PostgreSQL database (as `agentspace serve
+    /// --database-url`) instead of the state directory's.
+    #[arg(
+        long,
+        env = "AGENTSPACE_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true,
+        global = true
+    )]
+    database_url: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -175,8 +185,12 @@ fn local(state_dir: &StateDir, args: &Args) -> Result<ExitCode> {
     };
     let tenant = agentspace_core::Name::new(tenant)
         .map_err(|e| anyhow::anyhow!("invalid tenant `{tenant}`: {e}"))?;
-    let audit = agentspace_audit::AuditLog::open(state_dir.path())?;
-    let store = ApprovalStore::open(state_dir.path(), audit)?;
+    let stores = crate::state::Stores {
+        database_url: args.database_url.clone(),
+        ..crate::state::Stores::from_env()
+    };
+    let audit = crate::cmd_audit::open(state_dir, stores.audit().as_deref())?;
+    let store = ApprovalStore::open(state_dir.path(), stores.database_url.as_deref(), audit)?;
     match &args.command {
         Command::List { state, json } => {
             let wanted = match state.as_str() {

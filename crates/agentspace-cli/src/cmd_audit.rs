@@ -19,8 +19,16 @@ const EXIT_TAMPERED: u8 = 1;
 /// `agentspace audit` and its store.
 #[derive(clap::Args)]
 pub(crate) struct Args {
-    /// Audit store: `postgres://USER:PASS@HOST/DB` or `sqlite:PATH` (default: SQLite in the state directory).
-    #[arg(long, global = true, env = "AGENTSPACE_AUDIT_URL", value_name = "URL")]
+    /// Audit store: `postgres://USER:PASS@HOST/DB` or `sqlite:PATH` (default: the control
+    /// plane's database when AGENTSPACE_DATABASE_URL is set, else SQLite in the state
+    /// directory).
+    #[arg(
+        long,
+        global = true,
+        env = "AGENTSPACE_AUDIT_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     audit_url: Option<String>,
 
     #[command(subcommand)]
@@ -208,7 +216,8 @@ fn tenant_name(tenant: &str) -> Result<Name> {
     Name::new(tenant).context("invalid `--tenant`")
 }
 
-fn open(state: &StateDir, url: Option<&str>) -> Result<AuditLog> {
+/// The audit log at `url`, or the state directory's.
+pub(crate) fn open(state: &StateDir, url: Option<&str>) -> Result<AuditLog> {
     let log = match url {
         Some(url) => AuditLog::open_url(state.path(), url),
         None => AuditLog::open(state.path()),
@@ -266,7 +275,11 @@ fn for_each_entry(
 }
 
 pub(crate) fn run(state: &StateDir, args: Args) -> Result<ExitCode> {
-    let url = args.audit_url.as_deref();
+    // The control plane's PostgreSQL database holds the audit log unless told otherwise.
+    let url = args
+        .audit_url
+        .or_else(|| crate::state::Stores::from_env().database_url);
+    let url = url.as_deref();
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     match args.command {
@@ -471,8 +484,13 @@ pub(crate) struct TaskAudit {
 
 impl TaskAudit {
     /// Records the task start from the task manifest's JSON (tenant, task, user, agent,
-    /// definition digest, limits, command). Uses `AGENTSPACE_AUDIT_URL` when set.
-    pub(crate) fn start(state: &StateDir, manifest: &serde_json::Value) -> Result<Self> {
+    /// definition digest, limits, command) in the audit store at `url` (the state
+    /// directory's when `None`).
+    pub(crate) fn start(
+        state: &StateDir,
+        url: Option<&str>,
+        manifest: &serde_json::Value,
+    ) -> Result<Self> {
         let field = |name: &str| {
             manifest
                 .get(name)
@@ -480,8 +498,7 @@ impl TaskAudit {
                 .map(str::to_owned)
         };
         let tenant = tenant_name(&field("tenant").unwrap_or_default())?;
-        let url = std::env::var("AGENTSPACE_AUDIT_URL").ok();
-        let log = open(state, url.as_deref())?;
+        let log = open(state, url)?;
         let mut base = agentspace_core::AuditEvent::new(&tenant, AuditKind::TaskStart, "start");
         base.task = field("task");
         base.user = field("user");
@@ -529,7 +546,7 @@ impl TaskAudit {
 }
 
 /// Records one administrative event (a revocation, a key rotation) in the tenant's
-/// audit log; uses `AGENTSPACE_AUDIT_URL` when set.
+/// audit log; uses `AGENTSPACE_AUDIT_URL`, else `AGENTSPACE_DATABASE_URL`, when set.
 pub(crate) fn record_admin_event(
     state: &StateDir,
     tenant: &Name,
@@ -538,8 +555,7 @@ pub(crate) fn record_admin_event(
     resource: String,
     details: serde_json::Map<String, serde_json::Value>,
 ) -> Result<()> {
-    let url = std::env::var("AGENTSPACE_AUDIT_URL").ok();
-    let log = open(state, url.as_deref())?;
+    let log = open(state, crate::state::Stores::from_env().audit().as_deref())?;
     let mut event = agentspace_core::AuditEvent::new(tenant, kind, action);
     event.resource = Some(resource);
     event.user = std::env::var("SUDO_USER")

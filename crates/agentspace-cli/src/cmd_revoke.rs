@@ -1,10 +1,11 @@
 //! `agentspace revoke task|agent|user|capability|list`: stop work on the next decision of
-//! every process sharing the state directory.
+//! every process sharing the store: the state directory's, or the control plane's
+//! PostgreSQL database when AGENTSPACE_DATABASE_URL names one (then on every host).
 
 use std::process::ExitCode;
 
 use agentspace_core::{Name, TaskRef, UserId};
-use agentspace_policy::{Revocation, Revocations};
+use agentspace_policy::Revocation;
 use anyhow::{Context, Result};
 
 use crate::state::StateDir;
@@ -69,7 +70,10 @@ pub(crate) struct Common {
 }
 
 pub(crate) fn run(state: &StateDir, cmd: Command) -> Result<ExitCode> {
-    let store = Revocations::open(state.path())?;
+    let store = agentspace_server::revocations(
+        state.path(),
+        crate::state::Stores::from_env().database_url.as_deref(),
+    )?;
     let name = |what: &str, v: &str| Name::new(v).with_context(|| format!("invalid {what}"));
     let (what, common) = match cmd {
         Command::List { json } => {

@@ -30,9 +30,17 @@ pub(crate) struct Args {
     /// After the run, apply the task's workspace changes to the host workspace.
     #[arg(long)]
     commit_workspace: bool,
+    /// Resolve the definition's relative paths against DIR instead of the file's own
+    /// directory. The control plane runs a host-registered definition's text (copied
+    /// into its run directory) with the directory of the file it was registered from.
+    #[arg(long, value_name = "DIR", hide = true)]
+    base_dir: Option<PathBuf>,
     /// The gateway's operator settings (--config, --resolve, --upstream-ca).
     #[command(flatten)]
     gateway: crate::cmd_gateway::GatewayOptions,
+    /// Where approvals wait and the audit log is kept (--database-url, --audit-url).
+    #[command(flatten)]
+    stores: crate::state::Stores,
     /// The program to run in the cell and its arguments.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<String>,
@@ -46,8 +54,8 @@ pub(crate) fn run(state: &StateDir, args: Args) -> Result<ExitCode> {
     // first SIGINT reaches the agent, a second kills the cell (the supervisor counts).
     // Blocked first thing, so every thread started later (the audit log's) inherits it.
     let forwarded = block_forwarded_signals()?;
-    let definition = load_definition(&args.definition)?;
-    let user = resolve_user(args.user)?;
+    let definition = load_definition_at(&args.definition, args.base_dir.as_deref())?;
+    let user = resolve_user(args.user.clone())?;
     let now = crate::state::unix_nanos();
     let (task, random) = crate::state::new_task_id(now)?;
     // A host uid no host account uses; distinct per task so two cells never share one.
@@ -88,7 +96,12 @@ pub(crate) fn run(state: &StateDir, args: Args) -> Result<ExitCode> {
     write_manifest(&task_dir, &manifest)?;
 
     // Audit before action: the start is durable before the cell starts; no record, no run.
-    let audit = match crate::cmd_audit::TaskAudit::start(state, &serde_json::to_value(&manifest)?) {
+    let audit_url = args.stores.audit();
+    let audit = match crate::cmd_audit::TaskAudit::start(
+        state,
+        audit_url.as_deref(),
+        &serde_json::to_value(&manifest)?,
+    ) {
         Ok(audit) => audit,
         Err(e) => {
             eprintln!("agentspace: refusing to run: {e:#}");
@@ -100,7 +113,7 @@ pub(crate) fn run(state: &StateDir, args: Args) -> Result<ExitCode> {
             return Ok(ExitCode::from(crate::EXIT_AGENTSPACE_FAILED));
         }
     };
-    let boundary = match Boundary::start(state, &definition, &task, &user, &args.gateway) {
+    let boundary = match Boundary::start(state, &definition, &task, &user, &args) {
         Ok(b) => b,
         Err(e) => {
             let code = finish(&mut manifest, &definition, &task_dir, Err(e), false);
@@ -142,11 +155,26 @@ pub(crate) fn run(state: &StateDir, args: Args) -> Result<ExitCode> {
 }
 
 pub(crate) fn load_definition(path: &Path) -> Result<Definition> {
+    load_definition_at(path, None)
+}
+
+/// Reads and validates the definition in `path`; its relative paths resolve against
+/// `base_dir` when given, else against the file's directory. `source` is the file read
+/// either way (the manifest names what ran).
+fn load_definition_at(path: &Path, base_dir: Option<&Path>) -> Result<Definition> {
     let text = fs::read_to_string(path)
         .with_context(|| format!("cannot read definition `{}`", path.display()))?;
     let abs = std::path::absolute(path)
         .with_context(|| format!("cannot resolve `{}`", path.display()))?;
-    Ok(Definition::parse(&abs, &text)?)
+    let anchor = match base_dir {
+        Some(dir) => std::path::absolute(dir)
+            .with_context(|| format!("cannot resolve `--base-dir {}`", dir.display()))?
+            .join(abs.file_name().unwrap_or_default()),
+        None => abs.clone(),
+    };
+    let mut definition = Definition::parse(&anchor, &text)?;
+    definition.source = abs;
+    Ok(definition)
 }
 
 fn resolve_user(given: Option<String>) -> Result<String> {
@@ -205,10 +233,11 @@ impl Boundary {
         definition: &Definition,
         task: &TaskId,
         user: &str,
-        options: &crate::cmd_gateway::GatewayOptions,
+        args: &Args,
     ) -> Result<Option<Self>> {
         use agentspace_core::{Actor, Principal, TaskRef, UserId};
         use agentspace_gateway::{Door, DoorListener, Gateway};
+        let options = &args.gateway;
         if definition.governance.egress.is_empty() && definition.governance.tools.servers.is_empty()
         {
             if !options.is_empty() {
@@ -219,20 +248,28 @@ impl Boundary {
             return Ok(None);
         }
         let config = options.config(state.path())?;
+        // Decisions go to the same audit store as the task's start and exit.
+        // One handle (one writer, one connection) shared by the gateway, the MCP gateway
+        // and the approval desk.
+        let audit = crate::cmd_audit::open(state, args.stores.audit().as_deref())?;
         let user = UserId::new(user).with_context(|| format!("invalid user `{user}`"))?;
         let principal = Principal::new(
             definition.tenant.clone(),
             user,
             Actor::new(definition.name.clone(), TaskRef::from(task)),
         );
-        let policy = std::sync::Arc::new(agentspace_policy::PolicyEngine::load(
-            definition,
-            state.path(),
-        )?);
-        let gateway = Gateway::new(
-            config.clone(),
-            agentspace_audit::AuditLog::open(state.path())?,
-        )?;
+        // Revocations from the control plane's database when there is one, so that a
+        // revocation made on any host sharing it stops this task's next decision.
+        let policy = match args.stores.database_url.as_deref() {
+            Some(url) => agentspace_policy::PolicyEngine::load_with_revocations(
+                definition,
+                state.path(),
+                agentspace_server::revocations(state.path(), Some(url))?,
+            )?,
+            None => agentspace_policy::PolicyEngine::load(definition, state.path())?,
+        };
+        let policy = std::sync::Arc::new(policy);
+        let gateway = Gateway::new(config.clone(), audit.clone())?;
         let ca = gateway
             .tenant_ca(&definition.tenant)?
             .cert_path()
@@ -241,7 +278,7 @@ impl Boundary {
         // HTTP tool servers are reached like HTTP egress upstreams (the same roots,
         // --upstream-ca and --resolve); stdio ones run in cells of their own.
         let mcp_gateway = agentspace_gateway::McpGateway::configured(
-            agentspace_audit::AuditLog::open(state.path())?,
+            audit.clone(),
             std::sync::Arc::clone(&identity),
             &config,
             Some(std::sync::Arc::new(ToolCells {
@@ -270,11 +307,13 @@ impl Boundary {
             .enable_all()
             .build()
             .context("cannot start the gateway's runtime")?;
-        // Approval-required requests wait in the state directory's approval queue for
-        // `agentspace approvals approve|deny` (or the control plane on the same state).
+        // Approval-required requests wait in the control plane's approval queue (the
+        // state directory's, or the PostgreSQL database of --database-url) for
+        // `agentspace approvals approve|deny` or a control plane on the same store.
         let desk = agentspace_server::ApprovalStore::open(
             state.path(),
-            agentspace_audit::AuditLog::open(state.path())?,
+            args.stores.database_url.as_deref(),
+            audit,
         )?;
         let mut gw_task = agentspace_gateway::Task::new(principal, policy)
             .with_approvals(std::sync::Arc::new(desk))

@@ -17,13 +17,24 @@ pub(crate) struct Args {
     /// TLS-terminating proxy in front.
     #[arg(long, default_value = "127.0.0.1:7171", value_name = "ADDR")]
     listen: SocketAddr,
-    /// Audit store: `postgres://...` or `sqlite:PATH` (default: SQLite in the state directory).
-    #[arg(long, env = "AGENTSPACE_AUDIT_URL", value_name = "URL")]
-    audit_url: Option<String>,
+    /// The control-plane tables in PostgreSQL (`--database-url postgres://...`, made
+    /// once with `agentspace server migrate`) instead of SQLite in the state directory,
+    /// and the audit store.
+    #[command(flatten)]
+    stores: crate::state::Stores,
     /// Announce each approval request to this webhook (`https://...`), with a
     /// Slack-compatible JSON body (`{"text": ...}`).
-    #[arg(long, env = "AGENTSPACE_APPROVAL_WEBHOOK", value_name = "URL")]
+    #[arg(
+        long,
+        env = "AGENTSPACE_APPROVAL_WEBHOOK",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     approval_webhook: Option<String>,
+    /// Let tenant admins point their tenant's webhook at loopback, private and
+    /// link-local addresses (refused by default: the server would POST there for them).
+    #[arg(long)]
+    allow_private_webhooks: bool,
     /// Create tenant `--tenant` with this user as its first admin, print the admin's API
     /// token once, and exit (without serving).
     #[arg(long, value_name = "USER", requires = "tenant")]
@@ -38,7 +49,8 @@ pub(crate) fn run(state: &StateDir, args: Args) -> Result<ExitCode> {
         let tenant = Name::new(tenant).context("invalid `--tenant`")?;
         let token = agentspace_server::bootstrap_admin(
             state.path(),
-            args.audit_url.as_deref(),
+            args.stores.database_url.as_deref(),
+            args.stores.audit_url.as_deref(),
             &tenant,
             admin,
         )?;
@@ -55,10 +67,12 @@ pub(crate) fn run(state: &StateDir, args: Args) -> Result<ExitCode> {
     let config = ServerConfig {
         state_dir: state.path().to_owned(),
         listen: args.listen,
-        audit_url: args.audit_url,
+        database_url: args.stores.database_url,
+        audit_url: args.stores.audit_url,
         // Tasks started through the API run as `agentspace run` of this same binary.
         runner: Some(std::env::current_exe().context("cannot find this program's path")?),
         approval_webhook: args.approval_webhook,
+        allow_private_webhooks: args.allow_private_webhooks,
     };
     if !args.listen.ip().is_loopback() {
         eprintln!(

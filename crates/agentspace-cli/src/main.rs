@@ -12,6 +12,7 @@ mod cmd_revoke;
 mod cmd_run;
 mod cmd_secret;
 mod cmd_serve;
+mod cmd_server;
 mod cmd_tasks;
 mod state;
 
@@ -49,7 +50,8 @@ enum Command {
     Secret(cmd_secret::Command),
     /// Report what this host supports for cells.
     Doctor(cmd_doctor::Args),
-    /// Validate agent definitions; print the definition JSON Schema.
+    /// Validate agent definitions; print the definition JSON Schema; register one with
+    /// the control plane as the host's operator.
     #[command(subcommand)]
     Definition(cmd_definition::Command),
     /// A tenant's token signing keys: JWKS export and rotation.
@@ -67,6 +69,9 @@ enum Command {
     Approvals(cmd_approvals::Args),
     /// Run the control plane (REST API, approvals, event stream); bootstrap a tenant's admin.
     Serve(cmd_serve::Args),
+    /// Manage the control plane's PostgreSQL database (`migrate`).
+    #[command(subcommand)]
+    Server(cmd_server::Command),
 }
 
 fn main() -> ExitCode {
@@ -91,9 +96,10 @@ fn main() -> ExitCode {
         Command::Keys(cmd) => cmd_keys::run(&state, cmd),
         Command::Policy(cmd) => cmd_policy::run(cmd),
         Command::Revoke(cmd) => cmd_revoke::run(&state, cmd),
-        Command::Definition(cmd) => cmd_definition::run(cmd),
+        Command::Definition(cmd) => cmd_definition::run(&state, cmd),
         Command::Gateway(args) => cmd_gateway::run(&state, args),
         Command::Serve(args) => cmd_serve::run(&state, args),
+        Command::Server(cmd) => cmd_server::run(cmd),
         Command::Approvals(args) => cmd_approvals::run(&state, args),
     };
     match result {

@@ -40,6 +40,50 @@ impl StateDir {
     }
 }
 
+/// Where the control plane keeps its state and its audit log, as `agentspace serve`,
+/// `run` and `server migrate` take it: `--database-url` (AGENTSPACE_DATABASE_URL) names
+/// the PostgreSQL database of the control-plane tables, which also holds the audit log
+/// unless `--audit-url` (AGENTSPACE_AUDIT_URL) names another store; without either,
+/// SQLite files in the state directory.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub(crate) struct Stores {
+    /// The control plane's PostgreSQL database, `postgres://USER:PASS@HOST/DB` (default:
+    /// SQLite in the state directory). The audit log goes there too unless `--audit-url`
+    /// says otherwise.
+    #[arg(
+        long,
+        env = "AGENTSPACE_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub(crate) database_url: Option<String>,
+    /// The audit store, `postgres://...` or `sqlite:PATH` (default: the database of
+    /// `--database-url`, else SQLite in the state directory).
+    #[arg(
+        long,
+        env = "AGENTSPACE_AUDIT_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub(crate) audit_url: Option<String>,
+}
+
+impl Stores {
+    /// The audit store: `--audit-url`, else the control-plane database, else `None`
+    /// (SQLite in the state directory).
+    pub(crate) fn audit(&self) -> Option<String> {
+        agentspace_server::audit_url(self.database_url.as_deref(), self.audit_url.as_deref())
+    }
+
+    /// The stores named by the environment alone (for commands without the flags).
+    pub(crate) fn from_env() -> Self {
+        Self {
+            database_url: std::env::var("AGENTSPACE_DATABASE_URL").ok(),
+            audit_url: std::env::var("AGENTSPACE_AUDIT_URL").ok(),
+        }
+    }
+}
+
 /// Now, in nanoseconds since the Unix epoch.
 pub(crate) fn unix_nanos() -> u64 {
     std::time::SystemTime::now()

@@ -44,17 +44,42 @@ impl PolicyEngine {
         Self::with_policies(definition, policies, state_dir)
     }
 
+    /// Like [`PolicyEngine::load`], with revocations kept in `revocations` instead of the
+    /// state directory's (a store several hosts share).
+    pub fn load_with_revocations(
+        definition: &Definition,
+        state_dir: &Path,
+        revocations: Revocations,
+    ) -> Result<Self, PolicyError> {
+        let policies = CompiledPolicies::compile(definition)?;
+        Self::assemble(definition, policies, state_dir, revocations)
+    }
+
     /// Like [`PolicyEngine::load`] with policies compiled already.
     pub fn with_policies(
         definition: &Definition,
         policies: CompiledPolicies,
         state_dir: &Path,
     ) -> Result<Self, PolicyError> {
+        Self::assemble(
+            definition,
+            policies,
+            state_dir,
+            Revocations::open(state_dir)?,
+        )
+    }
+
+    fn assemble(
+        definition: &Definition,
+        policies: CompiledPolicies,
+        state_dir: &Path,
+        revocations: Revocations,
+    ) -> Result<Self, PolicyError> {
         Ok(Self {
             definition: definition.clone(),
             policies,
             budgets: BudgetStore::open(state_dir)?,
-            revocations: Revocations::open(state_dir)?,
+            revocations,
             loops: Mutex::new(HashMap::new()),
             taint: Taint::open(state_dir)?,
         })

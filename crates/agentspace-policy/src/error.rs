@@ -51,6 +51,14 @@ pub enum PolicyError {
         /// What failed.
         message: String,
     },
+    /// The revocation store (the state directory's, or a shared one) cannot be used.
+    #[error("cannot use the revocation store `{store}`: {message}")]
+    Revocations {
+        /// Where it is (a path, or a URL without its password).
+        store: String,
+        /// What failed, and what to check.
+        message: String,
+    },
     /// The per-task taint state (data labels a session has read) cannot be used.
     #[error("the data-flow taint state cannot be used: {0}; the action is denied")]
     Taint(String),

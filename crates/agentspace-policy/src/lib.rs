@@ -27,4 +27,7 @@ pub use decision::{Decision, DenyReason};
 pub use engine::PolicyEngine;
 pub use error::PolicyError;
 pub use request::{Action, Request, RequestContext, Resource, Usage};
-pub use revocation::{NoAudit, Revocation, RevocationAudit, RevocationRecord, Revocations};
+pub use revocation::{
+    NoAudit, Revocation, RevocationAudit, RevocationBackend, RevocationRecord, Revocations,
+    StoredRevocation,
+};

@@ -1,14 +1,16 @@
 //! Revocation: stop a task, an agent, a user's use of an agent, or one capability, on
-//! the next decision of every process sharing the state directory.
+//! the next decision of every process sharing the store.
 //!
-//! Revocations live in `<state>/policy/revocations.db`. Each decision asks SQLite for
-//! the database's `data_version`, which changes whenever another connection commits; only
-//! then is the (small) revocation table re-read. So a revocation is seen by the very next
-//! decision anywhere, without polling intervals or restarts.
+//! Revocations live in `<state>/policy/revocations.db` by default, or in another shared
+//! store behind [`RevocationBackend`] (the control plane keeps them in its PostgreSQL
+//! database, for several hosts). Each decision asks the store for its version, which
+//! changes whenever any process changes a revocation (SQLite's `data_version`; a counter
+//! in PostgreSQL); only then is the (small) revocation table re-read. So a revocation is
+//! seen by the very next decision anywhere, without polling intervals or restarts.
 
 use std::collections::HashSet;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 
 use agentspace_core::{Name, Principal, TaskRef, UserId};
@@ -66,6 +68,41 @@ pub enum Revocation {
         /// The capability's name.
         capability: Name,
     },
+}
+
+/// One revocation as a store keeps it: four strings that identify it (`kind`, `tenant`,
+/// `subject`, `detail`; the primary key), why, and when (seconds since the Unix epoch).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredRevocation {
+    /// `task`, `agent`, `user-agent` or `capability`.
+    pub kind: String,
+    /// The tenant.
+    pub tenant: String,
+    /// The task, or the agent.
+    pub subject: String,
+    /// The user (`user-agent`), the capability (`capability`), or empty.
+    pub detail: String,
+    /// Why.
+    pub reason: String,
+    /// When, in seconds since the Unix epoch.
+    pub revoked_at: i64,
+}
+
+/// Where revocations are kept, for a store other than the state directory's SQLite file.
+/// Every method is called with no lock of the caller held; errors are messages, and a
+/// failing store denies every decision that asks it.
+pub trait RevocationBackend: Send + Sync {
+    /// Where the store is, for messages (a path, or a URL without its password).
+    fn describe(&self) -> String;
+    /// Stores `revocation`, replacing the reason and time of the same one.
+    fn put(&self, revocation: &StoredRevocation) -> Result<(), String>;
+    /// Removes the revocation with the key of `revocation` (its reason and time are
+    /// ignored); whether there was one.
+    fn remove(&self, revocation: &StoredRevocation) -> Result<bool, String>;
+    /// Every stored revocation, oldest first.
+    fn all(&self) -> Result<Vec<StoredRevocation>, String>;
+    /// A number that changes whenever any process changes the stored revocations.
+    fn version(&self) -> Result<i64, String>;
 }
 
 impl Revocation {
@@ -163,15 +200,95 @@ impl RevocationAudit for NoAudit {
     }
 }
 
-/// The revocation store of one state directory.
-pub struct Revocations {
-    path: PathBuf,
-    inner: Mutex<Inner>,
+/// The state directory's revocations: `<state>/policy/revocations.db`.
+struct Sqlite {
+    path: std::path::PathBuf,
+    conn: Mutex<Connection>,
 }
 
-struct Inner {
-    conn: Connection,
-    /// `data_version` when `keys` was read; `None` before the first read.
+impl Sqlite {
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, String> {
+        let conn = self
+            .conn
+            .lock()
+            .map_err(|_| "a thread panicked while using it".to_owned())?;
+        f(&conn).map_err(|e| e.to_string())
+    }
+}
+
+impl RevocationBackend for Sqlite {
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn put(&self, r: &StoredRevocation) -> Result<(), String> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO revocation (kind, tenant, subject, detail, reason, revoked_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (kind, tenant, subject, detail)
+                 DO UPDATE SET reason = excluded.reason, revoked_at = excluded.revoked_at",
+                params![
+                    r.kind,
+                    r.tenant,
+                    r.subject,
+                    r.detail,
+                    r.reason,
+                    r.revoked_at
+                ],
+            )
+            .map(|_| ())
+        })
+    }
+
+    fn remove(&self, r: &StoredRevocation) -> Result<bool, String> {
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM revocation WHERE kind = ?1 AND tenant = ?2 AND subject = ?3 AND detail = ?4",
+                params![r.kind, r.tenant, r.subject, r.detail],
+            )
+            .map(|n| n > 0)
+        })
+    }
+
+    fn all(&self) -> Result<Vec<StoredRevocation>, String> {
+        self.with(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT kind, tenant, subject, detail, reason, revoked_at FROM revocation ORDER BY revoked_at, kind, tenant, subject, detail",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(StoredRevocation {
+                    kind: r.get(0)?,
+                    tenant: r.get(1)?,
+                    subject: r.get(2)?,
+                    detail: r.get(3)?,
+                    reason: r.get(4)?,
+                    revoked_at: r.get(5)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    fn version(&self) -> Result<i64, String> {
+        // Changes whenever another connection commits to the file.
+        self.with(|c| {
+            c.prepare_cached("PRAGMA data_version")?
+                .query_row([], |r| r.get(0))
+        })
+    }
+}
+
+/// A revocation store: the state directory's, or a shared one.
+pub struct Revocations {
+    backend: Box<dyn RevocationBackend>,
+    /// The keys in force as last read, and the store's version then.
+    cache: Mutex<Cache>,
+}
+
+#[derive(Default)]
+struct Cache {
+    /// `None` before the first read.
     version: Option<i64>,
     keys: HashSet<(String, String, String, String)>,
 }
@@ -181,22 +298,25 @@ impl Revocations {
     pub fn open(state_dir: &Path) -> Result<Self, PolicyError> {
         let path = store::policy_dir(state_dir)?.join("revocations.db");
         let conn = store::open(&path, SCHEMA)?;
-        Ok(Self {
+        Ok(Self::with_backend(Box::new(Sqlite {
             path,
-            inner: Mutex::new(Inner {
-                conn,
-                version: None,
-                keys: HashSet::new(),
-            }),
-        })
+            conn: Mutex::new(conn),
+        })))
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> rusqlite::Result<T>) -> Result<T, PolicyError> {
-        let mut inner = self
-            .inner
-            .lock()
-            .map_err(|_| PolicyError::state(&self.path, "a thread panicked while using it"))?;
-        f(&mut inner).map_err(|e| PolicyError::state(&self.path, e))
+    /// Revocations kept in `backend` (a store shared beyond one state directory).
+    pub fn with_backend(backend: Box<dyn RevocationBackend>) -> Self {
+        Self {
+            backend,
+            cache: Mutex::new(Cache::default()),
+        }
+    }
+
+    fn failed(&self, e: impl fmt::Display) -> PolicyError {
+        PolicyError::Revocations {
+            store: self.backend.describe(),
+            message: e.to_string(),
+        }
     }
 
     /// Revokes `what` (again, if it already is: the reason and time are updated) and
@@ -207,36 +327,19 @@ impl Revocations {
         reason: &str,
         audit: &dyn RevocationAudit,
     ) -> Result<RevocationRecord, PolicyError> {
-        let (kind, tenant, subject, detail) = what.key();
         let now = store::unix_now();
-        self.with(|i| {
-            i.conn.execute(
-                "INSERT INTO revocation (kind, tenant, subject, detail, reason, revoked_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT (kind, tenant, subject, detail)
-                 DO UPDATE SET reason = excluded.reason, revoked_at = excluded.revoked_at",
-                params![
-                    kind,
-                    tenant,
-                    subject,
-                    detail,
-                    reason,
-                    i64::try_from(now).unwrap_or(0)
-                ],
-            )
-        })?;
+        self.backend
+            .put(&stored(&what, reason, now))
+            .map_err(|e| self.failed(e))?;
         let record = RevocationRecord {
             revocation: what,
             reason: reason.to_owned(),
             revoked_at: now,
         };
         // The revocation is in force already; an audit failure is reported, not undone.
-        audit.revocation(&record, false).map_err(|e| {
-            PolicyError::state(
-                &self.path,
-                format!("revoked, but the audit hook failed: {e}"),
-            )
-        })?;
+        audit
+            .revocation(&record, false)
+            .map_err(|e| self.failed(format!("revoked, but the audit hook failed: {e}")))?;
         Ok(record)
     }
 
@@ -246,44 +349,38 @@ impl Revocations {
         what: &Revocation,
         audit: &dyn RevocationAudit,
     ) -> Result<bool, PolicyError> {
-        let (kind, tenant, subject, detail) = what.key();
-        let n = self.with(|i| {
-            i.conn.execute(
-                "DELETE FROM revocation WHERE kind = ?1 AND tenant = ?2 AND subject = ?3 AND detail = ?4",
-                params![kind, tenant, subject, detail],
-            )
-        })?;
-        if n > 0 {
+        let lifted = self
+            .backend
+            .remove(&stored(what, "", 0))
+            .map_err(|e| self.failed(e))?;
+        if lifted {
             let record = RevocationRecord {
                 revocation: what.clone(),
                 reason: String::new(),
                 revoked_at: store::unix_now(),
             };
-            audit.revocation(&record, true).map_err(|e| {
-                PolicyError::state(
-                    &self.path,
-                    format!("lifted, but the audit hook failed: {e}"),
-                )
-            })?;
+            audit
+                .revocation(&record, true)
+                .map_err(|e| self.failed(format!("lifted, but the audit hook failed: {e}")))?;
         }
-        Ok(n > 0)
+        Ok(lifted)
     }
 
     /// Every revocation, oldest first.
     pub fn list(&self) -> Result<Vec<RevocationRecord>, PolicyError> {
-        let rows: Vec<(String, String, String, String, String, i64)> = self.with(|i| {
-            let mut stmt = i.conn.prepare(
-                "SELECT kind, tenant, subject, detail, reason, revoked_at FROM revocation ORDER BY revoked_at, kind, tenant, subject, detail",
-            )?;
-            let rows = stmt.query_map([], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
-            })?;
-            rows.collect()
-        })?;
+        let rows = self.backend.all().map_err(|e| self.failed(e))?;
         let mut out = Vec::new();
-        for (kind, tenant, subject, detail, reason, at) in rows {
+        for row in rows {
+            let StoredRevocation {
+                kind,
+                tenant,
+                subject,
+                detail,
+                reason,
+                revoked_at: at,
+            } = row;
             let bad = |e: &dyn fmt::Display| {
-                PolicyError::state(&self.path, format!("a stored revocation is malformed: {e}"))
+                self.failed(format!("a stored revocation is malformed: {e}"))
             };
             let tenant = Name::new(&tenant).map_err(|e| bad(&e))?;
             let revocation = match kind.as_str() {
@@ -324,65 +421,77 @@ impl Revocations {
         principal: &Principal,
         capabilities: &[String],
     ) -> Result<Option<String>, PolicyError> {
-        self.with(|i| {
-            let version: i64 = i
-                .conn
-                .prepare_cached("PRAGMA data_version")?
-                .query_row([], |r| r.get(0))?;
-            if i.version != Some(version) {
-                let mut stmt = i
-                    .conn
-                    .prepare_cached("SELECT kind, tenant, subject, detail FROM revocation")?;
-                let rows =
-                    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
-                i.keys = rows.collect::<rusqlite::Result<HashSet<_>>>()?;
-                i.version = Some(version);
-            }
-            if i.keys.is_empty() {
-                return Ok(None);
-            }
-            let tenant = principal.tenant().to_string();
-            let user = principal.user().to_string();
-            let has = |kind: &str, subject: &str, detail: &str| {
-                i.keys.contains(&(
-                    kind.to_owned(),
-                    tenant.clone(),
-                    subject.to_owned(),
-                    detail.to_owned(),
-                ))
+        let version = self.backend.version().map_err(|e| self.failed(e))?;
+        let mut cache = self
+            .cache
+            .lock()
+            .map_err(|_| self.failed("a thread panicked while using it"))?;
+        if cache.version != Some(version) {
+            let keys = self.backend.all().map_err(|e| self.failed(e))?;
+            cache.keys = keys
+                .into_iter()
+                .map(|r| (r.kind, r.tenant, r.subject, r.detail))
+                .collect();
+            cache.version = Some(version);
+        }
+        let i = &*cache;
+        if i.keys.is_empty() {
+            return Ok(None);
+        }
+        let tenant = principal.tenant().to_string();
+        let user = principal.user().to_string();
+        let has = |kind: &str, subject: &str, detail: &str| {
+            i.keys.contains(&(
+                kind.to_owned(),
+                tenant.clone(),
+                subject.to_owned(),
+                detail.to_owned(),
+            ))
+        };
+        for actor in principal.actors() {
+            let acting = actor == principal.current();
+            let via = if acting {
+                String::new()
+            } else {
+                " (which started this task)".to_string()
             };
-            for actor in principal.actors() {
-                let acting = actor == principal.current();
-                let via = if acting {
-                    String::new()
-                } else {
-                    " (which started this task)".to_string()
-                };
-                if has("task", actor.task.as_str(), "") {
-                    return Ok(Some(format!("task `{}`{via} was revoked", actor.task)));
-                }
-                if has("agent", actor.agent.as_str(), "") {
-                    return Ok(Some(format!(
-                        "agent `{}`{via} was revoked in tenant `{tenant}`",
-                        actor.agent
-                    )));
-                }
-                if has("user-agent", actor.agent.as_str(), &user) {
-                    return Ok(Some(format!(
-                        "user `{user}`'s use of agent `{}`{via} was revoked",
-                        actor.agent
-                    )));
-                }
+            if has("task", actor.task.as_str(), "") {
+                return Ok(Some(format!("task `{}`{via} was revoked", actor.task)));
             }
-            for cap in capabilities {
-                if has("capability", principal.current().agent.as_str(), cap) {
-                    return Ok(Some(format!(
-                        "capability `{cap}` of agent `{}` was revoked",
-                        principal.current().agent
-                    )));
-                }
+            if has("agent", actor.agent.as_str(), "") {
+                return Ok(Some(format!(
+                    "agent `{}`{via} was revoked in tenant `{tenant}`",
+                    actor.agent
+                )));
             }
-            Ok(None)
-        })
+            if has("user-agent", actor.agent.as_str(), &user) {
+                return Ok(Some(format!(
+                    "user `{user}`'s use of agent `{}`{via} was revoked",
+                    actor.agent
+                )));
+            }
+        }
+        for cap in capabilities {
+            if has("capability", principal.current().agent.as_str(), cap) {
+                return Ok(Some(format!(
+                    "capability `{cap}` of agent `{}` was revoked",
+                    principal.current().agent
+                )));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// `what` as stored, with `reason` and time `at`.
+fn stored(what: &Revocation, reason: &str, at: u64) -> StoredRevocation {
+    let (kind, tenant, subject, detail) = what.key();
+    StoredRevocation {
+        kind: kind.to_owned(),
+        tenant,
+        subject,
+        detail,
+        reason: reason.to_owned(),
+        revoked_at: i64::try_from(at).unwrap_or(0),
     }
 }

@@ -21,6 +21,7 @@ use crate::definitions::{DefinitionVersion, Registered, Registry};
 use crate::error::ServerError;
 use crate::extract::{Body, Path, Query};
 use crate::store::Db;
+use crate::webhook::{TenantWebhook, Webhooks};
 
 /// Everything the handlers share.
 pub(crate) struct App {
@@ -30,6 +31,10 @@ pub(crate) struct App {
     pub(crate) approvals: ApprovalStore,
     pub(crate) revocations: Revocations,
     pub(crate) runner: crate::runner::Runner,
+    /// The operator lets tenant webhooks reach private addresses.
+    pub(crate) allow_private_webhooks: bool,
+    /// The event streams open now (limited per caller and in all).
+    pub(crate) streams: Arc<crate::events::StreamSlots>,
 }
 
 pub(crate) type AppState = Arc<App>;
@@ -39,6 +44,14 @@ impl App {
         Accounts {
             db: &self.db,
             audit: &self.audit,
+        }
+    }
+
+    pub(crate) fn webhooks(&self) -> Webhooks<'_> {
+        Webhooks {
+            db: &self.db,
+            audit: &self.audit,
+            allow_private: self.allow_private_webhooks,
         }
     }
 
@@ -437,7 +450,7 @@ pub(crate) async fn definition_diff(
 
 // ---------------------------------------------------------------- tasks and budgets
 
-fn read_manifests(app: &App, tenant: &Name) -> Vec<serde_json::Value> {
+pub(crate) fn read_manifests(app: &App, tenant: &Name) -> Vec<serde_json::Value> {
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir(app.state_dir.join("tasks")) else {
         return out;
@@ -463,7 +476,11 @@ fn read_manifest(path: &std::path::Path) -> Option<serde_json::Value> {
     v.is_object().then_some(v)
 }
 
-fn task_manifest(app: &App, tenant: &Name, id: &str) -> Result<serde_json::Value, ServerError> {
+pub(crate) fn task_manifest(
+    app: &App,
+    tenant: &Name,
+    id: &str,
+) -> Result<serde_json::Value, ServerError> {
     let missing = || {
         ServerError::not_found(
             format!("tenant `{tenant}` has no task `{id}`"),
@@ -513,7 +530,7 @@ pub(crate) struct StartTask {
 /// A started task.
 #[derive(Serialize, ToSchema)]
 pub(crate) struct StartedTask {
-    task: String,
+    pub(crate) task: String,
     agent: String,
     version: u32,
     /// The user the task acts for: the caller.
@@ -523,7 +540,8 @@ pub(crate) struct StartedTask {
 /// Starts a task from a registered definition, acting for the caller (admin,
 /// developer). The server runs `agentspace run` as its child; the task is audited by
 /// it (`task_start`, `task_exit`). Definitions naming host paths or host commands are
-/// refused (422).
+/// refused (422) unless the version was registered on the server host by its operator
+/// (`agentspace definition register`).
 #[utoipa::path(post, path = "/v1/tasks", tag = "tasks", security(("bearer" = [])), request_body = StartTask,
     responses((status = 201, body = StartedTask), (status = 404, body = crate::error::ErrorBody),
         (status = 409, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
@@ -532,36 +550,49 @@ pub(crate) async fn start_task(
     caller: Caller,
     Body(body): Body<StartTask>,
 ) -> Result<(StatusCode, Json<StartedTask>), ServerError> {
-    caller.require(DEFINITION_WRITERS)?;
     let started = blocking(&app, move |app| {
-        let v = app
-            .registry()
-            .get(&caller.tenant, &body.agent, body.version)?;
-        let text = v.text.unwrap_or_default();
-        let definition = agentspace_core::Definition::parse(
-            &crate::definitions::source_path(&app.state_dir, &caller.tenant),
-            &text,
-        )?;
+        start_registered(app, &caller, &body.agent, body.version, &body.command)
+    })
+    .await?;
+    Ok((StatusCode::CREATED, axum::Json(started)))
+}
+
+/// Starts a task of a registered definition acting for `caller` (admin, developer),
+/// for the API and the console alike. Host-bound fields are refused (422) unless the
+/// version was registered on the host by its operator.
+pub(crate) fn start_registered(
+    app: &App,
+    caller: &Caller,
+    agent: &str,
+    version: Option<u32>,
+    command: &[String],
+) -> Result<StartedTask, ServerError> {
+    caller.require(DEFINITION_WRITERS)?;
+    let stored = app.registry().stored(&caller.tenant, agent, version)?;
+    let definition = stored.parse(&app.state_dir, &caller.tenant)?;
+    let host_source = stored.host_source.as_deref();
+    if host_source.is_none() {
         let problems = crate::runner::host_bound(&definition);
         if !problems.is_empty() {
             return Err(ServerError::Definition(problems));
         }
-        let task = app.runner.start(
-            &app.state_dir,
-            &caller.tenant,
-            &text,
-            &caller.user,
-            &body.command,
-        )?;
-        Ok(StartedTask {
-            task,
-            agent: v.name,
-            version: v.version,
-            user: caller.user,
-        })
+    }
+    let task = app.runner.start(
+        &app.state_dir,
+        &caller.tenant,
+        crate::runner::Start {
+            text: &stored.text,
+            host_source,
+            user: &caller.user,
+            command,
+        },
+    )?;
+    Ok(StartedTask {
+        task,
+        agent: stored.version.name,
+        version: stored.version.version,
+        user: caller.user.clone(),
     })
-    .await?;
-    Ok((StatusCode::CREATED, axum::Json(started)))
 }
 
 /// What a stop did.
@@ -585,37 +616,41 @@ pub(crate) async fn stop_task(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Stopped> {
-    caller.require(ANY)?;
     Ok(axum::Json(
-        blocking(&app, move |app| {
-            let m = task_manifest(app, &caller.tenant, &id)?;
-            let user = m.get("user").and_then(|u| u.as_str()).unwrap_or_default();
-            if user != caller.user {
-                caller.require(ADMIN)?;
-            }
-            let sink = RevocationSink {
-                audit: &app.audit,
-                tenant: &caller.tenant,
-                by: &caller.user,
-            };
-            let what = Revocation::Task {
-                tenant: caller.tenant.clone(),
-                task: agentspace_core::TaskRef::new(&id).map_err(|e| {
-                    ServerError::bad_request(e.to_string(), "give a task id from GET /v1/tasks")
-                })?,
-            };
-            app.revocations.revoke(
-                what,
-                &format!("stopped by `{}` through the control plane", caller.user),
-                &sink,
-            )?;
-            Ok(Stopped {
-                revoked: true,
-                signalled: app.runner.stop(&id),
-            })
-        })
-        .await?,
+        blocking(&app, move |app| stop(app, &caller, &id)).await?,
     ))
+}
+
+/// Stops task `id` for `caller` (admin, or the user it acts for), for the API and the
+/// console alike: revokes it (audited) and signals its `agentspace run` if this server
+/// started it.
+pub(crate) fn stop(app: &App, caller: &Caller, id: &str) -> Result<Stopped, ServerError> {
+    caller.require(ANY)?;
+    let m = task_manifest(app, &caller.tenant, id)?;
+    let user = m.get("user").and_then(|u| u.as_str()).unwrap_or_default();
+    if user != caller.user {
+        caller.require(ADMIN)?;
+    }
+    let sink = RevocationSink {
+        audit: &app.audit,
+        tenant: &caller.tenant,
+        by: &caller.user,
+    };
+    let what = Revocation::Task {
+        tenant: caller.tenant.clone(),
+        task: agentspace_core::TaskRef::new(id).map_err(|e| {
+            ServerError::bad_request(e.to_string(), "give a task id from GET /v1/tasks")
+        })?,
+    };
+    app.revocations.revoke(
+        what,
+        &format!("stopped by `{}` through the control plane", caller.user),
+        &sink,
+    )?;
+    Ok(Stopped {
+        revoked: true,
+        signalled: app.runner.stop(id),
+    })
 }
 
 /// One task's manifest.
@@ -716,35 +751,13 @@ pub(crate) async fn task_budget(
     Ok(axum::Json(
         blocking(&app, move |app| {
             let m = task_manifest(app, &caller.tenant, &id)?;
-            let field = |k: &str| {
-                m.get(k)
-                    .and_then(|v| v.as_str())
-                    .unwrap_or_default()
-                    .to_owned()
-            };
-            let (agent, user) = (field("agent"), field("user"));
+            let agent = m
+                .get("agent")
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_owned();
             let definition = registered_definition(app, &caller.tenant, &agent)?;
-            // Only the generated policies: a registered definition's `spec.policies` names
-            // files on the host, which the API never reads (usage needs no policy anyway).
-            let policies =
-                agentspace_policy::CompiledPolicies::compile_with_files(&definition, Vec::new())?;
-            let engine = agentspace_policy::PolicyEngine::with_policies(
-                &definition,
-                policies,
-                &app.state_dir,
-            )?;
-            let bad = |e: &dyn std::fmt::Display| {
-                ServerError::Io(format!("task `{id}` has a malformed manifest: {e}"))
-            };
-            let principal = agentspace_core::Principal::new(
-                caller.tenant.clone(),
-                UserId::new(&user).map_err(|e| bad(&e))?,
-                agentspace_core::Actor::new(
-                    Name::new(&agent).map_err(|e| bad(&e))?,
-                    agentspace_core::TaskRef::new(&id).map_err(|e| bad(&e))?,
-                ),
-            );
-            let usage = engine.task_usage(&principal)?;
+            let usage = task_usage(app, &caller.tenant, &m, &definition)?;
             Ok(TaskBudget {
                 task: id,
                 agent,
@@ -756,17 +769,42 @@ pub(crate) async fn task_budget(
     ))
 }
 
+/// What the task of manifest `m` has used of its budgets, counted by the policy state
+/// of `definition` (its generated policies only: `spec.policies` files are never read
+/// here, and usage needs no policy).
+pub(crate) fn task_usage(
+    app: &App,
+    tenant: &Name,
+    m: &serde_json::Value,
+    definition: &agentspace_core::Definition,
+) -> Result<agentspace_policy::Usage, ServerError> {
+    let field = |k: &str| m.get(k).and_then(|v| v.as_str()).unwrap_or_default();
+    let (id, agent, user) = (field("task"), field("agent"), field("user"));
+    let policies = agentspace_policy::CompiledPolicies::compile_with_files(definition, Vec::new())?;
+    let engine =
+        agentspace_policy::PolicyEngine::with_policies(definition, policies, &app.state_dir)?;
+    let bad = |e: &dyn std::fmt::Display| {
+        ServerError::Io(format!("task `{id}` has a malformed manifest: {e}"))
+    };
+    let principal = agentspace_core::Principal::new(
+        tenant.clone(),
+        UserId::new(user).map_err(|e| bad(&e))?,
+        agentspace_core::Actor::new(
+            Name::new(agent).map_err(|e| bad(&e))?,
+            agentspace_core::TaskRef::new(id).map_err(|e| bad(&e))?,
+        ),
+    );
+    Ok(engine.task_usage(&principal)?)
+}
+
 fn registered_definition(
     app: &App,
     tenant: &Name,
     agent: &str,
 ) -> Result<agentspace_core::Definition, ServerError> {
-    let v = app.registry().get(tenant, agent, None)?;
-    let text = v.text.unwrap_or_default();
-    Ok(agentspace_core::Definition::parse(
-        &crate::definitions::source_path(&app.state_dir, tenant),
-        &text,
-    )?)
+    app.registry()
+        .stored(tenant, agent, None)?
+        .parse(&app.state_dir, tenant)
 }
 
 /// One definition's budgets.
@@ -1354,6 +1392,57 @@ pub(crate) async fn secrets(State(app): State<AppState>, caller: Caller) -> ApiR
         })
         .await?,
     ))
+}
+
+// ---------------------------------------------------------------- tenant webhook
+
+/// The webhook body: where to announce the tenant's approval requests.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WebhookBody {
+    /// `https://...` (or `http://...`) of a public host.
+    url: String,
+}
+
+/// The tenant's webhook: its origin and digest, never the URL (admin).
+#[utoipa::path(get, path = "/v1/tenant/webhook", tag = "tenants", security(("bearer" = [])),
+    responses((status = 200, body = TenantWebhook), (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
+pub(crate) async fn tenant_webhook(
+    State(app): State<AppState>,
+    caller: Caller,
+) -> ApiResult<TenantWebhook> {
+    caller.require(ADMIN)?;
+    Ok(axum::Json(
+        blocking(&app, move |app| app.webhooks().get(&caller.tenant)).await?,
+    ))
+}
+
+/// Sets the webhook the tenant's approval requests are announced to (admin); audited. A
+/// URL whose host resolves to a loopback, private, link-local or other special address is
+/// refused (400, and audited) unless the operator allows private webhooks.
+#[utoipa::path(put, path = "/v1/tenant/webhook", tag = "tenants", security(("bearer" = [])), request_body = WebhookBody,
+    responses((status = 200, body = TenantWebhook), (status = 400, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody)))]
+pub(crate) async fn set_tenant_webhook(
+    State(app): State<AppState>,
+    caller: Caller,
+    Body(body): Body<WebhookBody>,
+) -> ApiResult<TenantWebhook> {
+    caller.require(ADMIN)?;
+    Ok(axum::Json(
+        blocking(&app, move |app| app.webhooks().set(&caller, &body.url)).await?,
+    ))
+}
+
+/// Removes the tenant's webhook (admin); audited.
+#[utoipa::path(delete, path = "/v1/tenant/webhook", tag = "tenants", security(("bearer" = [])),
+    responses((status = 204), (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
+pub(crate) async fn delete_tenant_webhook(
+    State(app): State<AppState>,
+    caller: Caller,
+) -> Result<StatusCode, ServerError> {
+    caller.require(ADMIN)?;
+    blocking(&app, move |app| app.webhooks().remove(&caller)).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// The answer for a path that is not an endpoint.

@@ -12,12 +12,11 @@ use std::time::Duration;
 
 use agentspace_audit::AuditLog;
 use agentspace_core::{AuditDecision, AuditEvent, AuditKind, Name};
-use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use crate::error::ServerError;
-use crate::store::{Db, format_ms, now_ms, random_hex};
+use crate::store::{Conn, Db, Row, format_ms, now_ms, random_hex};
 
 /// Everything an approver needs to decide: who, what, which policy, the request summary
 /// and the budget state. Kept with the approval and in its audit event.
@@ -153,48 +152,27 @@ const MAX_COMMENT: usize = 4096;
 /// How often a waiter re-reads the database (decisions made by another process).
 const POLL: Duration = Duration::from_millis(500);
 
-type Row = (
-    String,
-    String,
-    String,
-    Option<String>,
-    Option<String>,
-    i64,
-    i64,
-    Option<i64>,
-);
+/// The columns [`to_approval`] reads, in order.
+pub(crate) const COLUMNS: &str =
+    "id, context, state, approver, comment, requested_at, expires_at, decided_at";
 
-const COLUMNS: &str = "id, context, state, approver, comment, requested_at, expires_at, decided_at";
-
-fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
-    Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-        r.get(6)?,
-        r.get(7)?,
-    ))
-}
-
-fn to_approval(row: Row) -> Result<Approval, ServerError> {
-    let (id, context, state, approver, comment, requested_at, expires_at, decided_at) = row;
-    let context: ApprovalContext = serde_json::from_str(&context).map_err(|e| {
+/// An approval from a row of [`COLUMNS`].
+pub(crate) fn to_approval(row: &Row) -> Result<Approval, ServerError> {
+    let id = row.text(0)?;
+    let context: ApprovalContext = serde_json::from_str(&row.text(1)?).map_err(|e| {
         ServerError::Io(format!(
             "approval `{id}` has a malformed stored context: {e}"
         ))
     })?;
     Ok(Approval {
-        id,
-        state: ApprovalState::parse(&state),
+        state: ApprovalState::parse(&row.text(2)?),
         context,
-        approver,
-        comment,
-        requested_at: format_ms(requested_at),
-        expires_at: format_ms(expires_at),
-        decided_at: decided_at.map(format_ms),
+        approver: row.opt_text(3)?,
+        comment: row.opt_text(4)?,
+        requested_at: format_ms(row.int(5)?),
+        expires_at: format_ms(row.int(6)?),
+        decided_at: row.opt_int(7)?.map(format_ms),
+        id,
     })
 }
 
@@ -247,20 +225,26 @@ impl ApprovalStore {
         self.inner.audit.append(event)?;
         let text = serde_json::to_string(&context)
             .map_err(|e| ServerError::Io(format!("cannot encode the approval context: {e}")))?;
-        self.inner.db.with(|c| {
+        let digest = context
+            .request
+            .get("digest")
+            .and_then(|d| d.as_str())
+            .map(str::to_owned);
+        self.inner.db.run(|c| {
             c.execute(
-                "INSERT INTO approval (id, tenant, requester, task, agent, context, four_eyes, state, requested_at, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', ?8, ?9)",
-                params![
-                    id,
-                    context.tenant.as_str(),
-                    context.user,
-                    context.task,
-                    context.agent,
-                    text,
-                    context.four_eyes,
-                    now,
-                    expires
+                "INSERT INTO approval (id, tenant, requester, task, agent, context, four_eyes, state, requested_at, expires_at, digest)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $9, $10)",
+                &[
+                    &id,
+                    &context.tenant.as_str(),
+                    &context.user,
+                    &context.task,
+                    &context.agent,
+                    &text,
+                    &context.four_eyes,
+                    &now,
+                    &expires,
+                    &digest,
                 ],
             )
         })?;
@@ -269,15 +253,8 @@ impl ApprovalStore {
 
     /// One approval of `tenant`.
     pub fn get(&self, tenant: &Name, id: &str) -> Result<Approval, ServerError> {
-        let row = self.inner.db.with(|c| {
-            c.query_row(
-                &format!("SELECT {COLUMNS} FROM approval WHERE tenant = ?1 AND id = ?2"),
-                params![tenant.as_str(), id],
-                from_row,
-            )
-            .optional()
-        })?;
-        to_approval(row.ok_or_else(|| not_found(tenant, id))?)
+        let row = self.inner.db.run(|c| select(c, tenant, id))?;
+        to_approval(&row.ok_or_else(|| not_found(tenant, id))?)
     }
 
     /// `tenant`'s approvals in `state` (every state when `None`), oldest first, at most
@@ -288,18 +265,20 @@ impl ApprovalStore {
         state: Option<ApprovalState>,
         limit: u32,
     ) -> Result<Vec<Approval>, ServerError> {
-        let rows = self.inner.db.with(|c| {
-            let mut stmt = c.prepare(&format!(
-                "SELECT {COLUMNS} FROM approval WHERE tenant = ?1 AND (?2 IS NULL OR state = ?2)
-                 ORDER BY requested_at, id LIMIT ?3"
-            ))?;
-            let rows = stmt.query_map(
-                params![tenant.as_str(), state.map(ApprovalState::as_str), limit],
-                from_row,
-            )?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()
+        let rows = self.inner.db.run(|c| {
+            c.query(
+                &format!(
+                    "SELECT {COLUMNS} FROM approval WHERE tenant = $1 AND (CAST($2 AS TEXT) IS NULL OR state = $2)
+                     ORDER BY requested_at, id LIMIT $3"
+                ),
+                &[
+                    &tenant.as_str(),
+                    &state.map(ApprovalState::as_str),
+                    &i64::from(limit),
+                ],
+            )
         })?;
-        rows.into_iter().map(to_approval).collect()
+        rows.iter().map(to_approval).collect()
     }
 
     /// A person's decision. The outcome, approver and comment are recorded in the audit
@@ -321,36 +300,23 @@ impl ApprovalStore {
                 "shorten the comment",
             ));
         }
-        let db = &self.inner.db;
-        let approval = db.with_tx(|c| {
-            let tx = c
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(|e| db.err(e))?;
-            let row = tx
-                .query_row(
-                    &format!("SELECT {COLUMNS} FROM approval WHERE tenant = ?1 AND id = ?2"),
-                    params![tenant.as_str(), id],
-                    from_row,
-                )
-                .optional()
-                .map_err(|e| db.err(e))?;
-            let mut approval = to_approval(row.ok_or_else(|| not_found(tenant, id))?)?;
-            if approval.state != ApprovalState::Pending {
-                return Err(ServerError::conflict(
+        let approval = self.inner.db.transaction(tenant.as_str(), |tx| {
+            let row = select(tx, tenant, id)?.ok_or_else(|| not_found(tenant, id))?;
+            let mut approval = to_approval(&row)?;
+            let decided = |state: ApprovalState| {
+                ServerError::conflict(
                     format!(
                         "approval `{id}` is {} already",
-                        approval.state.as_str().replace('_', " ")
+                        state.as_str().replace('_', " ")
                     ),
                     "nothing to do: a decided approval cannot be changed",
-                ));
+                )
+            };
+            if approval.state != ApprovalState::Pending {
+                return Err(decided(approval.state));
             }
-            let expires: i64 = tx
-                .query_row("SELECT expires_at FROM approval WHERE id = ?1", params![id], |r| {
-                    r.get(0)
-                })
-                .map_err(|e| db.err(e))?;
             let now = now_ms();
-            if now >= expires {
+            if now >= row.int(6)? {
                 return Err(ServerError::conflict(
                     format!("approval `{id}` passed its deadline and is denied"),
                     "the agent may retry the request, which asks for a new approval",
@@ -368,11 +334,17 @@ impl ApprovalStore {
                 Outcome::Approve => ApprovalState::Approved,
                 Outcome::Deny => ApprovalState::Denied,
             };
-            tx.execute(
-                "UPDATE approval SET state = ?2, approver = ?3, comment = ?4, decided_at = ?5 WHERE id = ?1 AND state = 'pending'",
-                params![id, state.as_str(), approver, comment, now],
-            )
-            .map_err(|e| db.err(e))?;
+            let changed = tx.execute(
+                "UPDATE approval SET state = $2, approver = $3, comment = $4, decided_at = $5 WHERE id = $1 AND state = 'pending'",
+                &[&id, &state.as_str(), &approver, &comment, &now],
+            )?;
+            if changed != 1 {
+                // Only possible if a writer skipped the tenant's lock; refuse all the same.
+                return Err(ServerError::conflict(
+                    format!("approval `{id}` was decided by someone else just now"),
+                    "nothing to do: a decided approval cannot be changed",
+                ));
+            }
             let (kind, action) = match outcome {
                 Outcome::Approve => (AuditKind::ApprovalGranted, "approve"),
                 Outcome::Deny => (AuditKind::ApprovalDenied, "deny"),
@@ -390,7 +362,6 @@ impl ApprovalStore {
             event.details.insert("comment".into(), comment.into());
             // Audit before the decision takes effect: if the log refuses, roll back.
             self.inner.audit.append(event)?;
-            tx.commit().map_err(|e| db.err(e))?;
             approval.state = state;
             approval.approver = Some(approver.to_owned());
             approval.comment = Some(comment.to_owned());
@@ -401,44 +372,21 @@ impl ApprovalStore {
         Ok(approval)
     }
 
-    /// Pending approvals (of every tenant) not yet announced to the webhook, oldest first.
-    pub(crate) fn unannounced(&self, limit: u32) -> Result<Vec<Approval>, ServerError> {
-        let rows = self.inner.db.with(|c| {
-            let mut stmt = c.prepare(&format!(
-                "SELECT {COLUMNS} FROM approval WHERE state = 'pending'
-                 AND id NOT IN (SELECT id FROM approval_announced) ORDER BY requested_at, id LIMIT ?1"
-            ))?;
-            let rows = stmt.query_map(params![limit], from_row)?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()
-        })?;
-        rows.into_iter().map(to_approval).collect()
-    }
-
-    /// Records that approval `id` was announced.
-    pub(crate) fn announced(&self, id: &str) -> Result<(), ServerError> {
-        self.inner.db.with(|c| {
-            c.execute(
-                "INSERT OR IGNORE INTO approval_announced (id, at) VALUES (?1, ?2)",
-                params![id, now_ms()],
-            )
-        })?;
-        Ok(())
-    }
-
     /// Denies every pending approval whose deadline has passed (audited as
     /// `approval_denied` with reason `timeout`); returns how many.
     pub fn expire_overdue(&self) -> Result<usize, ServerError> {
         let now = now_ms();
-        let overdue: Vec<Row> = self.inner.db.with(|c| {
-            let mut stmt = c.prepare(&format!(
-                "SELECT {COLUMNS} FROM approval WHERE state = 'pending' AND expires_at <= ?1"
-            ))?;
-            let rows = stmt.query_map(params![now], from_row)?;
-            rows.collect()
+        let overdue = self.inner.db.run(|c| {
+            c.query(
+                &format!(
+                    "SELECT {COLUMNS} FROM approval WHERE state = 'pending' AND expires_at <= $1"
+                ),
+                &[&now],
+            )
         })?;
         let mut n = 0;
         for row in overdue {
-            let approval = to_approval(row)?;
+            let approval = to_approval(&row)?;
             if self.expire(&approval)? {
                 n += 1;
             }
@@ -450,28 +398,26 @@ impl ApprovalStore {
     }
 
     fn expire(&self, approval: &Approval) -> Result<bool, ServerError> {
-        let db = &self.inner.db;
-        db.with_tx(|c| {
-            let tx = c
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(|e| db.err(e))?;
-            let n = tx
-                .execute(
-                    "UPDATE approval SET state = 'timed_out', decided_at = ?2 WHERE id = ?1 AND state = 'pending'",
-                    params![approval.id, now_ms()],
-                )
-                .map_err(|e| db.err(e))?;
-            if n == 0 {
-                return Ok(false);
-            }
-            let mut event = base_event(&approval.context, AuditKind::ApprovalDenied, "timeout");
-            event.decision = Some(AuditDecision::Deny);
-            event.reason = Some("timeout: nobody decided before the deadline".into());
-            event.details.insert("approval".into(), approval.id.clone().into());
-            self.inner.audit.append(event)?;
-            tx.commit().map_err(|e| db.err(e))?;
-            Ok(true)
-        })
+        self.inner
+            .db
+            .transaction(approval.context.tenant.as_str(), |tx| {
+                let n = tx.execute(
+                    "UPDATE approval SET state = 'timed_out', decided_at = $2 WHERE id = $1 AND state = 'pending'",
+                    &[&approval.id, &now_ms()],
+                )?;
+                if n == 0 {
+                    return Ok(false);
+                }
+                let mut event =
+                    base_event(&approval.context, AuditKind::ApprovalDenied, "timeout");
+                event.decision = Some(AuditDecision::Deny);
+                event.reason = Some("timeout: nobody decided before the deadline".into());
+                event
+                    .details
+                    .insert("approval".into(), approval.id.clone().into());
+                self.inner.audit.append(event)?;
+                Ok(true)
+            })
     }
 
     /// Waits until approval `id` of `tenant` is decided, its deadline passes (then it is
@@ -507,22 +453,26 @@ impl ApprovalStore {
 
     /// The approval, expiring it first when its deadline has passed.
     fn check(&self, tenant: &Name, id: &str) -> Result<Approval, ServerError> {
-        let approval = self.get(tenant, id)?;
-        if approval.state == ApprovalState::Pending {
-            let expires: i64 = self.inner.db.with(|c| {
-                c.query_row(
-                    "SELECT expires_at FROM approval WHERE id = ?1",
-                    params![id],
-                    |r| r.get(0),
-                )
-            })?;
-            if now_ms() >= expires {
-                self.expire(&approval)?;
-                return self.get(tenant, id);
-            }
+        let row = self
+            .inner
+            .db
+            .run(|c| select(c, tenant, id))?
+            .ok_or_else(|| not_found(tenant, id))?;
+        let approval = to_approval(&row)?;
+        if approval.state == ApprovalState::Pending && now_ms() >= row.int(6)? {
+            self.expire(&approval)?;
+            return self.get(tenant, id);
         }
         Ok(approval)
     }
+}
+
+/// Approval `id` of `tenant`, as stored.
+fn select(c: &mut dyn Conn, tenant: &Name, id: &str) -> Result<Option<Row>, ServerError> {
+    c.query_opt(
+        &format!("SELECT {COLUMNS} FROM approval WHERE tenant = $1 AND id = $2"),
+        &[&tenant.as_str(), &id],
+    )
 }
 
 fn base_event(context: &ApprovalContext, kind: AuditKind, action: &str) -> AuditEvent {

@@ -9,14 +9,13 @@ use std::fmt;
 
 use agentspace_audit::AuditLog;
 use agentspace_core::{AuditKind, Name, UserId};
-use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::audit::{AdminEvent, details, record};
 use crate::error::ServerError;
-use crate::store::{Db, format_ms, now_ms, random_hex};
+use crate::store::{Conn, Db, format_ms, now_ms, random_hex};
 
 /// What a user may do in their tenant.
 #[derive(
@@ -197,30 +196,31 @@ impl Accounts<'_> {
         if id.len() != 32 || secret.len() != 64 {
             return Ok(None);
         }
-        let row: Option<(String, String, String, String)> = self.db.with(|c| {
-            c.query_row(
-                "SELECT t.tenant, t.user, t.hash, u.roles FROM token t
-                 JOIN user u ON u.tenant = t.tenant AND u.name = t.user WHERE t.id = ?1",
-                params![id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        let row = self.db.run(|c| {
+            c.query_opt(
+                r#"SELECT t.tenant, t."user", t.hash, u.roles FROM token t
+                   JOIN "user" u ON u.tenant = t.tenant AND u.name = t."user" WHERE t.id = $1"#,
+                &[&id],
             )
-            .optional()
         })?;
-        let Some((tenant, user, stored, roles)) = row else {
+        let Some(row) = row else {
             // Hash anyway so a missing id costs the same as a wrong secret.
             let _ = hash_secret(secret);
             return Ok(None);
         };
         let given = hash_secret(secret);
-        if !bool::from(given.as_bytes().ct_eq(stored.as_bytes())) {
+        if !bool::from(given.as_bytes().ct_eq(row.text(2)?.as_bytes())) {
             return Ok(None);
         }
-        let tenant = Name::new(&tenant)
-            .map_err(|e| ServerError::store(std::path::Path::new("control.db"), e))?;
+        let tenant = row.text(0)?;
+        let tenant = Name::new(&tenant).map_err(|e| ServerError::Store {
+            path: "control-plane database".to_owned(),
+            message: format!("stored tenant `{tenant}` is not a valid name: {e}"),
+        })?;
         Ok(Some(Caller {
             tenant,
-            user,
-            roles: roles_parse(&roles),
+            user: row.text(1)?,
+            roles: roles_parse(&row.text(3)?),
             token_id: id.to_owned(),
         }))
     }
@@ -229,17 +229,13 @@ impl Accounts<'_> {
     /// tenant that exists.
     pub(crate) fn bootstrap(&self, tenant: &Name, admin: &str) -> Result<NewToken, ServerError> {
         valid_user(admin)?;
-        self.db.with_tx(|c| {
-            let tx = c
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(|e| self.db.err(e))?;
-            let exists: bool = tx
-                .query_row(
-                    "SELECT EXISTS(SELECT 1 FROM tenant WHERE name = ?1)",
-                    params![tenant.as_str()],
-                    |r| r.get(0),
-                )
-                .map_err(|e| self.db.err(e))?;
+        self.db.transaction(tenant.as_str(), |tx| {
+            let exists = tx
+                .query_one(
+                    "SELECT EXISTS(SELECT 1 FROM tenant WHERE name = $1)",
+                    &[&tenant.as_str()],
+                )?
+                .bool(0)?;
             if exists {
                 return Err(ServerError::conflict(
                     format!("tenant `{tenant}` exists already"),
@@ -248,16 +244,14 @@ impl Accounts<'_> {
             }
             let now = now_ms();
             tx.execute(
-                "INSERT INTO tenant (name, created_at) VALUES (?1, ?2)",
-                params![tenant.as_str(), now],
-            )
-            .map_err(|e| self.db.err(e))?;
+                "INSERT INTO tenant (name, created_at) VALUES ($1, $2)",
+                &[&tenant.as_str(), &now],
+            )?;
             tx.execute(
-                "INSERT INTO user (tenant, name, roles, created_at) VALUES (?1, ?2, 'admin', ?3)",
-                params![tenant.as_str(), admin, now],
-            )
-            .map_err(|e| self.db.err(e))?;
-            let token = insert_token(&tx, self.db, tenant, admin, "bootstrap")?;
+                r#"INSERT INTO "user" (tenant, name, roles, created_at) VALUES ($1, $2, 'admin', $3)"#,
+                &[&tenant.as_str(), &admin, &now],
+            )?;
+            let token = insert_token(tx, tenant, admin, "bootstrap")?;
             record(
                 self.audit,
                 AdminEvent {
@@ -272,27 +266,28 @@ impl Accounts<'_> {
                     ]),
                 },
             )?;
-            tx.commit().map_err(|e| self.db.err(e))?;
             Ok(token)
         })
     }
 
     /// The caller's tenant's users.
     pub(crate) fn users(&self, tenant: &Name) -> Result<Vec<User>, ServerError> {
-        self.db.with(|c| {
-            let mut stmt = c.prepare(
-                "SELECT name, roles, created_at FROM user WHERE tenant = ?1 ORDER BY name",
-            )?;
-            let rows = stmt.query_map(params![tenant.as_str()], |r| {
+        let rows = self.db.run(|c| {
+            c.query(
+                r#"SELECT name, roles, created_at FROM "user" WHERE tenant = $1 ORDER BY name"#,
+                &[&tenant.as_str()],
+            )
+        })?;
+        rows.iter()
+            .map(|r| {
                 Ok(User {
                     tenant: tenant.to_string(),
-                    name: r.get(0)?,
-                    roles: roles_parse(&r.get::<_, String>(1)?).into_iter().collect(),
-                    created_at: format_ms(r.get(2)?),
+                    name: r.text(0)?,
+                    roles: roles_parse(&r.text(1)?).into_iter().collect(),
+                    created_at: format_ms(r.int(2)?),
                 })
-            })?;
-            rows.collect()
-        })
+            })
+            .collect()
     }
 
     /// Adds a user (or, with `replace`, sets an existing user's roles), audited.
@@ -305,20 +300,13 @@ impl Accounts<'_> {
     ) -> Result<User, ServerError> {
         valid_user(name)?;
         let tenant = &caller.tenant;
-        self.db.with_tx(|c| {
-            let tx = c
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(|e| self.db.err(e))?;
-            let existing: Option<String> = tx
-                .query_row(
-                    "SELECT roles FROM user WHERE tenant = ?1 AND name = ?2",
-                    params![tenant.as_str(), name],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(|e| self.db.err(e))?;
+        self.db.transaction(tenant.as_str(), |tx| {
+            let existing = tx.query_opt(
+                r#"SELECT created_at FROM "user" WHERE tenant = $1 AND name = $2"#,
+                &[&tenant.as_str(), &name],
+            )?;
             let now = now_ms();
-            match (create, existing) {
+            let created_at = match (create, existing) {
                 (true, Some(_)) => {
                     return Err(ServerError::conflict(
                         format!("user `{name}` exists already in tenant `{tenant}`"),
@@ -328,20 +316,20 @@ impl Accounts<'_> {
                 (false, None) => return Err(no_user(tenant, name)),
                 (true, None) => {
                     tx.execute(
-                        "INSERT INTO user (tenant, name, roles, created_at) VALUES (?1, ?2, ?3, ?4)",
-                        params![tenant.as_str(), name, roles_text(roles), now],
-                    )
-                    .map_err(|e| self.db.err(e))?;
+                        r#"INSERT INTO "user" (tenant, name, roles, created_at) VALUES ($1, $2, $3, $4)"#,
+                        &[&tenant.as_str(), &name, &roles_text(roles), &now],
+                    )?;
+                    now
                 }
-                (false, Some(_)) => {
+                (false, Some(row)) => {
                     tx.execute(
-                        "UPDATE user SET roles = ?3 WHERE tenant = ?1 AND name = ?2",
-                        params![tenant.as_str(), name, roles_text(roles)],
-                    )
-                    .map_err(|e| self.db.err(e))?;
-                    ensure_an_admin(&tx, self.db, tenant)?;
+                        r#"UPDATE "user" SET roles = $3 WHERE tenant = $1 AND name = $2"#,
+                        &[&tenant.as_str(), &name, &roles_text(roles)],
+                    )?;
+                    ensure_an_admin(tx, tenant)?;
+                    row.int(0)?
                 }
-            }
+            };
             let roles_json: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
             record(
                 self.audit,
@@ -354,14 +342,6 @@ impl Accounts<'_> {
                     details: details([("roles", serde_json::json!(roles_json))]),
                 },
             )?;
-            tx.commit().map_err(|e| self.db.err(e))?;
-            let created_at: i64 = c
-                .query_row(
-                    "SELECT created_at FROM user WHERE tenant = ?1 AND name = ?2",
-                    params![tenant.as_str(), name],
-                    |r| r.get(0),
-                )
-                .map_err(|e| self.db.err(e))?;
             Ok(User {
                 tenant: tenant.to_string(),
                 name: name.to_owned(),
@@ -374,20 +354,15 @@ impl Accounts<'_> {
     /// Removes a user and their tokens, audited. The last admin cannot be removed.
     pub(crate) fn delete_user(&self, caller: &Caller, name: &str) -> Result<(), ServerError> {
         let tenant = &caller.tenant;
-        self.db.with_tx(|c| {
-            let tx = c
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(|e| self.db.err(e))?;
-            let n = tx
-                .execute(
-                    "DELETE FROM user WHERE tenant = ?1 AND name = ?2",
-                    params![tenant.as_str(), name],
-                )
-                .map_err(|e| self.db.err(e))?;
+        self.db.transaction(tenant.as_str(), |tx| {
+            let n = tx.execute(
+                r#"DELETE FROM "user" WHERE tenant = $1 AND name = $2"#,
+                &[&tenant.as_str(), &name],
+            )?;
             if n == 0 {
                 return Err(no_user(tenant, name));
             }
-            ensure_an_admin(&tx, self.db, tenant)?;
+            ensure_an_admin(tx, tenant)?;
             record(
                 self.audit,
                 AdminEvent {
@@ -399,7 +374,6 @@ impl Accounts<'_> {
                     details: serde_json::Map::new(),
                 },
             )?;
-            tx.commit().map_err(|e| self.db.err(e))?;
             Ok(())
         })
     }
@@ -418,21 +392,11 @@ impl Accounts<'_> {
                 "give a short, printable label",
             ));
         }
-        self.db.with_tx(|c| {
-            let tx = c
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(|e| self.db.err(e))?;
-            let exists: bool = tx
-                .query_row(
-                    "SELECT EXISTS(SELECT 1 FROM user WHERE tenant = ?1 AND name = ?2)",
-                    params![tenant.as_str(), user],
-                    |r| r.get(0),
-                )
-                .map_err(|e| self.db.err(e))?;
-            if !exists {
+        self.db.transaction(tenant.as_str(), |tx| {
+            if !user_exists(tx, tenant, user)? {
                 return Err(no_user(tenant, user));
             }
-            let token = insert_token(&tx, self.db, tenant, user, label)?;
+            let token = insert_token(tx, tenant, user, label)?;
             record(
                 self.audit,
                 AdminEvent {
@@ -444,65 +408,52 @@ impl Accounts<'_> {
                     details: details([("token_id", token.info.id.clone().into())]),
                 },
             )?;
-            tx.commit().map_err(|e| self.db.err(e))?;
             Ok(token)
         })
     }
 
     /// A user's tokens (metadata only).
     pub(crate) fn tokens(&self, tenant: &Name, user: &str) -> Result<Vec<TokenInfo>, ServerError> {
-        let exists: bool = self.db.with(|c| {
-            c.query_row(
-                "SELECT EXISTS(SELECT 1 FROM user WHERE tenant = ?1 AND name = ?2)",
-                params![tenant.as_str(), user],
-                |r| r.get(0),
+        let rows = self.db.run(|c| {
+            if !user_exists(c, tenant, user)? {
+                return Err(no_user(tenant, user));
+            }
+            c.query(
+                r#"SELECT id, "user", label, created_at FROM token WHERE tenant = $1 AND "user" = $2 ORDER BY created_at, id"#,
+                &[&tenant.as_str(), &user],
             )
         })?;
-        if !exists {
-            return Err(no_user(tenant, user));
-        }
-        self.db.with(|c| {
-            let mut stmt = c.prepare(
-                "SELECT id, user, label, created_at FROM token WHERE tenant = ?1 AND user = ?2 ORDER BY created_at, id",
-            )?;
-            let rows = stmt.query_map(params![tenant.as_str(), user], |r| {
+        rows.iter()
+            .map(|r| {
                 Ok(TokenInfo {
-                    id: r.get(0)?,
-                    user: r.get(1)?,
-                    label: r.get(2)?,
-                    created_at: format_ms(r.get(3)?),
+                    id: r.text(0)?,
+                    user: r.text(1)?,
+                    label: r.text(2)?,
+                    created_at: format_ms(r.int(3)?),
                 })
-            })?;
-            rows.collect()
-        })
+            })
+            .collect()
     }
 
     /// Revokes a token of the caller's tenant, audited.
     pub(crate) fn delete_token(&self, caller: &Caller, id: &str) -> Result<(), ServerError> {
         let tenant = &caller.tenant;
-        self.db.with_tx(|c| {
-            let tx = c
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(|e| self.db.err(e))?;
-            let user: Option<String> = tx
-                .query_row(
-                    "SELECT user FROM token WHERE tenant = ?1 AND id = ?2",
-                    params![tenant.as_str(), id],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(|e| self.db.err(e))?;
-            let Some(user) = user else {
+        self.db.transaction(tenant.as_str(), |tx| {
+            let row = tx.query_opt(
+                r#"SELECT "user" FROM token WHERE tenant = $1 AND id = $2"#,
+                &[&tenant.as_str(), &id],
+            )?;
+            let Some(row) = row else {
                 return Err(ServerError::not_found(
                     format!("tenant `{tenant}` has no token `{id}`"),
                     "list a user's tokens with GET /v1/users/{name}/tokens",
                 ));
             };
+            let user = row.text(0)?;
             tx.execute(
-                "DELETE FROM token WHERE tenant = ?1 AND id = ?2",
-                params![tenant.as_str(), id],
-            )
-            .map_err(|e| self.db.err(e))?;
+                "DELETE FROM token WHERE tenant = $1 AND id = $2",
+                &[&tenant.as_str(), &id],
+            )?;
             record(
                 self.audit,
                 AdminEvent {
@@ -514,7 +465,6 @@ impl Accounts<'_> {
                     details: details([("token_id", id.into())]),
                 },
             )?;
-            tx.commit().map_err(|e| self.db.err(e))?;
             Ok(())
         })
     }
@@ -527,34 +477,32 @@ fn no_user(tenant: &Name, name: &str) -> ServerError {
     )
 }
 
-fn ensure_an_admin(
-    tx: &rusqlite::Transaction<'_>,
-    db: &Db,
-    tenant: &Name,
-) -> Result<(), ServerError> {
-    let roles: Vec<String> = {
-        let mut stmt = tx
-            .prepare("SELECT roles FROM user WHERE tenant = ?1")
-            .map_err(|e| db.err(e))?;
-        let rows = stmt
-            .query_map(params![tenant.as_str()], |r| r.get(0))
-            .map_err(|e| db.err(e))?;
-        rows.collect::<rusqlite::Result<_>>()
-            .map_err(|e| db.err(e))?
-    };
-    if roles.iter().any(|r| roles_parse(r).contains(&Role::Admin)) {
-        Ok(())
-    } else {
-        Err(ServerError::conflict(
-            format!("this would leave tenant `{tenant}` without an admin"),
-            "grant another user the admin role first",
-        ))
+fn user_exists(c: &mut dyn Conn, tenant: &Name, name: &str) -> Result<bool, ServerError> {
+    c.query_one(
+        r#"SELECT EXISTS(SELECT 1 FROM "user" WHERE tenant = $1 AND name = $2)"#,
+        &[&tenant.as_str(), &name],
+    )?
+    .bool(0)
+}
+
+fn ensure_an_admin(tx: &mut dyn Conn, tenant: &Name) -> Result<(), ServerError> {
+    let rows = tx.query(
+        r#"SELECT roles FROM "user" WHERE tenant = $1"#,
+        &[&tenant.as_str()],
+    )?;
+    for row in rows {
+        if roles_parse(&row.text(0)?).contains(&Role::Admin) {
+            return Ok(());
+        }
     }
+    Err(ServerError::conflict(
+        format!("this would leave tenant `{tenant}` without an admin"),
+        "grant another user the admin role first",
+    ))
 }
 
 fn insert_token(
-    tx: &rusqlite::Transaction<'_>,
-    db: &Db,
+    tx: &mut dyn Conn,
     tenant: &Name,
     user: &str,
     label: &str,
@@ -563,10 +511,9 @@ fn insert_token(
     let secret = random_hex::<32>()?;
     let now = now_ms();
     tx.execute(
-        "INSERT INTO token (id, tenant, user, hash, label, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![id, tenant.as_str(), user, hash_secret(&secret), label, now],
-    )
-    .map_err(|e| db.err(e))?;
+        r#"INSERT INTO token (id, tenant, "user", hash, label, created_at) VALUES ($1, $2, $3, $4, $5, $6)"#,
+        &[&id, &tenant.as_str(), &user, &hash_secret(&secret), &label, &now],
+    )?;
     Ok(NewToken {
         token: format!("{TOKEN_PREFIX}{id}_{secret}"),
         info: TokenInfo {

@@ -4,7 +4,7 @@
 //! an HTTP client stack.
 
 use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 /// Largest answer read, in bytes.
@@ -120,7 +120,11 @@ impl Client {
             ),
             None => (rest, ""),
         };
-        if authority.is_empty() || authority.contains('@') {
+        // Printable ASCII only: the URL goes into a request line and a Host header.
+        if authority.is_empty()
+            || authority.contains('@')
+            || !url.bytes().all(|b| b.is_ascii_graphic())
+        {
             return Err(ClientError::Url(url.to_owned()));
         }
         let (host, authority) = match authority.rsplit_once(':') {
@@ -182,17 +186,67 @@ impl Client {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Result<Response, ClientError> {
+        let addr = self
+            .addresses()?
+            .into_iter()
+            .next()
+            .ok_or_else(|| ClientError::Url(self.url.clone()))?;
+        self.send_to(addr, method, path, headers, body)
+    }
+
+    /// Every address the URL's host resolves to now.
+    pub fn addresses(&self) -> Result<Vec<SocketAddr>, ClientError> {
+        self.authority
+            .to_socket_addrs()
+            .map(Iterator::collect)
+            .map_err(|e| ClientError::Io {
+                url: self.url.clone(),
+                message: e.to_string(),
+            })
+    }
+
+    /// The same client with another time limit for each read and write.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// `POST path` with a JSON body to `addr` (one of [`Self::addresses`], already
+    /// checked), without resolving the host again; the URL's host still names the
+    /// server in `Host` and for TLS.
+    pub fn post_to(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<Response, ClientError> {
+        let body = body.to_string();
+        self.send_to(
+            addr,
+            "POST",
+            path,
+            &[
+                ("Accept", "application/json"),
+                ("Content-Type", "application/json"),
+            ],
+            body.as_bytes(),
+        )
+    }
+
+    fn send_to(
+        &self,
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<Response, ClientError> {
         let io = |e: std::io::Error| ClientError::Io {
             url: self.url.clone(),
             message: e.to_string(),
         };
-        let addr = self
-            .authority
-            .to_socket_addrs()
-            .map_err(io)?
-            .next()
-            .ok_or_else(|| ClientError::Url(self.url.clone()))?;
-        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).map_err(io)?;
+        let connect = Duration::from_secs(10).min(self.timeout);
+        let mut stream = TcpStream::connect_timeout(&addr, connect).map_err(io)?;
         stream.set_read_timeout(Some(self.timeout)).map_err(io)?;
         stream.set_write_timeout(Some(self.timeout)).map_err(io)?;
         let target = format!("{}{path}", self.path_prefix);

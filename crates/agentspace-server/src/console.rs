@@ -1,25 +1,38 @@
-//! The web console's first pages, served by the same binary: a login page that turns an
-//! API token into a session cookie, and the approval queue with approve and deny.
+//! The web console, served by the same binary: a login page that turns an API token into
+//! a session cookie; the live canvas of running cells, the decision stream, the approval
+//! queue and starting tasks (in [`live`]); audit search and definitions.
 //!
 //! - The session cookie is `HttpOnly; SameSite=Strict; Path=/console`, 256 random bits,
 //!   stored as SHA-256 only, tied to the token it was made from (revoking the token ends
 //!   the session) and valid for 12 hours.
 //! - Every state-changing form carries a CSRF token that must equal the session's
 //!   (compared in constant time); the login form uses a double-submit cookie.
-//! - Pages have no script; a strict Content-Security-Policy forbids any, and framing.
+//! - Pages are rendered here with every value HTML-escaped. The canvas and task pages
+//!   load one script, `/console/console.js`, compiled into the binary; their
+//!   Content-Security-Policy allows only that (`script-src 'self'`, no inline script, no
+//!   eval), fetches and the event stream to this origin (`connect-src 'self'`), and
+//!   Trusted Types with no policy, so the browser itself refuses any HTML string put
+//!   into the page by script (`innerHTML`): the script builds the page with DOM calls
+//!   and `textContent` only, because audit data is chosen in part by agents. Every other
+//!   page allows no script at all. No page can be framed.
+
+mod live;
+
+pub(crate) use live::{
+    approval_page, home, script, start_task, state, stop_task, stream, style, task_log, task_page,
+};
 
 use std::fmt::Write as _;
 
 use axum::extract::{Form, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
-use rusqlite::{OptionalExtension, params};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::api::{AppState, blocking};
-use crate::approvals::{ApprovalState, Outcome};
+use crate::approvals::Outcome;
 use crate::auth::{Caller, Role};
 use crate::error::ServerError;
 use crate::extract::Path;
@@ -70,22 +83,19 @@ fn set_cookie(name: &str, value: &str, max_age_secs: i64) -> HeaderValue {
     HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
-/// A page with the console's headers.
-fn page(status: StatusCode, title: &str, body: &str, cookies: Vec<HeaderValue>) -> Response {
-    let html = format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{} · Agent Space</title>\
-<style>body{{font:15px system-ui,sans-serif;margin:2rem auto;max-width:60rem;color:#1a1a1a}}\
-table{{border-collapse:collapse;width:100%}}td,th{{border-bottom:1px solid #ddd;padding:.4rem;text-align:left;vertical-align:top}}\
-.err{{color:#a00}}form.inline{{display:inline}}</style></head><body><h1>Agent Space</h1>{body}</body></html>",
-        esc(title)
-    );
-    let mut response = (status, axum::response::Html(html)).into_response();
-    let h = response.headers_mut();
+/// Pages without script: nothing runs, nothing is fetched but the stylesheet.
+const CSP_STATIC: &str = "default-src 'none'; style-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// Pages with live updates: the console's own script only, fetches and the event stream
+/// to this origin, and Trusted Types with no policy, so assigning an HTML string to the
+/// DOM (`innerHTML` and the like) throws instead of parsing it.
+const CSP_LIVE: &str = "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; require-trusted-types-for 'script'; trusted-types 'none'";
+
+/// The security headers every console answer carries, with `csp`.
+fn harden(h: &mut HeaderMap, csp: &'static str) {
     h.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-        ),
+        HeaderValue::from_static(csp),
     );
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
@@ -97,6 +107,37 @@ table{{border-collapse:collapse;width:100%}}td,th{{border-bottom:1px solid #ddd;
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+}
+
+/// A page with the console's headers and no script.
+fn page(status: StatusCode, title: &str, body: &str, cookies: Vec<HeaderValue>) -> Response {
+    render(status, title, body, cookies, None)
+}
+
+/// Renders a page; with `live` (the session's CSRF token) it loads the console's
+/// script, which reads the token from `body[data-csrf]` for the forms it builds.
+fn render(
+    status: StatusCode,
+    title: &str,
+    body: &str,
+    cookies: Vec<HeaderValue>,
+    live: Option<&str>,
+) -> Response {
+    let (script, body_attrs) = match live {
+        Some(csrf) => (
+            "<script src=\"/console/console.js\" defer></script>",
+            format!(" data-csrf=\"{}\"", esc(csrf)),
+        ),
+        None => ("", String::new()),
+    };
+    let html = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{} · Agent Space</title>\
+<link rel=\"stylesheet\" href=\"/console/console.css\">{script}</head><body{body_attrs}><h1>Agent Space</h1>{body}</body></html>",
+        esc(title)
+    );
+    let mut response = (status, axum::response::Html(html)).into_response();
+    let h = response.headers_mut();
+    harden(h, if live.is_some() { CSP_LIVE } else { CSP_STATIC });
     for c in cookies {
         h.append(header::SET_COOKIE, c);
     }
@@ -158,14 +199,11 @@ pub(crate) async fn login(
         let id = random_hex::<32>()?;
         let csrf = random_hex::<32>()?;
         let now = now_ms();
-        app.db.with(|c| {
+        app.db.run(|c| {
+            c.execute("DELETE FROM session WHERE expires_at <= $1", &[&now])?;
             c.execute(
-                "DELETE FROM session WHERE expires_at <= ?1",
-                params![now],
-            )?;
-            c.execute(
-                "INSERT INTO session (hash, token_id, csrf, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![hash(&id), caller.token_id, csrf, now, now.saturating_add(SESSION_MS)],
+                "INSERT INTO session (hash, token_id, csrf, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
+                &[&hash(&id), &caller.token_id, &csrf, &now, &now.saturating_add(SESSION_MS)],
             )
         })?;
         Ok(Some(id))
@@ -189,32 +227,35 @@ pub(crate) async fn login(
 }
 
 /// The signed-in user and the session's CSRF token.
-struct Session {
-    caller: Caller,
+pub(crate) struct Session {
+    pub(crate) caller: Caller,
     csrf: String,
-    hash: String,
+    pub(crate) hash: String,
 }
 
-async fn session(app: &AppState, headers: &HeaderMap) -> Result<Option<Session>, ServerError> {
+/// The signed-in session of a request, if any (expired and revoked ones are none).
+pub(crate) async fn session(
+    app: &AppState,
+    headers: &HeaderMap,
+) -> Result<Option<Session>, ServerError> {
     let Some(id) = cookie(headers, SESSION_COOKIE).filter(|v| v.len() == 64) else {
         return Ok(None);
     };
     blocking(app, move |app| {
         let h = hash(&id);
-        let row: Option<(String, String, String, String)> = app.db.with(|c| {
-            c.query_row(
-                "SELECT s.csrf, t.tenant, t.user, u.roles FROM session s
-                 JOIN token t ON t.id = s.token_id
-                 JOIN user u ON u.tenant = t.tenant AND u.name = t.user
-                 WHERE s.hash = ?1 AND s.expires_at > ?2",
-                params![h, now_ms()],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        let row = app.db.run(|c| {
+            c.query_opt(
+                r#"SELECT s.csrf, t.tenant, t."user", u.roles FROM session s
+                   JOIN token t ON t.id = s.token_id
+                   JOIN "user" u ON u.tenant = t.tenant AND u.name = t."user"
+                   WHERE s.hash = $1 AND s.expires_at > $2"#,
+                &[&h, &now_ms()],
             )
-            .optional()
         })?;
-        let Some((csrf, tenant, user, roles)) = row else {
+        let Some(row) = row else {
             return Ok(None);
         };
+        let (csrf, tenant, user, roles) = (row.text(0)?, row.text(1)?, row.text(2)?, row.text(3)?);
         let Ok(tenant) = agentspace_core::Name::new(&tenant) else {
             return Ok(None);
         };
@@ -232,90 +273,53 @@ async fn session(app: &AppState, headers: &HeaderMap) -> Result<Option<Session>,
     .await
 }
 
-fn to_login() -> Response {
-    let mut r = Redirect::to("/console/login").into_response();
+/// A page that says what was refused (escaped), with a link back to `back`.
+fn refusal(status: StatusCode, title: &str, problem: &str, back: &str) -> Response {
+    page(
+        status,
+        title,
+        &format!(
+            "<p class=\"err\">{}</p><p><a href=\"{}\">Back</a></p>",
+            esc(problem),
+            esc(back)
+        ),
+        Vec::new(),
+    )
+}
+
+/// Sends the browser on to `to` with a GET, after a form's POST.
+fn see_other(to: &str) -> Response {
+    let mut r = Redirect::to(to).into_response();
     *r.status_mut() = StatusCode::SEE_OTHER;
     r
 }
 
-/// `GET /console/`: who is signed in and the pending approvals.
-pub(crate) async fn home(
-    State(app): State<AppState>,
-    headers: HeaderMap,
-) -> Result<Response, ServerError> {
-    let Some(s) = session(&app, &headers).await? else {
-        return Ok(to_login());
+/// The session a state-changing form came from, or the answer to give instead: the
+/// sign-in page without a session, a 403 when the form's CSRF token is not the
+/// session's (missing counts as wrong).
+async fn form_session(
+    app: &AppState,
+    headers: &HeaderMap,
+    csrf: &str,
+) -> Result<Result<Session, Response>, ServerError> {
+    let Some(s) = session(app, headers).await? else {
+        return Ok(Err(to_login()));
     };
-    let roles: Vec<&str> = s.caller.roles.iter().map(|r| r.as_str()).collect();
-    let mut body = format!(
-        "<p>Signed in as <b>{}</b> of tenant <b>{}</b> ({}).</p>\
-<form method=\"post\" action=\"/console/logout\"><input type=\"hidden\" name=\"csrf\" value=\"{}\"><button>Sign out</button></form>",
-        esc(&s.caller.user),
-        esc(s.caller.tenant.as_str()),
-        esc(&roles.join(", ")),
-        s.csrf
-    );
-    let can_read = [Role::Admin, Role::Approver, Role::Auditor]
-        .iter()
-        .any(|r| s.caller.roles.contains(r));
-    let can_decide = [Role::Admin, Role::Approver]
-        .iter()
-        .any(|r| s.caller.roles.contains(r));
-    body.push_str("<p><a href=\"/console/definitions\">Definitions</a>");
-    if [Role::Admin, Role::Auditor]
-        .iter()
-        .any(|r| s.caller.roles.contains(r))
-    {
-        body.push_str(" · <a href=\"/console/audit\">Audit search</a>");
+    if !same(&s.csrf, csrf) {
+        return Ok(Err(bad_csrf()));
     }
-    body.push_str("</p>");
-    if can_read {
-        let tenant = s.caller.tenant.clone();
-        let pending = blocking(&app, move |app| {
-            app.approvals
-                .list(&tenant, Some(ApprovalState::Pending), 200)
-        })
-        .await?;
-        body.push_str("<h2>Waiting for approval</h2>");
-        if pending.is_empty() {
-            body.push_str("<p>Nothing is waiting.</p>");
-        } else {
-            body.push_str("<table><tr><th>user</th><th>agent</th><th>action</th><th>resource</th><th>why</th><th>until</th><th></th></tr>");
-            for a in pending {
-                let c = &a.context;
-                let _ = write!(
-                    body,
-                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>",
-                    esc(&c.user),
-                    esc(c.agent.as_deref().unwrap_or("-")),
-                    esc(&c.action),
-                    esc(&c.resource),
-                    esc(c.reason.as_deref().unwrap_or("")),
-                    esc(&a.expires_at)
-                );
-                if can_decide {
-                    for (verb, label) in [("approve", "Approve"), ("deny", "Deny")] {
-                        let _ = write!(
-                            body,
-                            "<form class=\"inline\" method=\"post\" action=\"/console/approvals/{}/{verb}\">\
-<input type=\"hidden\" name=\"csrf\" value=\"{}\"><input name=\"comment\" placeholder=\"comment\" size=\"14\">\
-<button>{label}</button></form> ",
-                            esc(&a.id),
-                            s.csrf
-                        );
-                    }
-                }
-                body.push_str("</td></tr>");
-            }
-            body.push_str("</table>");
-        }
-    }
-    Ok(page(StatusCode::OK, "Console", &body, Vec::new()))
+    Ok(Ok(s))
+}
+
+fn to_login() -> Response {
+    see_other("/console/login")
 }
 
 /// A state-changing form's CSRF field (and, for decisions, the comment).
 #[derive(Deserialize)]
 pub(crate) struct ActionForm {
+    /// Missing is refused like wrong (403), not as a malformed form.
+    #[serde(default)]
     csrf: String,
     #[serde(default)]
     comment: String,
@@ -336,15 +340,13 @@ pub(crate) async fn logout(
     headers: HeaderMap,
     Form(form): Form<ActionForm>,
 ) -> Result<Response, ServerError> {
-    let Some(s) = session(&app, &headers).await? else {
-        return Ok(to_login());
+    let s = match form_session(&app, &headers, &form.csrf).await? {
+        Ok(s) => s,
+        Err(answer) => return Ok(answer),
     };
-    if !same(&s.csrf, &form.csrf) {
-        return Ok(bad_csrf());
-    }
     blocking(&app, move |app| {
         app.db
-            .with(|c| c.execute("DELETE FROM session WHERE hash = ?1", params![s.hash]))
+            .run(|c| c.execute("DELETE FROM session WHERE hash = $1", &[&s.hash]))
     })
     .await?;
     let mut r = to_login();
@@ -360,12 +362,10 @@ pub(crate) async fn decide(
     Path((id, verb)): Path<(String, String)>,
     Form(form): Form<ActionForm>,
 ) -> Result<Response, ServerError> {
-    let Some(s) = session(&app, &headers).await? else {
-        return Ok(to_login());
+    let s = match form_session(&app, &headers, &form.csrf).await? {
+        Ok(s) => s,
+        Err(answer) => return Ok(answer),
     };
-    if !same(&s.csrf, &form.csrf) {
-        return Ok(bad_csrf());
-    }
     let outcome = match verb.as_str() {
         "approve" => Outcome::Approve,
         "deny" => Outcome::Deny,
@@ -379,20 +379,8 @@ pub(crate) async fn decide(
     })
     .await;
     match result {
-        Ok(_) => {
-            let mut r = Redirect::to("/console/").into_response();
-            *r.status_mut() = StatusCode::SEE_OTHER;
-            Ok(r)
-        }
-        Err(e) => Ok(page(
-            e.status(),
-            "Refused",
-            &format!(
-                "<p class=\"err\">{}</p><p><a href=\"/console/\">Back</a></p>",
-                esc(&e.to_string())
-            ),
-            Vec::new(),
-        )),
+        Ok(_) => Ok(see_other("/console/")),
+        Err(e) => Ok(refusal(e.status(), "Refused", &e.to_string(), "/console/")),
     }
 }
 
@@ -449,14 +437,11 @@ pub(crate) async fn audit(
     let filter = match query.filter(&tenant) {
         Ok(f) => f,
         Err(e) => {
-            return Ok(page(
+            return Ok(refusal(
                 StatusCode::BAD_REQUEST,
                 "Audit",
-                &format!(
-                    "<p class=\"err\">{}</p><p><a href=\"/console/audit\">Back</a></p>",
-                    esc(&e.to_string())
-                ),
-                Vec::new(),
+                &e.to_string(),
+                "/console/audit",
             ));
         }
     };
@@ -513,12 +498,12 @@ pub(crate) async fn audit(
     }
     body.push_str("<button>Search</button></form>");
     let _ = write!(body, "<p>{} events, newest first.</p>", events.len());
-    body.push_str("<table><tr><th>seq</th><th>time</th><th>kind</th><th>user</th><th>agent</th><th>task</th><th>action</th><th>resource</th><th>decision</th><th>reason</th></tr>");
+    body.push_str("<table><tr><th>seq</th><th>time</th><th>kind</th><th>user</th><th>agent</th><th>task</th><th>action</th><th>resource</th><th>decision</th><th>reason</th><th>details</th></tr>");
     let dash = |v: &Option<String>| esc(v.as_deref().unwrap_or("-"));
     for e in events.iter().rev() {
         let _ = write!(
             body,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
             e.seq,
             esc(&e.time),
             e.kind.as_str(),
@@ -528,7 +513,8 @@ pub(crate) async fn audit(
             esc(&e.action),
             dash(&e.resource),
             e.decision.map_or("-", |d| d.as_str()),
-            dash(&e.reason)
+            dash(&e.reason),
+            esc(&details_text(&e.details))
         );
     }
     body.push_str("</table>");
@@ -546,14 +532,15 @@ pub(crate) async fn definitions(
     let tenant = s.caller.tenant.clone();
     let list = blocking(&app, move |app| app.registry().list(&tenant)).await?;
     let mut body = String::from(
-        "<p><a href=\"/console/\">Console</a></p><h2>Definitions</h2><table><tr><th>agent</th><th>version</th><th>digest</th><th>registered by</th><th>at</th></tr>",
+        "<p><a href=\"/console/\">Console</a></p><h2>Definitions</h2><table><tr><th>agent</th><th>version</th><th>registered</th><th>digest</th><th>by</th><th>at</th></tr>",
     );
     for d in list {
         let _ = write!(
             body,
-            "<tr><td><a href=\"/console/definitions/{0}\">{0}</a></td><td>{1}</td><td><code>{2}</code></td><td>{3}</td><td>{4}</td></tr>",
+            "<tr><td><a href=\"/console/definitions/{0}\">{0}</a></td><td>{1}</td><td>{2}</td><td><code>{3}</code></td><td>{4}</td><td>{5}</td></tr>",
             esc(&d.name),
             d.version,
+            origin(d.host),
             esc(&d.digest),
             esc(&d.registered_by),
             esc(&d.registered_at)
@@ -575,33 +562,27 @@ pub(crate) async fn definition(
     };
     let tenant = s.caller.tenant.clone();
     let found = blocking(&app, move |app| {
-        let v = app.registry().get(&tenant, &name, None)?;
-        let text = v.text.clone().unwrap_or_default();
-        let cedar = agentspace_core::Definition::parse(
-            &crate::definitions::source_path(&app.state_dir, &tenant),
-            &text,
-        )
-        .map_err(|e| e.to_string())
-        .and_then(|d| {
-            // Generated policies only: `spec.policies` names host files, never read here.
-            agentspace_policy::CompiledPolicies::compile_with_files(&d, Vec::new())
-                .map(|p| p.cedar_text())
-                .map_err(|e| e.to_string())
-        });
-        Ok((v, text, cedar))
+        let stored = app.registry().stored(&tenant, &name, None)?;
+        let cedar = stored
+            .parse(&app.state_dir, &tenant)
+            .map_err(|e| e.to_string())
+            .and_then(|d| {
+                // Generated policies only: `spec.policies` names host files, never read here.
+                agentspace_policy::CompiledPolicies::compile_with_files(&d, Vec::new())
+                    .map(|p| p.cedar_text())
+                    .map_err(|e| e.to_string())
+            });
+        Ok((stored.version, stored.text, cedar))
     })
     .await;
     let (v, text, cedar) = match found {
         Ok(found) => found,
         Err(e) => {
-            return Ok(page(
+            return Ok(refusal(
                 e.status(),
                 "Definitions",
-                &format!(
-                    "<p class=\"err\">{}</p><p><a href=\"/console/definitions\">Back</a></p>",
-                    esc(&e.to_string())
-                ),
-                Vec::new(),
+                &e.to_string(),
+                "/console/definitions",
             ));
         }
     };
@@ -611,14 +592,46 @@ pub(crate) async fn definition(
     };
     let body = format!(
         "<p><a href=\"/console/definitions\">Definitions</a></p><h2>{} v{}</h2>\
-<p><code>{}</code>, registered by {} at {}</p><h3>Definition</h3><pre>{}</pre>\
+<p><code>{}</code>, {}, by {} at {}</p><h3>Definition</h3><pre>{}</pre>\
 <h3>Generated policies (Cedar)</h3>{cedar}",
         esc(&v.name),
         v.version,
         esc(&v.digest),
+        origin(v.host),
         esc(&v.registered_by),
         esc(&v.registered_at),
         esc(&text)
     );
     Ok(page(StatusCode::OK, "Definitions", &body, Vec::new()))
+}
+
+/// How a version was registered, in words.
+fn origin(host: bool) -> &'static str {
+    if host {
+        "registered on the host by its operator (may name host paths and commands)"
+    } else {
+        "registered through the API"
+    }
+}
+
+/// Most characters of an event's details the audit page shows.
+const DETAILS_SHOWN: usize = 300;
+
+/// An event's details as compact JSON, cut short (the export has them whole).
+fn details_text(details: &serde_json::Map<String, serde_json::Value>) -> String {
+    if details.is_empty() {
+        return "-".to_owned();
+    }
+    compact_json(details, DETAILS_SHOWN).0
+}
+
+/// `map` as compact JSON of at most `max` characters (and an ellipsis when cut), and
+/// whether it was cut.
+fn compact_json(map: &serde_json::Map<String, serde_json::Value>, max: usize) -> (String, bool) {
+    let text = serde_json::Value::Object(map.clone()).to_string();
+    if text.chars().count() > max {
+        (text.chars().take(max).collect::<String>() + "…", true)
+    } else {
+        (text, false)
+    }
 }

@@ -1,17 +1,21 @@
 //! Registered agent definitions: each registration that changes the text is a new
 //! version; the text is kept as given, validated with the same parser as `agentspace run`.
+//!
+//! A version registered through the API may not name anything on the server host (the
+//! runner refuses it); a version registered on the host by its operator
+//! (`agentspace definition register`) is *host-trusted*: it keeps the path of the file
+//! it came from, against whose directory its relative paths resolve.
 
 use std::path::{Path, PathBuf};
 
 use agentspace_audit::AuditLog;
 use agentspace_core::{AuditKind, Definition, Name};
-use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 
 use crate::audit::{AdminEvent, details, record};
 use crate::auth::Caller;
 use crate::error::{DefinitionProblem, ServerError};
-use crate::store::{Db, format_ms, now_ms};
+use crate::store::{Conn, Db, Row, format_ms, now_ms};
 
 /// Largest definition accepted, in bytes.
 pub(crate) const MAX_DEFINITION: usize = 256 * 1024;
@@ -32,6 +36,9 @@ pub struct DefinitionVersion {
     pub registered_by: String,
     /// When.
     pub registered_at: String,
+    /// Registered on the server host by its operator (`agentspace definition register`):
+    /// it may name host paths and host commands, which the runner then allows.
+    pub host: bool,
     /// The definition text (only on single-version answers).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
@@ -57,41 +64,107 @@ pub(crate) fn source_path(state_dir: &Path, tenant: &Name) -> PathBuf {
         .join("definition.yaml")
 }
 
+/// Where a registration comes from.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Origin<'a> {
+    /// The API or the console: the text may not name host paths or commands.
+    Api,
+    /// The server host's operator, from this file (absolute): trusted to name host
+    /// paths and commands, resolved against the file's directory.
+    Host(&'a Path),
+}
+
+impl Origin<'_> {
+    fn host_source(self) -> Option<String> {
+        match self {
+            Self::Api => None,
+            Self::Host(path) => Some(path.display().to_string()),
+        }
+    }
+}
+
 pub(crate) struct Registry<'a> {
     pub(crate) db: &'a Db,
     pub(crate) audit: &'a AuditLog,
     pub(crate) state_dir: &'a Path,
 }
 
-type VersionRow = (String, u32, String, String, i64, String);
-
-fn version_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VersionRow> {
-    Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-    ))
+/// One version as read from a row of [`VERSION_COLUMNS`] (with its text when asked).
+fn to_version(row: &Row, with_text: bool) -> Result<DefinitionVersion, ServerError> {
+    let version = row.int(1)?;
+    Ok(DefinitionVersion {
+        name: row.text(0)?,
+        version: u32::try_from(version).map_err(|_| ServerError::Store {
+            path: "control-plane database".to_owned(),
+            message: format!("stored definition version {version} is out of range"),
+        })?,
+        digest: row.text(2)?,
+        registered_by: row.text(3)?,
+        registered_at: format_ms(row.int(4)?),
+        host: row.opt_text(6)?.is_some(),
+        text: if with_text { Some(row.text(5)?) } else { None },
+    })
 }
 
-fn to_version(row: VersionRow, with_text: bool) -> DefinitionVersion {
-    let (name, version, digest, registered_by, at, text) = row;
-    DefinitionVersion {
-        name,
-        version,
-        digest,
-        registered_by,
-        registered_at: format_ms(at),
-        text: with_text.then_some(text),
+/// A stored version from a row of [`VERSION_COLUMNS`].
+fn to_stored(row: &Row) -> Result<StoredVersion, ServerError> {
+    Ok(StoredVersion {
+        version: to_version(row, true)?,
+        text: row.text(5)?,
+        host_source: row.opt_text(6)?.map(PathBuf::from),
+    })
+}
+
+/// One stored version with everything the runner needs.
+pub(crate) struct StoredVersion {
+    /// The version as the API shows it (with its text).
+    pub(crate) version: DefinitionVersion,
+    /// The text as registered.
+    pub(crate) text: String,
+    /// For host-trusted versions, the file it was registered from (absolute).
+    pub(crate) host_source: Option<PathBuf>,
+}
+
+impl StoredVersion {
+    /// The path the text is parsed as: the original file for host-trusted versions
+    /// (relative paths resolve as with `agentspace run -f` on it), else a path inside
+    /// the control plane's directory.
+    pub(crate) fn source(&self, state_dir: &Path, tenant: &Name) -> PathBuf {
+        self.host_source
+            .clone()
+            .unwrap_or_else(|| source_path(state_dir, tenant))
+    }
+
+    /// The validated definition.
+    pub(crate) fn parse(&self, state_dir: &Path, tenant: &Name) -> Result<Definition, ServerError> {
+        Ok(Definition::parse(
+            &self.source(state_dir, tenant),
+            &self.text,
+        )?)
     }
 }
+
+/// The columns [`to_version`] and [`to_stored`] read, in order.
+const VERSION_COLUMNS: &str =
+    "name, version, digest, registered_by, registered_at, text, host_source";
 
 impl Registry<'_> {
     /// Validates and stores `text` for the caller's tenant (a new version when it differs
     /// from the current one), audited as `definition_change`.
     pub(crate) fn register(&self, caller: &Caller, text: &str) -> Result<Registered, ServerError> {
+        self.register_from(&caller.tenant, &caller.user, text, Origin::Api)
+    }
+
+    /// Validates and stores `text` for `tenant` as registered by `by` from `origin`. A
+    /// new version is made unless the current one has the same text and origin;
+    /// audited as `definition_change` (`details.via` = `host` for the host's operator).
+    pub(crate) fn register_from(
+        &self,
+        tenant: &Name,
+        by: &str,
+        text: &str,
+        origin: Origin<'_>,
+    ) -> Result<Registered, ServerError> {
         if text.len() > MAX_DEFINITION {
             return Err(ServerError::Definition(vec![DefinitionProblem {
                 field: None,
@@ -103,8 +176,12 @@ impl Registry<'_> {
                 ),
             }]));
         }
-        let definition = Definition::parse(&source_path(self.state_dir, &caller.tenant), text)?;
-        if definition.tenant != caller.tenant {
+        let source = match origin {
+            Origin::Api => source_path(self.state_dir, tenant),
+            Origin::Host(path) => path.to_owned(),
+        };
+        let definition = Definition::parse(&source, text)?;
+        if definition.tenant != *tenant {
             return Err(ServerError::Definition(vec![DefinitionProblem {
                 field: Some("metadata.tenant".into()),
                 line: text
@@ -113,43 +190,57 @@ impl Registry<'_> {
                     .map(|i| i + 1),
                 column: None,
                 message: format!(
-                    "the definition belongs to tenant `{}` but you are registering it in tenant `{}`; set `metadata.tenant: {}`",
-                    definition.tenant, caller.tenant, caller.tenant
+                    "the definition belongs to tenant `{}` but you are registering it in tenant `{tenant}`; set `metadata.tenant: {tenant}`",
+                    definition.tenant
                 ),
             }]));
         }
-        let tenant = &caller.tenant;
+        let host_source = origin.host_source();
         let name = definition.name.as_str();
-        self.db.with_tx(|c| {
-            let tx = c
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(|e| self.db.err(e))?;
-            let current = tx
-                .query_row(
-                    "SELECT name, version, digest, registered_by, registered_at, text FROM definition
-                     WHERE tenant = ?1 AND name = ?2 ORDER BY version DESC LIMIT 1",
-                    params![tenant.as_str(), name],
-                    version_row,
-                )
-                .optional()
-                .map_err(|e| self.db.err(e))?;
+        self.db.transaction(tenant.as_str(), |tx| {
+            if host_source.is_some() && !tenant_exists(tx, tenant)? {
+                return Err(ServerError::not_found(
+                    format!("there is no tenant `{tenant}`"),
+                    format!(
+                        "create it with `agentspace serve --bootstrap-admin USER --tenant {tenant}`"
+                    ),
+                ));
+            }
+            let current = current_version(tx, tenant, name)?;
             let next = match current {
-                Some(row) if row.2 == definition.digest => {
+                Some(row)
+                    if row.text(2)? == definition.digest && row.opt_text(6)? == host_source =>
+                {
                     return Ok(Registered {
-                        version: to_version(row, false),
+                        version: to_version(&row, false)?,
                         created: false,
                     });
                 }
-                Some(row) => row.1.saturating_add(1),
+                Some(row) => to_version(&row, false)?.version.saturating_add(1),
                 None => 1,
             };
             let now = now_ms();
-            tx.execute(
-                "INSERT INTO definition (tenant, name, version, digest, text, registered_by, registered_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![tenant.as_str(), name, next, definition.digest, text, caller.user, now],
-            )
-            .map_err(|e| self.db.err(e))?;
+            insert_version(
+                tx,
+                NewVersion {
+                    tenant,
+                    name,
+                    version: next,
+                    digest: &definition.digest,
+                    text,
+                    by,
+                    at: now,
+                    host_source: host_source.as_deref(),
+                },
+            )?;
+            let mut details = details([
+                ("version", next.into()),
+                ("definition_digest", definition.digest.clone().into()),
+            ]);
+            if host_source.is_some() {
+                details.insert("via".into(), "host".into());
+                details.insert("host_trusted".into(), true.into());
+            }
             record(
                 self.audit,
                 AdminEvent {
@@ -157,21 +248,18 @@ impl Registry<'_> {
                     kind: AuditKind::DefinitionChange,
                     action: "register",
                     resource: format!("definition/{name}"),
-                    by: &caller.user,
-                    details: details([
-                        ("version", next.into()),
-                        ("definition_digest", definition.digest.clone().into()),
-                    ]),
+                    by,
+                    details,
                 },
             )?;
-            tx.commit().map_err(|e| self.db.err(e))?;
             Ok(Registered {
                 version: DefinitionVersion {
                     name: name.to_owned(),
                     version: next,
                     digest: definition.digest.clone(),
-                    registered_by: caller.user.clone(),
+                    registered_by: by.to_owned(),
                     registered_at: format_ms(now),
+                    host: host_source.is_some(),
                     text: None,
                 },
                 created: true,
@@ -181,16 +269,15 @@ impl Registry<'_> {
 
     /// The current version of each of the tenant's definitions.
     pub(crate) fn list(&self, tenant: &Name) -> Result<Vec<DefinitionVersion>, ServerError> {
-        let rows = self.db.with(|c| {
-            let mut stmt = c.prepare(
-                "SELECT d.name, d.version, d.digest, d.registered_by, d.registered_at, '' FROM definition d
-                 WHERE d.tenant = ?1 AND d.version = (SELECT MAX(version) FROM definition e WHERE e.tenant = d.tenant AND e.name = d.name)
+        let rows = self.db.run(|c| {
+            c.query(
+                "SELECT d.name, d.version, d.digest, d.registered_by, d.registered_at, '', d.host_source FROM definition d
+                 WHERE d.tenant = $1 AND d.version = (SELECT MAX(version) FROM definition e WHERE e.tenant = d.tenant AND e.name = d.name)
                  ORDER BY d.name",
-            )?;
-            let rows = stmt.query_map(params![tenant.as_str()], version_row)?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()
+                &[&tenant.as_str()],
+            )
         })?;
-        Ok(rows.into_iter().map(|r| to_version(r, false)).collect())
+        rows.iter().map(|r| to_version(r, false)).collect()
     }
 
     /// Every version of one definition, oldest first (404 when there is none).
@@ -199,18 +286,17 @@ impl Registry<'_> {
         tenant: &Name,
         name: &str,
     ) -> Result<Vec<DefinitionVersion>, ServerError> {
-        let rows = self.db.with(|c| {
-            let mut stmt = c.prepare(
-                "SELECT name, version, digest, registered_by, registered_at, '' FROM definition
-                 WHERE tenant = ?1 AND name = ?2 ORDER BY version",
-            )?;
-            let rows = stmt.query_map(params![tenant.as_str(), name], version_row)?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()
+        let rows = self.db.run(|c| {
+            c.query(
+                "SELECT name, version, digest, registered_by, registered_at, '', host_source FROM definition
+                 WHERE tenant = $1 AND name = $2 ORDER BY version",
+                &[&tenant.as_str(), &name],
+            )
         })?;
         if rows.is_empty() {
             return Err(no_definition(tenant, name));
         }
-        Ok(rows.into_iter().map(|r| to_version(r, false)).collect())
+        rows.iter().map(|r| to_version(r, false)).collect()
     }
 
     /// One version with its text; the current one when `version` is `None`.
@@ -220,18 +306,28 @@ impl Registry<'_> {
         name: &str,
         version: Option<u32>,
     ) -> Result<DefinitionVersion, ServerError> {
-        let row = self.db.with(|c| {
-            c.query_row(
-                "SELECT name, version, digest, registered_by, registered_at, text FROM definition
-                 WHERE tenant = ?1 AND name = ?2 AND (?3 IS NULL OR version = ?3)
-                 ORDER BY version DESC LIMIT 1",
-                params![tenant.as_str(), name, version],
-                version_row,
+        Ok(self.stored(tenant, name, version)?.version)
+    }
+
+    /// One version with its text and origin; the current one when `version` is `None`.
+    pub(crate) fn stored(
+        &self,
+        tenant: &Name,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<StoredVersion, ServerError> {
+        let row = self.db.run(|c| {
+            c.query_opt(
+                &format!(
+                    "SELECT {VERSION_COLUMNS} FROM definition
+                     WHERE tenant = $1 AND name = $2 AND (CAST($3 AS BIGINT) IS NULL OR version = $3)
+                     ORDER BY version DESC LIMIT 1"
+                ),
+                &[&tenant.as_str(), &name, &version.map(i64::from)],
             )
-            .optional()
         })?;
         match row {
-            Some(row) => Ok(to_version(row, true)),
+            Some(row) => to_stored(&row),
             None => Err(match version {
                 Some(v) => ServerError::not_found(
                     format!("definition `{name}` of tenant `{tenant}` has no version {v}"),
@@ -240,6 +336,26 @@ impl Registry<'_> {
                 None => no_definition(tenant, name),
             }),
         }
+    }
+
+    /// The newest version of `agent` whose text has `digest` (what a task ran), if any.
+    pub(crate) fn by_digest(
+        &self,
+        tenant: &Name,
+        agent: &str,
+        digest: &str,
+    ) -> Result<Option<StoredVersion>, ServerError> {
+        let row = self.db.run(|c| {
+            c.query_opt(
+                &format!(
+                    "SELECT {VERSION_COLUMNS} FROM definition
+                     WHERE tenant = $1 AND name = $2 AND digest = $3
+                     ORDER BY version DESC LIMIT 1"
+                ),
+                &[&tenant.as_str(), &agent, &digest],
+            )
+        })?;
+        row.as_ref().map(to_stored).transpose()
     }
 
     /// A unified line diff between two versions.
@@ -269,6 +385,59 @@ impl Registry<'_> {
         }
         Ok(out)
     }
+}
+
+/// Whether `tenant` exists.
+fn tenant_exists(c: &mut dyn Conn, tenant: &Name) -> Result<bool, ServerError> {
+    c.query_one(
+        "SELECT EXISTS(SELECT 1 FROM tenant WHERE name = $1)",
+        &[&tenant.as_str()],
+    )?
+    .bool(0)
+}
+
+/// The newest version of one definition.
+fn current_version(
+    c: &mut dyn Conn,
+    tenant: &Name,
+    name: &str,
+) -> Result<Option<Row>, ServerError> {
+    c.query_opt(
+        &format!(
+            "SELECT {VERSION_COLUMNS} FROM definition
+             WHERE tenant = $1 AND name = $2 ORDER BY version DESC LIMIT 1"
+        ),
+        &[&tenant.as_str(), &name],
+    )
+}
+
+/// A version to store.
+struct NewVersion<'a> {
+    tenant: &'a Name,
+    name: &'a str,
+    version: u32,
+    digest: &'a str,
+    text: &'a str,
+    by: &'a str,
+    at: i64,
+    host_source: Option<&'a str>,
+}
+
+fn insert_version(c: &mut dyn Conn, v: NewVersion<'_>) -> Result<u64, ServerError> {
+    c.execute(
+        "INSERT INTO definition (tenant, name, version, digest, text, registered_by, registered_at, host_source)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        &[
+            &v.tenant.as_str(),
+            &v.name,
+            &i64::from(v.version),
+            &v.digest,
+            &v.text,
+            &v.by,
+            &v.at,
+            &v.host_source,
+        ],
+    )
 }
 
 fn no_definition(tenant: &Name, name: &str) -> ServerError {

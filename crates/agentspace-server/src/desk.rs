@@ -7,22 +7,28 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use rusqlite::OptionalExtension;
-
 use agentspace_audit::AuditLog;
 use agentspace_core::Name;
 use agentspace_gateway::{ApprovalDesk, Held, HoldRequest};
 
 use crate::approvals::{ApprovalContext, ApprovalState, ApprovalStore, Resolution};
 use crate::error::ServerError;
-use crate::store::{Db, now_ms};
+use crate::store::{Conn, Db, now_ms};
 
 impl ApprovalStore {
-    /// The approval store of the state directory `state_dir` (its control database),
-    /// recording to `audit`: for a task run without a control-plane process, whose
-    /// approvals are decided with `agentspace approvals` on the same state directory.
-    pub fn open(state_dir: &Path, audit: AuditLog) -> Result<Self, ServerError> {
-        Ok(Self::new(Arc::new(Db::open(state_dir)?), audit))
+    /// The approval store of the state directory `state_dir` (its control database), or
+    /// of the PostgreSQL database at `database_url`, recording to `audit`: for a task run
+    /// by `agentspace run`, whose approvals are decided by a control plane on the same
+    /// store or with `agentspace approvals`.
+    pub fn open(
+        state_dir: &Path,
+        database_url: Option<&str>,
+        audit: AuditLog,
+    ) -> Result<Self, ServerError> {
+        Ok(Self::new(
+            Arc::new(Db::open(state_dir, database_url)?),
+            audit,
+        ))
     }
 }
 
@@ -103,36 +109,28 @@ impl ApprovalStore {
         task: &str,
         digest: &str,
     ) -> Result<Option<Earlier>, ServerError> {
-        let db = self.db();
-        db.with_tx(|c| {
-            let tx = c
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                .map_err(|e| db.err(e))?;
-            let row: Option<(String, String, Option<String>)> = tx
-                .query_row(
-                    "SELECT id, state, approver FROM approval
-                     WHERE tenant = ?1 AND task = ?2 AND state IN ('pending', 'approved')
-                       AND json_extract(context, '$.request.digest') = ?3
-                       AND id NOT IN (SELECT id FROM approval_use)
-                     ORDER BY requested_at DESC LIMIT 1",
-                    rusqlite::params![tenant.as_str(), task, digest],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                )
-                .optional()
-                .map_err(|e| db.err(e))?;
-            let earlier = match row {
-                None => None,
-                Some((id, state, _)) if state == "pending" => Some(Earlier::Pending(id)),
-                Some((id, _, approver)) => {
-                    use_approval(&tx, &id).map_err(|e| db.err(e))?;
-                    Some(Earlier::Granted {
-                        id,
-                        approver: approver.unwrap_or_default(),
-                    })
-                }
-            };
-            tx.commit().map_err(|e| db.err(e))?;
-            Ok(earlier)
+        self.db().transaction(tenant.as_str(), |tx| {
+            let row = tx.query_opt(
+                "SELECT id, state, approver FROM approval
+                 WHERE tenant = $1 AND task = $2 AND digest = $3 AND state IN ('pending', 'approved')
+                   AND id NOT IN (SELECT id FROM approval_use)
+                 ORDER BY requested_at DESC LIMIT 1",
+                &[&tenant.as_str(), &task, &digest],
+            )?;
+            let Some(row) = row else { return Ok(None) };
+            let id = row.text(0)?;
+            if row.text(1)? == "pending" {
+                return Ok(Some(Earlier::Pending(id)));
+            }
+            // A waiter of the first request (which takes no lock) may have used it since
+            // this read; then it is used, and this request asks anew.
+            if !use_approval(tx, &id)? {
+                return Ok(None);
+            }
+            Ok(Some(Earlier::Granted {
+                id,
+                approver: row.opt_text(2)?.unwrap_or_default(),
+            }))
         })
     }
 
@@ -148,7 +146,7 @@ impl ApprovalStore {
                     let store = self.clone();
                     let used = id.clone();
                     let marked = tokio::task::spawn_blocking(move || {
-                        store.db().with(|c| use_approval(c, &used))
+                        store.db().run(|c| use_approval(c, &used))
                     })
                     .await;
                     match marked {
@@ -189,11 +187,13 @@ impl ApprovalStore {
     }
 }
 
-/// Records that approval `id` let its request through; `false` if it already had.
-fn use_approval(c: &rusqlite::Connection, id: &str) -> rusqlite::Result<bool> {
+/// Records that approval `id` let its request through; `false` if it already had. One
+/// statement against the primary key: of any number of racing callers, in any number of
+/// processes, exactly one gets `true`.
+fn use_approval(c: &mut dyn Conn, id: &str) -> Result<bool, ServerError> {
     let n = c.execute(
-        "INSERT OR IGNORE INTO approval_use (id, used_at) VALUES (?1, ?2)",
-        rusqlite::params![id, now_ms()],
+        "INSERT INTO approval_use (id, used_at) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
+        &[&id, &now_ms()],
     )?;
     Ok(n == 1)
 }

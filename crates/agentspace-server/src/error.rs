@@ -62,6 +62,14 @@ pub enum ServerError {
         /// What to do.
         fix: String,
     },
+    /// The caller holds too many of a limited resource (429).
+    #[error("{problem}")]
+    TooMany {
+        /// What is exhausted.
+        problem: String,
+        /// What to do.
+        fix: String,
+    },
     /// A definition was refused (422), with each problem located.
     #[error("invalid definition: {}", .0.first().map_or("", |p| p.message.as_str()))]
     Definition(Vec<DefinitionProblem>),
@@ -71,9 +79,9 @@ pub enum ServerError {
     /// The control plane's database failed (500).
     #[error("control-plane database `{path}` failed: {message}")]
     Store {
-        /// The database file.
+        /// The database: its file, or its PostgreSQL URL without the password.
         path: String,
-        /// What SQLite said.
+        /// What the database said.
         message: String,
     },
     /// The policy state (revocations, budgets) failed (500).
@@ -129,12 +137,10 @@ impl ServerError {
         let (problem, fix) = text(problem, fix);
         Self::BadRequest { problem, fix }
     }
-    /// A database failure at `path`.
-    pub(crate) fn store(path: &std::path::Path, e: impl std::fmt::Display) -> Self {
-        Self::Store {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        }
+    /// A 429 with its fix.
+    pub(crate) fn too_many(problem: impl Into<String>, fix: impl Into<String>) -> Self {
+        let (problem, fix) = text(problem, fix);
+        Self::TooMany { problem, fix }
     }
 
     /// The HTTP status this error answers with.
@@ -145,6 +151,7 @@ impl ServerError {
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Definition(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Audit(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Store { .. } | Self::Policy(_) | Self::Secrets(_) | Self::Io(_) => {
@@ -159,7 +166,8 @@ impl ServerError {
             | Self::Forbidden { problem, fix }
             | Self::NotFound { problem, fix }
             | Self::Conflict { problem, fix }
-            | Self::BadRequest { problem, fix } => (problem, fix, Vec::new()),
+            | Self::BadRequest { problem, fix }
+            | Self::TooMany { problem, fix } => (problem, fix, Vec::new()),
             Self::Definition(problems) => (
                 "the definition was refused".to_owned(),
                 "fix each problem listed (field, line, column) and register it again".to_owned(),

@@ -4,7 +4,8 @@
 //! gateway holds requests with.
 //!
 //! State lives in `<state>/server/control.db` (SQLite) next to the audit log, the policy
-//! state and the secrets of the same state directory. Every caller is a user of one
+//! state and the secrets of the same state directory, or in PostgreSQL
+//! ([`ServerConfig::database_url`], its schema made by [`migrate`]). Every caller is a user of one
 //! tenant, authenticated by a bearer token; nothing of another tenant is ever visible.
 //! Every change is recorded in the tenant's audit log before it takes effect, and a
 //! change the audit log refuses is not made. The API is documented in
@@ -22,6 +23,7 @@ mod desk;
 mod error;
 mod events;
 mod extract;
+mod revocations;
 mod runner;
 mod server;
 mod store;
@@ -31,4 +33,9 @@ pub use approvals::{Approval, ApprovalContext, ApprovalState, ApprovalStore, Out
 pub use auth::{NewToken, Role, TokenInfo, User};
 pub use definitions::{DefinitionVersion, Registered};
 pub use error::{DefinitionProblem, ErrorBody, ServerError};
-pub use server::{Server, ServerConfig, bootstrap_admin, openapi};
+pub use revocations::revocations;
+pub use server::{
+    Server, ServerConfig, audit_url, bootstrap_admin, migrate, openapi, register_on_host,
+};
+pub use store::CONTROL_ROLE;
+pub use webhook::TenantWebhook;

@@ -4,8 +4,11 @@
 //!
 //! A registered definition is refused here when it names anything on the host: a
 //! workspace or read-only directory, extra policy files, or a tool server started as a
-//! host command. Those are choices of whoever controls the host, not of an API caller;
-//! `agentspace run` on the host remains the way to use them.
+//! host command. Those are choices of whoever controls the host, not of an API caller:
+//! only versions the host's operator registered (`agentspace definition register`) may
+//! name them, and those run with their relative paths resolved against the directory of
+//! the file they were registered from. Either way the registered text is what runs (its
+//! copy in the run's directory), never the file on disk as it is now.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -29,9 +32,25 @@ const MAX_COMMAND_BYTES: usize = 64 * 1024;
 pub(crate) struct Runner {
     /// The `agentspace` binary; `None` when this server cannot start tasks.
     program: Option<PathBuf>,
+    /// The control-plane database URL to hand to children (their approvals are held
+    /// there, for this server to list and decide).
+    database_url: Option<String>,
     /// The audit store URL to hand to children.
     audit_url: Option<String>,
     children: Mutex<HashMap<String, Arc<Mutex<Child>>>>,
+}
+
+/// What to start.
+pub(crate) struct Start<'a> {
+    /// The registered text (what runs).
+    pub(crate) text: &'a str,
+    /// For a host-trusted version, the file it was registered from: its relative paths
+    /// resolve against this file's directory.
+    pub(crate) host_source: Option<&'a Path>,
+    /// The user the task acts for.
+    pub(crate) user: &'a str,
+    /// The program to run in the cell and its arguments.
+    pub(crate) command: &'a [String],
 }
 
 /// Why a definition cannot be started through the API: each host-bound field.
@@ -43,7 +62,7 @@ pub(crate) fn host_bound(definition: &Definition) -> Vec<DefinitionProblem> {
             line: None,
             column: None,
             message: format!(
-                "{what} on the server host; a task started through the control plane may not name host paths or host commands: remove the field, or run the definition with `agentspace run` on the host"
+                "{what} on the server host; a definition registered through the API may not name host paths or host commands: remove the field, or have the host's operator register it with `agentspace definition register` (or run it with `agentspace run` on the host)"
             ),
         });
     };
@@ -59,15 +78,28 @@ pub(crate) fn host_bound(definition: &Definition) -> Vec<DefinitionProblem> {
     if !definition.governance.policies.is_empty() {
         refuse("spec.policies", "extra policies are files");
     }
-    for (i, server) in definition.governance.tools.servers.iter().enumerate() {
-        if matches!(
-            server.transport,
-            agentspace_core::ToolTransport::Stdio { .. }
-        ) {
+    // The gateway connects from the server host: an internal address it may reach is on
+    // the host's own network (its loopback, its private range, the cloud's metadata
+    // service). Only the host's operator names those.
+    for (i, rule) in definition.governance.egress.iter().enumerate() {
+        if rule.internal {
             refuse(
+                &format!("spec.egress[{i}].internal"),
+                "an `internal: true` rule reaches loopback, private or metadata addresses as seen",
+            );
+        }
+    }
+    for (i, server) in definition.governance.tools.servers.iter().enumerate() {
+        match server.transport {
+            agentspace_core::ToolTransport::Stdio { .. } => refuse(
                 &format!("spec.tools[{i}].command"),
                 "a stdio tool server is a program started",
-            );
+            ),
+            // Tool servers are reached as internal services (they usually are).
+            _ => refuse(
+                &format!("spec.tools[{i}].url"),
+                "a tool server is reached as an internal service, at an address as resolved",
+            ),
         }
     }
     out
@@ -75,24 +107,33 @@ pub(crate) fn host_bound(definition: &Definition) -> Vec<DefinitionProblem> {
 
 impl Runner {
     /// A runner that starts tasks with `program` (none when `None`).
-    pub(crate) fn new(program: Option<PathBuf>, audit_url: Option<String>) -> Self {
+    pub(crate) fn new(
+        program: Option<PathBuf>,
+        database_url: Option<String>,
+        audit_url: Option<String>,
+    ) -> Self {
         Self {
             program,
+            database_url,
             audit_url,
             children: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Starts `agentspace run` for `user` with the definition `text` and `command`;
+    /// Starts `agentspace run` for `start.user` with the registered text and command;
     /// returns the task id once its manifest exists.
     pub(crate) fn start(
         &self,
         state_dir: &Path,
         tenant: &Name,
-        text: &str,
-        user: &str,
-        command: &[String],
+        start: Start<'_>,
     ) -> Result<String, ServerError> {
+        let Start {
+            text,
+            host_source,
+            user,
+            command,
+        } = start;
         let Some(program) = &self.program else {
             return Err(ServerError::conflict(
                 "this server does not start tasks",
@@ -138,8 +179,12 @@ impl Runner {
             .arg("-f")
             .arg(&file)
             .arg("--user")
-            .arg(user)
-            .arg("--")
+            .arg(user);
+        if let Some(dir) = host_source.and_then(Path::parent) {
+            // The registered text runs, resolved as if it were the host's file.
+            cmd.arg("--base-dir").arg(dir);
+        }
+        cmd.arg("--")
             .args(command)
             .stdin(Stdio::null())
             .stdout(out)
@@ -150,8 +195,13 @@ impl Runner {
                 "PATH",
                 "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             );
+        // In the environment rather than on the command line, where any local user could
+        // read a password in them; `agentspace run` gives the agent none of its own.
         if let Some(url) = &self.audit_url {
             cmd.env("AGENTSPACE_AUDIT_URL", url);
+        }
+        if let Some(url) = &self.database_url {
+            cmd.env("AGENTSPACE_DATABASE_URL", url);
         }
         let child = cmd
             .spawn()

@@ -23,12 +23,16 @@ use crate::{console, events};
 /// How the control plane runs.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
-    /// The state directory (tasks, audit, policy, secrets, and `server/control.db`).
+    /// The state directory (tasks, audit keys, policy, secrets, and `server/control.db`
+    /// unless `database_url` is given).
     pub state_dir: PathBuf,
     /// Where to listen.
     pub listen: SocketAddr,
-    /// The audit store (`postgres://...`, `sqlite:PATH`); SQLite in the state directory
-    /// when `None`.
+    /// The control-plane tables in PostgreSQL (`postgres://...`, migrated with
+    /// [`migrate`]) instead of SQLite in the state directory.
+    pub database_url: Option<String>,
+    /// The audit store (`postgres://...`, `sqlite:PATH`); when `None`, the database of
+    /// `database_url`, else SQLite in the state directory. See [`audit_url`].
     pub audit_url: Option<String>,
     /// The `agentspace` binary that starts tasks (`agentspace run`); `None`: this server
     /// does not start tasks.
@@ -36,6 +40,32 @@ pub struct ServerConfig {
     /// Announce each approval request here (`http(s)://...`), with a Slack-compatible
     /// JSON body.
     pub approval_webhook: Option<String>,
+    /// Let tenant webhooks reach loopback, private and link-local addresses (for an
+    /// operator whose chat server is on the private network); refused by default.
+    pub allow_private_webhooks: bool,
+}
+
+/// The audit store the control plane uses: `audit_url` when given, else the PostgreSQL
+/// database of `database_url` (state and audit in one database), else `None` (SQLite in
+/// the state directory).
+pub fn audit_url(database_url: Option<&str>, audit_url: Option<&str>) -> Option<String> {
+    audit_url.or(database_url).map(str::to_owned)
+}
+
+/// Creates or updates the control-plane tables and the role `agentspace_control` in the
+/// PostgreSQL database at `database_url`, and the audit tables and their writer role in
+/// the audit store (`audit_url`, or the same database) when that is PostgreSQL too.
+/// Returns the control-plane schema versions it applied (none when it was current). Run
+/// it once as the database owner before the first `agentspace serve`, and after each
+/// upgrade; it is idempotent.
+pub fn migrate(database_url: &str, audit_url: Option<&str>) -> Result<Vec<i64>, ServerError> {
+    let applied = crate::store::migrate(database_url)?;
+    if let Some(url) = self::audit_url(Some(database_url), audit_url)
+        && crate::store::is_postgres_url(&url)
+    {
+        agentspace_audit::migrate_postgres(&url)?;
+    }
+    Ok(applied)
 }
 
 #[derive(OpenApi)]
@@ -55,6 +85,7 @@ pub struct ServerConfig {
         api::audit_events, api::audit_verify, api::audit_export,
         api::revocations, api::revoke, api::lift,
         api::secrets,
+        api::tenant_webhook, api::set_tenant_webhook, api::delete_tenant_webhook,
         events::events,
     ),
     components(schemas(crate::error::ErrorBody)),
@@ -89,6 +120,12 @@ fn router(app: AppState) -> Router {
         .route("/openapi.json", get(openapi_json))
         .route("/v1/me", get(api::me))
         .route("/v1/tenants", get(api::tenants))
+        .route(
+            "/v1/tenant/webhook",
+            get(api::tenant_webhook)
+                .put(api::set_tenant_webhook)
+                .delete(api::delete_tenant_webhook),
+        )
         .route("/v1/users", get(api::users).post(api::add_user))
         .route("/v1/users/{name}", delete(api::delete_user))
         .route("/v1/users/{name}/roles", put(api::set_roles))
@@ -133,6 +170,14 @@ fn router(app: AppState) -> Router {
             get(|| async { axum::response::Redirect::permanent("/console/") }),
         )
         .route("/console/", get(console::home))
+        .route("/console/console.js", get(console::script))
+        .route("/console/console.css", get(console::style))
+        .route("/console/state", get(console::state))
+        .route("/console/events", get(console::stream))
+        .route("/console/tasks", post(console::start_task))
+        .route("/console/tasks/{id}", get(console::task_page))
+        .route("/console/tasks/{id}/log", get(console::task_log))
+        .route("/console/tasks/{id}/stop", post(console::stop_task))
         .route(
             "/console/login",
             get(console::login_form).post(console::login),
@@ -141,9 +186,36 @@ fn router(app: AppState) -> Router {
         .route("/console/audit", get(console::audit))
         .route("/console/definitions", get(console::definitions))
         .route("/console/definitions/{name}", get(console::definition))
+        .route("/console/approvals/{id}", get(console::approval_page))
         .route("/console/approvals/{id}/{verb}", post(console::decide))
         .fallback(api::not_found)
+        .layer(axum::middleware::map_response(safe_headers))
         .with_state(app)
+}
+
+/// Headers every answer carries, errors and extractor rejections included: no content
+/// sniffing (so no answer can be loaded as a script or style from another page), not
+/// readable across origins, no referrer. Pages set their own CSP on top.
+async fn safe_headers(mut response: axum::response::Response) -> axum::response::Response {
+    use axum::http::{HeaderValue, header};
+    let h = response.headers_mut();
+    for (name, value) in [
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (
+            axum::http::HeaderName::from_static("cross-origin-resource-policy"),
+            "same-origin",
+        ),
+        (
+            axum::http::HeaderName::from_static("cross-origin-opener-policy"),
+            "same-origin",
+        ),
+    ] {
+        if !h.contains_key(&name) {
+            h.insert(name, HeaderValue::from_static(value));
+        }
+    }
+    response
 }
 
 fn open_audit(state_dir: &Path, audit_url: Option<&str>) -> Result<AuditLog, ServerError> {
@@ -157,7 +229,7 @@ fn open_audit(state_dir: &Path, audit_url: Option<&str>) -> Result<AuditLog, Ser
 pub struct Server {
     app: AppState,
     listener: tokio::net::TcpListener,
-    webhook: Option<crate::client::Client>,
+    announcer: Arc<crate::webhook::Announcer>,
 }
 
 impl Server {
@@ -166,9 +238,11 @@ impl Server {
         let ServerConfig {
             state_dir,
             listen,
+            database_url,
             audit_url,
             runner,
             approval_webhook,
+            allow_private_webhooks,
         } = config;
         let webhook = approval_webhook
             .map(|url| {
@@ -177,16 +251,19 @@ impl Server {
             })
             .transpose()?;
         let app = tokio::task::spawn_blocking(move || -> Result<App, ServerError> {
-            let db = Arc::new(Db::open(&state_dir)?);
+            let db = Arc::new(Db::open(&state_dir, database_url.as_deref())?);
+            let audit_url = self::audit_url(database_url.as_deref(), audit_url.as_deref());
             let audit = open_audit(&state_dir, audit_url.as_deref())?;
-            let revocations = agentspace_policy::Revocations::open(&state_dir)?;
+            let revocations = crate::revocations::revocations(&state_dir, database_url.as_deref())?;
             Ok(App {
-                runner: crate::runner::Runner::new(runner, audit_url.clone()),
+                runner: crate::runner::Runner::new(runner, database_url, audit_url),
                 approvals: ApprovalStore::new(Arc::clone(&db), audit.clone()),
                 state_dir,
                 db,
                 audit,
                 revocations,
+                allow_private_webhooks,
+                streams: Arc::default(),
             })
         })
         .await
@@ -194,10 +271,16 @@ impl Server {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|e| ServerError::Io(format!("cannot listen on `{listen}`: {e}")))?;
+        let announcer = Arc::new(crate::webhook::Announcer::new(
+            Arc::clone(&app.db),
+            app.audit.clone(),
+            webhook,
+            allow_private_webhooks,
+        ));
         Ok(Self {
             app: Arc::new(app),
             listener,
-            webhook,
+            announcer,
         })
     }
 
@@ -229,25 +312,20 @@ impl Server {
                 let _ = tokio::task::spawn_blocking(move || store.expire_overdue()).await;
             }
         });
-        let announcer = self.webhook.map(|client| {
-            let approvals = self.app.approvals.clone();
+        // Announces every second: the operator's webhook (if any) and tenants' webhooks.
+        let announcer = {
+            let announcer = Arc::clone(&self.announcer);
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_secs(1));
                 loop {
                     tick.tick().await;
-                    let (store, client) = (approvals.clone(), client.clone());
-                    let _ = tokio::task::spawn_blocking(move || {
-                        crate::webhook::announce(&store, &client)
-                    })
-                    .await;
+                    announcer.round().await;
                 }
             })
-        });
+        };
         let result = serve_connections(self.listener, router(self.app), shutdown).await;
         sweeper.abort();
-        if let Some(announcer) = announcer {
-            announcer.abort();
-        }
+        announcer.abort();
         result
     }
 }
@@ -301,18 +379,60 @@ async fn serve_connections(
 }
 
 /// Creates `tenant` with its first admin `admin` and returns the admin's token (shown
-/// once). Refuses a tenant that exists. Audited in the tenant's log.
+/// once). Refuses a tenant that exists. Audited in the tenant's log. `database_url` and
+/// `audit_url` are as in [`ServerConfig`].
 pub fn bootstrap_admin(
     state_dir: &Path,
+    database_url: Option<&str>,
     audit_url: Option<&str>,
     tenant: &Name,
     admin: &str,
 ) -> Result<NewToken, ServerError> {
-    let db = Db::open(state_dir)?;
-    let audit = open_audit(state_dir, audit_url)?;
+    let db = Db::open(state_dir, database_url)?;
+    let audit = open_audit(
+        state_dir,
+        self::audit_url(database_url, audit_url).as_deref(),
+    )?;
     Accounts {
         db: &db,
         audit: &audit,
     }
     .bootstrap(tenant, admin)
+}
+
+/// Registers the definition in `file` for `tenant` on behalf of the server host's
+/// operator `by`: a host-trusted version, which may name host paths and host commands
+/// (workspace, read-only directories, policy files, stdio tool servers) and whose
+/// relative paths resolve against `file`'s directory when the control plane starts it.
+/// The text registered now is what runs; a later change to the file takes a new
+/// registration. Audited as `definition_change` with `details.via = "host"`.
+/// `database_url` and `audit_url` are as in [`ServerConfig`].
+pub fn register_on_host(
+    state_dir: &Path,
+    database_url: Option<&str>,
+    audit_url: Option<&str>,
+    tenant: &Name,
+    by: &str,
+    file: &Path,
+) -> Result<crate::Registered, ServerError> {
+    crate::auth::valid_user(by)?;
+    let source = std::path::absolute(file)
+        .map_err(|e| ServerError::Io(format!("cannot resolve `{}`: {e}", file.display())))?;
+    let text = std::fs::read_to_string(&source).map_err(|e| {
+        ServerError::Io(format!(
+            "cannot read definition `{}`: {e}",
+            source.display()
+        ))
+    })?;
+    let db = Db::open(state_dir, database_url)?;
+    let audit = open_audit(
+        state_dir,
+        self::audit_url(database_url, audit_url).as_deref(),
+    )?;
+    crate::definitions::Registry {
+        db: &db,
+        audit: &audit,
+        state_dir,
+    }
+    .register_from(tenant, by, &text, crate::definitions::Origin::Host(&source))
 }

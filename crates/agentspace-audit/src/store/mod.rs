@@ -71,6 +71,16 @@ pub(crate) trait Store: Send {
     /// Every checkpoint of `tenant`, by size.
     fn checkpoints(&mut self, tenant: &str) -> Result<Vec<CheckpointRow>, AuditError>;
 
+    /// Up to `limit` events of `tenant`'s task `task` with `seq >= from`, in sequence
+    /// order (by the `(tenant, task)` index).
+    fn task_events(
+        &mut self,
+        tenant: &str,
+        task: &str,
+        from: u64,
+        limit: u64,
+    ) -> Result<Vec<Row>, AuditError>;
+
     /// The number of events in `tenant`'s chain (its last sequence number plus one).
     fn chain_len(&mut self, tenant: &str) -> Result<u64, AuditError>;
 }

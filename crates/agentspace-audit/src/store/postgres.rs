@@ -64,8 +64,9 @@ pub(crate) struct PostgresStore {
     display: String,
 }
 
-/// The URL without its password, for error messages.
-pub(crate) fn display_url(url: &str) -> String {
+/// A PostgreSQL URL without its password (`postgres://USER@HOST/DB`), for messages and
+/// logs.
+pub fn display_url(url: &str) -> String {
     match url.parse::<postgres::Config>() {
         Ok(cfg) => {
             let host = cfg
@@ -311,6 +312,27 @@ impl Store for PostgresStore {
                 "SELECT tenant, seq, time_ns, kind, task, event, hash, sig FROM audit_events
                  WHERE tenant = $1 AND seq >= $2 ORDER BY seq LIMIT $3",
                 &[&tenant, &to_i64(from), &to_i64(limit)],
+            )
+            .map_err(|e| pg_error(&self.display, &e))?;
+        rows.iter()
+            .map(row_from)
+            .collect::<Result<_, _>>()
+            .map_err(|e| pg_error(&self.display, &e))
+    }
+
+    fn task_events(
+        &mut self,
+        tenant: &str,
+        task: &str,
+        from: u64,
+        limit: u64,
+    ) -> Result<Vec<Row>, AuditError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT tenant, seq, time_ns, kind, task, event, hash, sig FROM audit_events
+                 WHERE tenant = $1 AND task = $2 AND seq >= $3 ORDER BY seq LIMIT $4",
+                &[&tenant, &task, &to_i64(from), &to_i64(limit)],
             )
             .map_err(|e| pg_error(&self.display, &e))?;
         rows.iter()

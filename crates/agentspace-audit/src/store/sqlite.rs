@@ -249,6 +249,25 @@ impl Store for SqliteStore {
             .map_err(|e| store_error(&self.path, &e))
     }
 
+    fn task_events(
+        &mut self,
+        tenant: &str,
+        task: &str,
+        from: u64,
+        limit: u64,
+    ) -> Result<Vec<Row>, AuditError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT tenant, seq, time_ns, kind, task, event, hash, sig FROM audit_events
+                 WHERE tenant = ?1 AND task = ?2 AND seq >= ?3 ORDER BY seq LIMIT ?4",
+            )
+            .map_err(|e| store_error(&self.path, &e))?;
+        stmt.query_map(params![tenant, task, to_i64(from), to_i64(limit)], row_from)
+            .and_then(|rows| rows.collect())
+            .map_err(|e| store_error(&self.path, &e))
+    }
+
     fn chain_len(&mut self, tenant: &str) -> Result<u64, AuditError> {
         self.conn
             .prepare_cached("SELECT COALESCE(MAX(seq) + 1, 0) FROM audit_events WHERE tenant = ?1")

@@ -3,100 +3,29 @@
 //! Under CI (`CI=true`) a missing URL fails the tests instead of skipping them.
 
 use agentspace_audit::{AuditError, AuditLog, VerifyOptions, WRITER_ROLE, migrate_postgres};
-use postgres::{Client, NoTls};
+use agentspace_test_support::TestDatabase;
+use postgres::Client;
 use pretty_assertions::assert_eq;
 
 use super::support::{http_event, verify};
 
-struct TestDb {
-    admin_url: String,
-    name: String,
-    roles: Vec<String>,
-}
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{prefix}_{}_{}", std::process::id(), nanos % 1_000_000_000)
-}
-
-/// `url` with its database name replaced, and optionally its user and password.
-fn with_db(url: &str, db: &str, login: Option<(&str, &str)>) -> String {
-    let (base, _) = url.rsplit_once('/').unwrap();
-    let base = match login {
-        Some((user, pass)) => {
-            let (scheme, rest) = base.split_once("://").unwrap();
-            let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
-            format!("{scheme}://{user}:{pass}@{host}")
-        }
-        None => base.to_owned(),
-    };
-    format!("{base}/{db}")
-}
+/// A migrated database of one test (see `agentspace_test_support`).
+struct TestDb(TestDatabase);
 
 impl TestDb {
     fn new() -> Option<Self> {
-        let Ok(admin_url) = std::env::var("AGENTSPACE_TEST_POSTGRES_URL") else {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!(
-                    "AGENTSPACE_TEST_POSTGRES_URL is not set: CI must start PostgreSQL and set it (`. scripts/services` does)"
-                );
-            }
-            eprintln!(
-                "skipping: set AGENTSPACE_TEST_POSTGRES_URL=postgres://USER:PASS@127.0.0.1/postgres to run PostgreSQL tests"
-            );
-            return None;
-        };
-        let name = unique("audit_test");
-        let mut admin = Client::connect(&admin_url, NoTls).unwrap();
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .unwrap();
-        let db = Self {
-            admin_url,
-            name,
-            roles: Vec::new(),
-        };
+        let db = TestDatabase::new("audit_test")?;
         migrate_postgres(&db.url()).unwrap();
-        Some(db)
-    }
-
-    /// The URL of the test database as the admin.
-    fn url(&self) -> String {
-        with_db(&self.admin_url, &self.name, None)
+        Some(Self(db))
     }
 
     /// A new login role that is a member of the writer role, and its URL.
     fn writer_url(&mut self) -> String {
-        let role = unique("audit_writer");
-        let mut admin = Client::connect(&self.url(), NoTls).unwrap();
-        admin
-            .batch_execute(&format!(
-                "CREATE ROLE {role} LOGIN PASSWORD 'writer-pass' IN ROLE {WRITER_ROLE}"
-            ))
-            .unwrap();
-        self.roles.push(role.clone());
-        with_db(&self.admin_url, &self.name, Some((&role, "writer-pass")))
+        self.0.login(&[WRITER_ROLE])
     }
 
     fn admin(&self) -> Client {
-        Client::connect(&self.url(), NoTls).unwrap()
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        if let Ok(mut admin) = Client::connect(&self.admin_url, NoTls) {
-            let _ = admin.batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ));
-            for role in &self.roles {
-                let _ = admin.batch_execute(&format!("DROP ROLE IF EXISTS {role}"));
-            }
-        }
+        self.0.owner()
     }
 }
 
@@ -110,8 +39,21 @@ fn writer_role_appends_and_reads_but_cannot_update_delete_or_truncate() {
         log.append(http_event("acme", i)).unwrap();
     }
     assert_eq!(verify(&log).unwrap()[0].events, 5);
+    // A task's events by the index: events 1 and 4 are task-1's.
+    let mut seqs = Vec::new();
+    let filter = agentspace_audit::Filter {
+        tenant: Some("acme".to_owned()),
+        task: Some("task-1".to_owned()),
+        ..Default::default()
+    };
+    log.query(&filter, |e| {
+        seqs.push(e.event.seq);
+        Ok(true)
+    })
+    .unwrap();
+    assert_eq!(seqs, [1, 4]);
 
-    let mut writer = Client::connect(&url, NoTls).unwrap();
+    let mut writer = Client::connect(&url, postgres::NoTls).unwrap();
     for sql in [
         "UPDATE audit_events SET kind = 'loop' WHERE seq = 1",
         "DELETE FROM audit_events WHERE seq = 1",
@@ -211,20 +153,15 @@ fn tampering_in_postgres_is_detected() {
 
 #[test]
 fn open_url_without_migration_says_what_to_do() {
-    let Some(db) = TestDb::new() else { return };
-    let fresh = unique("audit_empty");
-    db.admin()
-        .batch_execute(&format!("CREATE DATABASE {fresh}"))
-        .unwrap();
+    let Some(fresh) = TestDatabase::new("audit_empty") else {
+        return;
+    };
     let state = tempfile::tempdir().unwrap();
-    let err = AuditLog::open_url(state.path(), &with_db(&db.admin_url, &fresh, None))
+    let err = AuditLog::open_url(state.path(), &fresh.url())
         .err()
         .unwrap();
     assert!(
         err.to_string().contains("agentspace audit migrate"),
         "{err}"
     );
-    db.admin()
-        .batch_execute(&format!("DROP DATABASE {fresh}"))
-        .unwrap();
 }

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use super::boundary::upstream;
 use super::support::{Ran, Sandbox, privileged};
 
-const DEFINITION: &str = "apiVersion: agentspace/v1
+/// An agent whose big payments to `api.example.test` wait for a person.
+pub(super) const DEFINITION: &str = "apiVersion: agentspace/v1
 kind: Agent
 metadata: {name: payer, tenant: acme}
 spec:

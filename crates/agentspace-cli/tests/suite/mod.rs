@@ -3,6 +3,7 @@ pub mod support;
 mod admin;
 mod approvals;
 mod boundary;
+mod console;
 mod control_plane;
 mod definitions;
 mod door;

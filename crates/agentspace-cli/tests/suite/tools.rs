@@ -7,7 +7,8 @@ use std::path::Path;
 
 use super::support::{Ran, Sandbox, privileged};
 
-fn python_mcp() -> bool {
+/// Whether Debian's python3 has the MCP SDK (never skipped in CI).
+pub fn python_mcp() -> bool {
     let ok = std::process::Command::new("/usr/bin/python3")
         .args(["-c", "import mcp.client"])
         .status()

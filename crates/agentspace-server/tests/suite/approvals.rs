@@ -7,7 +7,7 @@ use agentspace_server::{ApprovalContext, ApprovalState, Resolution};
 use pretty_assertions::assert_eq;
 use serde_json::json;
 
-use super::harness::{TestServer, audit_events};
+use super::harness::{Backend, Options, TestServer};
 
 pub fn context(tenant: &str, user: &str, four_eyes: bool, timeout_secs: u64) -> ApprovalContext {
     ApprovalContext {
@@ -34,9 +34,8 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-#[test]
-fn an_approver_approves_and_the_waiting_request_sees_it() {
-    let server = TestServer::start();
+fn an_approver_approves_and_the_waiting_request_sees_it(backend: Backend) {
+    let server = TestServer::start(backend);
     let admin = server.bootstrap("acme", "alice");
     let approver = admin.user(&server, "apu", &["approver"]);
     let store = server.approvals.clone();
@@ -84,7 +83,8 @@ fn an_approver_approves_and_the_waiting_request_sees_it() {
         id.as_str()
     );
 
-    let events: Vec<_> = audit_events(server.state(), "acme")
+    let events: Vec<_> = server
+        .audit_events("acme")
         .into_iter()
         .filter(|e| e.details.get("approval").and_then(|a| a.as_str()) == Some(id.as_str()))
         .collect();
@@ -97,9 +97,8 @@ fn an_approver_approves_and_the_waiting_request_sees_it() {
     assert_eq!(events[1].details["comment"], "checked the invoice");
 }
 
-#[test]
-fn deny_keeps_the_comment_and_four_eyes_stops_self_approval() {
-    let server = TestServer::start();
+fn deny_keeps_the_comment_and_four_eyes_stops_self_approval(backend: Backend) {
+    let server = TestServer::start(backend);
     let admin = server.bootstrap("acme", "alice");
     let bob = admin.user(&server, "bob", &["approver"]);
     let store = &server.approvals;
@@ -126,7 +125,8 @@ fn deny_keeps_the_comment_and_four_eyes_stops_self_approval() {
     let r = bob.post(&format!("/v1/approvals/{id}/approve"), json!({}));
     assert_eq!(r.status, 200, "{}", r.error_message());
 
-    let denied = audit_events(server.state(), "acme")
+    let denied = server
+        .audit_events("acme")
         .into_iter()
         .find(|e| e.kind == AuditKind::ApprovalDenied)
         .unwrap();
@@ -135,9 +135,8 @@ fn deny_keeps_the_comment_and_four_eyes_stops_self_approval() {
     assert_eq!(denied.decision, Some(agentspace_core::AuditDecision::Deny));
 }
 
-#[test]
-fn an_undecided_approval_times_out_as_a_deny() {
-    let server = TestServer::start();
+fn an_undecided_approval_times_out_as_a_deny(backend: Backend) {
+    let server = TestServer::start(backend);
     let admin = server.bootstrap("acme", "alice");
     let store = server.approvals.clone();
     let tenant = Name::new("acme").unwrap();
@@ -151,7 +150,8 @@ fn an_undecided_approval_times_out_as_a_deny() {
     assert_eq!(a.state, ApprovalState::TimedOut);
     let r = admin.post(&format!("/v1/approvals/{id}/approve"), json!({}));
     assert_eq!(r.status, 409);
-    let timeout = audit_events(server.state(), "acme")
+    let timeout = server
+        .audit_events("acme")
         .into_iter()
         .find(|e| e.kind == AuditKind::ApprovalDenied)
         .unwrap();
@@ -165,9 +165,8 @@ fn an_undecided_approval_times_out_as_a_deny() {
     assert_eq!(r, Resolution::Pending);
 }
 
-#[test]
-fn a_restart_loses_no_pending_approval() {
-    let server = TestServer::start();
+fn a_restart_loses_no_pending_approval(backend: Backend) {
+    let server = TestServer::start(backend);
     server.bootstrap("acme", "alice");
     let admin_token = {
         let admin = server.bootstrap("beta", "bea");
@@ -180,9 +179,9 @@ fn a_restart_loses_no_pending_approval() {
         .approvals
         .request(context("beta", "bob", true, 600))
         .unwrap();
-    let dir = server.stop().unwrap();
+    let place = server.stop();
 
-    let server = TestServer::start_on(dir.path());
+    let server = TestServer::start_in(place, Options::default());
     let admin = server.api(&admin_token);
     let pending = admin.get("/v1/approvals").json();
     assert_eq!(pending[0]["id"], id.as_str());
@@ -191,67 +190,9 @@ fn a_restart_loses_no_pending_approval() {
         json!({"comment": "ok"}),
     );
     assert_eq!(r.status, 200);
-    drop(server);
-    drop(dir);
 }
 
-#[test]
-fn each_approval_request_is_announced_once_to_the_webhook() {
-    use std::io::{BufRead, BufReader, Read, Write};
-    let hook = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/services/T000/B000", hook.local_addr().unwrap());
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start_with(dir.path(), Some(url));
-    server.bootstrap("acme", "alice");
-    let id = server
-        .approvals
-        .request(context("acme", "bob", true, 600))
-        .unwrap();
-
-    hook.set_nonblocking(false).unwrap();
-    let (conn, _) = hook.accept().unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut reader = BufReader::new(conn);
-    let mut request_line = String::new();
-    reader.read_line(&mut request_line).unwrap();
-    assert_eq!(request_line, "POST /services/T000/B000 HTTP/1.1\r\n");
-    let mut length = 0;
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
-        if line == "\r\n" {
-            break;
-        }
-        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-            length = v.trim().parse().unwrap();
-        }
-    }
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body).unwrap();
-    reader
-        .get_mut()
-        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
-        .unwrap();
-    drop(reader);
-    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    let text = body["text"].as_str().unwrap();
-    assert!(
-        text.contains(
-            "`bob` (agent `credit-officer`) wants POST https://payments.example.com/v1/transfers"
-        ),
-        "{text}"
-    );
-    assert!(text.contains(&id), "{text}");
-    assert_eq!(body["approval"]["id"], id.as_str());
-
-    // Delivered once: nothing more arrives.
-    hook.set_nonblocking(true).unwrap();
-    std::thread::sleep(Duration::from_millis(2500));
-    assert!(hook.accept().is_err(), "announced twice");
-}
-
-fn held_request(digest: &str) -> agentspace_gateway::HoldRequest {
+pub fn held_request(digest: &str) -> agentspace_gateway::HoldRequest {
     agentspace_gateway::HoldRequest {
         tenant: "acme".to_owned(),
         user: "alice".to_owned(),
@@ -267,23 +208,33 @@ fn held_request(digest: &str) -> agentspace_gateway::HoldRequest {
     }
 }
 
-#[test]
-fn a_request_retried_after_its_connection_was_lost_goes_through_once() {
+fn a_request_retried_after_its_connection_was_lost_goes_through_once(backend: Backend) {
     use agentspace_core::Name;
     use agentspace_gateway::{ApprovalDesk, Held};
     use agentspace_server::{ApprovalState, Outcome};
 
-    let server = TestServer::start();
+    let server = TestServer::start(backend);
     let store = server.approvals.clone();
     let tenant = Name::new("acme").unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
+    // The store blocks (PostgreSQL's client may not run on an async worker): called from
+    // async code through block_in_place, as the server does through spawn_blocking.
     let pending = || {
-        store
-            .list(&tenant, Some(ApprovalState::Pending), 10)
-            .unwrap()
+        tokio::task::block_in_place(|| {
+            store
+                .list(&tenant, Some(ApprovalState::Pending), 10)
+                .unwrap()
+        })
+    };
+    let decide = |id: &str, comment: &str| {
+        tokio::task::block_in_place(|| {
+            store
+                .decide(&tenant, id, "bob", Outcome::Approve, comment)
+                .unwrap()
+        })
     };
     rt.block_on(async {
         // Held, then the agent's connection is lost: the hold is dropped.
@@ -300,9 +251,7 @@ fn a_request_retried_after_its_connection_was_lost_goes_through_once() {
         };
         tokio::time::sleep(Duration::from_millis(700)).await;
         assert_eq!(pending().len(), 1, "the retry asked again");
-        store
-            .decide(&tenant, &id, "bob", Outcome::Approve, "fine")
-            .unwrap();
+        decide(&id, "fine");
         assert_eq!(
             retry.await.unwrap(),
             Held::Approved {
@@ -334,9 +283,7 @@ fn a_request_retried_after_its_connection_was_lost_goes_through_once() {
             .find(|a| a.context.request.get("digest").and_then(|d| d.as_str()) == Some("d2"))
             .unwrap()
             .id;
-        store
-            .decide(&tenant, &id, "bob", Outcome::Approve, "ok")
-            .unwrap();
+        decide(&id, "ok");
         let first = tokio::time::timeout(Duration::from_secs(5), store.hold(held_request("d2")))
             .await
             .unwrap();
@@ -352,3 +299,106 @@ fn a_request_retried_after_its_connection_was_lost_goes_through_once() {
         assert!(second.is_err(), "the grant was used twice");
     });
 }
+
+/// A decision made by another process (here the server, through its API) reaches a
+/// request held by this one: nothing notifies it in-process, the store's re-read does.
+fn a_decision_made_elsewhere_reaches_the_held_request(backend: Backend) {
+    let server = TestServer::start(backend);
+    let admin = server.bootstrap("acme", "alice");
+    // The approval store of an `agentspace run`: its own connection, its own process state.
+    let run = server.place().approval_store();
+    let tenant = Name::new("acme").unwrap();
+    let id = run.request(context("acme", "bob", true, 60)).unwrap();
+    let waiter = {
+        let (run, tenant, id) = (run.clone(), tenant.clone(), id.clone());
+        std::thread::spawn(move || {
+            runtime().block_on(run.wait(&tenant, &id, Duration::from_secs(30)))
+        })
+    };
+    let r = admin.post(
+        &format!("/v1/approvals/{id}/deny"),
+        json!({"comment": "not today"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.error_message());
+    let Resolution::Decided(done) = waiter.join().unwrap().unwrap() else {
+        panic!("the held request never saw the decision")
+    };
+    assert_eq!(done.state, ApprovalState::Denied);
+    assert_eq!(done.comment.as_deref(), Some("not today"));
+    // The other process cannot decide it again.
+    let again = run.decide(
+        &tenant,
+        &id,
+        "carol",
+        agentspace_server::Outcome::Approve,
+        "",
+    );
+    assert_eq!(again.unwrap_err().status(), 409);
+}
+
+/// Several `agentspace run` processes (each an approval store on its own connection)
+/// retry the same held request at once after it was granted: exactly one goes through;
+/// every other asks anew and, with nobody deciding, is denied at its deadline.
+fn racing_retries_of_a_granted_request_go_through_exactly_once(backend: Backend) {
+    use agentspace_gateway::{ApprovalDesk, Held};
+    use agentspace_server::Outcome;
+
+    let server = TestServer::start(backend);
+    let tenant = Name::new("acme").unwrap();
+    let place = server.place();
+    let stores = [place.approval_store(), place.approval_store()];
+    let mut asked = context("acme", "alice", true, 60);
+    asked.request.insert("digest".into(), "d-race".into());
+    let id = stores[0].request(asked).unwrap();
+    server
+        .approvals
+        .decide(&tenant, &id, "bob", Outcome::Approve, "once")
+        .unwrap();
+
+    let racers = 6;
+    let start = std::sync::Arc::new(std::sync::Barrier::new(racers));
+    let results: Vec<Held> = (0..racers)
+        .map(|i| {
+            let store = stores[i % 2].clone();
+            let start = std::sync::Arc::clone(&start);
+            std::thread::spawn(move || {
+                let mut request = held_request("d-race");
+                request.timeout = Duration::from_secs(1);
+                start.wait();
+                runtime().block_on(store.hold(request))
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    let through: Vec<&Held> = results
+        .iter()
+        .filter(|h| matches!(h, Held::Approved { .. }))
+        .collect();
+    assert_eq!(
+        through,
+        [&Held::Approved {
+            approval: id.clone(),
+            approver: "bob".to_owned()
+        }],
+        "{results:?}"
+    );
+    assert!(
+        results
+            .iter()
+            .filter(|h| !matches!(h, Held::Approved { .. }))
+            .all(|h| matches!(h, Held::Denied { approval, .. } if *approval != id)),
+        "{results:?}"
+    );
+}
+
+on_both!(
+    a_decision_made_elsewhere_reaches_the_held_request,
+    racing_retries_of_a_granted_request_go_through_exactly_once,
+    an_approver_approves_and_the_waiting_request_sees_it,
+    deny_keeps_the_comment_and_four_eyes_stops_self_approval,
+    an_undecided_approval_times_out_as_a_deny,
+    a_restart_loses_no_pending_approval,
+    a_request_retried_after_its_connection_was_lost_goes_through_once,
+);

@@ -3,11 +3,10 @@
 use pretty_assertions::assert_eq;
 use serde_json::json;
 
-use super::harness::{TestServer, audit_events};
+use super::harness::{Backend, TestServer};
 
-#[test]
-fn requests_without_a_valid_token_get_401_with_a_fix() {
-    let server = TestServer::start();
+fn requests_without_a_valid_token_get_401_with_a_fix(backend: Backend) {
+    let server = TestServer::start(backend);
     let admin = server.bootstrap("acme", "alice");
     let r = server.anonymous().get("/v1/me");
     assert_eq!(r.status, 401);
@@ -34,12 +33,12 @@ fn requests_without_a_valid_token_get_401_with_a_fix() {
     assert_eq!(me["roles"], json!(["admin"]));
 }
 
-#[test]
-fn bootstrap_refuses_an_existing_tenant() {
-    let server = TestServer::start();
+fn bootstrap_refuses_an_existing_tenant(backend: Backend) {
+    let server = TestServer::start(backend);
     server.bootstrap("acme", "alice");
     let err = agentspace_server::bootstrap_admin(
         server.state(),
+        server.place().database_url().as_deref(),
         None,
         &agentspace_core::Name::new("acme").unwrap(),
         "mallory",
@@ -49,9 +48,8 @@ fn bootstrap_refuses_an_existing_tenant() {
     assert!(err.to_string().contains("exists already"), "{err}");
 }
 
-#[test]
-fn roles_are_checked_per_endpoint() {
-    let server = TestServer::start();
+fn roles_are_checked_per_endpoint(backend: Backend) {
+    let server = TestServer::start(backend);
     let admin = server.bootstrap("acme", "alice");
     let dev = admin.user(&server, "dave", &["developer"]);
     let auditor = admin.user(&server, "audrey", &["auditor"]);
@@ -97,9 +95,8 @@ fn roles_are_checked_per_endpoint() {
     assert_eq!(admin.post("/v1/revocations", body).status, 201);
 }
 
-#[test]
-fn tokens_are_shown_once_stored_hashed_and_revocable() {
-    let server = TestServer::start();
+fn tokens_are_shown_once_stored_hashed_and_revocable(backend: Backend) {
+    let server = TestServer::start(backend);
     let admin = server.bootstrap("acme", "alice");
     let r = admin.post("/v1/users", json!({"name": "bob", "roles": ["developer"]}));
     assert_eq!(r.status, 201);
@@ -116,7 +113,7 @@ fn tokens_are_shown_once_stored_hashed_and_revocable() {
     assert_eq!(list.status, 200);
     assert!(!String::from_utf8_lossy(&list.body).contains(&token[40..]));
     assert_eq!(list.json()[0]["label"], "laptop");
-    let db = std::fs::read(server.state().join("server/control.db")).unwrap();
+    let db = server.place().stored_bytes();
     let secret = token.rsplit('_').next().unwrap();
     assert!(!db.windows(secret.len()).any(|w| w == secret.as_bytes()));
 
@@ -126,7 +123,8 @@ fn tokens_are_shown_once_stored_hashed_and_revocable() {
     assert_eq!(bob.delete(&format!("/v1/tokens/{id}")).status, 204);
     assert_eq!(bob.get("/v1/me").status, 401);
 
-    let actions: Vec<String> = audit_events(server.state(), "acme")
+    let actions: Vec<String> = server
+        .audit_events("acme")
         .into_iter()
         .map(|e| e.action)
         .collect();
@@ -141,9 +139,8 @@ fn tokens_are_shown_once_stored_hashed_and_revocable() {
     );
 }
 
-#[test]
-fn roles_change_and_the_last_admin_stays() {
-    let server = TestServer::start();
+fn roles_change_and_the_last_admin_stays(backend: Backend) {
+    let server = TestServer::start(backend);
     let admin = server.bootstrap("acme", "alice");
     let bob = admin.user(&server, "bob", &["developer"]);
     assert_eq!(bob.get("/v1/users").status, 403);
@@ -180,3 +177,11 @@ fn roles_change_and_the_last_admin_stays() {
             .contains("openapi.json")
     );
 }
+
+on_both!(
+    requests_without_a_valid_token_get_401_with_a_fix,
+    bootstrap_refuses_an_existing_tenant,
+    roles_are_checked_per_endpoint,
+    tokens_are_shown_once_stored_hashed_and_revocable,
+    roles_change_and_the_last_admin_stays,
+);

@@ -3,11 +3,26 @@
 use pretty_assertions::assert_eq;
 use serde_json::json;
 
-use super::harness::{TestServer, audit_events, definition};
+use super::harness::{Backend, Options, Place, TestServer, definition};
 
-#[test]
-fn registering_makes_versions_and_diffs() {
-    let server = TestServer::start();
+/// `agentspace definition register -f FILE --tenant TENANT --as root`, on the server's store.
+fn register_on_host(
+    server: &TestServer,
+    tenant: &agentspace_core::Name,
+    file: &std::path::Path,
+) -> Result<agentspace_server::Registered, agentspace_server::ServerError> {
+    agentspace_server::register_on_host(
+        server.state(),
+        server.place().database_url().as_deref(),
+        None,
+        tenant,
+        "root",
+        file,
+    )
+}
+
+fn registering_makes_versions_and_diffs(backend: Backend) {
+    let server = TestServer::start(backend);
     let admin = server.bootstrap("acme", "alice");
     let dev = admin.user(&server, "dave", &["developer"]);
 
@@ -55,7 +70,8 @@ fn registering_makes_versions_and_diffs() {
     let r = dev.get("/v1/definitions/writer/diff?from=1");
     assert_eq!(r.status, 400);
 
-    let registered: Vec<_> = audit_events(server.state(), "acme")
+    let registered: Vec<_> = server
+        .audit_events("acme")
         .into_iter()
         .filter(|e| e.kind == agentspace_core::AuditKind::DefinitionChange)
         .map(|e| (e.user.unwrap(), e.details["version"].clone()))
@@ -66,9 +82,8 @@ fn registering_makes_versions_and_diffs() {
     );
 }
 
-#[test]
-fn a_bad_definition_gets_field_line_and_column() {
-    let server = TestServer::start();
+fn a_bad_definition_gets_field_line_and_column(backend: Backend) {
+    let server = TestServer::start(backend);
     let admin = server.bootstrap("acme", "alice");
     let bad = definition("acme", "writer", "lots");
     let r = admin.post("/v1/definitions", json!({"definition": bad}));
@@ -103,8 +118,186 @@ fn a_bad_definition_gets_field_line_and_column() {
     assert_eq!(admin.get("/v1/definitions").json(), json!([]));
     // Nothing refused was recorded as a change.
     assert!(
-        audit_events(server.state(), "acme")
+        server
+            .audit_events("acme")
             .iter()
             .all(|e| e.kind != agentspace_core::AuditKind::DefinitionChange)
     );
 }
+
+on_both!(
+    registering_makes_versions_and_diffs,
+    a_bad_definition_gets_field_line_and_column,
+);
+
+/// A definition that names things on the host: a workspace beside it and a tool server
+/// started from a program beside it.
+const HOST_BOUND: &str = "apiVersion: agentspace/v1
+kind: Agent
+metadata: {name: officer, tenant: acme}
+spec:
+  workspace: ./ws
+  resources: {memory: 64Mi}
+  tools:
+    - server: scoring
+      command: [python3, ./servers/scoring.py]
+      allow: [score]
+";
+
+fn the_hosts_operator_registers_host_trusted_versions_the_api_cannot_make(backend: Backend) {
+    let server = TestServer::start(backend);
+    let admin = server.bootstrap("acme", "alice");
+    let dev = admin.user(&server, "dave", &["developer"]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("officer.yaml");
+    std::fs::write(&file, HOST_BOUND).unwrap();
+    let acme = agentspace_core::Name::new("acme").unwrap();
+
+    let r = register_on_host(&server, &acme, &file).unwrap();
+    assert_eq!(
+        (r.version.version, r.version.host, r.created),
+        (1, true, true)
+    );
+    let v1 = dev.get("/v1/definitions/officer").json();
+    assert_eq!(
+        (v1["host"].as_bool(), v1["text"].as_str()),
+        (Some(true), Some(HOST_BOUND))
+    );
+    let event = server.audit_events("acme").pop().unwrap();
+    assert_eq!(event.kind.as_str(), "definition_change");
+    assert_eq!(event.user.as_deref(), Some("root"));
+    assert_eq!(event.details["via"], "host");
+    assert_eq!(event.details["definition_digest"], v1["digest"]);
+    // The same file again changes nothing.
+    let again = register_on_host(&server, &acme, &file).unwrap();
+    assert_eq!((again.version.version, again.created), (1, false));
+
+    // The same text through the API is a version of its own, not trusted; starting it
+    // is refused for each host-bound field, while the host's version passes that check
+    // (this server has no runner, so it gets as far as saying so).
+    let r = dev.post("/v1/definitions", json!({"definition": HOST_BOUND}));
+    assert_eq!(r.status, 201, "{}", r.error_message());
+    assert_eq!(
+        (r.json()["version"].as_u64(), r.json()["host"].as_bool()),
+        (Some(2), Some(false))
+    );
+    let r = dev.post(
+        "/v1/tasks",
+        json!({"agent": "officer", "command": ["true"]}),
+    );
+    assert_eq!(r.status, 422);
+    let problems = r.json()["problems"].clone();
+    let fields: Vec<&str> = problems
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["spec.workspace", "spec.tools[0].command"]);
+    let r = dev.post(
+        "/v1/tasks",
+        json!({"agent": "officer", "version": 1, "command": ["true"]}),
+    );
+    assert_eq!(r.status, 409, "{}", r.error_message());
+    assert!(
+        r.error_message().contains("does not start tasks"),
+        "{}",
+        r.error_message()
+    );
+
+    // A changed file is not what version 1 runs: it takes a new registration.
+    std::fs::write(&file, HOST_BOUND.replace("./ws", "/etc")).unwrap();
+    let v1 = dev.get("/v1/definitions/officer/versions/1").json();
+    assert_eq!(v1["text"], HOST_BOUND);
+    let r = register_on_host(&server, &acme, &file).unwrap();
+    assert_eq!((r.version.version, r.version.host), (3, true));
+
+    // A tenant that does not exist, or a file of another tenant, is refused.
+    let nope = agentspace_core::Name::new("nope").unwrap();
+    std::fs::write(&file, HOST_BOUND.replace("tenant: acme", "tenant: nope")).unwrap();
+    let e = register_on_host(&server, &nope, &file).unwrap_err();
+    assert!(e.to_string().contains("there is no tenant `nope`"), "{e}");
+    let e = register_on_host(&server, &acme, &file).unwrap_err();
+    assert!(e.to_string().contains("belongs to tenant `nope`"), "{e}");
+}
+
+#[test]
+fn a_database_from_before_host_trusted_versions_is_brought_up_to_date() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("server")).unwrap();
+    {
+        let c = rusqlite::Connection::open(dir.path().join("server/control.db")).unwrap();
+        c.execute_batch(
+            "CREATE TABLE tenant (name TEXT PRIMARY KEY NOT NULL, created_at INTEGER NOT NULL) WITHOUT ROWID;
+             CREATE TABLE definition (tenant TEXT NOT NULL REFERENCES tenant(name), name TEXT NOT NULL,
+               version INTEGER NOT NULL, digest TEXT NOT NULL, text TEXT NOT NULL,
+               registered_by TEXT NOT NULL, registered_at INTEGER NOT NULL,
+               PRIMARY KEY (tenant, name, version)) WITHOUT ROWID;
+             INSERT INTO tenant VALUES ('acme', 0);",
+        )
+        .unwrap();
+        c.execute(
+            "INSERT INTO definition VALUES ('acme', 'writer', 1, 'sha256:x', ?1, 'dave', 0)",
+            [definition("acme", "writer", "64Mi")],
+        )
+        .unwrap();
+    }
+    let server = TestServer::start_in(Place::sqlite_in(dir), Options::default());
+    let acme = agentspace_core::Name::new("acme").unwrap();
+    let file = server.state().join("writer.yaml");
+    std::fs::write(&file, definition("acme", "writer", "128Mi")).unwrap();
+    let r = register_on_host(&server, &acme, &file).unwrap();
+    assert_eq!((r.version.version, r.version.host), (2, true));
+}
+
+/// A developer cannot reach the server host's own network through a definition
+/// registered with the API: the gateway connects from the host, so `internal: true`
+/// rules (the cloud's metadata service, the host's loopback) and tool servers (reached
+/// as internal services) are refused when such a version is started.
+fn an_api_definition_cannot_reach_the_hosts_own_network(backend: Backend) {
+    let server = TestServer::start(backend);
+    let admin = server.bootstrap("acme", "alice");
+    let text = "apiVersion: agentspace/v1
+kind: Agent
+metadata: {name: prober, tenant: acme}
+spec:
+  egress:
+    - {name: api, hosts: [api.example.com]}
+    - {name: md, hosts: ['169.254.169.254'], internal: true}
+    - {name: lo, hosts: ['127.0.0.1'], internal: true}
+  tools:
+    - {server: local, url: 'http://127.0.0.1:5432/mcp', allow: [t]}
+";
+    let r = admin.post("/v1/definitions", json!({"definition": text}));
+    assert_eq!(r.status, 201, "{}", r.error_message());
+    let r = admin.post("/v1/tasks", json!({"agent": "prober", "command": ["true"]}));
+    assert_eq!(r.status, 422, "{}", r.error_message());
+    let fields: Vec<String> = r.json()["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["field"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "spec.egress[1].internal",
+            "spec.egress[2].internal",
+            "spec.tools[0].url"
+        ]
+    );
+    // The same agent without them passes that check (this server starts no tasks).
+    let plain = text
+        .lines()
+        .filter(|l| !l.contains("internal: true") && !l.contains("url:") && !l.contains("tools:"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    admin.post("/v1/definitions", json!({"definition": plain}));
+    let r = admin.post("/v1/tasks", json!({"agent": "prober", "command": ["true"]}));
+    assert_eq!(r.status, 409, "{}", r.error_message());
+}
+
+on_both!(
+    the_hosts_operator_registers_host_trusted_versions_the_api_cannot_make,
+    an_api_definition_cannot_reach_the_hosts_own_network,
+);

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::approvals::context;
-use super::harness::{TestServer, definition};
+use super::harness::{Backend, TestServer, definition};
 
 /// Opens an event stream and returns a line reader positioned after the headers.
 pub fn open_stream(server: &TestServer, token: &str, query: &str) -> BufReader<TcpStream> {
@@ -21,13 +21,24 @@ pub fn open_stream_with(
     query: &str,
     extra: &str,
 ) -> BufReader<TcpStream> {
+    open_stream_at(
+        server,
+        &format!("/v1/events{query}"),
+        &format!("Authorization: Bearer {token}\r\n{extra}"),
+    )
+}
+
+/// Opens the event stream at `path` with the header lines `headers` (each ending in
+/// CRLF); the answer must be 200.
+pub fn open_stream_at(server: &TestServer, path: &str, headers: &str) -> BufReader<TcpStream> {
     let addr = server.url.trim_start_matches("http://");
     let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(300)))
-        .unwrap();
+    // The answer's head may take a while (a busy machine, a first database connection);
+    // the events after it are read in short slices.
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     write!(
         s,
-        "GET /v1/events{query} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nAccept: text/event-stream\r\n{extra}\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n{headers}\r\n"
     )
     .unwrap();
     let mut r = BufReader::new(s);
@@ -41,6 +52,9 @@ pub fn open_stream_with(
             break;
         }
     }
+    r.get_ref()
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
     r
 }
 
@@ -68,9 +82,8 @@ pub fn read_data(
     out
 }
 
-#[test]
-fn events_stream_as_they_are_appended_filtered_by_task() {
-    let server = TestServer::start();
+fn events_stream_as_they_are_appended_filtered_by_task(backend: Backend) {
+    let server = TestServer::start(backend);
     let admin = server.bootstrap("acme", "alice");
     let token = admin.post("/v1/users/alice/tokens", json!({})).json()["token"]
         .as_str()
@@ -119,3 +132,72 @@ fn events_stream_as_they_are_appended_filtered_by_task() {
     assert_eq!(got.len(), 1);
     assert_eq!(got[0]["event"]["agent"], "credit-officer");
 }
+
+on_both!(events_stream_as_they_are_appended_filtered_by_task,);
+
+/// Reads raw lines until the stream ends or `for_at_most` passes; `true` when it ended.
+pub fn read_until_end(
+    r: &mut BufReader<TcpStream>,
+    lines: &mut Vec<String>,
+    for_at_most: Duration,
+) -> bool {
+    let end = Instant::now() + for_at_most;
+    while Instant::now() < end {
+        let mut line = String::new();
+        match r.read_line(&mut line) {
+            // The terminating chunk of a chunked body, or the connection closing.
+            Ok(0) => return true,
+            Ok(_) if line == "0\r\n" => return true,
+            Ok(_) => lines.push(line),
+            Err(_) => continue,
+        }
+    }
+    false
+}
+
+/// A stream is no way around revocation: once its token is revoked it says so and ends
+/// within seconds. And one caller cannot hold more than a few streams.
+fn a_stream_ends_when_its_token_is_revoked_and_a_caller_holds_only_a_few(backend: Backend) {
+    let server = TestServer::start(backend);
+    let admin = server.bootstrap("acme", "alice");
+    let made = admin
+        .post("/v1/users/alice/tokens", json!({"label": "watcher"}))
+        .json();
+    let (token, token_id) = (
+        made["token"].as_str().unwrap().to_owned(),
+        made["id"].as_str().unwrap().to_owned(),
+    );
+    let mut streams: Vec<_> = (0..8).map(|_| open_stream(&server, &token, "")).collect();
+    // The ninth stream of the same token is refused with 429.
+    let addr = server.url.trim_start_matches("http://");
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /v1/events HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\r\n"
+    )
+    .unwrap();
+    let mut status = String::new();
+    BufReader::new(s).read_line(&mut status).unwrap();
+    assert!(status.contains(" 429 "), "{status}");
+    // Another token of the same user is another caller.
+    let other = admin.post("/v1/users/alice/tokens", json!({})).json()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let _other = open_stream(&server, &other, "");
+
+    assert_eq!(admin.delete(&format!("/v1/tokens/{token_id}")).status, 204);
+    let mut lines = Vec::new();
+    let ended = read_until_end(&mut streams[0], &mut lines, Duration::from_secs(20));
+    assert!(ended, "the stream went on after revocation: {lines:?}");
+    assert!(
+        lines.iter().any(|l| l.starts_with("event: error")),
+        "{lines:?}"
+    );
+    // Its places are given back: a live token may open streams again.
+    drop(streams);
+    let _again = open_stream(&server, &other, "");
+}
+
+on_both!(a_stream_ends_when_its_token_is_revoked_and_a_caller_holds_only_a_few,);

@@ -9,13 +9,25 @@ use serde_json::{Value, json};
 
 use super::approvals::context;
 use super::events::{open_stream, read_data};
-use super::harness::{TestServer, definition, write_task};
+use super::harness::{Backend, Options, Place, TestServer, definition, write_task};
 
-#[test]
-fn every_endpoint_refuses_or_hides_another_tenants_things() {
-    let server = TestServer::start();
+fn every_endpoint_refuses_or_hides_another_tenants_things(backend: Backend) {
+    // Private webhooks allowed, so acme's can point at a loopback port nobody serves.
+    let server = TestServer::start_in(
+        Place::new(backend),
+        Options {
+            allow_private_webhooks: true,
+            ..Options::default()
+        },
+    );
     // Tenant acme, with one of everything.
     let acme = server.bootstrap("acme", "alice");
+    let r = acme.put(
+        "/v1/tenant/webhook",
+        json!({"url": "http://127.0.0.1:9/acme-hook"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.error_message());
+    let acme_hook = r.json();
     let secret_token = acme.post("/v1/users", json!({"name": "bob", "roles": ["developer"]}));
     assert_eq!(secret_token.status, 201);
     let bob_token = acme.post("/v1/users/bob/tokens", json!({})).json();
@@ -60,6 +72,24 @@ fn every_endpoint_refuses_or_hides_another_tenants_things() {
     let calls: Vec<(&str, &str, String, Option<Value>)> = vec![
         ("get", "/v1/me", "/v1/me".into(), None),
         ("get", "/v1/tenants", "/v1/tenants".into(), None),
+        (
+            "get",
+            "/v1/tenant/webhook",
+            "/v1/tenant/webhook".into(),
+            None,
+        ),
+        (
+            "delete",
+            "/v1/tenant/webhook",
+            "/v1/tenant/webhook".into(),
+            None,
+        ),
+        (
+            "put",
+            "/v1/tenant/webhook",
+            "/v1/tenant/webhook".into(),
+            Some(json!({"url": "http://127.0.0.1:9/beta-hook"})),
+        ),
         ("get", "/v1/users", "/v1/users".into(), None),
         ("post", "/v1/users", "/v1/users".into(), None),
         (
@@ -220,6 +250,8 @@ fn every_endpoint_refuses_or_hides_another_tenants_things() {
         let r = match *method {
             "get" => beta.get(path),
             "delete" => beta.delete(path),
+            // Setting beta's own webhook is no isolation failure; acme's is checked below.
+            "put" if *template == "/v1/tenant/webhook" => continue,
             "put" => beta.put(path, body.clone().unwrap()),
             _ => match (template, body) {
                 // Writes that create in beta's own tenant are not isolation failures;
@@ -282,4 +314,14 @@ fn every_endpoint_refuses_or_hides_another_tenants_things() {
         1
     );
     assert_eq!(acme.get("/v1/me").json()["user"], "alice");
+    // Beta's webhook is beta's; acme's stays as acme set it.
+    let r = beta.put(
+        "/v1/tenant/webhook",
+        json!({"url": "http://127.0.0.1:9/beta-hook"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.error_message());
+    assert_ne!(r.json()["digest"], acme_hook["digest"]);
+    assert_eq!(acme.get("/v1/tenant/webhook").json(), acme_hook);
 }
+
+on_both!(every_endpoint_refuses_or_hides_another_tenants_things,);

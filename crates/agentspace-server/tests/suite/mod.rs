@@ -1,9 +1,12 @@
+#[macro_use]
+mod harness;
 mod approvals;
 mod auth;
 mod client;
 mod console;
 mod definitions;
 mod events;
-mod harness;
 mod isolation;
 mod records;
+mod store;
+mod webhooks;

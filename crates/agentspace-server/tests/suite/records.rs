@@ -3,11 +3,10 @@
 use pretty_assertions::assert_eq;
 use serde_json::json;
 
-use super::harness::{TestServer, audit_events, definition, write_task};
+use super::harness::{Backend, TestServer, definition, write_task};
 
-#[test]
-fn tasks_are_listed_from_the_state_directory() {
-    let server = TestServer::start();
+fn tasks_are_listed_from_the_state_directory(backend: Backend) {
+    let server = TestServer::start(backend);
     let admin = server.bootstrap("acme", "alice");
     let a = write_task(server.state(), "acme", "writer", "bob");
     let b = write_task(server.state(), "acme", "writer", "carol");
@@ -75,9 +74,8 @@ fn tasks_are_listed_from_the_state_directory() {
     assert!(!String::from_utf8_lossy(&used.body).contains("TOP-SECRET"));
 }
 
-#[test]
-fn audit_is_queried_verified_and_exported() {
-    let server = TestServer::start();
+fn audit_is_queried_verified_and_exported(backend: Backend) {
+    let server = TestServer::start(backend);
     let admin = server.bootstrap("acme", "alice");
     let auditor = admin.user(&server, "audrey", &["auditor"]);
     admin.post(
@@ -125,9 +123,8 @@ fn audit_is_queried_verified_and_exported() {
     assert_eq!(std::str::from_utf8(&jsonl.body).unwrap().lines().count(), 4);
 }
 
-#[test]
-fn revocations_are_made_listed_lifted_and_audited() {
-    let server = TestServer::start();
+fn revocations_are_made_listed_lifted_and_audited(backend: Backend) {
+    let server = TestServer::start(backend);
     let admin = server.bootstrap("acme", "alice");
     let r = admin.post(
         "/v1/revocations",
@@ -138,7 +135,7 @@ fn revocations_are_made_listed_lifted_and_audited() {
     assert_eq!(list[0]["kind"], "user-agent");
     assert_eq!(list[0]["reason"], "left the team");
     // The policy engine sees it (same store as `agentspace revoke`).
-    let store = agentspace_policy::Revocations::open(server.state()).unwrap();
+    let store = server.place().revocations();
     assert_eq!(store.list().unwrap().len(), 1);
     let lifted = admin.post(
         "/v1/revocations/lift",
@@ -152,7 +149,8 @@ fn revocations_are_made_listed_lifted_and_audited() {
     );
     assert_eq!(r.status, 400);
 
-    let actions: Vec<(String, String)> = audit_events(server.state(), "acme")
+    let actions: Vec<(String, String)> = server
+        .audit_events("acme")
         .into_iter()
         .filter(|e| e.kind == agentspace_core::AuditKind::Revocation)
         .map(|e| (e.action, e.user.unwrap()))
@@ -166,9 +164,8 @@ fn revocations_are_made_listed_lifted_and_audited() {
     );
 }
 
-#[test]
-fn secrets_show_names_never_values() {
-    let server = TestServer::start();
+fn secrets_show_names_never_values(backend: Backend) {
+    let server = TestServer::start(backend);
     let admin = server.bootstrap("acme", "alice");
     let store = agentspace_secrets::SecretStore::open(server.state());
     let tenant = agentspace_core::Name::new("acme").unwrap();
@@ -183,7 +180,7 @@ fn secrets_show_names_never_values() {
 
 #[test]
 fn the_openapi_document_lists_every_endpoint_with_bearer_auth() {
-    let server = TestServer::start();
+    let server = TestServer::start(Backend::Sqlite);
     let r = server.anonymous().get("/openapi.json");
     assert_eq!(r.status, 200);
     let doc = r.json();
@@ -214,7 +211,7 @@ fn the_openapi_document_lists_every_endpoint_with_bearer_auth() {
 #[test]
 fn a_client_that_never_finishes_its_headers_is_cut_off() {
     use std::io::{Read, Write};
-    let server = TestServer::start();
+    let server = TestServer::start(Backend::Sqlite);
     let addr = server.url.trim_start_matches("http://");
     let mut slow = std::net::TcpStream::connect(addr).unwrap();
     slow.set_read_timeout(Some(std::time::Duration::from_secs(30)))
@@ -233,10 +230,9 @@ fn a_client_that_never_finishes_its_headers_is_cut_off() {
     assert_eq!(server.anonymous().get("/openapi.json").status, 200);
 }
 
-#[test]
-fn malformed_requests_get_errors_and_the_server_stays_up() {
+fn malformed_requests_get_errors_and_the_server_stays_up(backend: Backend) {
     use std::io::{Read, Write};
-    let server = TestServer::start();
+    let server = TestServer::start(backend);
     let admin = server.bootstrap("acme", "alice");
     let addr = server.url.trim_start_matches("http://");
     for garbage in [
@@ -264,3 +260,65 @@ fn malformed_requests_get_errors_and_the_server_stays_up() {
     assert!(r.json()["detail"].is_string());
     assert_eq!(admin.get("/v1/me").status, 200);
 }
+
+/// A revocation made through the API is seen by the very next decision of a decision
+/// point in another process on the same store (an `agentspace run` on this host, or on
+/// another host sharing the PostgreSQL database); lifting it lets the next one through.
+fn a_revocation_reaches_the_next_decision_of_another_process(backend: Backend) {
+    use agentspace_core::{Actor, Principal, TaskRef, UserId};
+    use agentspace_policy::{Action, DenyReason, PolicyEngine, Request, Resource};
+
+    let server = TestServer::start(backend);
+    let admin = server.bootstrap("acme", "alice");
+    let definition = agentspace_core::Definition::parse(
+        std::path::Path::new("/defs/officer.yaml"),
+        "apiVersion: agentspace/v1\nkind: Agent\nmetadata: {name: officer, tenant: acme}\nspec:\n  egress:\n    - name: scoring\n      hosts: [scoring.example]\n",
+    )
+    .unwrap();
+    let engine = PolicyEngine::load_with_revocations(
+        &definition,
+        server.state(),
+        server.place().revocations(),
+    )
+    .unwrap();
+    let task = "01jabcdefghjkmnpqrstvwxyz0";
+    let principal = Principal::new(
+        agentspace_core::Name::new("acme").unwrap(),
+        UserId::new("bob").unwrap(),
+        Actor::new(
+            agentspace_core::Name::new("officer").unwrap(),
+            TaskRef::new(task).unwrap(),
+        ),
+    );
+    let get = |n: u32| Request {
+        principal: principal.clone(),
+        action: Action::Http {
+            method: "GET".to_owned(),
+        },
+        resource: Resource {
+            host: Some("scoring.example".to_owned()),
+            port: Some(443),
+            path: Some(format!("/{n}")),
+            ..Resource::default()
+        },
+        context: agentspace_policy::RequestContext::default(),
+    };
+    assert!(engine.decide(&get(1)).is_allow());
+    let body = json!({"kind": "task", "task": task, "reason": "incident 7"});
+    let r = admin.post("/v1/revocations", body.clone());
+    assert_eq!(r.status, 201, "{}", r.error_message());
+    let d = engine.decide(&get(2));
+    assert_eq!(d.deny_reason(), Some(DenyReason::Revoked), "{d}");
+    let r = admin.post("/v1/revocations/lift", body);
+    assert_eq!(r.json()["lifted"], true, "{}", r.error_message());
+    assert!(engine.decide(&get(3)).is_allow());
+}
+
+on_both!(
+    a_revocation_reaches_the_next_decision_of_another_process,
+    tasks_are_listed_from_the_state_directory,
+    audit_is_queried_verified_and_exported,
+    revocations_are_made_listed_lifted_and_audited,
+    secrets_show_names_never_values,
+    malformed_requests_get_errors_and_the_server_stays_up,
+);

@@ -289,6 +289,7 @@ impl Boundary {
                 user: principal.user().as_str().to_owned(),
                 timeout_secs: definition.limits.timeout.as_secs().max(1),
                 gateway_args: options.to_args()?,
+                stores: args.stores.to_env(),
             })),
         )?;
         let mut door = agentspace_cell::NetworkDoor::create()?;
@@ -378,6 +379,10 @@ struct ToolCells {
     /// The operator's gateway options (`--config`, `--resolve`, `--upstream-ca`), for
     /// the gateways of servers with egress rules.
     gateway_args: Vec<String>,
+    /// The task's stores (`--database-url`, `--audit-url`) as the variables `run` reads,
+    /// so that the servers' cells record where the task does; in the environment, not
+    /// the arguments, where other users of the host could read the password.
+    stores: Vec<(String, String)>,
 }
 
 impl agentspace_gateway::StdioSandbox for ToolCells {
@@ -425,6 +430,10 @@ impl agentspace_gateway::StdioSandbox for ToolCells {
         argv.push("--".to_owned());
         argv.extend(command.iter().cloned());
         Ok(argv)
+    }
+
+    fn environment(&self) -> Vec<(String, String)> {
+        self.stores.clone()
     }
 }
 

@@ -360,3 +360,90 @@ asyncio.run(main())
     assert_eq!(refused["decision"], "deny", "{refused}");
     assert!(s.audit_verifies());
 }
+
+/// A task on a PostgreSQL database (`--database-url`, here from the environment) has
+/// its tool servers' cells record there too: their starts and exits are in the
+/// database's audit log, not in the state directory's.
+#[test]
+fn tool_server_cells_record_in_the_tasks_database() {
+    if !privileged() || !python_mcp() {
+        return;
+    }
+    let Some(pg) = agentspace_test_support::TestDatabase::new("cli_tools") else {
+        return;
+    };
+    let s = Sandbox::new();
+    let url = pg.url();
+    let migrated = s
+        .command()
+        .args(["server", "migrate"])
+        .env("AGENTSPACE_DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    assert!(migrated.status.success(), "{:?}", Ran::from(migrated));
+    let tools = s.path().join("tools");
+    std::fs::create_dir_all(&tools).unwrap();
+    std::fs::write(
+        tools.join("hello.py"),
+        "from mcp.server.mcpserver import MCPServer\nserver = MCPServer('hello')\n\n@server.tool()\ndef hello() -> str:\n    \"\"\"Says hello.\"\"\"\n    return 'hello'\n\nserver.run()\n",
+    )
+    .unwrap();
+    let def = s.definition(
+        "tools/agent.yaml",
+        "apiVersion: agentspace/v1
+kind: Agent
+metadata: {name: caller, tenant: acme}
+spec:
+  tools:
+    - server: greeter
+      command: [python3, ./hello.py]
+      allow: [hello]
+  resources: {memory: 256Mi, pids: 64, cpu: 1.0, timeout: 60s}
+",
+    );
+    let agent = r#"
+import asyncio, os
+from mcp.client import Client
+async def main():
+    async with Client(os.environ["AGENTSPACE_MCP_URL"]) as c:
+        r = await c.call_tool("hello", {})
+        print(r.content[0].text)
+asyncio.run(main())
+"#;
+    let mut c = s.command();
+    c.env("AGENTSPACE_DATABASE_URL", &url)
+        .args(["run", "--user", "alice", "-f"])
+        .arg(&def)
+        .args(["--", "python3", "-c", agent]);
+    let r: Ran = c.output().unwrap().into();
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.stdout.trim(), "hello", "{r:?}");
+    let in_database = s
+        .command()
+        .env("AGENTSPACE_DATABASE_URL", &url)
+        .args([
+            "audit",
+            "query",
+            "--format",
+            "jsonl",
+            "--kind",
+            "task_start",
+        ])
+        .output()
+        .unwrap();
+    let in_database: Vec<serde_json::Value> = String::from_utf8_lossy(&in_database.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event"].clone())
+        .collect();
+    assert!(
+        in_database
+            .iter()
+            .any(|e| e["agent"] == "greeter" && e["user"] == "alice"),
+        "the server's cell did not record in the database: {in_database:#?}"
+    );
+    let in_state = s.audit_events(&["--kind", "task_start"]);
+    assert!(
+        !in_state.iter().any(|e| e["agent"] == "greeter"),
+        "the server's cell recorded in the state directory: {in_state:#?}"
+    );
+}

@@ -166,6 +166,13 @@ pub trait StdioSandbox: Send + Sync {
     /// The program and arguments that run `server` (its `command`, in its working
     /// directory, with its `egress` rules) in its sandbox.
     fn wrap(&self, server: &ToolServer) -> Result<Vec<String>, String>;
+
+    /// Variables the wrapped command is started with besides `PATH` and `LANG` (which
+    /// never reach the server itself when the sandbox is a cell): where the sandbox
+    /// finds its stores, say. None by default.
+    fn environment(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
 }
 
 impl Upstream {
@@ -187,6 +194,7 @@ impl Upstream {
                     program: command.first().cloned().unwrap_or_default(),
                     source: std::io::Error::other(e),
                 };
+                let env = sandbox.map(StdioSandbox::environment).unwrap_or_default();
                 let command = match sandbox {
                     Some(s) => s.wrap(server).map_err(refused)?,
                     // Fail closed: a plain child process would have the host's network.
@@ -197,7 +205,7 @@ impl Upstream {
                     }
                     None => command.clone(),
                 };
-                Conn::Stdio(Box::new(spawn(name, &command, cwd, messages)?))
+                Conn::Stdio(Box::new(spawn(name, &command, cwd, &env, messages)?))
             }
             ToolTransport::Http { url } => {
                 Conn::Http(Arc::new(HttpConn::new(name, url, messages, link)?))
@@ -317,6 +325,7 @@ fn spawn(
     name: &str,
     command: &[String],
     cwd: &std::path::Path,
+    env: &[(String, String)],
     messages: Messages,
 ) -> Result<StdioConn, UpstreamError> {
     let (program, args) = command.split_first().ok_or_else(|| UpstreamError::Start {
@@ -332,6 +341,7 @@ fn spawn(
         .env("PATH", path)
         .env("LANG", "C.UTF-8")
         .env("PYTHONUNBUFFERED", "1")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -35,5 +35,5 @@ pub use quantity::{Cpu, Duration, Size};
 pub use task::{LimitHit, ManifestLimits, TaskManifest, TaskState};
 pub use tools::{
     FlowRule, InjectionAction, RawFlowApproval, RawFlowRule, RawToolServer, Relay, ToolServer,
-    ToolTransport, Tools,
+    ToolTransport, Tools, wildcard_match,
 };

@@ -271,17 +271,30 @@ impl ToolServer {
 /// of `text`: the semantics of Cedar's `like` for patterns without escapes, which is
 /// what the compiled policies use, so the gateway's listing and Cedar agree.
 fn glob(pattern: &[u8], text: &[u8]) -> bool {
-    // Iterative wildcard matching with one backtrack point: linear in practice, never
-    // exponential.
+    // A template's expressions are `\0` in `text`: only `*` matches them.
+    wildcard_match(pattern, text, |p| *p == b'*', |p, t| p == t && *t != 0)
+}
+
+/// Whether `pattern` matches all of `text`, where `any(p)` says `p` is the wildcard
+/// (it matches any run of elements, none included) and `same(p, t)` whether pattern
+/// element `p` matches text element `t`: the matching of Cedar's `like`. Iterative with
+/// one backtrack point, so linear in practice and never exponential.
+pub fn wildcard_match<P, T>(
+    pattern: &[P],
+    text: &[T],
+    any: impl Fn(&P) -> bool,
+    same: impl Fn(&P, &T) -> bool,
+) -> bool {
     let (mut p, mut t) = (0usize, 0usize);
+    // The last wildcard seen and the text position it is matched up to so far.
     let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
+    while let Some(c) = text.get(t) {
         match pattern.get(p) {
-            Some(b'*') => {
+            Some(x) if any(x) => {
                 star = Some((p, t));
                 p += 1;
             }
-            Some(&c) if text.get(t) == Some(&c) && c != 0 => {
+            Some(x) if same(x, c) => {
                 p += 1;
                 t += 1;
             }
@@ -295,9 +308,7 @@ fn glob(pattern: &[u8], text: &[u8]) -> bool {
             },
         }
     }
-    pattern
-        .get(p..)
-        .is_some_and(|rest| rest.iter().all(|&c| c == b'*'))
+    pattern.get(p..).is_some_and(|rest| rest.iter().all(any))
 }
 
 /// A validated data-flow rule.

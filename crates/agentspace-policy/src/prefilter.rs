@@ -934,32 +934,12 @@ fn equal(l: Val<'_>, r: Val<'_>) -> Option<bool> {
 /// Cedar's `like`: the whole string matches, `*` matches any characters.
 fn like(text: &str, pattern: &[Pat]) -> bool {
     let text: Vec<char> = text.chars().collect();
-    let (mut t, mut p) = (0, 0);
-    // The last `*` seen and the text position it is currently matched up to.
-    let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
-        match pattern.get(p) {
-            Some(Pat::Any) => {
-                star = Some((p, t));
-                p += 1;
-            }
-            Some(Pat::Char(c)) if text.get(t) == Some(c) => {
-                t += 1;
-                p += 1;
-            }
-            _ => match star {
-                Some((sp, st)) => {
-                    p = sp + 1;
-                    t = st + 1;
-                    star = Some((sp, st + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    pattern
-        .get(p..)
-        .is_some_and(|rest| rest.iter().all(|e| *e == Pat::Any))
+    agentspace_core::wildcard_match(
+        pattern,
+        &text,
+        |p| *p == Pat::Any,
+        |p, c| *p == Pat::Char(*c),
+    )
 }
 
 #[cfg(test)]

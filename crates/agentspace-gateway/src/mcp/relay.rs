@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::content;
 use super::jsonrpc;
-use super::server::{McpGateway, TaskTools, base_event, sse_event};
+use super::server::{McpGateway, TaskTools, base_event, record_decision, sse_event};
 use super::upstream::{CALL_TIMEOUT, ServerMessage};
 
 /// A request relayed to the agent's client, waiting for its answer.
@@ -261,18 +261,10 @@ impl McpGateway {
         if !labels.is_empty() {
             event.details.insert("labels".into(), json!(labels));
         }
-        match &refusal {
-            None => event.decision = Some(AuditDecision::Allow),
-            Some((code, message)) => {
-                event.decision = Some(if code == "approval-required" {
-                    AuditDecision::ApprovalRequired
-                } else {
-                    AuditDecision::Deny
-                });
-                event.reason = Some(message.clone());
-                event.details.insert("code".into(), json!(code));
-            }
-        }
+        record_decision(
+            &mut event,
+            refusal.as_ref().map(|(c, m)| (c.as_str(), m.as_str())),
+        );
         event.latency_us = u64::try_from(started.elapsed().as_micros()).ok();
         // Audit before action: nothing is relayed unless the decision is on record.
         let audit_id = match self.append(event).await {

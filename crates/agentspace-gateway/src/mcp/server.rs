@@ -879,22 +879,9 @@ impl McpGateway {
         params: Map<String, Value>,
         caller: &Caller,
     ) -> Value {
-        let name = params
-            .get("name")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
-        let arguments = match params.get("arguments") {
-            None | Some(Value::Null) => Value::Object(Map::new()),
-            Some(v @ Value::Object(_)) => v.clone(),
-            Some(_) => {
-                return jsonrpc::error(
-                    id,
-                    jsonrpc::INVALID_PARAMS,
-                    "`arguments` must be an object",
-                    None,
-                );
-            }
+        let (name, arguments) = match name_and_arguments(&params) {
+            Ok(v) => v,
+            Err(message) => return jsonrpc::error(id, jsonrpc::INVALID_PARAMS, message, None),
         };
         let catalog = self.catalog(state).await;
         let Some(entry) = catalog.entries.get(&name) else {
@@ -1011,22 +998,9 @@ impl McpGateway {
         params: Map<String, Value>,
         caller: &Caller,
     ) -> Value {
-        let name = params
-            .get("name")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
-        let arguments = match params.get("arguments") {
-            None | Some(Value::Null) => Value::Object(Map::new()),
-            Some(v @ Value::Object(_)) => v.clone(),
-            Some(_) => {
-                return jsonrpc::error(
-                    id,
-                    jsonrpc::INVALID_PARAMS,
-                    "`arguments` must be an object",
-                    None,
-                );
-            }
+        let (name, arguments) = match name_and_arguments(&params) {
+            Ok(v) => v,
+            Err(message) => return jsonrpc::error(id, jsonrpc::INVALID_PARAMS, message, None),
         };
         let Some(server) = state.tools.servers.iter().find(|s| s.allows_prompt(&name)) else {
             return self
@@ -1207,18 +1181,10 @@ impl McpGateway {
         } else {
             None
         };
-        match &refusal {
-            None => event.decision = Some(AuditDecision::Allow),
-            Some((code, message, approval)) => {
-                event.decision = Some(if *approval {
-                    AuditDecision::ApprovalRequired
-                } else {
-                    AuditDecision::Deny
-                });
-                event.reason = Some(message.clone());
-                event.details.insert("code".into(), json!(code));
-            }
-        }
+        record_decision(
+            &mut event,
+            refusal.as_ref().map(|(c, m, _)| (c.as_str(), m.as_str())),
+        );
         event.latency_us = u64::try_from(started.elapsed().as_micros()).ok();
         // Audit before action: the decision is durable before anything is forwarded.
         // Result events of earlier calls waiting to be written go in the same commit.
@@ -1487,6 +1453,38 @@ impl McpGateway {
         match self.audit.append_async(event).await {
             Ok(receipt) => Ok(format!("{}:{}", receipt.tenant, receipt.seq)),
             Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// The `name` and `arguments` (an object; `{}` when absent) of a `tools/call` or
+/// `prompts/get`.
+fn name_and_arguments(params: &Map<String, Value>) -> Result<(String, Value), &'static str> {
+    let name = params
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    match params.get("arguments") {
+        None | Some(Value::Null) => Ok((name, Value::Object(Map::new()))),
+        Some(v @ Value::Object(_)) => Ok((name, v.clone())),
+        Some(_) => Err("`arguments` must be an object"),
+    }
+}
+
+/// Records on `event` the decision a request got: allowed, or refused with `code`
+/// (`approval-required` for a request held for approval) and a message.
+pub(super) fn record_decision(event: &mut AuditEvent, refusal: Option<(&str, &str)>) {
+    match refusal {
+        None => event.decision = Some(AuditDecision::Allow),
+        Some((code, message)) => {
+            event.decision = Some(if code == "approval-required" {
+                AuditDecision::ApprovalRequired
+            } else {
+                AuditDecision::Deny
+            });
+            event.reason = Some(message.to_owned());
+            event.details.insert("code".into(), json!(code));
         }
     }
 }

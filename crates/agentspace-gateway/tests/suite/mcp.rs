@@ -389,31 +389,10 @@ async fn mcp_credit_officer_scenario_end_to_end() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mcp_streamable_http_tool_server() {
     require_python_mcp();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let mut server = tokio::process::Command::new("python3")
-        .arg(example_dir().join("servers/scoring.py"))
-        .args(["--http", &port.to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    // Readiness, not timing: wait until it accepts connections.
-    let mut ready = false;
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert!(ready, "the scoring server did not start");
+    let (mut server, port) = http_server(example_dir().join("servers/scoring.py"), |c, port| {
+        c.args(["--http", &port.to_string()]);
+    })
+    .await;
     let text = std::fs::read_to_string(example_dir().join("credit-officer.yaml"))
         .unwrap()
         .replace(
@@ -440,14 +419,19 @@ fn servers_dir() -> PathBuf {
 
 /// Runs tests/servers/call.py: each `(tool, arguments)` in turn, one JSON line each.
 async fn call(url: &str, calls: &[(&str, &str)]) -> Vec<Value> {
+    run_client("call.py", url, calls).await
+}
+
+/// Runs the client `script` of tests/servers/ against `url` with `calls`; its JSON lines.
+async fn run_client(script: &str, url: &str, calls: &[(&str, &str)]) -> Vec<Value> {
     let mut cmd = tokio::process::Command::new("python3");
-    cmd.arg(servers_dir().join("call.py")).arg(url);
+    cmd.arg(servers_dir().join(script)).arg(url);
     for (tool, args) in calls {
         cmd.args([tool, args]);
     }
-    let output = tokio::time::timeout(std::time::Duration::from_secs(60), cmd.output())
+    let output = tokio::time::timeout(std::time::Duration::from_secs(90), cmd.output())
         .await
-        .expect("the client did not finish in 60 s")
+        .expect("the client did not finish in 90 s")
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
@@ -467,31 +451,11 @@ async fn call(url: &str, calls: &[(&str, &str)]) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mcp_upstreams_receive_the_per_call_identity() {
     require_python_mcp();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
     let script = servers_dir().join("whoami.py");
-    let mut http_server = tokio::process::Command::new("python3")
-        .arg(&script)
-        .args(["--http", &port.to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut ready = false;
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert!(ready, "the whoami server did not start");
+    let (mut http_server, port) = http_server(script.clone(), |c, port| {
+        c.args(["--http", &port.to_string()]);
+    })
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let url = format!("http://127.0.0.1:{port}/mcp");
@@ -793,25 +757,7 @@ spec:
 /// Runs tests/servers/relay_client.py: like `call`, with the SDK client's sampling,
 /// elicitation, roots and logging callbacks answering what tool servers ask.
 async fn call_answering(url: &str, calls: &[(&str, &str)]) -> Vec<Value> {
-    let mut cmd = tokio::process::Command::new("python3");
-    cmd.arg(servers_dir().join("relay_client.py")).arg(url);
-    for (tool, args) in calls {
-        cmd.args([tool, args]);
-    }
-    let output = tokio::time::timeout(std::time::Duration::from_secs(90), cmd.output())
-        .await
-        .expect("the client did not finish in 90 s")
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    run_client("relay_client.py", url, calls).await
 }
 
 /// A gateway for a definition of `tools` (the `spec.tools` YAML list) on loopback.
@@ -1003,30 +949,10 @@ async fn mcp_a_changed_tool_list_is_relayed_and_listed_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mcp_server_requests_of_an_http_tool_server_are_relayed() {
     require_python_mcp();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let mut server = tokio::process::Command::new("python3")
-        .arg(servers_dir().join("asks.py"))
-        .args(["--http", &port.to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut ready = false;
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert!(ready, "the asks server did not start");
+    let (mut server, port) = http_server(servers_dir().join("asks.py"), |c, port| {
+        c.args(["--http", &port.to_string()]);
+    })
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let tools = format!(
         "    - server: asks\n      url: http://127.0.0.1:{port}/mcp\n      allow: [ask_model, ask_user, ask_roots]\n      relay: [sampling, elicitation]\n"
@@ -1058,35 +984,54 @@ async fn mcp_server_requests_of_an_http_tool_server_are_relayed() {
     let _ = server.kill().await;
 }
 
+/// Starts the Python MCP server `script` on a free loopback port (`args` adds its
+/// arguments and environment, given the port) and waits until it accepts connections
+/// (readiness, not timing).
+async fn http_server(
+    script: PathBuf,
+    args: impl FnOnce(&mut tokio::process::Command, u16),
+) -> (tokio::process::Child, u16) {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut command = tokio::process::Command::new("python3");
+    command.arg(&script);
+    args(&mut command, port);
+    let child = command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return (child, port);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("{} did not start", script.display());
+}
+
 /// A test CA and a certificate for `names` signed by it, as PEM files in `dir`:
 /// `(ca.pem, cert.pem, key.pem)`.
 fn tls_files(dir: &Path, names: &[&str]) -> (PathBuf, PathBuf, PathBuf) {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    };
-    let ca_key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::default();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "tool server stand-in test CA");
-    let ca = params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(params, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
+    let (issuer, ca_pem) = super::helpers::test_ca();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert =
+        rcgen::CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
     let files = (
         dir.join("ca.pem"),
         dir.join("cert.pem"),
         dir.join("key.pem"),
     );
-    std::fs::write(&files.0, ca.pem()).unwrap();
+    std::fs::write(&files.0, ca_pem).unwrap();
     std::fs::write(&files.1, cert.pem()).unwrap();
     std::fs::write(&files.2, key.serialize_pem()).unwrap();
     files
@@ -1102,34 +1047,14 @@ async fn mcp_https_tool_server_with_a_brokered_credential() {
     require_python_mcp();
     let dir = tempfile::tempdir().unwrap();
     let (ca, cert, key) = tls_files(dir.path(), &["mcp.internal.example"]);
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
     const SECRET: &str = "tok-s3cret-4242";
-    let mut server = tokio::process::Command::new("python3")
-        .arg(servers_dir().join("whoami.py"))
-        .args(["--https", &port.to_string()])
-        .arg(&cert)
-        .arg(&key)
-        .env("EXPECTED_AUTHORIZATION", format!("Bearer {SECRET}"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut ready = false;
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert!(ready, "the https server did not start");
+    let (mut server, port) = http_server(servers_dir().join("whoami.py"), |c, port| {
+        c.args(["--https", &port.to_string()]);
+        c.arg(&cert);
+        c.arg(&key);
+        c.env("EXPECTED_AUTHORIZATION", format!("Bearer {SECRET}"));
+    })
+    .await;
 
     let state = dir.path().join("state");
     let tenant = Name::new("acme").unwrap();

@@ -7,10 +7,14 @@ Usage: python3 agent.py [URL]   (default http://127.0.0.1:3130/mcp, the cell's M
 import asyncio
 import json
 import sys
+import warnings
 
 from mcp import MCPError
 from mcp.client import Client
 
+# The SDK warns that resource subscriptions are gone from 2026 revisions; the agent
+# tries one on purpose (the boundary refuses it).
+warnings.simplefilter("ignore")
 URL = sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:3130/mcp"
 
 

@@ -153,14 +153,20 @@ fn the_credit_officer_scenario_runs_in_a_cell_and_every_tool_call_is_governed() 
         .collect();
     assert!(!decided.is_empty());
     assert_eq!(decided, answered, "{events:#?}");
-    // Each stdio tool server ran in a cell of its own, for alice, recorded like any task.
+    // Each stdio tool server ran in a cell of its own, for alice, recorded like any task,
+    // and was ended with the task: its cell's exit is on record too.
     let starts = s.audit_events(&["--kind", "task_start"]);
+    let exits = s.audit_events(&["--kind", "task_exit"]);
     for server in ["customer-db", "scoring", "templates", "mail"] {
         assert!(
             starts
                 .iter()
                 .any(|e| e["agent"] == server && e["user"] == "alice"),
             "{server} did not run in a cell: {starts:#?}"
+        );
+        assert!(
+            exits.iter().any(|e| e["agent"] == server),
+            "{server}'s cell has no recorded exit: {exits:#?}"
         );
     }
     assert!(s.audit_verifies());

@@ -52,6 +52,8 @@ const MAX_PAGES: usize = 32;
 const PROTOCOLS: &[&str] = &["2025-11-25", "2025-06-18", "2025-03-26"];
 /// The response header that carries the session id.
 const SESSION_HEADER: &str = "mcp-session-id";
+/// How long a stdio tool server has to exit once its input is closed at the task's end.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 /// How long the event of a plain result may wait for the next commit of its task.
 const DEFER_RESULTS: std::time::Duration = std::time::Duration::from_millis(20);
 /// Events queued on one SSE stream before the sender waits.
@@ -379,7 +381,23 @@ impl McpGateway {
                 let _ = self.append(e).await;
             }
         }
-        // Dropping the last reference to `state` stops the task's tool servers; open
+        // The task's stdio tool servers are asked to end (their input closed) and given
+        // a moment to, so that a server's cell records its exit; then killed.
+        let servers: Vec<Arc<Upstream>> = state
+            .upstreams
+            .lock()
+            .await
+            .drain()
+            .map(|(_, up)| up)
+            .collect();
+        let stops: Vec<_> = servers
+            .into_iter()
+            .map(|up| tokio::spawn(async move { up.stop(STOP_GRACE).await }))
+            .collect();
+        for stop in stops {
+            let _ = stop.await;
+        }
+        // Dropping the last reference to `state` stops what is left; open
         // connections hold one until they see the task closed, which they do at once.
         drop(state);
     }

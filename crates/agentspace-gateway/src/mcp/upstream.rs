@@ -107,9 +107,11 @@ enum Conn {
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Map<String, Value>>>>>;
 
 struct StdioConn {
-    /// Killed when dropped: the server lives as long as the task's MCP door.
-    _child: Child,
-    stdin: Arc<tokio::sync::Mutex<ChildStdin>>,
+    /// Stopped by [`Upstream::stop`], or killed when dropped: the server lives as long
+    /// as the task's MCP door.
+    child: tokio::sync::Mutex<Option<Child>>,
+    /// `None` once closed (the server's cue to exit).
+    stdin: Arc<tokio::sync::Mutex<Option<ChildStdin>>>,
     pending: Pending,
     /// Set by the reader once the server's output closed, before it fails the calls
     /// still waiting, so no later call is sent to a dead server.
@@ -295,6 +297,22 @@ impl Upstream {
         }
     }
 
+    /// Ends a stdio server the way it expects: its input is closed (an MCP server exits
+    /// at the end of its input; a server in a cell then ends its cell, whose exit is
+    /// recorded), and it is killed only if it has not exited within `grace`.
+    pub(crate) async fn stop(&self, grace: Duration) {
+        let Conn::Stdio(s) = &self.conn else {
+            return;
+        };
+        s.stdin.lock().await.take();
+        let Some(mut child) = s.child.lock().await.take() else {
+            return;
+        };
+        if tokio::time::timeout(grace, child.wait()).await.is_err() {
+            let _ = child.kill().await;
+        }
+    }
+
     /// Sends a notification.
     async fn send(&self, message: Value) -> Result<(), UpstreamError> {
         match &self.conn {
@@ -303,11 +321,12 @@ impl Upstream {
                     serde_json::to_vec(&message).map_err(|e| self.protocol(e.to_string()))?;
                 line.push(b'\n');
                 let mut stdin = s.stdin.lock().await;
-                let closed = |_| UpstreamError::Closed {
+                let closed = || UpstreamError::Closed {
                     server: self.name.clone(),
                 };
-                stdin.write_all(&line).await.map_err(closed)?;
-                stdin.flush().await.map_err(closed)
+                let stdin = stdin.as_mut().ok_or_else(closed)?;
+                stdin.write_all(&line).await.map_err(|_| closed())?;
+                stdin.flush().await.map_err(|_| closed())
             }
             Conn::Http(h) => tokio::time::timeout(CALL_TIMEOUT, h.post(&message, None, None))
                 .await
@@ -368,7 +387,7 @@ fn spawn(
         messages,
         replies_tx,
     ));
-    let stdin = Arc::new(tokio::sync::Mutex::new(stdin));
+    let stdin = Arc::new(tokio::sync::Mutex::new(Some(stdin)));
     let writer = Arc::clone(&stdin);
     // Answers to the server's requests go back on stdin, which the reader does not
     // hold; this task writes them. It ends once the reader and every answer in flight
@@ -380,13 +399,14 @@ fn spawn(
             };
             line.push(b'\n');
             let mut w = writer.lock().await;
+            let Some(w) = w.as_mut() else { break };
             if w.write_all(&line).await.is_err() || w.flush().await.is_err() {
                 break;
             }
         }
     });
     let conn = StdioConn {
-        _child: child,
+        child: tokio::sync::Mutex::new(Some(child)),
         stdin,
         pending,
         dead,

@@ -63,13 +63,8 @@ echo "127.0.0.1 $host" >>"$work/hosts"
 mount --bind "$work/hosts" /etc/hosts
 
 # The upstream's test CA and certificate (ECDSA P-256, like the gateway's leaves).
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-  -subj "/CN=gateway bench test CA" -keyout "$work/ca.key" -out "$work/ca.pem" 2>/dev/null
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$host" \
-  -keyout "$work/up.key" -out "$work/up.csr" 2>/dev/null
-printf 'subjectAltName=DNS:%s\nextendedKeyUsage=serverAuth\n' "$host" >"$work/up.ext"
-openssl x509 -req -in "$work/up.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" \
-  -CAcreateserial -days 2 -extfile "$work/up.ext" -out "$work/up.pem" 2>/dev/null
+. bench/lib.sh
+test_certificate "$work" "$host"
 
 # The upstream: nginx, a small JSON answer with an LLM-style `usage` object (so the
 # gateway's token counting runs) that says whether the brokered key arrived.

@@ -7,11 +7,9 @@
 //! approver is `--as NAME` (default: the invoking user), recorded in the audit log.
 //! Whoever can write the state directory is its operator.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use agentspace_server::client::Client;
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 
 use crate::state::StateDir;
 use serde_json::{Value, json};
@@ -19,12 +17,8 @@ use serde_json::{Value, json};
 /// Where the server is and who we are.
 #[derive(clap::Args)]
 pub(crate) struct Args {
-    /// The control plane, e.g. `http://127.0.0.1:7171`.
-    #[arg(long, env = "AGENTSPACE_SERVER", value_name = "URL", global = true)]
-    server: Option<String>,
-    /// Read the API token from this file instead of AGENTSPACE_TOKEN.
-    #[arg(long, value_name = "FILE", global = true)]
-    token_file: Option<PathBuf>,
+    #[command(flatten)]
+    server: crate::remote::ServerArgs,
     /// Without --server: the tenant whose queue to use.
     #[arg(long, global = true)]
     tenant: Option<String>,
@@ -74,31 +68,6 @@ enum Command {
     },
 }
 
-fn token(args: &Args) -> Result<String> {
-    let token = match &args.token_file {
-        Some(path) => std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read the token file `{}`", path.display()))?,
-        None => std::env::var("AGENTSPACE_TOKEN").map_err(|_| {
-            anyhow::anyhow!(
-                "no API token: set AGENTSPACE_TOKEN or give --token-file (an admin makes tokens with POST /v1/users/NAME/tokens)"
-            )
-        })?,
-    };
-    Ok(token.trim().to_owned())
-}
-
-fn check(r: &agentspace_server::client::Response) -> Result<Value> {
-    if (200..300).contains(&r.status) {
-        Ok(r.json())
-    } else {
-        bail!(
-            "the control plane refused ({}): {}",
-            r.status,
-            r.error_message()
-        )
-    }
-}
-
 pub(crate) fn run(state_dir: &StateDir, args: Args) -> Result<ExitCode> {
     if let Command::Approve { id, .. } | Command::Deny { id, .. } = &args.command
         && !(id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
@@ -112,13 +81,12 @@ pub(crate) fn run(state_dir: &StateDir, args: Args) -> Result<ExitCode> {
     {
         bail!("`--state {state}` is not a state: use pending, approved, denied, timed_out or all");
     }
-    let Some(server) = args.server.as_deref() else {
+    let Some(remote) = args.server.remote()? else {
         return local(state_dir, &args);
     };
-    let client = Client::new(server, Some(&token(&args)?))?;
     match &args.command {
         Command::List { state, json } => {
-            let list = check(&client.get(&format!("/v1/approvals?state={state}"))?)?;
+            let list = remote.get(&format!("/v1/approvals?state={state}"))?;
             print_list(list, state, *json)?;
         }
         Command::Approve { id, comment } | Command::Deny { id, comment } => {
@@ -127,10 +95,10 @@ pub(crate) fn run(state_dir: &StateDir, args: Args) -> Result<ExitCode> {
             } else {
                 "deny"
             };
-            let done = check(&client.post(
+            let done = remote.post(
                 &format!("/v1/approvals/{id}/{verb}"),
                 &json!({ "comment": comment }),
-            )?)?;
+            )?;
             println!(
                 "approval `{id}` {} by `{}`",
                 done.get("state")

@@ -31,6 +31,10 @@ pub(crate) struct Args {
     )]
     audit_url: Option<String>,
 
+    /// `verify`, `query` and `export` through a control plane, in the token's tenant.
+    #[command(flatten)]
+    server: crate::remote::ServerArgs,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -275,6 +279,9 @@ fn for_each_entry(
 }
 
 pub(crate) fn run(state: &StateDir, args: Args) -> Result<ExitCode> {
+    if let Some(remote) = args.server.remote()? {
+        return run_remote(&remote, args.command);
+    }
     // The control plane's PostgreSQL database holds the audit log unless told otherwise.
     let url = args
         .audit_url
@@ -473,6 +480,145 @@ pub(crate) fn run(state: &StateDir, args: Args) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Most events the control plane returns for one query.
+const MAX_REMOTE_EVENTS: u64 = 10_000;
+
+/// `verify`, `query` and `export` through a control plane: the token's tenant, checked
+/// with the keys on the server host; the output is as on the state directory.
+fn run_remote(remote: &crate::remote::Remote, command: Command) -> Result<ExitCode> {
+    use crate::remote::query;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    // The filters as the API takes them; the tenant is the token's.
+    let filter_query = |filter: FilterArgs, extra: Vec<(&'static str, Option<String>)>| {
+        remote.tenant(filter.tenant.as_deref())?;
+        let f = filter.resolve()?;
+        let time = |t: Option<u64>| t.map(agentspace_core::format_audit_time);
+        let mut pairs = vec![
+            ("task", f.task),
+            ("user", f.user),
+            ("agent", f.agent),
+            ("kind", f.kind.map(|k| k.as_str().to_owned())),
+            ("decision", f.decision.map(|d| d.as_str().to_owned())),
+            ("resource", f.resource_contains),
+            ("since", time(f.since_ns)),
+            ("until", time(f.until_ns)),
+        ];
+        pairs.extend(extra);
+        anyhow::Ok(query(&pairs))
+    };
+    match command {
+        Command::Verify {
+            tenant,
+            checkpoint,
+            keys,
+        } => {
+            if checkpoint.is_some() || keys.is_some() {
+                bail!(
+                    "--checkpoint and --keys check the log against what you hold, so they verify on the host that has the log: run `agentspace audit verify` there (the control plane verifies with the keys on its host)"
+                );
+            }
+            let tenant = remote.tenant(tenant.as_deref())?;
+            let report = remote.get("/v1/audit/verify")?;
+            let s = |k: &str| {
+                report
+                    .get(k)
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or("-")
+            };
+            let n = |k: &str| {
+                report
+                    .get(k)
+                    .and_then(serde_json::Value::as_u64)
+                    .unwrap_or(0)
+            };
+            if report.get("ok").and_then(serde_json::Value::as_bool) != Some(true) {
+                eprintln!("agentspace: audit log does not verify: {}", s("problem"));
+                if let Some(seq) = report.get("bad_seq").and_then(serde_json::Value::as_u64) {
+                    eprintln!("first bad sequence number: {seq}");
+                }
+                return Ok(ExitCode::from(EXIT_TAMPERED));
+            }
+            if n("events") == 0 {
+                writeln!(out, "the audit log is empty")?;
+            } else {
+                writeln!(
+                    out,
+                    "tenant `{tenant}`: {} events and {} checkpoints verified; head {}, root {}",
+                    n("events"),
+                    n("checkpoints"),
+                    s("head"),
+                    s("root")
+                )?;
+            }
+        }
+        Command::Query {
+            filter,
+            limit,
+            format,
+        } => {
+            let want = limit.unwrap_or(MAX_REMOTE_EVENTS).min(MAX_REMOTE_EVENTS);
+            let q = filter_query(filter, vec![("limit", Some(want.to_string()))])?;
+            let events = remote.get(&format!("/v1/audit/events{q}"))?;
+            let events = events.as_array().cloned().unwrap_or_default();
+            if matches!(format, Format::Table) {
+                table_header(&mut out)?;
+            }
+            for e in &events {
+                print_entry(&mut out, &entry_from_json(e)?, format)?;
+            }
+            if events.len() as u64 == MAX_REMOTE_EVENTS && limit.is_none_or(|l| l > want) {
+                eprintln!(
+                    "agentspace: showing the first {MAX_REMOTE_EVENTS} events, the most the control plane returns at once: narrow the filters (--since, --kind, ...) or use `audit export`"
+                );
+            }
+        }
+        Command::Export {
+            format,
+            filter,
+            out: path,
+        } => {
+            let format = match format {
+                ExportFormat::Jsonl => "jsonl",
+                ExportFormat::Ocsf => "ocsf",
+            };
+            let q = filter_query(filter, vec![("format", Some(format.to_owned()))])?;
+            let body = remote.get_raw(&format!("/v1/audit/export{q}"))?.body;
+            match &path {
+                Some(p) => std::fs::write(p, &body)
+                    .with_context(|| format!("cannot write `{}`", p.display()))?,
+                None => out.write_all(&body)?,
+            }
+        }
+        Command::Tail { .. }
+        | Command::Prove { .. }
+        | Command::Checkpoint { .. }
+        | Command::Keys { .. }
+        | Command::Migrate => bail!(
+            "through a control plane, `audit` does verify, query and export; run this one on the host with the state directory (without --server and AGENTSPACE_SERVER)"
+        ),
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// An event as the control plane exports it (`{"event", "hash", "sig"}`).
+fn entry_from_json(value: &serde_json::Value) -> Result<Entry> {
+    let text = |k: &str| {
+        value
+            .get(k)
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    Ok(Entry {
+        event: serde_json::from_value(value.get("event").cloned().unwrap_or_default())
+            .context("the control plane sent an audit event this version cannot read")?,
+        hash: text("hash"),
+        sig: text("sig"),
+    })
 }
 
 /// The audit records of one `agentspace run` task: `task_start` (durable before the

@@ -1,4 +1,5 @@
-//! `agentspace run -f DEFINITION [--user U] -- COMMAND ARGS...`
+//! `agentspace run -f DEFINITION [--user U] -- COMMAND ARGS...`; with `--server URL`
+//! the task runs on a control plane instead (`cmd_run_remote`).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -21,12 +22,26 @@ use crate::state::StateDir;
 /// Arguments of `agentspace run`.
 #[derive(clap::Args)]
 pub(crate) struct Args {
-    /// The agent definition (YAML, apiVersion agentspace/v1).
-    #[arg(short = 'f', long = "file", value_name = "DEFINITION")]
-    definition: PathBuf,
-    /// The user the agent acts for (default: $SUDO_USER, else $USER).
+    /// The agent definition (YAML, apiVersion agentspace/v1); with --server it is
+    /// registered there (a new version when its text changed).
+    #[arg(
+        short = 'f',
+        long = "file",
+        value_name = "DEFINITION",
+        required_unless_present = "agent"
+    )]
+    definition: Option<PathBuf>,
+    /// With --server: run this registered definition (its current version, or NAME@VERSION).
+    #[arg(long, value_name = "NAME[@VERSION]", conflicts_with = "definition")]
+    agent: Option<String>,
+    /// The user the agent acts for (default: $SUDO_USER, else $USER; with --server, the
+    /// API token's user, which this must match if given).
     #[arg(long)]
     user: Option<String>,
+    /// Run the task on a control plane (`--server URL`, AGENTSPACE_SERVER) as the user of
+    /// the API token in AGENTSPACE_TOKEN (or --token-file).
+    #[command(flatten)]
+    server: crate::remote::ServerArgs,
     /// After the run, apply the task's workspace changes to the host workspace.
     #[arg(long)]
     commit_workspace: bool,
@@ -50,11 +65,32 @@ pub(crate) struct Args {
 const LOG_LIMIT: u64 = 64 << 20;
 
 pub(crate) fn run(state: &StateDir, args: Args) -> Result<ExitCode> {
+    if let Some(remote) = args.server.remote()? {
+        if args.commit_workspace || args.base_dir.is_some() || !args.gateway.is_empty() {
+            bail!(
+                "--commit-workspace, --config, --resolve and --upstream-ca are the host's choices, not a control plane client's: a task on a control plane has no host workspace, and its gateway runs with the server's `--gateway-config`"
+            );
+        }
+        return crate::cmd_run_remote::run(
+            remote,
+            crate::cmd_run_remote::RemoteRun {
+                definition: args.definition.as_deref(),
+                agent: args.agent.as_deref(),
+                user: args.user.as_deref(),
+                command: &args.command,
+            },
+        );
+    }
+    let Some(definition_path) = args.definition.as_deref() else {
+        bail!(
+            "--agent NAME runs a definition registered on a control plane: give --server URL (or AGENTSPACE_SERVER) too, or run a definition file with -f FILE"
+        );
+    };
     // Ctrl-C and friends are taken by a forwarding thread, not by default handlers: the
     // first SIGINT reaches the agent, a second kills the cell (the supervisor counts).
     // Blocked first thing, so every thread started later (the audit log's) inherits it.
     let forwarded = block_forwarded_signals()?;
-    let definition = load_definition_at(&args.definition, args.base_dir.as_deref())?;
+    let definition = load_definition_at(definition_path, args.base_dir.as_deref())?;
     let user = resolve_user(args.user.clone())?;
     let now = crate::state::unix_nanos();
     let (task, random) = crate::state::new_task_id(now)?;

@@ -31,6 +31,10 @@ pub(crate) struct Args {
         hide_env_values = true
     )]
     approval_webhook: Option<String>,
+    /// The gateway config file (`resolve`, `upstreamCa`, `limits`; docs/gateway.md) for
+    /// the tasks this server starts whose definitions have `spec.egress` or `spec.tools`.
+    #[arg(long, value_name = "FILE")]
+    gateway_config: Option<std::path::PathBuf>,
     /// Let tenant admins point their tenant's webhook at loopback, private and
     /// link-local addresses (refused by default: the server would POST there for them).
     #[arg(long)]
@@ -60,10 +64,22 @@ pub(crate) fn run(state: &StateDir, args: Args) -> Result<ExitCode> {
         println!("{}", token.token);
         return Ok(ExitCode::SUCCESS);
     }
+    raise_open_files_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the control plane's runtime")?;
+    // Checked now, so that a bad file stops the server here rather than every task.
+    let gateway_config = match &args.gateway_config {
+        Some(file) => {
+            agentspace_gateway::GatewayConfig::new(state.path()).load_file(file)?;
+            Some(
+                std::path::absolute(file)
+                    .with_context(|| format!("cannot resolve `{}`", file.display()))?,
+            )
+        }
+        None => None,
+    };
     let config = ServerConfig {
         state_dir: state.path().to_owned(),
         listen: args.listen,
@@ -71,6 +87,7 @@ pub(crate) fn run(state: &StateDir, args: Args) -> Result<ExitCode> {
         audit_url: args.stores.audit_url,
         // Tasks started through the API run as `agentspace run` of this same binary.
         runner: Some(std::env::current_exe().context("cannot find this program's path")?),
+        gateway_config,
         approval_webhook: args.approval_webhook,
         allow_private_webhooks: args.allow_private_webhooks,
     };
@@ -91,4 +108,20 @@ pub(crate) fn run(state: &StateDir, args: Args) -> Result<ExitCode> {
         server.serve(std::future::pending()).await?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Raises the soft limit on open files to the hard limit. Every `agentspace run
+/// --server` following a task holds a connection per stream, so the common default of
+/// 1024 would stop the server from accepting at about 450 followed tasks (the tasks it
+/// starts inherit the raised soft limit, which they could raise themselves anyway).
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        eprintln!(
+            "agentspace: warning: cannot raise the open files limit from {soft} to {hard}: {e}; the server may refuse connections under load"
+        );
+    }
 }

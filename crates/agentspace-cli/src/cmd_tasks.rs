@@ -1,4 +1,5 @@
-//! `agentspace tasks list|show`.
+//! `agentspace tasks list|show`: from the state directory, or (`--server`) the tasks of
+//! the token's tenant on a control plane, printed the same way.
 
 use std::fs;
 use std::process::ExitCode;
@@ -7,6 +8,9 @@ use agentspace_core::{TaskId, TaskManifest};
 use anyhow::{Context, Result};
 
 use crate::state::StateDir;
+
+/// `agentspace tasks` and where the tasks are.
+pub(crate) type Args = crate::remote::WithServer<Command>;
 
 /// `agentspace tasks` subcommands.
 #[derive(clap::Subcommand)]
@@ -24,15 +28,25 @@ pub(crate) enum Command {
     },
 }
 
-pub(crate) fn run(state: &StateDir, cmd: Command) -> Result<ExitCode> {
-    match cmd {
+pub(crate) fn run(state: &StateDir, args: Args) -> Result<ExitCode> {
+    let remote = args.server.remote()?;
+    match args.command {
         Command::List { json } => {
             let mut manifests = Vec::new();
-            let dir = state.path().join("tasks");
-            if let Ok(entries) = fs::read_dir(&dir) {
-                for entry in entries.flatten() {
-                    if let Ok(m) = read_manifest(&entry.path().join("manifest.json")) {
-                        manifests.push(m);
+            if let Some(remote) = &remote {
+                let list = remote.get("/v1/tasks")?;
+                for m in list.as_array().into_iter().flatten() {
+                    manifests.push(serde_json::from_value::<TaskManifest>(m.clone()).context(
+                        "the control plane sent a task manifest this version cannot read",
+                    )?);
+                }
+            } else {
+                let dir = state.path().join("tasks");
+                if let Ok(entries) = fs::read_dir(&dir) {
+                    for entry in entries.flatten() {
+                        if let Ok(m) = read_manifest(&entry.path().join("manifest.json")) {
+                            manifests.push(m);
+                        }
                     }
                 }
             }
@@ -58,6 +72,14 @@ pub(crate) fn run(state: &StateDir, cmd: Command) -> Result<ExitCode> {
         }
         Command::Show { id } => {
             let id = TaskId::parse(&id)?;
+            if let Some(remote) = &remote {
+                let m: TaskManifest = serde_json::from_value(
+                    remote.get(&format!("/v1/tasks/{id}"))?,
+                )
+                .context("the control plane sent a task manifest this version cannot read")?;
+                println!("{}", serde_json::to_string_pretty(&m)?);
+                return Ok(ExitCode::SUCCESS);
+            }
             let path = state
                 .path()
                 .join("tasks")

@@ -10,10 +10,12 @@ mod cmd_keys;
 mod cmd_policy;
 mod cmd_revoke;
 mod cmd_run;
+mod cmd_run_remote;
 mod cmd_secret;
 mod cmd_serve;
 mod cmd_server;
 mod cmd_tasks;
+mod remote;
 mod state;
 
 use std::path::PathBuf;
@@ -43,8 +45,7 @@ enum Command {
     /// Verify, query, follow, export and prove the audit log.
     Audit(cmd_audit::Args),
     /// List and inspect tasks.
-    #[command(subcommand)]
-    Tasks(cmd_tasks::Command),
+    Tasks(cmd_tasks::Args),
     /// Store, list and remove the secrets the gateway injects.
     #[command(subcommand)]
     Secret(cmd_secret::Command),
@@ -61,8 +62,7 @@ enum Command {
     #[command(subcommand)]
     Policy(cmd_policy::Command),
     /// Revoke (or lift) a task, an agent, a user's use of an agent, or a capability.
-    #[command(subcommand)]
-    Revoke(cmd_revoke::Command),
+    Revoke(cmd_revoke::Args),
     /// Serve the HTTP/HTTPS gateway for one task on a local listener (demos, benchmarks).
     Gateway(cmd_gateway::Args),
     /// List, approve and deny held actions on a running control plane.

@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use agentspace_audit::{AuditError, AuditLog, Filter, VerifyOptions};
 use agentspace_core::{AuditDecision, AuditKind, Name, TaskId, UserId, parse_audit_time};
@@ -585,6 +586,8 @@ pub(crate) fn start_registered(
             host_source,
             user: &caller.user,
             command,
+            boundary: !definition.governance.egress.is_empty()
+                || !definition.governance.tools.servers.is_empty(),
         },
     )?;
     Ok(StartedTask {
@@ -674,18 +677,94 @@ pub(crate) async fn task(
 pub(crate) struct LogQuery {
     /// `stdout` (default) or `stderr`.
     stream: Option<String>,
-    /// Only the last this many bytes (default and most: 1 MiB).
+    /// Only the last this many bytes (default and most: 1 MiB). Not with `offset`.
     tail_bytes: Option<u64>,
+    /// Start at this byte of the log instead of its tail (at most 1 MiB is returned):
+    /// to follow a log, ask again from `Agentspace-Log-Next`.
+    offset: Option<u64>,
+    /// With `offset`: when the log has nothing after it yet and the task still runs,
+    /// wait up to this many seconds (at most 30) for more before answering.
+    wait: Option<u64>,
 }
 
 /// Largest piece of a log returned at once.
 const MAX_LOG: u64 = 1024 * 1024;
 
-/// The end of a task's stdout or stderr log, as the agent wrote it (text/plain; admin,
-/// auditor, developer).
+/// Longest a log request waits for new output.
+const MAX_LOG_WAIT: Duration = Duration::from_secs(30);
+
+/// How often a waiting log request looks for new output: first after 100 ms, then
+/// twice as long each time up to 500 ms, so that hundreds of followers of quiet tasks
+/// cost little (bench/serve.sh) while a chatty task's output still flows at once.
+const LOG_POLL: Duration = Duration::from_millis(100);
+const LOG_POLL_MAX: Duration = Duration::from_millis(500);
+
+/// One read of a task's log.
+struct LogPiece {
+    bytes: Vec<u8>,
+    /// The offset after the last byte read.
+    next: u64,
+    /// The task has ended and nothing follows `next`.
+    complete: bool,
+}
+
+/// Reads a task's log (`file` is `stdout.log` or `stderr.log`) from `offset`, or its
+/// last `tail` bytes.
+fn read_log(
+    app: &App,
+    id: &str,
+    file: &str,
+    offset: Option<u64>,
+    tail: u64,
+) -> Result<LogPiece, ServerError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let dir = app.state_dir.join("tasks").join(id);
+    // Whether the task has ended is read before the log: once `agentspace run` records
+    // the end, every byte of the log is written, so a length read afterwards is final.
+    // For a run this server started, its process exiting says so (a cheap check, made
+    // many times a second by waiting followers); otherwise the manifest does.
+    let ended = match app.runner.ended(id) {
+        Some(ended) => ended,
+        None => read_manifest(&dir.join("manifest.json"))
+            .is_some_and(|m| m.get("state").and_then(|s| s.as_str()) != Some("running")),
+    };
+    let path = dir.join(file);
+    let Ok(mut f) = std::fs::File::open(&path) else {
+        let at = offset.unwrap_or(0);
+        return Ok(LogPiece {
+            bytes: Vec::new(),
+            next: at,
+            complete: ended,
+        });
+    };
+    let failed =
+        |e: std::io::Error| ServerError::Io(format!("cannot read `{}`: {e}", path.display()));
+    let len = f.metadata().map_err(failed)?.len();
+    let start = offset.unwrap_or(len.saturating_sub(tail)).min(len);
+    f.seek(SeekFrom::Start(start)).map_err(failed)?;
+    let mut bytes = Vec::new();
+    f.take(MAX_LOG.min(tail))
+        .read_to_end(&mut bytes)
+        .map_err(failed)?;
+    let next = start + bytes.len() as u64;
+    Ok(LogPiece {
+        bytes,
+        next,
+        complete: ended && next >= len,
+    })
+}
+
+/// A task's stdout or stderr log, as the agent wrote it (text/plain; admin, auditor,
+/// developer): its end, or (`offset`) the bytes from an offset on, optionally waiting
+/// for them (`wait`), to follow a running task. `Agentspace-Log-Next` is the offset
+/// after the last byte sent; `Agentspace-Log-Complete: true` says the task has ended
+/// and nothing follows it.
 #[utoipa::path(get, path = "/v1/tasks/{id}/logs", tag = "tasks", security(("bearer" = [])),
     params(("id" = String, Path, description = "the task id"), LogQuery),
-    responses((status = 200, body = String, content_type = "text/plain"), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = String, content_type = "text/plain", headers(
+            ("Agentspace-Log-Next" = u64, description = "the offset after the last byte sent: ask again from here to follow the log"),
+            ("Agentspace-Log-Complete" = bool, description = "`true` when the task has ended and the log has nothing after `Agentspace-Log-Next`"))),
+        (status = 400, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
 pub(crate) async fn task_logs(
     State(app): State<AppState>,
     caller: Caller,
@@ -703,26 +782,59 @@ pub(crate) async fn task_logs(
             ));
         }
     };
-    let want = q.tail_bytes.unwrap_or(MAX_LOG).min(MAX_LOG);
-    let body = blocking(&app, move |app| {
-        use std::io::{Read, Seek, SeekFrom};
-        task_manifest(app, &caller.tenant, &id)?;
-        // The id was checked to be a task id by `task_manifest`: it names no other path.
-        let path = app.state_dir.join("tasks").join(&id).join(file);
-        let Ok(mut f) = std::fs::File::open(&path) else {
-            return Ok(Vec::new());
-        };
-        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-        f.seek(SeekFrom::Start(len.saturating_sub(want)))
-            .map_err(|e| ServerError::Io(format!("cannot read `{}`: {e}", path.display())))?;
-        let mut out = Vec::new();
-        f.take(want)
-            .read_to_end(&mut out)
-            .map_err(|e| ServerError::Io(format!("cannot read `{}`: {e}", path.display())))?;
-        Ok(out)
-    })
-    .await?;
-    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
+    if q.offset.is_some() && q.tail_bytes.is_some() {
+        return Err(ServerError::bad_request(
+            "`offset` and `tail_bytes` both given",
+            "give `tail_bytes` for the end of the log, or `offset` to read (and follow) it from there",
+        ));
+    }
+    if q.wait.is_some() && q.offset.is_none() {
+        return Err(ServerError::bad_request(
+            "`wait` without `offset`",
+            "give `offset` (0 for the start) to wait for the output after it",
+        ));
+    }
+    let tail = if q.offset.is_some() {
+        MAX_LOG
+    } else {
+        q.tail_bytes.unwrap_or(MAX_LOG).min(MAX_LOG)
+    };
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_secs(q.wait.unwrap_or(0)).min(MAX_LOG_WAIT);
+    let checked = {
+        let id = id.clone();
+        blocking(&app, move |app| {
+            task_manifest(app, &caller.tenant, &id).map(|_| ())
+        })
+        .await
+    };
+    checked?;
+    let mut nap = LOG_POLL;
+    let piece = loop {
+        // The id was checked to be one of the caller's tasks: it names no other path.
+        let id = id.clone();
+        let piece = blocking(&app, move |app| read_log(app, &id, file, q.offset, tail)).await?;
+        if !piece.bytes.is_empty() || piece.complete || tokio::time::Instant::now() >= deadline {
+            break piece;
+        }
+        tokio::time::sleep(nap).await;
+        nap = (nap * 2).min(LOG_POLL_MAX);
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8".to_owned()),
+            (
+                header::HeaderName::from_static("agentspace-log-next"),
+                piece.next.to_string(),
+            ),
+            (
+                header::HeaderName::from_static("agentspace-log-complete"),
+                piece.complete.to_string(),
+            ),
+        ],
+        piece.bytes,
+    )
+        .into_response())
 }
 
 /// A task's budget use and its definition's budgets.

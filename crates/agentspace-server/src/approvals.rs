@@ -149,8 +149,11 @@ struct Inner {
 /// Longest comment kept.
 const MAX_COMMENT: usize = 4096;
 
-/// How often a waiter re-reads the database (decisions made by another process).
-const POLL: Duration = Duration::from_millis(500);
+/// How often a waiter re-reads the database (decisions made by another process: the
+/// control plane deciding for a task that `agentspace run` serves). At 500 ms this was
+/// most of an approval's round trip under bench/serve.sh; one indexed read per held
+/// request every 100 ms costs little next to what holding a request costs.
+const POLL: Duration = Duration::from_millis(100);
 
 /// The columns [`to_approval`] reads, in order.
 pub(crate) const COLUMNS: &str =

@@ -280,6 +280,14 @@ impl Client {
                 exchange(&mut stream, head.as_bytes(), body).map_err(io)?
             }
         };
+        if raw.is_empty() {
+            // The server closed the connection without answering (it stopped, or
+            // dropped the connection): a connection failure the caller may retry.
+            return Err(ClientError::Io {
+                url: self.url.clone(),
+                message: "the connection closed without an answer".to_owned(),
+            });
+        }
         parse_response(&raw).map_err(|message| ClientError::Protocol {
             url: self.url.clone(),
             message,
@@ -355,6 +363,20 @@ fn parse_response(raw: &[u8]) -> Result<Response, String> {
     } else {
         body.to_vec()
     };
+    // An answer cut short (the connection dropped, or past MAX_RESPONSE) is an error,
+    // never a shorter body taken for the whole.
+    let length = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse::<usize>().ok());
+    if let Some(length) = length
+        && body.len() < length
+    {
+        return Err(format!(
+            "the answer was cut short: {} of {length} bytes (at most {MAX_RESPONSE} bytes are read)",
+            body.len()
+        ));
+    }
     Ok(Response {
         status,
         headers,
@@ -392,5 +414,7 @@ mod tests {
         assert_eq!((r.status, r.body.as_slice()), (200, &b"abcde"[..]));
         let r = parse_response(b"HTTP/1.1 404 Not Found\r\ncontent-length: 2\r\n\r\n{}").unwrap();
         assert_eq!((r.status, r.body.as_slice()), (404, &b"{}"[..]));
+        let cut = parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nabc").unwrap_err();
+        assert!(cut.contains("cut short: 3 of 5 bytes"), "{cut}");
     }
 }

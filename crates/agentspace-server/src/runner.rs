@@ -10,7 +10,7 @@
 //! the file they were registered from. Either way the registered text is what runs (its
 //! copy in the run's directory), never the file on disk as it is now.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -20,6 +20,34 @@ use agentspace_core::{Definition, Name};
 
 use crate::error::{DefinitionProblem, ServerError};
 use crate::store::random_hex;
+
+/// The most of each of `agentspace run`'s output streams kept in a run's `run.log`.
+const RUN_LOG_BYTES: u64 = 256 * 1024;
+
+/// Copies the first `limit` bytes of `from` into `to` and reads (discards) the rest
+/// until it ends, so the writer never blocks on a full pipe.
+fn keep_head(mut from: impl std::io::Read, mut to: std::fs::File, limit: u64) {
+    use std::io::Write as _;
+    let mut buf = [0u8; 16 * 1024];
+    let mut kept = 0u64;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
+        };
+        let room = usize::try_from(limit.saturating_sub(kept)).unwrap_or(usize::MAX);
+        let take = n.min(room);
+        if take > 0 {
+            if let Some(head) = buf.get(..take) {
+                // A failing log write loses only the log, never the task.
+                let _ = to.write_all(head);
+            }
+            kept = kept.saturating_add(take as u64);
+        }
+    }
+}
 
 /// How long a start waits for the task's manifest before giving up.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -37,8 +65,16 @@ pub(crate) struct Runner {
     database_url: Option<String>,
     /// The audit store URL to hand to children.
     audit_url: Option<String>,
+    /// The gateway config file handed to tasks with a boundary (`--config`).
+    gateway_config: Option<PathBuf>,
     children: Mutex<HashMap<String, Arc<Mutex<Child>>>>,
+    /// Tasks whose `agentspace run` this server started and saw exit (the newest
+    /// `MAX_ENDED`): a run that died before recording its end still counts as ended.
+    ended: Mutex<BTreeSet<String>>,
 }
+
+/// How many ended tasks the runner remembers (task ids sort by start time).
+const MAX_ENDED: usize = 10_000;
 
 /// What to start.
 pub(crate) struct Start<'a> {
@@ -51,6 +87,9 @@ pub(crate) struct Start<'a> {
     pub(crate) user: &'a str,
     /// The program to run in the cell and its arguments.
     pub(crate) command: &'a [String],
+    /// The definition has egress rules or tools: its task runs a gateway (with the
+    /// operator's gateway config).
+    pub(crate) boundary: bool,
 }
 
 /// Why a definition cannot be started through the API: each host-bound field.
@@ -111,12 +150,15 @@ impl Runner {
         program: Option<PathBuf>,
         database_url: Option<String>,
         audit_url: Option<String>,
+        gateway_config: Option<PathBuf>,
     ) -> Self {
         Self {
             program,
             database_url,
             audit_url,
+            gateway_config,
             children: Mutex::new(HashMap::new()),
+            ended: Mutex::new(BTreeSet::new()),
         }
     }
 
@@ -133,6 +175,7 @@ impl Runner {
             host_source,
             user,
             command,
+            boundary,
         } = start;
         let Some(program) = &self.program else {
             return Err(ServerError::conflict(
@@ -170,16 +213,18 @@ impl Runner {
         let file =
             std::path::absolute(dir.join("definition.yaml")).map_err(|e| io("resolve", e))?;
         std::fs::write(&file, text).map_err(|e| io("write into", e))?;
-        let out = std::fs::File::create(dir.join("run.log")).map_err(|e| io("write into", e))?;
-        let err = out.try_clone().map_err(|e| io("write into", e))?;
+        let log = std::fs::File::create(dir.join("run.log")).map_err(|e| io("write into", e))?;
         let mut cmd = Command::new(program);
         cmd.arg("--state-dir")
             .arg(state_dir)
             .arg("run")
             .arg("-f")
             .arg(&file)
-            .arg("--user")
-            .arg(user);
+            // One argument, so that no user name can pass for an option.
+            .arg(format!("--user={user}"));
+        if let (true, Some(config)) = (boundary, &self.gateway_config) {
+            cmd.arg("--config").arg(config);
+        }
         if let Some(dir) = host_source.and_then(Path::parent) {
             // The registered text runs, resolved as if it were the host's file.
             cmd.arg("--base-dir").arg(dir);
@@ -187,8 +232,8 @@ impl Runner {
         cmd.arg("--")
             .args(command)
             .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             // A clean environment: nothing of the server's reaches the task.
             .env_clear()
             .env(
@@ -203,9 +248,26 @@ impl Runner {
         if let Some(url) = &self.database_url {
             cmd.env("AGENTSPACE_DATABASE_URL", url);
         }
-        let child = cmd
+        let mut child = cmd
             .spawn()
             .map_err(|e| ServerError::Io(format!("cannot start `{}`: {e}", program.display())))?;
+        // What `agentspace run` prints (the agent's output among it; the task keeps its
+        // own capped logs) goes to `run.log` up to a limit and is drained past it, so an
+        // agent that prints without end cannot fill the server's disk.
+        let streams = [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ];
+        for stream in streams.into_iter().flatten() {
+            let log = log.try_clone().map_err(|e| io("write into", e))?;
+            std::thread::spawn(move || keep_head(stream, log, RUN_LOG_BYTES));
+        }
         let child = Arc::new(Mutex::new(child));
         // The task id: the manifest whose definition is this run's file.
         let started = Instant::now();
@@ -246,12 +308,24 @@ impl Runner {
     fn track(&self, task: String, child: Arc<Mutex<Child>>) {
         if let Ok(mut children) = self.children.lock() {
             // Forget children that have exited (their reaper collected them).
-            children.retain(|_, c| {
-                c.lock()
+            let mut gone = Vec::new();
+            children.retain(|task, c| {
+                let running = c
+                    .lock()
                     .map(|mut c| matches!(c.try_wait(), Ok(None)))
-                    .unwrap_or(false)
+                    .unwrap_or(false);
+                if !running {
+                    gone.push(task.clone());
+                }
+                running
             });
             children.insert(task, Arc::clone(&child));
+            if let Ok(mut ended) = self.ended.lock() {
+                ended.extend(gone);
+                while ended.len() > MAX_ENDED {
+                    ended.pop_first();
+                }
+            }
         }
         let reaper = Arc::clone(&child);
         std::thread::spawn(move || {
@@ -272,7 +346,11 @@ impl Runner {
     /// still runs (it forwards the signal to the agent and records the exit); returns
     /// whether it did.
     pub(crate) fn stop(&self, task: &str) -> bool {
-        let child = self.children.lock().ok().and_then(|mut c| c.remove(task));
+        let child = self
+            .children
+            .lock()
+            .ok()
+            .and_then(|c| c.get(task).map(Arc::clone));
         let Some(child) = child else {
             return false;
         };
@@ -291,6 +369,23 @@ impl Runner {
             nix::sys::signal::Signal::SIGTERM,
         )
         .is_ok()
+    }
+}
+
+impl Runner {
+    /// For a task this server started: whether its `agentspace run` has exited (it
+    /// records the task's end, logs complete, before it exits). `None` for other tasks.
+    pub(crate) fn ended(&self, task: &str) -> Option<bool> {
+        if self.ended.lock().is_ok_and(|e| e.contains(task)) {
+            return Some(true);
+        }
+        let child = self
+            .children
+            .lock()
+            .ok()
+            .and_then(|c| c.get(task).map(Arc::clone))?;
+        let running = child.lock().ok()?.try_wait().ok()?.is_none();
+        Some(!running)
     }
 }
 

@@ -37,6 +37,10 @@ pub struct ServerConfig {
     /// The `agentspace` binary that starts tasks (`agentspace run`); `None`: this server
     /// does not start tasks.
     pub runner: Option<PathBuf>,
+    /// The gateway config file (`resolve`, `upstreamCa`, `limits`) that tasks started
+    /// through the API run with (`agentspace run --config`), when their definition has
+    /// a boundary: the host operator's choice, never an API caller's.
+    pub gateway_config: Option<PathBuf>,
     /// Announce each approval request here (`http(s)://...`), with a Slack-compatible
     /// JSON body.
     pub approval_webhook: Option<String>,
@@ -241,6 +245,7 @@ impl Server {
             database_url,
             audit_url,
             runner,
+            gateway_config,
             approval_webhook,
             allow_private_webhooks,
         } = config;
@@ -256,7 +261,7 @@ impl Server {
             let audit = open_audit(&state_dir, audit_url.as_deref())?;
             let revocations = crate::revocations::revocations(&state_dir, database_url.as_deref())?;
             Ok(App {
-                runner: crate::runner::Runner::new(runner, database_url, audit_url),
+                runner: crate::runner::Runner::new(runner, database_url, audit_url, gateway_config),
                 approvals: ApprovalStore::new(Arc::clone(&db), audit.clone()),
                 state_dir,
                 db,

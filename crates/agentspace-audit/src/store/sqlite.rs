@@ -48,6 +48,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) struct SqliteStore {
     conn: Connection,
     path: PathBuf,
+    /// `<db>.lock`, locked (flock) around every write transaction: see [`Self::write`].
+    writers: Option<std::fs::File>,
 }
 
 impl SqliteStore {
@@ -63,10 +65,30 @@ impl SqliteStore {
         // Schema creation takes the write lock, so concurrent first opens do not race.
         conn.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA} COMMIT;"))
             .map_err(err)?;
+        let mut lock_path = path.as_os_str().to_owned();
+        lock_path.push(".lock");
+        // Without the lock file writers still serialise on SQLite's own lock, only less
+        // fairly; a store in a read-only place can still be read.
+        let writers = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(PathBuf::from(lock_path))
+            .ok();
         Ok(Self {
             conn,
             path: path.to_owned(),
+            writers,
         })
+    }
+}
+
+/// Releases the writers' file lock when dropped.
+struct Unlock<'a>(&'a std::fs::File);
+
+impl Drop for Unlock<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.unlock();
     }
 }
 
@@ -211,6 +233,15 @@ impl Store for SqliteStore {
         f: &mut dyn FnMut(&mut dyn WriteTx) -> Result<(), AuditError>,
     ) -> Result<(), AuditError> {
         let path = self.path.clone();
+        // Writers of many processes (a gateway per task) queue on a file lock before
+        // SQLite's: the kernel hands it to the next waiter as soon as it is released,
+        // where SQLite's busy handler sleeps and retries with back-off up to 100 ms, so
+        // under contention some writers waited seconds. Meanwhile this process's next
+        // events gather, and go in the same transaction (group commit across the wait).
+        let _queued = self
+            .writers
+            .as_ref()
+            .and_then(|f| f.lock().ok().map(|()| Unlock(f)));
         // IMMEDIATE takes the database's write lock up front, before the head is read.
         let tx = self
             .conn

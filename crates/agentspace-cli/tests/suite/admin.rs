@@ -1,7 +1,7 @@
 //! Decisions and audit through the `agentspace` command: task lifecycle, revocation and
 //! key rotation land in the audit log, which verifies, and tampering is caught.
 
-use super::support::{Ran, Sandbox, privileged};
+use super::support::{Ran, Sandbox, privileged, rewrite_audit_events};
 
 fn cli(s: &Sandbox, args: &[&str]) -> Ran {
     s.command().args(args).output().unwrap().into()
@@ -126,26 +126,7 @@ fn tampering_with_a_stored_event_fails_verification_with_its_sequence_number() {
     }
     // An attacker with write access to the database drops the append-only triggers and
     // rewrites history.
-    let db = s.state().join("audit/audit.db");
-    let conn = rusqlite::Connection::open(&db).unwrap();
-    let triggers: Vec<String> = conn
-        .prepare("SELECT name FROM sqlite_master WHERE type = 'trigger'")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    for t in triggers {
-        conn.execute_batch(&format!("DROP TRIGGER {t}")).unwrap();
-    }
-    let changed = conn
-        .execute(
-            "UPDATE audit_events SET event = CAST(replace(CAST(event AS TEXT), 'revoke', 'revokd') AS BLOB) WHERE seq = 1",
-            [],
-        )
-        .unwrap();
-    assert_eq!(changed, 1);
-    drop(conn);
+    assert_eq!(rewrite_audit_events(&s, "seq = 1", "revoke", "revokd"), 1);
     let r = cli(&s, &["audit", "verify"]);
     assert_eq!(r.code, 1, "{r:?}");
     let said = format!("{}{}", r.stdout, r.stderr);

@@ -12,8 +12,7 @@ use std::process::Command;
 use agentspace_server::client::Client;
 use serde_json::{Value, json};
 
-use super::control_plane::{bootstrap, register_on_host, serve};
-use super::support::{Sandbox, privileged};
+use super::support::{Sandbox, bootstrap, privileged, register_on_host, serve};
 use super::tools::python_mcp;
 
 const CHROMIUM: &str = "/usr/bin/chromium";

@@ -1,15 +1,16 @@
 //! `agentspace serve` starting and stopping real tasks in real cells, and
 //! `agentspace approvals` against it.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
 use agentspace_server::client::Client;
 use serde_json::{Value, json};
 
 use super::boundary::upstream;
-use super::support::{Sandbox, agentspace_bin, privileged};
+use super::support::{
+    Sandbox, agentspace_bin, bootstrap, bootstrap_with, privileged, register_on_host, serve,
+    serve_with, until,
+};
 
 const AGENT: &str = "apiVersion: agentspace/v1
 kind: Agent
@@ -24,84 +25,6 @@ spec:
     timeout: 60s
 ";
 
-/// A control plane on a free loopback port, killed on drop.
-pub struct Serve {
-    child: Child,
-    pub url: String,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `agentspace serve` on `s`'s state directory.
-pub fn serve(s: &Sandbox) -> Serve {
-    serve_with(s, &[])
-}
-
-/// `agentspace serve` with extra environment variables.
-fn serve_with(s: &Sandbox, env: &[(&str, &str)]) -> Serve {
-    let mut child = Command::new(agentspace_bin())
-        .arg("--state-dir")
-        .arg(s.state())
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stderr.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap_or_else(|| panic!("no address in `{line}`"))
-        .to_owned();
-    Serve { child, url }
-}
-
-/// Runs `command`, which must succeed; returns its stdout, trimmed.
-fn succeed(command: &mut Command) -> String {
-    let out = command.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
-/// Creates tenant `acme` with admin `alice`; returns her token.
-pub fn bootstrap(s: &Sandbox) -> String {
-    bootstrap_with(s, &[])
-}
-
-/// [`bootstrap`] with extra environment variables.
-fn bootstrap_with(s: &Sandbox, env: &[(&str, &str)]) -> String {
-    succeed(
-        s.command()
-            .args(["serve", "--bootstrap-admin", "alice", "--tenant", "acme"])
-            .envs(env.iter().copied()),
-    )
-}
-
-/// `agentspace definition register -f FILE --tenant acme --as operator`, as the host's
-/// operator does.
-pub fn register_on_host(s: &Sandbox, file: &std::path::Path) {
-    succeed(
-        s.command()
-            .args(["definition", "register", "-f"])
-            .arg(file)
-            .args(["--tenant", "acme", "--as", "operator"]),
-    );
-}
-
 /// Registers the `hello` agent through the API and starts it with `command`; the answer.
 fn start_hello(api: &Client, command: &[&str]) -> Value {
     let r = api
@@ -113,18 +36,6 @@ fn start_hello(api: &Client, command: &[&str]) -> Value {
         .unwrap();
     assert_eq!(r.status, 201, "{}", r.error_message());
     r.json()
-}
-
-/// Polls `f` until it gives a value (at most 20 s).
-pub fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let end = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]
@@ -276,7 +187,7 @@ fn the_control_plane_on_postgres_decides_a_real_cells_held_request() {
     let url = pg.login(&["agentspace_control", "agentspace_audit_writer"]);
     let env = [("AGENTSPACE_DATABASE_URL", url.as_str())];
     let token = bootstrap_with(&s, &env);
-    let server = serve_with(&s, &env);
+    let server = serve_with(&s, &[], &env);
     let alice = Client::new(&server.url, Some(&token)).unwrap();
     let r = alice
         .post("/v1/users", &json!({"name": "bob", "roles": ["approver"]}))

@@ -8,5 +8,6 @@ mod control_plane;
 mod definitions;
 mod door;
 mod escape;
+mod remote;
 mod run;
 mod tools;

@@ -1,7 +1,9 @@
 //! Shared fixtures: a temporary state directory, definitions, and running the binary.
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 pub fn agentspace_bin() -> &'static str {
     env!("CARGO_BIN_EXE_agentspace")
@@ -196,4 +198,118 @@ impl Sandbox {
             .arg(self.path().join("ca.pem"));
         c
     }
+}
+
+/// A control plane on a free loopback port, killed on drop.
+pub struct Serve {
+    pub child: Child,
+    pub url: String,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn serve(s: &Sandbox) -> Serve {
+    serve_with(s, &[], &[])
+}
+
+/// `agentspace serve` with extra arguments and environment variables.
+pub fn serve_with(s: &Sandbox, args: &[&str], env: &[(&str, &str)]) -> Serve {
+    let mut child = Command::new(agentspace_bin())
+        .arg("--state-dir")
+        .arg(s.state())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stderr.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no address in `{line}`"))
+        .to_owned();
+    Serve { child, url }
+}
+
+/// Runs `command`, which must succeed; returns its stdout, trimmed.
+pub fn succeed(command: &mut Command) -> String {
+    let out = command.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Creates tenant `acme` with admin `alice`; returns her API token.
+pub fn bootstrap(s: &Sandbox) -> String {
+    bootstrap_with(s, &[])
+}
+
+/// [`bootstrap`] with extra environment variables.
+pub fn bootstrap_with(s: &Sandbox, env: &[(&str, &str)]) -> String {
+    succeed(
+        s.command()
+            .args(["serve", "--bootstrap-admin", "alice", "--tenant", "acme"])
+            .envs(env.iter().copied()),
+    )
+}
+
+/// `agentspace definition register -f FILE --tenant acme --as operator`, as the host's
+/// operator does.
+pub fn register_on_host(s: &Sandbox, file: &Path) {
+    succeed(
+        s.command()
+            .args(["definition", "register", "-f"])
+            .arg(file)
+            .args(["--tenant", "acme", "--as", "operator"]),
+    );
+}
+
+/// Polls `f` until it gives a value (20 s at most).
+pub fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// What an attacker with write access to the audit database does: drops the
+/// append-only triggers and replaces `from` with `to` in the events matching `filter`
+/// (an SQL condition); returns how many events changed.
+pub fn rewrite_audit_events(s: &Sandbox, filter: &str, from: &str, to: &str) -> usize {
+    let conn = rusqlite::Connection::open(s.state().join("audit/audit.db")).unwrap();
+    let triggers: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    for t in triggers {
+        conn.execute_batch(&format!("DROP TRIGGER {t}")).unwrap();
+    }
+    conn.execute(
+        &format!(
+            "UPDATE audit_events SET event = CAST(replace(CAST(event AS TEXT), ?1, ?2) AS BLOB) WHERE {filter}"
+        ),
+        [from, to],
+    )
+    .unwrap()
 }

@@ -198,6 +198,7 @@ impl TestServer {
             database_url: place.database_url(),
             audit_url: None,
             runner: None,
+            gateway_config: None,
             approval_webhook: options.webhook,
             allow_private_webhooks: options.allow_private_webhooks,
         };

@@ -170,6 +170,12 @@ fn every_endpoint_refuses_or_hides_another_tenants_things(backend: Backend) {
         ),
         (
             "get",
+            "/v1/tasks/{id}/logs",
+            format!("/v1/tasks/{task}/logs?offset=0&wait=1"),
+            None,
+        ),
+        (
+            "get",
             "/v1/tasks/{id}/budget",
             format!("/v1/tasks/{task}/budget"),
             None,

@@ -74,6 +74,81 @@ fn tasks_are_listed_from_the_state_directory(backend: Backend) {
     assert!(!String::from_utf8_lossy(&used.body).contains("TOP-SECRET"));
 }
 
+#[test]
+fn a_running_tasks_log_is_followed_from_an_offset_until_it_is_complete() {
+    // Logs are files of the state directory whatever the database.
+    let server = TestServer::start(Backend::Sqlite);
+    let admin = server.bootstrap("acme", "alice");
+    let task = write_task(server.state(), "acme", "writer", "alice");
+    let dir = server.state().join("tasks").join(&task);
+    let manifest_path = dir.join("manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    manifest["state"] = json!("running");
+    std::fs::write(&manifest_path, manifest.to_string()).unwrap();
+    let header = |r: &agentspace_server::client::Response, name: &str| {
+        r.header_values(name).first().map(|v| v.to_string())
+    };
+
+    // Nothing written yet, the task runs: an empty piece that is not complete, after
+    // the wait.
+    let r = admin.get(&format!("/v1/tasks/{task}/logs?offset=0&wait=1"));
+    assert_eq!(r.status, 200, "{}", r.error_message());
+    assert_eq!(r.body, b"");
+    assert_eq!(header(&r, "agentspace-log-next").as_deref(), Some("0"));
+    assert_eq!(
+        header(&r, "agentspace-log-complete").as_deref(),
+        Some("false")
+    );
+
+    // More than one piece (1 MiB) of output: read in pieces, each from the last offset.
+    let big: Vec<u8> = (0..(2 * 1024 * 1024 + 100))
+        .map(|i| (i % 251) as u8)
+        .collect();
+    std::fs::write(dir.join("stdout.log"), &big).unwrap();
+    let mut got = Vec::new();
+    let mut offset = 0;
+    loop {
+        let r = admin.get(&format!("/v1/tasks/{task}/logs?offset={offset}&wait=1"));
+        assert_eq!(r.status, 200, "{}", r.error_message());
+        got.extend_from_slice(&r.body);
+        offset = header(&r, "agentspace-log-next").unwrap().parse().unwrap();
+        assert_eq!(offset as usize, got.len());
+        assert_eq!(
+            header(&r, "agentspace-log-complete").as_deref(),
+            Some("false")
+        );
+        if got.len() == big.len() {
+            break;
+        }
+        assert!(!r.body.is_empty(), "no progress at {offset}");
+    }
+    assert_eq!(got, big);
+
+    // Once the task has ended, the log is complete at its end.
+    manifest["state"] = json!("exited");
+    std::fs::write(&manifest_path, manifest.to_string()).unwrap();
+    let r = admin.get(&format!("/v1/tasks/{task}/logs?offset={offset}&wait=30"));
+    assert_eq!(r.body, b"");
+    assert_eq!(
+        header(&r, "agentspace-log-complete").as_deref(),
+        Some("true")
+    );
+    // An offset past the end reads nothing; tail and offset do not mix; wait needs an
+    // offset.
+    let r = admin.get(&format!("/v1/tasks/{task}/logs?offset=99999999"));
+    assert_eq!((r.status, r.body.len()), (200, 0));
+    let r = admin.get(&format!("/v1/tasks/{task}/logs?offset=0&tail_bytes=5"));
+    assert_eq!(r.status, 400);
+    assert!(
+        r.error_message().contains("`offset` and `tail_bytes`"),
+        "{}",
+        r.error_message()
+    );
+    let r = admin.get(&format!("/v1/tasks/{task}/logs?wait=5"));
+    assert_eq!(r.status, 400);
+}
+
 fn audit_is_queried_verified_and_exported(backend: Backend) {
     let server = TestServer::start(backend);
     let admin = server.bootstrap("acme", "alice");

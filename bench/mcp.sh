@@ -16,7 +16,7 @@ target/release/examples/mcp_bench \
 import json, sys, statistics
 rows = [json.loads(l) for l in sys.stdin if l.strip()]
 for r in rows:
-    print(f"round {r[\"round\"]} {r[\"path\"]:8} p50 {r[\"p50_us\"]:8.1f} us  p99 {r[\"p99_us\"]:8.1f} us  ({r[\"calls\"]} calls)")
+    print("round %s %-8s p50 %8.1f us  p99 %8.1f us  (%s calls)" % (r["round"], r["path"], r["p50_us"], r["p99_us"], r["calls"]))
 def med(path, key):
     return statistics.median(r[key] for r in rows if r["path"] == path)
 for key in ("p50_us", "p99_us"):

@@ -7,10 +7,14 @@ Usage: python3 agent.py [URL]   (default http://127.0.0.1:3130/mcp, the cell's M
 import asyncio
 import json
 import sys
+import warnings
 
 from mcp import MCPError
 from mcp.client import Client
 
+# The SDK warns that resource subscriptions are gone from 2026 revisions; the agent
+# tries one on purpose (the boundary refuses it).
+warnings.simplefilter("ignore")
 URL = sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:3130/mcp"
 
 
@@ -70,6 +74,36 @@ async def main():
 
         # A tampered record carries an instruction aimed at the model: flagged.
         await call(client, "lookup-tampered", "lookup_customer", {"customer_id": "c-002"})
+
+        # Resources and prompts pass the same boundary: only what the definition allows
+        # is listed, and anything else does not exist.
+        resources = await client.list_resources()
+        report("resources", uris=sorted(str(r.uri) for r in resources.resources))
+        templates = await client.list_resource_templates()
+        report("templates", templates=sorted(t.uri_template for t in templates.resource_templates))
+        for step, uri in [("read-record", "customer://c-001"), ("read-tampered", "customer://c-002"),
+                          ("read-hidden", "internal://audit-notes")]:
+            try:
+                read = await client.read_resource(uri)
+                meta = read.meta or {}
+                report(step, ok=True, text=" ".join(getattr(c, "text", "") for c in read.contents),
+                       flags=meta.get("agentspace/flags", []))
+            except MCPError as e:
+                data = e.data if isinstance(e.data, dict) else {}
+                report(step, ok=False, error=e.code, code=data.get("code"), message=e.message)
+        try:
+            await client.subscribe_resource("customer://c-001")
+            report("subscribe", ok=True)
+        except MCPError as e:
+            report("subscribe", ok=False, error=e.code)
+        prompts = await client.list_prompts()
+        report("prompts", prompts=sorted(p.name for p in prompts.prompts))
+        for step, name in [("brief", "credit_brief"), ("prompt-hidden", "collections_script")]:
+            try:
+                got = await client.get_prompt(name, {"customer_id": "c-001"})
+                report(step, ok=True, text=" ".join(getattr(m.content, "text", "") for m in got.messages))
+            except MCPError as e:
+                report(step, ok=False, error=e.code, message=e.message)
 
         # The letter goes through templates, which is cleared for pii.
         await call(client, "letter", "render_letter",

@@ -59,6 +59,28 @@ impl GatewayOptions {
         self.config.is_none() && self.resolve.is_empty() && self.upstream_ca.is_empty()
     }
 
+    /// The options as `agentspace run` arguments, paths made absolute (for the run of a
+    /// tool server's cell, started in another directory).
+    pub(crate) fn to_args(&self) -> Result<Vec<String>> {
+        let absolute = |p: &Path| -> Result<String> {
+            Ok(std::path::absolute(p)
+                .with_context(|| format!("cannot resolve `{}`", p.display()))?
+                .display()
+                .to_string())
+        };
+        let mut args = Vec::new();
+        if let Some(file) = &self.config {
+            args.extend(["--config".to_owned(), absolute(file)?]);
+        }
+        for entry in &self.resolve {
+            args.extend(["--resolve".to_owned(), entry.clone()]);
+        }
+        for ca in &self.upstream_ca {
+            args.extend(["--upstream-ca".to_owned(), absolute(ca)?]);
+        }
+        Ok(args)
+    }
+
     /// The gateway's settings: defaults, then the config file, then the flags.
     pub(crate) fn config(&self, state_dir: &Path) -> Result<GatewayConfig> {
         let mut config = GatewayConfig::new(state_dir);

@@ -257,8 +257,10 @@ struct Boundary {
     door: agentspace_cell::NetworkDoor,
     ca: PathBuf,
     /// Runs the gateway serving the door; held so it lives as long as the cell.
-    _runtime: tokio::runtime::Runtime,
+    runtime: tokio::runtime::Runtime,
     task: std::sync::Arc<agentspace_gateway::Task>,
+    /// The MCP endpoint: it ends once the task's last audit events are durable.
+    tools: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Boundary {
@@ -303,24 +305,29 @@ impl Boundary {
             None => agentspace_policy::PolicyEngine::load(definition, state.path())?,
         };
         let policy = std::sync::Arc::new(policy);
-        let gateway = Gateway::new(config, audit.clone())?;
+        let gateway = Gateway::new(config.clone(), audit.clone())?;
         let ca = gateway
             .tenant_ca(&definition.tenant)?
             .cert_path()
             .to_path_buf();
         let identity = std::sync::Arc::new(agentspace_identity::Identity::open(state.path()));
-        let mcp_gateway = agentspace_gateway::McpGateway::sandboxed(
+        // HTTP tool servers are reached like HTTP egress upstreams (the same roots,
+        // --upstream-ca and --resolve); stdio ones run in cells of their own.
+        let mcp_gateway = agentspace_gateway::McpGateway::configured(
             audit.clone(),
             std::sync::Arc::clone(&identity),
-            std::sync::Arc::new(ToolCells {
+            &config,
+            Some(std::sync::Arc::new(ToolCells {
                 exe: std::env::current_exe().context("cannot find the agentspace binary")?,
                 state: state.path().to_path_buf(),
                 dir: state.tasks_dir()?.join(task.as_str()).join("tools"),
                 tenant: definition.tenant.to_string(),
                 user: principal.user().as_str().to_owned(),
                 timeout_secs: definition.limits.timeout.as_secs().max(1),
-            }),
-        );
+                gateway_args: options.to_args()?,
+                stores: args.stores.to_env(),
+            })),
+        )?;
         let mut door = agentspace_cell::NetworkDoor::create()?;
         let sockets = door.take_sockets().context("the door has no sockets")?;
         for nonblocking in [
@@ -377,23 +384,27 @@ impl Boundary {
             tokio::spawn(gateway.serve_dns_tcp(dns_tcp, std::sync::Arc::clone(&task)));
             // The tools of `spec.tools`, at http://127.0.0.1:3130/mcp in the cell; with
             // none, the endpoint lists no tools and every call is refused and audited.
-            tokio::spawn(mcp_gateway.serve(mcp, std::sync::Arc::clone(&task)));
-            anyhow::Ok(task)
+            let tools = tokio::spawn(mcp_gateway.serve(mcp, std::sync::Arc::clone(&task)));
+            anyhow::Ok((task, tools))
         })?;
+        let (task, tools) = task;
         Ok(Some(Self {
             door,
             ca,
-            _runtime: runtime,
+            runtime,
             task,
+            tools: Some(tools),
         }))
     }
 }
 
 /// Runs each stdio tool server of a task in a cell of its own: `agentspace run` of a
 /// definition made for it, with the agent definition's directory as its workspace (an
-/// overlay: the server's writes never reach the host), no network, and the task's user.
-/// A tool server so never runs with the launcher's privileges, sees only its own
-/// directory and the system, and its start and exit are in the audit log.
+/// overlay: the server's writes never reach the host), the task's user, and as network
+/// only what the server's own `egress` rules allow (none: no network at all), through
+/// a gateway of its own that adds the rules' brokered credentials. A tool server so
+/// never runs with the launcher's privileges, sees only its own directory and the
+/// system, never holds a secret, and its start, exit and requests are in the audit log.
 struct ToolCells {
     exe: PathBuf,
     state: PathBuf,
@@ -401,26 +412,41 @@ struct ToolCells {
     tenant: String,
     user: String,
     timeout_secs: u64,
+    /// The operator's gateway options (`--config`, `--resolve`, `--upstream-ca`), for
+    /// the gateways of servers with egress rules.
+    gateway_args: Vec<String>,
+    /// The task's stores (`--database-url`, `--audit-url`) as the variables `run` reads,
+    /// so that the servers' cells record where the task does; in the environment, not
+    /// the arguments, where other users of the host could read the password.
+    stores: Vec<(String, String)>,
 }
 
 impl agentspace_gateway::StdioSandbox for ToolCells {
     fn wrap(
         &self,
-        server: &str,
-        command: &[String],
-        cwd: &Path,
+        server: &agentspace_core::ToolServer,
     ) -> std::result::Result<Vec<String>, String> {
-        // JSON strings are YAML strings: the path and names need no further quoting.
+        let agentspace_core::ToolTransport::Stdio { command, cwd } = &server.transport else {
+            return Err("only stdio servers run in a cell".to_owned());
+        };
+        let name = server.name.as_str();
+        // JSON is YAML: names, the path and the rules need no further quoting.
         let quote = |s: &str| serde_json::Value::from(s).to_string();
-        let text = format!(
+        let mut text = format!(
             "apiVersion: agentspace/v1\nkind: Agent\nmetadata:\n  name: {}\n  tenant: {}\nspec:\n  workspace: {}\n  resources: {{memory: 256Mi, pids: 64, cpu: 1.0, timeout: {}s}}\n",
-            quote(server),
+            quote(name),
             quote(&self.tenant),
             quote(&cwd.display().to_string()),
             self.timeout_secs
         );
+        if !server.egress.is_empty() {
+            let rules = serde_json::to_string(&server.egress)
+                .map_err(|e| format!("cannot write the tool server's egress rules: {e}"))?;
+            text.push_str(&format!("  egress: {rules}\n"));
+        }
+        let file = self.dir.join(format!("{name}.yaml"));
         std::fs::create_dir_all(&self.dir)
-            .and_then(|()| std::fs::write(self.dir.join(format!("{server}.yaml")), text))
+            .and_then(|()| std::fs::write(&file, text))
             .map_err(|e| format!("cannot write the tool server's cell definition: {e}"))?;
         let mut argv = vec![
             self.exe.display().to_string(),
@@ -430,21 +456,33 @@ impl agentspace_gateway::StdioSandbox for ToolCells {
             "--user".to_owned(),
             self.user.clone(),
             "-f".to_owned(),
-            self.dir
-                .join(format!("{server}.yaml"))
-                .display()
-                .to_string(),
-            "--".to_owned(),
+            file.display().to_string(),
         ];
+        // The gateway options configure the gateway, which only a cell with egress
+        // rules has (`run` refuses them otherwise).
+        if !server.egress.is_empty() {
+            argv.extend(self.gateway_args.iter().cloned());
+        }
+        argv.push("--".to_owned());
         argv.extend(command.iter().cloned());
         Ok(argv)
+    }
+
+    fn environment(&self) -> Vec<(String, String)> {
+        self.stores.clone()
     }
 }
 
 impl Drop for Boundary {
     fn drop(&mut self) {
-        // The task is over: its door stops accepting and every connection closes.
+        // The task is over: its door stops accepting and every connection closes. The
+        // MCP endpoint writes the audit events it still holds before the runtime stops.
         self.task.close();
+        if let Some(tools) = self.tools.take() {
+            let _ = self.runtime.block_on(async {
+                tokio::time::timeout(std::time::Duration::from_secs(10), tools).await
+            });
+        }
     }
 }
 

@@ -82,6 +82,18 @@ impl Stores {
             audit_url: std::env::var("AGENTSPACE_AUDIT_URL").ok(),
         }
     }
+
+    /// The stores as the variables [`Stores::from_env`] and the flags read, for a child
+    /// `agentspace` process.
+    pub(crate) fn to_env(&self) -> Vec<(String, String)> {
+        [
+            ("AGENTSPACE_DATABASE_URL", &self.database_url),
+            ("AGENTSPACE_AUDIT_URL", &self.audit_url),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.clone().map(|v| (k.to_owned(), v)))
+        .collect()
+    }
 }
 
 /// Now, in nanoseconds since the Unix epoch.

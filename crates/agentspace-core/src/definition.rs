@@ -572,14 +572,23 @@ spec:
       command: [python3, ./servers/customer_db.py]   # started OUTSIDE the cell by the boundary
       allow: [lookup_customer]
       labels: [pii]                                  # what this source's results carry
+      resources: ["customer://*"]
+      prompts: [credit_brief]
+      relay: [sampling, elicitation, progress, listChanged]
     - server: hr
       url: http://hr.internal.example/mcp            # a streamable-HTTP server
       allow: []                                      # nothing: the agent never sees it
+      credential: {secret: hr-token, header: Authorization, format: "Bearer {}"}
     - server: mail
       command: [python3, ./servers/mail.py]
       allow: [send_mail]
       clearedFor: []                                 # may not receive pii
       approval: {when: 'true', timeout: 10m}
+      egress:
+        - name: smtp-api
+          hosts: [mail.provider.example]
+          methods: [POST]
+          credential: {secret: mail-key, header: Authorization, format: "Bearer {}"}
     - server: templates
       command: [python3, ./servers/templates.py]
       allow: [render]
@@ -605,6 +614,24 @@ spec:
         );
         assert_eq!(db.allow, vec!["lookup_customer"]);
         assert!(db.labels.contains("pii"));
+        assert_eq!(db.resources, vec!["customer://*"]);
+        assert_eq!(db.prompts, vec!["credit_brief"]);
+        assert_eq!(
+            db.relay.iter().map(|r| r.name()).collect::<Vec<_>>(),
+            ["sampling", "elicitation", "progress", "listChanged"]
+        );
+        assert!(t.servers[1].relay.is_empty());
+        let cred = t.servers[1].credential.as_ref().unwrap();
+        assert_eq!(cred.secret, "hr-token");
+        assert_eq!(
+            cred.apply,
+            crate::CredentialApply::Header {
+                name: "Authorization".into(),
+                format: "Bearer {}".into()
+            }
+        );
+        assert!(db.credential.is_none());
+        assert!(t.servers[1].resources.is_empty() && t.servers[1].prompts.is_empty());
         assert_eq!(
             t.servers[1].transport,
             crate::ToolTransport::Http {
@@ -614,6 +641,16 @@ spec:
         assert!(t.servers[1].allow.is_empty());
         let mail = &t.servers[2];
         assert!(mail.cleared_for.is_empty());
+        assert_eq!(mail.egress.len(), 1);
+        assert_eq!(mail.egress[0].name.as_str(), "smtp-api");
+        assert_eq!(
+            mail.egress[0].credential.as_ref().unwrap().secret,
+            "mail-key"
+        );
+        // Written back as it was read (what the server's own cell is given).
+        let again: Vec<crate::RawEgressRule> =
+            serde_json::from_value(serde_json::to_value(&mail.egress).unwrap()).unwrap();
+        assert_eq!(again, mail.egress);
         let approval = mail.approval.as_ref().unwrap();
         assert_eq!(approval.when.as_deref(), Some("true"));
         assert_eq!(approval.timeout.as_secs(), 600);
@@ -676,6 +713,60 @@ spec:
                 "not a tool name",
             ),
             (
+                "resources: [\"customer://*\"]",
+                "resources: [\"customer\"]",
+                "spec.tools[0].resources",
+                "URI scheme",
+            ),
+            (
+                "prompts: [credit_brief]",
+                "prompts: [credit_brief, \"a b\"]",
+                "spec.tools[0].prompts",
+                "not a prompt name",
+            ),
+            (
+                "relay: [sampling, elicitation, progress, listChanged]",
+                "relay: [sampling, sampling]",
+                "spec.tools[0].relay",
+                "listed twice",
+            ),
+            (
+                "relay: [sampling, elicitation, progress, listChanged]",
+                "relay: [everything]",
+                "spec.tools[0].relay",
+                "",
+            ),
+            (
+                "format: \"Bearer {}\"}",
+                "format: \"Bearer\"}",
+                "spec.tools[1].credential.format",
+                "exactly one `{}`",
+            ),
+            (
+                "header: Authorization, format: \"Bearer {}\"}",
+                "awsSigV4: {region: us-east-1, service: s3}}",
+                "spec.tools[1].credential.awsSigV4",
+                "egress rules",
+            ),
+            (
+                "      labels: [pii]                                  # what this source's results carry\n",
+                "      labels: [pii]\n      credential: {secret: db, header: X-Key}\n",
+                "spec.tools[0].credential",
+                "stdio server",
+            ),
+            (
+                "hosts: [mail.provider.example]",
+                "hosts: [\"mail.provider.example/x\"]",
+                "spec.tools[2].egress[0].hosts",
+                "",
+            ),
+            (
+                "      allow: []                                      # nothing: the agent never sees it\n",
+                "      allow: []\n      egress: [{name: x, hosts: [x.example]}]\n",
+                "spec.tools[1].egress",
+                "stdio server",
+            ),
+            (
                 "labels: [pii]",
                 "labels: [PII]",
                 "spec.tools[0].labels",
@@ -711,7 +802,7 @@ spec:
             assert!(e.message.contains(message), "{from} -> {e}");
             // Keys inside a flow mapping (`{when: .., timeout: ..}`) have no line of
             // their own to find.
-            if !field.contains("approval") {
+            if !field.contains("approval") && !field.contains("credential.") {
                 assert!(e.line.is_some(), "{e}");
             }
         }

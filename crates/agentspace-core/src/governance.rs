@@ -26,7 +26,7 @@ pub const DEFAULT_LOOP_LIMIT: u32 = 3;
 pub const DEFAULT_APPROVAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// One outbound capability as written under `spec.egress`.
-#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawEgressRule {
     /// The capability's name: budgets, revocation and the audit log refer to it.
@@ -35,39 +35,39 @@ pub struct RawEgressRule {
     /// subdomain (not the domain itself). Case-insensitive.
     pub hosts: Vec<String>,
     /// HTTP methods (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS). Omitted: all of them.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub methods: Option<Vec<String>>,
     /// URL paths, starting with `/`; `*` matches any run of characters, `/` included
     /// (`/v1/charges*`). The query string is not part of the path. Omitted: every path.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paths: Option<Vec<String>>,
     /// Limits on this capability within one task.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<RawCapabilityBudget>,
     /// Hold matching requests for a human's approval.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<RawApproval>,
     /// A credential the gateway injects into every request of this capability. The agent
     /// never sees it; one the agent sends itself is removed.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential: Option<RawCredential>,
     /// `intercept` (default): the gateway terminates TLS and decides each request.
     /// `passthrough`: for clients that pin certificates; the gateway reads only the TLS
     /// server name, decides the connection on host and port, and relays the encrypted
     /// bytes. A passthrough rule cannot have `methods`, `paths` or `credential`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsMode>,
     /// The hosts are internal services (loopback or private addresses) the agent may
     /// reach. Each host must be an exact name or an IP address; cloud metadata and other
     /// link-local addresses stay refused unless named as an IP address.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub internal: Option<bool>,
     /// Send a per-call identity token (`Agentspace-Identity`, a one-time EdDSA JWT naming
     /// the user and the agent) with every request of this capability, so the service can
     /// verify who the call is for. Default: `true` for `internal: true` rules, `false`
     /// otherwise (a third party need not learn the tenant's user names). Not possible with
     /// `tls: passthrough`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<bool>,
 }
 
@@ -83,31 +83,31 @@ pub enum TlsMode {
 }
 
 /// How a brokered credential is applied: exactly one of `header`, `basic`, `query`.
-#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawCredential {
     /// The secret's name in the tenant's store (`agentspace secret set`).
     pub secret: String,
     /// A header to set, e.g. `Authorization`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub header: Option<String>,
     /// The header's value, `{}` standing for the secret (default `{}`), e.g. `Bearer {}`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<String>,
     /// HTTP basic authentication: the secret is the password.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub basic: Option<RawBasicAuth>,
     /// A query parameter whose value is the secret.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query: Option<String>,
     /// Sign every request with AWS Signature Version 4; the secret holds
     /// `ACCESS_KEY_ID:SECRET_ACCESS_KEY` or `ACCESS_KEY_ID:SECRET_ACCESS_KEY:SESSION_TOKEN`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aws_sig_v4: Option<RawAwsSigV4>,
 }
 
 /// Where AWS Signature Version 4 signatures are scoped.
-#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawAwsSigV4 {
     /// The AWS region, e.g. `us-east-1`.
@@ -117,7 +117,7 @@ pub struct RawAwsSigV4 {
 }
 
 /// HTTP basic authentication.
-#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawBasicAuth {
     /// The user name.
@@ -162,7 +162,7 @@ pub enum CredentialApply {
     },
 }
 
-fn validate_credential(c: &RawCredential) -> Result<CredentialRef, (String, String)> {
+pub(crate) fn validate_credential(c: &RawCredential) -> Result<CredentialRef, (String, String)> {
     let token_ok = |s: &str| {
         !s.is_empty()
             && s.len() <= 128
@@ -262,30 +262,30 @@ fn validate_credential(c: &RawCredential) -> Result<CredentialRef, (String, Stri
 }
 
 /// When a request needs a human's approval.
-#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawApproval {
     /// A Cedar expression over the request (`context.body.amount > 1000`). Omitted: every
     /// matching request needs approval.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub when: Option<String>,
     /// How long the request is held before it is denied (default 10m).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
 }
 
 /// Limits on one capability within one task.
-#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawCapabilityBudget {
     /// Most requests.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requests: Option<u64>,
     /// Most bytes sent and received, e.g. `10Mi`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes: Option<Size>,
     /// Most LLM tokens (input and output) reported by the gateway.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens: Option<u64>,
 }
 

@@ -34,6 +34,6 @@ pub use principal::{
 pub use quantity::{Cpu, Duration, Size};
 pub use task::{LimitHit, ManifestLimits, TaskManifest, TaskState};
 pub use tools::{
-    FlowRule, InjectionAction, RawFlowApproval, RawFlowRule, RawToolServer, ToolServer,
-    ToolTransport, Tools,
+    FlowRule, InjectionAction, RawFlowApproval, RawFlowRule, RawToolServer, Relay, ToolServer,
+    ToolTransport, Tools, wildcard_match,
 };

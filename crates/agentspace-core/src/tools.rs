@@ -56,6 +56,93 @@ pub struct RawToolServer {
     /// (default), `redact` the strings that do, or `block` the whole result.
     #[serde(default)]
     pub injection: Option<InjectionAction>,
+    /// The resources the agent may list and read, as URI patterns (`customer://*`,
+    /// `file:///srv/reports/*`; `*` matches any run of characters, `*` alone every
+    /// resource). Omitted or empty: none.
+    #[serde(default)]
+    pub resources: Vec<String>,
+    /// The prompts the agent may list and get, by name. Omitted or empty: none.
+    #[serde(default)]
+    pub prompts: Vec<String>,
+    /// What this server may send the agent's client through the boundary: requests
+    /// (`sampling`, `elicitation`, `roots`; each decided by policy and audited, the
+    /// answer checked against the flow rules on its way back) and notifications
+    /// (`progress`, `logging`, `listChanged`). Omitted or empty: nothing; such requests
+    /// are refused and audited.
+    #[serde(default)]
+    pub relay: Vec<Relay>,
+    /// A credential the gateway adds to every request to this streamable-HTTP server
+    /// (`url`), from the tenant's secret store, as for `spec.egress[].credential`
+    /// (`header`, `basic` or `query`). Neither the agent nor anything it can read ever
+    /// holds it; a response that echoes it is redacted.
+    #[serde(default)]
+    pub credential: Option<crate::governance::RawCredential>,
+    /// For a stdio server: what its own cell may reach, as `spec.egress` rules (with
+    /// brokered `credential`s). Omitted or empty: its cell has no network. The server's
+    /// requests go through a gateway of its own, decided by these rules, and the
+    /// credentials are added there: the server process never holds them.
+    #[serde(default)]
+    pub egress: Vec<crate::governance::RawEgressRule>,
+}
+
+/// What a tool server may send the agent's client through the boundary.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize, JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum Relay {
+    /// `sampling/createMessage`: the server asks the agent's model for a completion.
+    Sampling,
+    /// `elicitation/create`: the server asks the user (through the agent's client).
+    Elicitation,
+    /// `roots/list`: the server asks for the client's roots.
+    Roots,
+    /// `notifications/progress` of a call in flight.
+    Progress,
+    /// `notifications/message`: log messages.
+    Logging,
+    /// `notifications/tools/list_changed` and its resources and prompts siblings.
+    ListChanged,
+}
+
+impl Relay {
+    /// What a message of `method` from a server is, if it is one a definition can relay.
+    pub fn of_method(method: &str) -> Option<Self> {
+        Some(match method {
+            "sampling/createMessage" => Self::Sampling,
+            "elicitation/create" => Self::Elicitation,
+            "roots/list" => Self::Roots,
+            "notifications/progress" => Self::Progress,
+            "notifications/message" => Self::Logging,
+            "notifications/tools/list_changed"
+            | "notifications/resources/list_changed"
+            | "notifications/prompts/list_changed" => Self::ListChanged,
+            _ => return None,
+        })
+    }
+
+    /// The name as a definition writes it (`listChanged`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sampling => "sampling",
+            Self::Elicitation => "elicitation",
+            Self::Roots => "roots",
+            Self::Progress => "progress",
+            Self::Logging => "logging",
+            Self::ListChanged => "listChanged",
+        }
+    }
+
+    /// The request method, for the kinds that are requests (`sampling`, `elicitation`,
+    /// `roots`).
+    pub fn request_method(self) -> Option<&'static str> {
+        match self {
+            Self::Sampling => Some("sampling/createMessage"),
+            Self::Elicitation => Some("elicitation/create"),
+            Self::Roots => Some("roots/list"),
+            Self::Progress | Self::Logging | Self::ListChanged => None,
+        }
+    }
 }
 
 /// What the MCP gateway does with a tool result that looks like a prompt injection.
@@ -129,6 +216,99 @@ pub struct ToolServer {
     pub approval: Option<Approval>,
     /// What happens to results that look like prompt injections.
     pub injection: InjectionAction,
+    /// URI patterns of the resources the agent may list and read, in file order.
+    pub resources: Vec<String>,
+    /// The prompts the agent may list and get, in file order.
+    pub prompts: Vec<String>,
+    /// What the server may send the agent's client.
+    pub relay: BTreeSet<Relay>,
+    /// The credential the gateway adds to every request to this (HTTP) server.
+    pub credential: Option<crate::governance::CredentialRef>,
+    /// A stdio server's own egress rules, as written (checked here; they become the
+    /// `spec.egress` of the server's cell, whose gateway enforces them).
+    pub egress: Vec<crate::governance::RawEgressRule>,
+}
+
+impl ToolServer {
+    /// Whether the agent may read the resource at `uri` of this server (a pattern of
+    /// `resources` matches it).
+    pub fn allows_resource(&self, uri: &str) -> bool {
+        self.resources
+            .iter()
+            .any(|p| glob(p.as_bytes(), uri.as_bytes()))
+    }
+
+    /// Whether every URI the resource template `template` (RFC 6570, `{...}`
+    /// expressions) can produce is one the agent may read: the template with each
+    /// expression read as `*` is matched by a pattern whose literal characters never
+    /// stand where an expression is.
+    pub fn allows_template(&self, template: &str) -> bool {
+        // Each expression becomes one `\0`, which no pattern character but `*` matches.
+        let mut shape = Vec::with_capacity(template.len());
+        let mut depth = 0usize;
+        for b in template.bytes() {
+            match (b, depth) {
+                (b'{', 0) => {
+                    depth = 1;
+                    shape.push(0);
+                }
+                (b'{', _) => return false,
+                (b'}', 1) => depth = 0,
+                (_, 1) => {}
+                (b, _) => shape.push(b),
+            }
+        }
+        depth == 0 && self.resources.iter().any(|p| glob(p.as_bytes(), &shape))
+    }
+
+    /// Whether the agent may get the prompt `name` of this server.
+    pub fn allows_prompt(&self, name: &str) -> bool {
+        self.prompts.iter().any(|p| p == name)
+    }
+}
+
+/// Whether `pattern` (`*` matches any run of bytes, everything else itself) matches all
+/// of `text`: the semantics of Cedar's `like` for patterns without escapes, which is
+/// what the compiled policies use, so the gateway's listing and Cedar agree.
+fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    // A template's expressions are `\0` in `text`: only `*` matches them.
+    wildcard_match(pattern, text, |p| *p == b'*', |p, t| p == t && *t != 0)
+}
+
+/// Whether `pattern` matches all of `text`, where `any(p)` says `p` is the wildcard
+/// (it matches any run of elements, none included) and `same(p, t)` whether pattern
+/// element `p` matches text element `t`: the matching of Cedar's `like`. Iterative with
+/// one backtrack point, so linear in practice and never exponential.
+pub fn wildcard_match<P, T>(
+    pattern: &[P],
+    text: &[T],
+    any: impl Fn(&P) -> bool,
+    same: impl Fn(&P, &T) -> bool,
+) -> bool {
+    let (mut p, mut t) = (0usize, 0usize);
+    // The last wildcard seen and the text position it is matched up to so far.
+    let mut star: Option<(usize, usize)> = None;
+    while let Some(c) = text.get(t) {
+        match pattern.get(p) {
+            Some(x) if any(x) => {
+                star = Some((p, t));
+                p += 1;
+            }
+            Some(x) if same(x, c) => {
+                p += 1;
+                t += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    p = sp + 1;
+                    t = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern.get(p..).is_some_and(|rest| rest.iter().all(any))
 }
 
 /// A validated data-flow rule.
@@ -250,6 +430,64 @@ pub(crate) fn validate_tools(
             Some(a) => Some(validate_approval(a).map_err(|(sub, m)| (field(&sub), m))?),
             None => None,
         };
+        let mut resources = Vec::new();
+        for pattern in &raw.resources {
+            check_uri_pattern(pattern).map_err(|m| (field("resources"), m))?;
+            if resources.contains(pattern) {
+                return Err((field("resources"), format!("`{pattern}` is listed twice")));
+            }
+            resources.push(pattern.clone());
+        }
+        let mut prompts = Vec::new();
+        for prompt in &raw.prompts {
+            check_tool_name(prompt)
+                .map_err(|_| (field("prompts"), format!("`{prompt}` is not a prompt name (1-{MAX_TOOL_NAME} letters, digits, `_`, `-` or `.`; list each prompt by its exact name)")))?;
+            if prompts.contains(prompt) {
+                return Err((
+                    field("prompts"),
+                    format!("prompt `{prompt}` is listed twice"),
+                ));
+            }
+            prompts.push(prompt.clone());
+        }
+        let mut relay = BTreeSet::new();
+        for r in &raw.relay {
+            if !relay.insert(*r) {
+                return Err((field("relay"), format!("`{}` is listed twice", r.name())));
+            }
+        }
+        let credential = match (&raw.credential, &transport) {
+            (None, _) => None,
+            (Some(_), ToolTransport::Stdio { .. }) => {
+                return Err((
+                    field("credential"),
+                    "a stdio server is given no credential (it would hold it); the gateway brokers credentials for a `url` server only".to_owned(),
+                ));
+            }
+            (Some(c), ToolTransport::Http { .. }) => {
+                let c = crate::governance::validate_credential(c)
+                    .map_err(|(sub, m)| (field(&format!("credential.{sub}")), m))?;
+                if let crate::governance::CredentialApply::AwsSigV4 { .. } = c.apply {
+                    return Err((
+                        field("credential.awsSigV4"),
+                        "AWS signing is for egress rules; give a tool server `header`, `basic` or `query`".to_owned(),
+                    ));
+                }
+                Some(c)
+            }
+        };
+        if !raw.egress.is_empty() {
+            if let ToolTransport::Http { .. } = transport {
+                return Err((
+                    field("egress"),
+                    "egress rules are for a stdio server's own cell; a `url` server's network is not the boundary's to give".to_owned(),
+                ));
+            }
+            crate::governance::validate_egress(&raw.egress).map_err(|(f, m)| {
+                let sub = f.strip_prefix("spec.egress").unwrap_or(&f);
+                (format!("spec.tools[{i}].egress{sub}"), m)
+            })?;
+        }
         out.servers.push(ToolServer {
             name: raw.server.clone(),
             transport,
@@ -258,6 +496,11 @@ pub(crate) fn validate_tools(
             cleared_for,
             approval,
             injection: raw.injection.unwrap_or_default(),
+            resources,
+            prompts,
+            relay,
+            credential,
+            egress: raw.egress.clone(),
         });
     }
 
@@ -347,6 +590,45 @@ fn check_tool_name(tool: &str) -> Result<(), String> {
     }
 }
 
+/// A resource URI pattern: `*` alone, or a URI scheme (`customer:`) and then any
+/// characters but whitespace, control characters and `\` (Cedar's `like` escape);
+/// `*` matches any run of characters.
+fn check_uri_pattern(pattern: &str) -> Result<(), String> {
+    let hint = "write a URI pattern such as `customer://*` or `file:///srv/reports/*` (`*` matches any characters), or `*` for every resource";
+    if pattern.len() > 2048 {
+        return Err(format!(
+            "the pattern is longer than 2048 characters; {hint}"
+        ));
+    }
+    if pattern
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == '\\')
+    {
+        return Err(format!(
+            "`{pattern}` has whitespace, a control character or `\\`; {hint}"
+        ));
+    }
+    if pattern == "*" {
+        return Ok(());
+    }
+    let scheme = pattern.split(':').next().unwrap_or_default();
+    let scheme_ok = pattern.contains(':')
+        && scheme
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic())
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+.-".contains(&b));
+    if scheme_ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{pattern}` does not start with a URI scheme; {hint}"
+        ))
+    }
+}
+
 /// A data label: 1-64 lowercase letters, digits, `-` and `_`.
 fn check_label(label: &str) -> Result<(), String> {
     let ok = !label.is_empty()
@@ -418,5 +700,59 @@ mod tests {
         for bad in ["ftp://x", "http://", "http://u:p@x/", "http://x/ y", "x"] {
             assert!(check_url(bad).is_err(), "{bad}");
         }
+        for good in ["*", "customer://*", "file:///srv/a b", "x-y+z.1:abc"] {
+            let ok = check_uri_pattern(good).is_ok();
+            assert_eq!(ok, !good.contains(' '), "{good}");
+        }
+        for bad in ["customer", "//x", "1x:y", "a:\\*", ""] {
+            assert!(check_uri_pattern(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn server(resources: &[&str]) -> ToolServer {
+        ToolServer {
+            name: Name::new("s").unwrap(),
+            transport: ToolTransport::Http {
+                url: "http://x/mcp".into(),
+            },
+            allow: Vec::new(),
+            labels: BTreeSet::new(),
+            cleared_for: BTreeSet::new(),
+            approval: None,
+            injection: InjectionAction::Flag,
+            resources: resources.iter().map(|s| (*s).to_owned()).collect(),
+            prompts: vec!["brief".into()],
+            relay: BTreeSet::new(),
+            credential: None,
+            egress: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn resource_patterns_match_like_cedar() {
+        let s = server(&["customer://*", "file:///srv/*/report.txt"]);
+        assert!(s.allows_resource("customer://c-001"));
+        assert!(s.allows_resource("customer://"));
+        assert!(!s.allows_resource("customers://c-001"));
+        assert!(s.allows_resource("file:///srv/2024/report.txt"));
+        assert!(s.allows_resource("file:///srv/a/b/report.txt"));
+        assert!(!s.allows_resource("file:///srv/report.txt.bak"));
+        assert!(!s.allows_resource("file:///etc/passwd"));
+        assert!(server(&["*"]).allows_resource("anything:at-all"));
+        assert!(!server(&[]).allows_resource("customer://c-001"));
+        assert!(s.allows_prompt("brief") && !s.allows_prompt("brie"));
+    }
+
+    #[test]
+    fn a_template_is_allowed_only_when_every_expansion_is() {
+        let s = server(&["customer://*", "file:///srv/*/report.txt"]);
+        assert!(s.allows_template("customer://{id}"));
+        assert!(s.allows_template("file:///srv/{year}/report.txt"));
+        assert!(!s.allows_template("file:///srv/{year}/{name}"));
+        assert!(!s.allows_template("{scheme}://c-001"));
+        assert!(!server(&["customer://c-*"]).allows_template("customer://{id}"));
+        assert!(!s.allows_template("customer://{id"));
+        assert!(!s.allows_template("customer://{{id}}"));
+        assert!(server(&["*"]).allows_template("{anything}"));
     }
 }

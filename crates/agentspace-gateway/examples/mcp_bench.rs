@@ -226,7 +226,12 @@ async fn main() {
     let task = Arc::new(Task::new(principal, policy));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(McpGateway::new(audit, identity).serve(listener, Arc::clone(&task)));
+    let audit_reader = audit.clone();
+    tokio::spawn(
+        McpGateway::new(audit, identity)
+            .unwrap()
+            .serve(listener, Arc::clone(&task)),
+    );
 
     let mut direct = Direct::start(&script).await;
     let mut gateway = Gateway::connect(addr).await;
@@ -267,4 +272,41 @@ async fn main() {
         }
     }
     task.close();
+    breakdown(&audit_reader);
+}
+
+/// Where the gateway's time goes, from its own audit events (on stderr): the p50 of the
+/// decision events' `latency_us` (content checks, policy, token, schema: everything
+/// before the decision is written) and of the result events' (up to writing the
+/// result, so including the decision's durable commit and the tool server's time).
+fn breakdown(audit: &AuditLog) {
+    let mut decided = Vec::new();
+    let mut answered = Vec::new();
+    audit
+        .query(
+            &agentspace_audit::Filter {
+                tenant: Some("acme".into()),
+                ..agentspace_audit::Filter::default()
+            },
+            |e| {
+                let lat = e.event.latency_us.unwrap_or(0) as f64;
+                match e.event.action.as_str() {
+                    "tools/call" => decided.push(lat),
+                    "tools/result" => answered.push(lat),
+                    _ => {}
+                }
+                Ok(true)
+            },
+        )
+        .unwrap();
+    let p50 = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    };
+    eprintln!(
+        "gateway breakdown, p50 over {} calls: decided {:.0} us, result ready {:.0} us (after the decision's commit and the tool server)",
+        decided.len(),
+        p50(&mut decided),
+        p50(&mut answered)
+    );
 }

@@ -125,6 +125,9 @@ const ACTIONS: &[(&str, bool)] = &[
     ("OPTIONS", true),
     ("dns", false),
     ("mcp", false),
+    ("mcp_resource", false),
+    ("mcp_prompt", false),
+    ("mcp_server_request", false),
     ("spawn", false),
     ("tunnel", false),
 ];
@@ -674,6 +677,56 @@ fn generate(def: &Definition, def_file: &str) -> Result<Generated, PolicyError> 
                 ),
                 id,
                 field: format!("{field}.allow"),
+            });
+        }
+        if !server.resources.is_empty() {
+            // One permit per server: the listing and Cedar match URIs the same way
+            // (`like`, `*` for any characters; patterns cannot hold Cedar's escape).
+            let id = format!("resources.{name}");
+            let uris: Vec<String> = server
+                .resources
+                .iter()
+                .map(|p| format!("context.uri like {}", quote(p)))
+                .collect();
+            policies.push(GeneratedPolicy {
+                text: format!(
+                    "@id({})\npermit (\n  principal in {agent},\n  action == AgentSpace::Action::\"mcp_resource\",\n  {scope}\n)\nwhen {{ {} }};\n",
+                    quote(&id),
+                    uris.join(" || "),
+                ),
+                id,
+                field: format!("{field}.resources"),
+            });
+        }
+        let methods: Vec<String> = server
+            .relay
+            .iter()
+            .filter_map(|r| r.request_method())
+            .map(|m| format!("context.method == {}", quote(m)))
+            .collect();
+        if !methods.is_empty() {
+            let id = format!("relay.{name}");
+            policies.push(GeneratedPolicy {
+                text: format!(
+                    "@id({})\npermit (\n  principal in {agent},\n  action == AgentSpace::Action::\"mcp_server_request\",\n  resource == AgentSpace::McpServer::{}\n)\nwhen {{ {} }};\n",
+                    quote(&id),
+                    quote(name),
+                    methods.join(" || "),
+                ),
+                id,
+                field: format!("{field}.relay"),
+            });
+        }
+        for prompt in &server.prompts {
+            let id = format!("prompts.{name}.{prompt}");
+            policies.push(GeneratedPolicy {
+                text: format!(
+                    "@id({})\npermit (\n  principal in {agent},\n  action == AgentSpace::Action::\"mcp_prompt\",\n  resource == AgentSpace::Prompt::{}\n);\n",
+                    quote(&id),
+                    quote(&format!("{name}/{prompt}")),
+                ),
+                id,
+                field: format!("{field}.prompts"),
             });
         }
         if let Some(approval) = &server.approval {

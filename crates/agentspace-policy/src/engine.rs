@@ -37,8 +37,8 @@ pub struct PolicyEngine {
 }
 
 impl PolicyEngine {
-    /// Compiles `definition` (reading its `spec.policies` files) and opens the budget and
-    /// revocation stores under `<state_dir>/policy/`.
+    /// Compiles `definition` (reading its `spec.policies` files) and opens the budget,
+    /// revocation and taint stores under `<state_dir>/policy/`.
     pub fn load(definition: &Definition, state_dir: &Path) -> Result<Self, PolicyError> {
         let policies = CompiledPolicies::compile(definition)?;
         Self::with_policies(definition, policies, state_dir)
@@ -81,7 +81,7 @@ impl PolicyEngine {
             budgets: BudgetStore::open(state_dir)?,
             revocations,
             loops: Mutex::new(HashMap::new()),
-            taint: Taint::default(),
+            taint: Taint::open(state_dir)?,
         })
     }
 
@@ -141,9 +141,13 @@ impl PolicyEngine {
             ));
         }
         // A passed-through connection is not a request: clients open one per request or
-        // reconnect at will, and its host and port are all there is to compare.
-        if !matches!(request.action, Action::Tunnel)
-            && let Some(d) = self.loop_check(request)
+        // reconnect at will, and its host and port are all there is to compare. A tool
+        // server's request is not the agent's: counting it would break the agent's run
+        // of identical calls (call, sampling, call, ...) and hide its loop.
+        if !matches!(
+            request.action,
+            Action::Tunnel | Action::McpServerRequest { .. }
+        ) && let Some(d) = self.loop_check(request)
         {
             return Ok(d);
         }
@@ -291,8 +295,9 @@ impl PolicyEngine {
     }
 
     /// Taints the session of `principal`'s task with `labels` (read from a tool server's
-    /// result): from now on, every action of the task is allowed only to destinations
-    /// cleared for them. Returns the labels that are new to the session.
+    /// result): from now on, every action of the task, and of every task it starts, is
+    /// allowed only to destinations cleared for them. Durable (`<state>/policy/taint.db`)
+    /// before it returns. Returns the labels that are new to the session.
     pub fn taint(
         &self,
         principal: &Principal,
@@ -301,7 +306,8 @@ impl PolicyEngine {
         self.taint.add(principal, labels)
     }
 
-    /// The data labels the session of `principal`'s task carries.
+    /// The data labels the session of `principal`'s task carries: its own and those of
+    /// the tasks that started it.
     pub fn session_labels(
         &self,
         principal: &Principal,
@@ -376,8 +382,12 @@ fn window_bucket(now: u64, window: std::time::Duration) -> i64 {
 /// what budgets count; DNS lookups and spawns are not.
 fn charges_budgets(action: &Action) -> bool {
     match action {
-        Action::Http { .. } | Action::Mcp | Action::Tunnel => true,
-        Action::Dns | Action::Spawn => false,
+        Action::Http { .. }
+        | Action::Mcp
+        | Action::McpResource
+        | Action::McpPrompt
+        | Action::Tunnel => true,
+        Action::Dns | Action::Spawn | Action::McpServerRequest { .. } => false,
     }
 }
 

@@ -14,7 +14,8 @@ use cedar_policy::{
 use crate::compile::{CompiledPolicies, action_entities};
 use crate::decision::{Decision, DenyReason};
 use crate::prefilter::{
-    ACTION, AGENT, Facts, Guarded, HOST, MCP_SERVER, TASK, TENANT, TOOL, USER, attr_bit,
+    ACTION, AGENT, Facts, Guarded, HOST, MCP_RESOURCE, MCP_SERVER, PROMPT, TASK, TENANT, TOOL,
+    USER, attr_bit,
 };
 use crate::request::{Action, Request, Usage};
 
@@ -338,12 +339,25 @@ impl CompiledPolicies {
                 }
             }
             Action::Dns | Action::Tunnel => check_host(r.host.as_deref())?,
-            Action::Mcp => {
-                if r.server.as_deref().is_none_or(str::is_empty)
-                    || r.tool.as_deref().is_none_or(str::is_empty)
+            Action::Mcp | Action::McpResource | Action::McpPrompt => {
+                let (what, field) = match &request.action {
+                    Action::McpResource => ("resource.uri", r.uri.as_deref()),
+                    Action::McpPrompt => ("resource.prompt", r.prompt.as_deref()),
+                    _ => ("resource.tool", r.tool.as_deref()),
+                };
+                if r.server.as_deref().is_none_or(str::is_empty) || field.is_none_or(str::is_empty)
                 {
+                    return Err(format!(
+                        "an `{}` request needs `resource.server` and `{what}`",
+                        request.action.cedar_name()
+                    ));
+                }
+            }
+            Action::McpServerRequest { method } => {
+                if r.server.as_deref().is_none_or(str::is_empty) || method.is_empty() {
                     return Err(
-                        "an `mcp` request needs `resource.server` and `resource.tool`".to_owned(),
+                        "an `mcp_server_request` request needs `resource.server` and a method"
+                            .to_owned(),
                     );
                 }
             }
@@ -438,6 +452,20 @@ pub(crate) fn describe(request: &Request) -> String {
             r.server.as_deref().unwrap_or("?"),
             r.tool.as_deref().unwrap_or("?")
         ),
+        Action::McpResource => format!(
+            "MCP resource read `{}` of `{}`",
+            r.uri.as_deref().unwrap_or("?"),
+            r.server.as_deref().unwrap_or("?")
+        ),
+        Action::McpPrompt => format!(
+            "MCP prompt `{}/{}`",
+            r.server.as_deref().unwrap_or("?"),
+            r.prompt.as_deref().unwrap_or("?")
+        ),
+        Action::McpServerRequest { method } => format!(
+            "request `{method}` of MCP server `{}`",
+            r.server.as_deref().unwrap_or("?")
+        ),
         Action::Spawn => format!(
             "starting agent `{}`",
             r.agent.as_ref().map_or("?", |a| a.as_str())
@@ -449,10 +477,21 @@ pub(crate) fn describe(request: &Request) -> String {
 fn type_name(name: &str) -> Result<EntityTypeName, String> {
     static KNOWN: OnceLock<Vec<(&'static str, EntityTypeName)>> = OnceLock::new();
     let known = KNOWN.get_or_init(|| {
-        [TASK, AGENT, TENANT, USER, HOST, TOOL, MCP_SERVER, ACTION]
-            .into_iter()
-            .filter_map(|n| n.parse().ok().map(|t| (n, t)))
-            .collect()
+        [
+            TASK,
+            AGENT,
+            TENANT,
+            USER,
+            HOST,
+            TOOL,
+            MCP_SERVER,
+            MCP_RESOURCE,
+            PROMPT,
+            ACTION,
+        ]
+        .into_iter()
+        .filter_map(|n| n.parse().ok().map(|t| (n, t)))
+        .collect()
     });
     match known.iter().find(|(n, _)| *n == name) {
         Some((_, t)) => Ok(t.clone()),
@@ -556,12 +595,34 @@ fn build(facts: &Facts<'_>, wanted: u32) -> Result<cedar_policy::Request, String
             add("host", &|| string(&facts.host))?;
             add("port", &|| Ok(RestrictedExpression::new_long(facts.port)))?;
         }
-        Action::Mcp => {
+        Action::Mcp | Action::McpResource | Action::McpPrompt => {
             add("server", &|| {
                 string(r.server.as_deref().unwrap_or_default())
             })?;
-            add("tool", &|| string(r.tool.as_deref().unwrap_or_default()))?;
-            add("arguments", &|| {
+            match &request.action {
+                Action::McpResource => {
+                    add("uri", &|| string(r.uri.as_deref().unwrap_or_default()))?;
+                }
+                Action::McpPrompt => {
+                    add("prompt", &|| {
+                        string(r.prompt.as_deref().unwrap_or_default())
+                    })?;
+                }
+                _ => add("tool", &|| string(r.tool.as_deref().unwrap_or_default()))?,
+            }
+            if !matches!(request.action, Action::McpResource) {
+                add("arguments", &|| {
+                    json_record(request.context.arguments.as_ref(), &mut { MAX_VALUES })
+                        .map_err(|e| err(&e))
+                })?;
+            }
+        }
+        Action::McpServerRequest { method } => {
+            add("server", &|| {
+                string(r.server.as_deref().unwrap_or_default())
+            })?;
+            add("method", &|| string(method))?;
+            add("params", &|| {
                 json_record(request.context.arguments.as_ref(), &mut { MAX_VALUES })
                     .map_err(|e| err(&e))
             })?;

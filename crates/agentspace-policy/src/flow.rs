@@ -7,29 +7,46 @@
 //! task goes only to destinations (tool servers, egress rules) cleared for every label:
 //! named in `spec.flows[].mayFlowTo`, listed in the server's `clearedFor`, or the
 //! server the label came from. Anything else is denied with reason `flow`. Taint never
-//! decreases within a task: it is order-independent, not a trace of who read what.
+//! decreases within a task: it is order-independent, not a trace of who read what. It is
+//! kept in SQLite (`<state>/policy/taint.db`), and a task inherits the taint of the
+//! tasks that started it.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use agentspace_core::{Principal, Tools};
+use rusqlite::{Connection, params_from_iter};
 
 use crate::decision::{Decision, DenyReason};
 use crate::error::PolicyError;
 use crate::evaluate::describe;
 use crate::request::{Action, Request};
+use crate::store;
 
-/// Most tasks whose taint is remembered at once. Past it new tasks are refused taint
-/// (an error, so their calls are denied) rather than forgetting anyone's: forgetting
-/// would let data flow.
-const TAINT_MEMORY: usize = 65_536;
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS taint (
+  tenant   TEXT NOT NULL,
+  task     TEXT NOT NULL,
+  label    TEXT NOT NULL,
+  since_ms INTEGER NOT NULL,
+  PRIMARY KEY (tenant, task, label)
+) WITHOUT ROWID;
+";
 
-/// Per task (`tenant/task`): the labels its session carries.
-#[derive(Debug, Default)]
-pub(crate) struct Taint(Mutex<HashMap<String, BTreeSet<String>>>);
+/// Per task: the labels its session has read, in `<state>/policy/taint.db`, so that a
+/// gateway restarted, or a second gateway of the same task, knows them too. A task's
+/// session carries its own labels and those of every task in its delegation chain: an
+/// agent started by a tainted agent is tainted (what the parent read, it may pass on).
+pub(crate) struct Taint {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
 
-fn key(p: &Principal) -> String {
-    format!("{}/{}", p.tenant(), p.current().task)
+impl std::fmt::Debug for Taint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Taint").field("path", &self.path).finish()
+    }
 }
 
 fn unavailable() -> PolicyError {
@@ -37,30 +54,72 @@ fn unavailable() -> PolicyError {
 }
 
 impl Taint {
-    /// Adds `labels` to the session; returns those that were new.
+    pub(crate) fn open(state_dir: &Path) -> Result<Self, PolicyError> {
+        let path = store::policy_dir(state_dir)?.join("taint.db");
+        let conn = store::open(&path, SCHEMA)?;
+        Ok(Self {
+            path,
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// Adds `labels` to the session of `principal`'s task (durably, before it returns);
+    /// returns those that were new to the session.
     pub(crate) fn add(
         &self,
         principal: &Principal,
         labels: impl IntoIterator<Item = String>,
     ) -> Result<BTreeSet<String>, PolicyError> {
-        let mut map = self.0.lock().map_err(|_| unavailable())?;
-        let k = key(principal);
-        if map.len() >= TAINT_MEMORY && !map.contains_key(&k) {
-            return Err(PolicyError::Taint(format!(
-                "the taint state holds {TAINT_MEMORY} tasks already"
-            )));
+        let known = self.labels(principal)?;
+        let new: BTreeSet<String> = labels.into_iter().filter(|l| !known.contains(l)).collect();
+        if new.is_empty() {
+            // Labels only grow: nothing to write (the common case, a source read again).
+            return Ok(new);
         }
-        let set = map.entry(k).or_default();
-        Ok(labels
-            .into_iter()
-            .filter(|l| set.insert(l.clone()))
-            .collect())
+        let fail = |e: rusqlite::Error| PolicyError::state(&self.path, e);
+        let mut conn = self.conn.lock().map_err(|_| unavailable())?;
+        let tx = conn.transaction().map_err(fail)?;
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO taint (tenant, task, label, since_ms) VALUES (?1, ?2, ?3, ?4)",
+                )
+                .map_err(fail)?;
+            let now = store::unix_millis();
+            for label in &new {
+                insert
+                    .execute(rusqlite::params![
+                        principal.tenant().as_str(),
+                        principal.current().task.as_str(),
+                        label,
+                        now
+                    ])
+                    .map_err(fail)?;
+            }
+        }
+        tx.commit().map_err(fail)?;
+        Ok(new)
     }
 
-    /// The labels of the session.
+    /// The labels of the session: those of the task and of every task that started it.
     pub(crate) fn labels(&self, principal: &Principal) -> Result<BTreeSet<String>, PolicyError> {
-        let map = self.0.lock().map_err(|_| unavailable())?;
-        Ok(map.get(&key(principal)).cloned().unwrap_or_default())
+        let fail = |e: rusqlite::Error| PolicyError::state(&self.path, e);
+        let mut tasks: Vec<&str> = principal
+            .delegators()
+            .iter()
+            .map(|a| a.task.as_str())
+            .collect();
+        tasks.push(principal.current().task.as_str());
+        let marks = vec!["?"; tasks.len()].join(", ");
+        let sql =
+            format!("SELECT DISTINCT label FROM taint WHERE tenant = ? AND task IN ({marks})");
+        let conn = self.conn.lock().map_err(|_| unavailable())?;
+        let mut select = conn.prepare_cached(&sql).map_err(fail)?;
+        let args = std::iter::once(principal.tenant().as_str()).chain(tasks);
+        let rows = select
+            .query_map(params_from_iter(args), |row| row.get::<_, String>(0))
+            .map_err(fail)?;
+        rows.collect::<Result<BTreeSet<String>, _>>().map_err(fail)
     }
 
     /// `request` with the session's labels added to `context.labels`; `None` when the
@@ -69,15 +128,12 @@ impl Taint {
         &self,
         request: &Request,
     ) -> Result<Option<Request>, PolicyError> {
-        let map = self.0.lock().map_err(|_| unavailable())?;
-        let Some(session) = map.get(&key(&request.principal)) else {
-            return Ok(None);
-        };
+        let session = self.labels(&request.principal)?;
         if session.is_subset(&request.context.labels) {
             return Ok(None);
         }
         let mut merged = request.clone();
-        merged.context.labels.extend(session.iter().cloned());
+        merged.context.labels.extend(session);
         Ok(Some(merged))
     }
 }
@@ -97,7 +153,10 @@ pub(crate) fn check(
         return None;
     }
     let destinations: Vec<&str> = match &request.action {
-        Action::Mcp => vec![request.resource.server.as_deref().unwrap_or_default()],
+        // A server's request: the client's answer goes to the server.
+        Action::Mcp | Action::McpResource | Action::McpPrompt | Action::McpServerRequest { .. } => {
+            vec![request.resource.server.as_deref().unwrap_or_default()]
+        }
         Action::Dns | Action::Spawn => return None,
         _ => capabilities.iter().map(String::as_str).collect(),
     };

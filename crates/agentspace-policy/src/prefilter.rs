@@ -28,7 +28,7 @@ use crate::request::{Action, Request, Usage};
 
 /// Every attribute a decision's context can have. What a policy reads is a bit set over
 /// them ([`attr_bit`]).
-const CONTEXT_ATTRS: [&str; 20] = [
+const CONTEXT_ATTRS: [&str; 23] = [
     "tenant",
     "user",
     "agent",
@@ -49,6 +49,9 @@ const CONTEXT_ATTRS: [&str; 20] = [
     "tool",
     "arguments",
     "target",
+    "uri",
+    "prompt",
+    "params",
 ];
 
 /// All of [`CONTEXT_ATTRS`].
@@ -541,6 +544,8 @@ pub(crate) const USER: &str = "AgentSpace::User";
 pub(crate) const HOST: &str = "AgentSpace::Host";
 pub(crate) const TOOL: &str = "AgentSpace::Tool";
 pub(crate) const MCP_SERVER: &str = "AgentSpace::McpServer";
+pub(crate) const MCP_RESOURCE: &str = "AgentSpace::McpResource";
+pub(crate) const PROMPT: &str = "AgentSpace::Prompt";
 pub(crate) const ACTION: &str = "AgentSpace::Action";
 
 /// What a decision knows about a request, computed once and used both to build the
@@ -587,8 +592,10 @@ impl<'a> Facts<'a> {
         let weekday = (unix.div_euclid(86_400) + 3).rem_euclid(7) + 1;
         let json = match &request.action {
             Action::Http { .. } => request.context.body.as_ref(),
-            Action::Mcp => request.context.arguments.as_ref(),
-            Action::Dns | Action::Spawn | Action::Tunnel => None,
+            Action::Mcp | Action::McpPrompt | Action::McpServerRequest { .. } => {
+                request.context.arguments.as_ref()
+            }
+            Action::Dns | Action::Spawn | Action::Tunnel | Action::McpResource => None,
         };
         let (resource, resource_parent) = match &request.action {
             Action::Http { .. } | Action::Dns | Action::Tunnel => ((HOST, host.clone()), None),
@@ -599,6 +606,18 @@ impl<'a> Facts<'a> {
                     (TOOL, format!("{server}/{tool}")),
                     Some((MCP_SERVER, server)),
                 )
+            }
+            Action::McpResource | Action::McpPrompt => {
+                let server = r.server.clone().unwrap_or_default();
+                let (ty, name) = if matches!(request.action, Action::McpResource) {
+                    (MCP_RESOURCE, r.uri.as_deref().unwrap_or_default())
+                } else {
+                    (PROMPT, r.prompt.as_deref().unwrap_or_default())
+                };
+                ((ty, format!("{server}/{name}")), Some((MCP_SERVER, server)))
+            }
+            Action::McpServerRequest { .. } => {
+                ((MCP_SERVER, r.server.clone().unwrap_or_default()), None)
             }
             Action::Spawn => (
                 (
@@ -689,11 +708,21 @@ impl<'a> Facts<'a> {
                     (Action::Http { .. }, "path") => is(Val::Str(self.path)),
                     (Action::Http { .. }, "query") => is(Val::Str(&req.context.query)),
                     (Action::Http { .. }, "headers") => is(Val::Rec(Rec::Headers)),
-                    (Action::Http { .. }, "body") | (Action::Mcp, "arguments") => {
-                        is(Val::Rec(Rec::Json))
+                    (Action::Http { .. }, "body")
+                    | (Action::Mcp | Action::McpPrompt, "arguments") => is(Val::Rec(Rec::Json)),
+                    (Action::Mcp | Action::McpResource | Action::McpPrompt, "server") => {
+                        is(Val::Str(r.server.as_deref().unwrap_or("")))
                     }
-                    (Action::Mcp, "server") => is(Val::Str(r.server.as_deref().unwrap_or(""))),
                     (Action::Mcp, "tool") => is(Val::Str(r.tool.as_deref().unwrap_or(""))),
+                    (Action::McpResource, "uri") => is(Val::Str(r.uri.as_deref().unwrap_or(""))),
+                    (Action::McpPrompt, "prompt") => {
+                        is(Val::Str(r.prompt.as_deref().unwrap_or("")))
+                    }
+                    (Action::McpServerRequest { .. }, "server") => {
+                        is(Val::Str(r.server.as_deref().unwrap_or("")))
+                    }
+                    (Action::McpServerRequest { method }, "method") => is(Val::Str(method)),
+                    (Action::McpServerRequest { .. }, "params") => is(Val::Rec(Rec::Json)),
                     (Action::Spawn, "target") => is(Val::Str(&self.resource.1)),
                     _ => Field::Absent,
                 }
@@ -905,32 +934,12 @@ fn equal(l: Val<'_>, r: Val<'_>) -> Option<bool> {
 /// Cedar's `like`: the whole string matches, `*` matches any characters.
 fn like(text: &str, pattern: &[Pat]) -> bool {
     let text: Vec<char> = text.chars().collect();
-    let (mut t, mut p) = (0, 0);
-    // The last `*` seen and the text position it is currently matched up to.
-    let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
-        match pattern.get(p) {
-            Some(Pat::Any) => {
-                star = Some((p, t));
-                p += 1;
-            }
-            Some(Pat::Char(c)) if text.get(t) == Some(c) => {
-                t += 1;
-                p += 1;
-            }
-            _ => match star {
-                Some((sp, st)) => {
-                    p = sp + 1;
-                    t = st + 1;
-                    star = Some((sp, st + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    pattern
-        .get(p..)
-        .is_some_and(|rest| rest.iter().all(|e| *e == Pat::Any))
+    agentspace_core::wildcard_match(
+        pattern,
+        &text,
+        |p| *p == Pat::Any,
+        |p, c| *p == Pat::Char(*c),
+    )
 }
 
 #[cfg(test)]
@@ -1068,6 +1077,12 @@ spec:
         r#"@id("minute") forbid (principal, action in AgentSpace::Action::"http", resource) when { context.time.minute >= 58 && context.time.unix > 0 };"#,
         r#"@id("mode") forbid (principal, action in AgentSpace::Action::"http", resource) when { context.headers has "x-mode" && context.headers["x-mode"] like "deny*" };"#,
         r#"@id("public") permit (principal, action == AgentSpace::Action::"GET", resource) when { context.path like "/public/*" };"#,
+        r#"@id("uri") permit (principal, action == AgentSpace::Action::"mcp_resource", resource in AgentSpace::McpServer::"fs") when { context.uri like "file:///v1/*" };"#,
+        r#"@id("uri-deny") forbid (principal, action == AgentSpace::Action::"mcp_resource", resource) when { context.uri == "file:///bob/1" || context.server == "db" };"#,
+        r#"@id("prompt") permit (principal, action == AgentSpace::Action::"mcp_prompt", resource == AgentSpace::Prompt::"fs/read_file") when { context.prompt like "read*" };"#,
+        r#"@id("prompt-args") forbid (principal, action == AgentSpace::Action::"mcp_prompt", resource) when { context.arguments has path && context.arguments.path like "/etc/*" };"#,
+        r#"@id("relay") permit (principal, action == AgentSpace::Action::"mcp_server_request", resource == AgentSpace::McpServer::"fs") when { context.method == "sampling/createMessage" };"#,
+        r#"@id("relay-params") forbid (principal, action == AgentSpace::Action::"mcp_server_request", resource) when { context.params has path && context.server == "db" };"#,
         r#"@id("is-tool") forbid (principal, action == AgentSpace::Action::"mcp", resource) when { resource is AgentSpace::Tool && context.tool == "drop" };"#,
         r#"@id("user-attr") forbid (principal, action in AgentSpace::Action::"http", resource) when { principal.user == AgentSpace::User::"eve@acme.example" };"#,
         r#"@id("memo") forbid (principal, action in AgentSpace::Action::"http", resource) when { context.body has memo && context.body.memo == "x" };"#,
@@ -1129,6 +1144,10 @@ spec:
                 .prop_map(|m| Action::Http { method: m.to_owned() }),
             1 => Just(Action::Dns),
             1 => Just(Action::Mcp),
+            1 => Just(Action::McpResource),
+            1 => Just(Action::McpPrompt),
+            1 => prop::sample::select(&["sampling/createMessage", "roots/list"][..])
+                .prop_map(|m| Action::McpServerRequest { method: m.to_owned() }),
             1 => Just(Action::Spawn),
             1 => Just(Action::Tunnel),
         ]
@@ -1175,6 +1194,9 @@ spec:
                 Action::Http { .. } => Resource { host: Some(host.to_owned()), port: Some(port), path: Some(path.to_owned()), ..Resource::default() },
                 Action::Dns => Resource { host: Some(host.to_owned()), ..Resource::default() },
                 Action::Mcp => Resource { server: Some(tool.0.to_owned()), tool: Some(tool.1.to_owned()), ..Resource::default() },
+                Action::McpResource => Resource { server: Some(tool.0.to_owned()), uri: Some(format!("file://{}", path)), ..Resource::default() },
+                Action::McpPrompt => Resource { server: Some(tool.0.to_owned()), prompt: Some(tool.1.to_owned()), ..Resource::default() },
+                Action::McpServerRequest { .. } => Resource { server: Some(tool.0.to_owned()), ..Resource::default() },
                 Action::Spawn => Resource { agent: Some(name(target)), ..Resource::default() },
                 Action::Tunnel => Resource { host: Some(host.to_owned()), port: Some(port), ..Resource::default() },
             };

@@ -38,6 +38,21 @@ pub enum Action {
     Dns,
     /// An MCP tool call (`"mcp"`) of `resource.server` / `resource.tool`.
     Mcp,
+    /// Reading an MCP resource (`"mcp_resource"`): `resource.uri` of `resource.server`.
+    #[serde(rename = "mcp_resource")]
+    McpResource,
+    /// Getting an MCP prompt (`"mcp_prompt"`): `resource.prompt` of `resource.server`,
+    /// with its arguments in `context.arguments`.
+    #[serde(rename = "mcp_prompt")]
+    McpPrompt,
+    /// A request a tool server sends the agent's client through the boundary
+    /// (`{"mcp_server_request": {"method": "sampling/createMessage"}}`): of
+    /// `resource.server`, its parameters in `context.arguments`.
+    #[serde(rename = "mcp_server_request")]
+    McpServerRequest {
+        /// The method the server asks for.
+        method: String,
+    },
     /// Starting another agent (`"spawn"`) named by `resource.agent`.
     Spawn,
     /// A TLS connection passed through without interception (`"tunnel"`) to
@@ -52,6 +67,9 @@ impl Action {
             Self::Http { method } => method,
             Self::Dns => "dns",
             Self::Mcp => "mcp",
+            Self::McpResource => "mcp_resource",
+            Self::McpPrompt => "mcp_prompt",
+            Self::McpServerRequest { .. } => "mcp_server_request",
             Self::Spawn => "spawn",
             Self::Tunnel => "tunnel",
         }
@@ -59,8 +77,9 @@ impl Action {
 }
 
 /// The target of the action. Which fields are needed depends on the action: `host`
-/// (and `port`, `path`) for HTTP, `host` for DNS, `server` and `tool` for MCP, `agent`
-/// for spawn.
+/// (and `port`, `path`) for HTTP, `host` for DNS, `server` and `tool` for MCP tool
+/// calls, `server` and `uri` for resource reads, `server` and `prompt` for prompts,
+/// `agent` for spawn.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Resource {
@@ -79,6 +98,12 @@ pub struct Resource {
     /// MCP tool name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool: Option<String>,
+    /// MCP resource URI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
+    /// MCP prompt name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
     /// The agent to start (spawn), in the principal's tenant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<Name>,
@@ -97,7 +122,7 @@ pub struct RequestContext {
     /// JSON body fields from the gateway's bounded inspection window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<serde_json::Value>,
-    /// MCP tool-call arguments.
+    /// MCP tool-call or prompt arguments; the parameters of a server's request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arguments: Option<serde_json::Value>,
     /// Data labels the session has read (`pii`, `confidential`).

@@ -3,6 +3,8 @@
 Its results carry personal data: the definition labels the server `pii`.
 """
 
+import json
+
 from mcp.server.mcpserver import MCPServer
 from pydantic import BaseModel
 
@@ -51,6 +53,39 @@ def lookup_customer(customer_id: str) -> Customer:
 def delete_customer(customer_id: str) -> str:
     """Delete a customer (never allowed to the credit officer)."""
     return f"deleted {customer_id}"
+
+
+@server.resource("customer://index", mime_type="application/json")
+def customer_index() -> str:
+    """The ids of every customer."""
+    return json.dumps(sorted(CUSTOMERS))
+
+
+@server.resource("customer://{customer_id}", mime_type="application/json")
+def customer_record(customer_id: str) -> str:
+    """One customer's record."""
+    customer = CUSTOMERS.get(customer_id)
+    if customer is None:
+        raise ValueError(f"no customer {customer_id}")
+    return json.dumps(customer)
+
+
+@server.resource("internal://audit-notes", mime_type="text/plain")
+def audit_notes() -> str:
+    """Notes of the internal auditors (never allowed to the credit officer)."""
+    return "c-002 under investigation"
+
+
+@server.prompt()
+def credit_brief(customer_id: str) -> str:
+    """A brief for the credit decision on one customer."""
+    return f"Assess the credit application of customer {customer_id}: income against debts, then a band A-C."
+
+
+@server.prompt()
+def collections_script(customer_id: str) -> str:
+    """A debt-collection script (never allowed to the credit officer)."""
+    return f"Call customer {customer_id} about overdue payments."
 
 
 if __name__ == "__main__":

@@ -83,7 +83,7 @@ pub(crate) fn scan_arguments(value: &Value) -> Findings {
         if has_iban(text) {
             found.kinds.insert("iban");
         }
-        if has_us_ssn(text) || has_uk_nino(text) {
+        if super::national_ids::has_national_id(text) {
             found.kinds.insert("national-id");
         }
         if text.contains("-----BEGIN") && text.contains("PRIVATE KEY") {
@@ -99,68 +99,6 @@ pub(crate) fn scan_arguments(value: &Value) -> Findings {
         }
     }
     found
-}
-
-/// A US social security number written `AAA-GG-SSSS`, with the ranges the SSA never
-/// issues left out (area 000, 666 and 9xx; group 00; serial 0000). Undashed nine-digit
-/// runs are too common to call personal data.
-fn has_us_ssn(text: &str) -> bool {
-    let b = text.as_bytes();
-    b.windows(11).enumerate().any(|(at, w)| {
-        let digits = |r: std::ops::Range<usize>| {
-            w.get(r.clone())
-                .is_some_and(|d| d.iter().all(u8::is_ascii_digit))
-        };
-        let bounded = at
-            .checked_sub(1)
-            .and_then(|i| b.get(i))
-            .is_none_or(|c| !c.is_ascii_alphanumeric())
-            && b.get(at + 11).is_none_or(|c| !c.is_ascii_alphanumeric());
-        if !(bounded
-            && digits(0..3)
-            && digits(4..6)
-            && digits(7..11)
-            && w.get(3) == Some(&b'-')
-            && w.get(6) == Some(&b'-'))
-        {
-            return false;
-        }
-        let area = w.get(0..3).unwrap_or_default();
-        area != b"000"
-            && area != b"666"
-            && area.first() != Some(&b'9')
-            && w.get(4..6) != Some(b"00".as_slice())
-            && w.get(7..11) != Some(b"0000".as_slice())
-    })
-}
-
-/// A UK National Insurance number (`QQ123456C`, spaces allowed between pairs): two
-/// letters (not D, F, I, Q, U, V; the second not O; not the prefixes HMRC never issues),
-/// six digits, a suffix A to D.
-fn has_uk_nino(text: &str) -> bool {
-    let compact: Vec<char> = text.chars().filter(|c| *c != ' ').collect();
-    compact.windows(9).enumerate().any(|(at, w)| {
-        let bounded = at
-            .checked_sub(1)
-            .and_then(|i| compact.get(i))
-            .is_none_or(|c| !c.is_ascii_alphanumeric())
-            && compact
-                .get(at + 9)
-                .is_none_or(|c| !c.is_ascii_alphanumeric());
-        let (Some(a), Some(b), Some(suffix)) = (w.first(), w.get(1), w.get(8)) else {
-            return false;
-        };
-        let prefix: String = [*a, *b].iter().collect();
-        bounded
-            && a.is_ascii_uppercase()
-            && b.is_ascii_uppercase()
-            && !"DFIQUV".contains(*a)
-            && !"DFIQUVO".contains(*b)
-            && !["BG", "GB", "NK", "KN", "TN", "NT", "ZZ"].contains(&prefix.as_str())
-            && w.get(2..8)
-                .is_some_and(|d| d.iter().all(char::is_ascii_digit))
-            && ('A'..='D').contains(suffix)
-    })
 }
 
 /// Well-known credential formats: a fixed prefix followed by at least this many
@@ -238,7 +176,7 @@ fn has_card_number(text: &str) -> bool {
 }
 
 /// The Luhn checksum of a digit string.
-fn luhn(digits: &[u8]) -> bool {
+pub(super) fn luhn(digits: &[u8]) -> bool {
     if digits.iter().any(|d| *d > 9) {
         return false;
     }

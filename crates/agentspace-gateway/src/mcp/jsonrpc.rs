@@ -36,6 +36,8 @@ pub(crate) enum Message {
     Notification {
         /// The method.
         method: String,
+        /// The parameters (an object), when given.
+        params: Option<Map<String, Value>>,
     },
     /// A response (to a request the other side was sent).
     Response {
@@ -67,7 +69,7 @@ pub(crate) fn parse(value: Value) -> Result<Message, (i64, String)> {
         ));
     }
     match (obj.remove("method"), id) {
-        (Some(Value::String(method)), Some(id)) => {
+        (Some(Value::String(method)), id) => {
             let params = match obj.remove("params") {
                 None | Some(Value::Null) => None,
                 Some(Value::Object(p)) => Some(p),
@@ -75,9 +77,11 @@ pub(crate) fn parse(value: Value) -> Result<Message, (i64, String)> {
                     return Err((INVALID_PARAMS, "`params` must be an object".to_owned()));
                 }
             };
-            Ok(Message::Request { id, method, params })
+            Ok(match id {
+                Some(id) => Message::Request { id, method, params },
+                None => Message::Notification { method, params },
+            })
         }
-        (Some(Value::String(method)), None) => Ok(Message::Notification { method }),
         (Some(_), _) => Err((INVALID_REQUEST, "`method` must be a string".to_owned())),
         (None, Some(id)) if obj.contains_key("result") || obj.contains_key("error") => {
             Ok(Message::Response { id, body: obj })
@@ -112,6 +116,37 @@ pub(crate) fn request(id: u64, method: &str, params: Value) -> Value {
 /// A notification the gateway sends upstream.
 pub(crate) fn notification(method: &str) -> Value {
     json!({"jsonrpc": "2.0", "method": method})
+}
+
+/// A message with `method` and `params` (a request when `id` is given).
+pub(crate) fn message(
+    id: Option<&Value>,
+    method: &str,
+    params: Option<&Map<String, Value>>,
+) -> Value {
+    let mut m = Map::new();
+    m.insert("jsonrpc".into(), json!("2.0"));
+    if let Some(id) = id {
+        m.insert("id".into(), id.clone());
+    }
+    m.insert("method".into(), json!(method));
+    if let Some(p) = params {
+        m.insert("params".into(), Value::Object(p.clone()));
+    }
+    Value::Object(m)
+}
+
+/// A response with `body` (`result` or `error`, as the answering side sent it).
+pub(crate) fn response(id: &Value, body: &Map<String, Value>) -> Value {
+    let mut m = Map::new();
+    m.insert("jsonrpc".into(), json!("2.0"));
+    m.insert("id".into(), id.clone());
+    for key in ["result", "error"] {
+        if let Some(v) = body.get(key) {
+            m.insert(key.into(), v.clone());
+        }
+    }
+    Value::Object(m)
 }
 
 #[cfg(test)]

@@ -4,13 +4,17 @@
 //! The endpoint speaks streamable HTTP (JSON-RPC over `POST /mcp`, sessions by
 //! `Mcp-Session-Id`, the `initialize` handshake of MCP 2025-03-26 to 2025-11-25; a
 //! `server/discover` probe of a 2026 client is answered "method not found", which makes
-//! it fall back to the handshake). Responses are plain JSON, which the transport allows
-//! whenever the server has nothing to stream; the gateway never sends unasked, so `GET`
-//! (the server-to-client stream) is 405. Like the HTTP door, the listener belongs to one
-//! task: who acts comes from the listener, never from what the client sends.
+//! it fall back to the handshake). Responses are plain JSON, except for a call that may
+//! meet a tool server's request or notification (its server has a `relay` list), which
+//! is answered as an SSE stream carrying those first; a session's `GET` stream carries
+//! the rest ([`relay`]). Like the HTTP door, the listener belongs to one task: who acts
+//! comes from the listener, never from what the client sends.
 //!
 //! `tools/list` shows only allowed tools; any other name gets the answer a tool that does
-//! not exist gets, and is audited. Each `tools/call` runs: content checks on the
+//! not exist gets, and is audited. Resources and prompts (`resources/list`,
+//! `resources/templates/list`, `resources/read`, `prompts/list`, `prompts/get`) are
+//! allowlisted the same way (URI patterns, prompt names) and governed by the same
+//! pipeline. Each `tools/call` runs: content checks on the
 //! arguments (secrets and personal data become labels) → the task's policy engine
 //! (Cedar with the tool and arguments in the context, approvals, loop breaker, flow
 //! rules over the session's taint, budgets) → the tool's `inputSchema` → a per-call
@@ -37,6 +41,8 @@
 
 mod content;
 mod jsonrpc;
+mod national_ids;
+mod relay;
 mod schema;
 mod server;
 mod upstream;
@@ -45,10 +51,12 @@ pub use server::{MCP_DOOR_PORT, MCP_PATH, McpGateway};
 pub use upstream::StdioSandbox;
 
 /// Runs the parsers and scanners an MCP message from a client or a tool server meets:
-/// JSON, the JSON-RPC envelope, the argument scan, the result scan and redaction. For the
-/// cargo-fuzz target `mcp_message`; it must never panic, whatever the bytes.
+/// an HTTP tool server's SSE stream, JSON, the JSON-RPC envelope, the argument scan,
+/// the result scan and redaction. For the cargo-fuzz target `mcp_message`; it must
+/// never panic, whatever the bytes.
 #[doc(hidden)]
 pub fn fuzz_message(bytes: &[u8]) {
+    upstream::fuzz_sse(bytes);
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) else {
         return;
     };

@@ -100,7 +100,8 @@ impl Out {
     }
 }
 
-fn test_ca() -> (Issuer<'static, KeyPair>, String) {
+/// A test CA: the issuer of stand-ins' certificates, and its certificate as PEM.
+pub(crate) fn test_ca() -> (Issuer<'static, KeyPair>, String) {
     let key = KeyPair::generate().unwrap();
     let mut params = CertificateParams::default();
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);

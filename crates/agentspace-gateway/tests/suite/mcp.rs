@@ -38,6 +38,17 @@ struct Scenario {
     audit: AuditLog,
     task: Arc<Task>,
     url: String,
+    serving: tokio::task::JoinHandle<()>,
+}
+
+impl Scenario {
+    /// Ends the task and waits for the endpoint to finish: every event it holds is then
+    /// in the log (the state directory lives as long as the returned guard).
+    async fn finish(self) -> (AuditLog, tempfile::TempDir) {
+        self.task.close();
+        self.serving.await.unwrap();
+        (self.audit, self._dir)
+    }
 }
 
 async fn start(definition_text: Option<String>) -> Scenario {
@@ -62,12 +73,17 @@ async fn start(definition_text: Option<String>) -> Scenario {
     let task = Arc::new(Task::new(principal, policy));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/mcp", listener.local_addr().unwrap());
-    tokio::spawn(McpGateway::new(audit.clone(), identity).serve(listener, Arc::clone(&task)));
+    let serving = tokio::spawn(
+        McpGateway::new(audit.clone(), identity)
+            .unwrap()
+            .serve(listener, Arc::clone(&task)),
+    );
     Scenario {
         _dir: dir,
         audit,
         task,
         url,
+        serving,
     }
 }
 
@@ -173,6 +189,57 @@ async fn mcp_credit_officer_scenario_end_to_end() {
     let tampered = step("lookup-tampered");
     assert_eq!(tampered["ok"], true);
     assert_eq!(tampered["flags"], serde_json::json!(["instruction"]));
+    // Resources and prompts: only what `resources` and `prompts` allow is listed; the
+    // rest does not exist; a read is checked for injections like a tool result.
+    assert_eq!(
+        step("resources")["uris"],
+        serde_json::json!(["customer://index"])
+    );
+    assert_eq!(
+        step("templates")["templates"],
+        serde_json::json!(["customer://{customer_id}"])
+    );
+    assert_eq!(step("read-record")["ok"], true, "{}", step("read-record"));
+    assert!(
+        step("read-record")["text"]
+            .as_str()
+            .unwrap()
+            .contains("Jane Doe")
+    );
+    assert_eq!(
+        step("read-tampered")["flags"],
+        serde_json::json!(["instruction"])
+    );
+    assert!(
+        !step("read-tampered")["text"]
+            .as_str()
+            .unwrap()
+            .contains("IGNORE PREVIOUS"),
+        "{}",
+        step("read-tampered")
+    );
+    assert_eq!(step("read-hidden")["ok"], false);
+    assert_eq!(
+        step("read-hidden")["error"],
+        -32602,
+        "{}",
+        step("read-hidden")
+    );
+    assert_eq!(
+        step("read-hidden")["message"],
+        "Unknown resource: internal://audit-notes"
+    );
+    assert_eq!(
+        step("prompts")["prompts"],
+        serde_json::json!(["credit_brief"])
+    );
+    assert_eq!(step("brief")["ok"], true, "{}", step("brief"));
+    assert!(step("brief")["text"].as_str().unwrap().contains("c-001"));
+    assert_eq!(step("prompt-hidden")["error"], -32602);
+    assert_eq!(
+        step("prompt-hidden")["message"],
+        "Unknown prompt: collections_script"
+    );
     assert_eq!(step("letter")["ok"], true);
     assert!(
         step("letter")["text"]
@@ -181,8 +248,10 @@ async fn mcp_credit_officer_scenario_end_to_end() {
             .contains("Jane Doe")
     );
 
-    // Every step is in the audit log, which verifies.
-    let events = events(&s.audit).await;
+    // Every step is in the audit log, which verifies, once the task has ended (plain
+    // results are written with the next commit, the last ones when the task ends).
+    let (audit, _state) = s.finish().await;
+    let events = events(&audit).await;
     let find = |action: &str, resource: &str| -> Vec<&Value> {
         events
             .iter()
@@ -212,6 +281,49 @@ async fn mcp_credit_officer_scenario_end_to_end() {
         assert_eq!(denied[0]["decision"], "deny");
         assert_eq!(denied[0]["details"]["code"], "not-permitted");
     }
+    let reads = find(
+        "resources/read",
+        "mcp://customer-db/resources/customer://c-001",
+    );
+    assert_eq!(reads.len(), 1);
+    assert_eq!(reads[0]["decision"], "allow");
+    assert_eq!(
+        reads[0]["policies"],
+        serde_json::json!(["resources.customer-db"])
+    );
+    let hidden = find("resources/read", "mcp://?/resources/internal://audit-notes");
+    assert_eq!(hidden[0]["decision"], "deny");
+    assert_eq!(hidden[0]["details"]["code"], "not-permitted");
+    let tampered = find(
+        "resources/result",
+        "mcp://customer-db/resources/customer://c-002",
+    );
+    assert_eq!(
+        tampered[0]["details"]["flags"],
+        serde_json::json!(["instruction"])
+    );
+    assert_eq!(tampered[0]["details"]["labels"], serde_json::json!(["pii"]));
+    let briefs = find("prompts/get", "mcp://customer-db/prompts/credit_brief");
+    assert_eq!(briefs[0]["decision"], "allow");
+    assert_eq!(
+        briefs[0]["request"]["arguments"],
+        serde_json::json!(["customer_id"])
+    );
+    assert_eq!(
+        find("prompts/result", "mcp://customer-db/prompts/credit_brief").len(),
+        1
+    );
+    assert_eq!(
+        find("prompts/get", "mcp://?/prompts/collections_script")[0]["decision"],
+        "deny"
+    );
+    let subscribe = find("resources/subscribe", "mcp://?/resources/customer://c-001");
+    assert_eq!(subscribe[0]["decision"], "deny");
+    let listing = find("resources/list", "mcp://*");
+    assert_eq!(
+        listing[0]["details"]["resources"],
+        serde_json::json!(["customer://index"])
+    );
     let mails = find("tools/call", "mcp://mail/send_mail");
     assert_eq!(mails[0]["decision"], "approval_required");
     assert_eq!(mails[1]["decision"], "deny");
@@ -229,15 +341,34 @@ async fn mcp_credit_officer_scenario_end_to_end() {
             &serde_json::json!("invalid-arguments")
         ]
     );
-    // No result is audited for a refused call, and every allowed call has one after it.
+    // No result is audited for a refused call, and every allowed call has one after it,
+    // the last call of the task included.
     assert_eq!(find("tools/result", "mcp://scoring/score").len(), 3);
+    let decided: Vec<String> = events
+        .iter()
+        .filter(|e| {
+            ["tools/call", "resources/read", "prompts/get"].contains(&e["action"].as_str().unwrap())
+                && e["decision"] == "allow"
+        })
+        .map(|e| format!("acme:{}", e["seq"]))
+        .collect();
+    let answered: Vec<String> = events
+        .iter()
+        .filter_map(|e| e["details"]["call"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(decided, answered);
+    let last = events
+        .iter()
+        .rev()
+        .find(|e| e["action"] == "tools/result")
+        .unwrap();
+    assert_eq!(last["resource"], "mcp://templates/render_letter", "{last}");
     // Nothing of HR or medical was ever started or asked.
     assert!(!events.iter().any(|e| {
         e["resource"]
             .as_str()
             .is_some_and(|r| r.starts_with("mcp://hr") || r.starts_with("mcp://medical"))
     }));
-    let audit = s.audit.clone();
     let verified = tokio::task::spawn_blocking(move || {
         audit.verify(&VerifyOptions {
             tenant: Some("acme".into()),
@@ -251,7 +382,6 @@ async fn mcp_credit_officer_scenario_end_to_end() {
         verified.iter().map(|t| t.events).sum::<u64>(),
         events.len() as u64
     );
-    s.task.close();
 }
 
 /// A streamable-HTTP tool server (the scoring server of the example, served by the
@@ -259,31 +389,10 @@ async fn mcp_credit_officer_scenario_end_to_end() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mcp_streamable_http_tool_server() {
     require_python_mcp();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let mut server = tokio::process::Command::new("python3")
-        .arg(example_dir().join("servers/scoring.py"))
-        .args(["--http", &port.to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    // Readiness, not timing: wait until it accepts connections.
-    let mut ready = false;
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert!(ready, "the scoring server did not start");
+    let (mut server, port) = http_server(example_dir().join("servers/scoring.py"), |c, port| {
+        c.args(["--http", &port.to_string()]);
+    })
+    .await;
     let text = std::fs::read_to_string(example_dir().join("credit-officer.yaml"))
         .unwrap()
         .replace(
@@ -310,14 +419,19 @@ fn servers_dir() -> PathBuf {
 
 /// Runs tests/servers/call.py: each `(tool, arguments)` in turn, one JSON line each.
 async fn call(url: &str, calls: &[(&str, &str)]) -> Vec<Value> {
+    run_client("call.py", url, calls).await
+}
+
+/// Runs the client `script` of tests/servers/ against `url` with `calls`; its JSON lines.
+async fn run_client(script: &str, url: &str, calls: &[(&str, &str)]) -> Vec<Value> {
     let mut cmd = tokio::process::Command::new("python3");
-    cmd.arg(servers_dir().join("call.py")).arg(url);
+    cmd.arg(servers_dir().join(script)).arg(url);
     for (tool, args) in calls {
         cmd.args([tool, args]);
     }
-    let output = tokio::time::timeout(std::time::Duration::from_secs(60), cmd.output())
+    let output = tokio::time::timeout(std::time::Duration::from_secs(90), cmd.output())
         .await
-        .expect("the client did not finish in 60 s")
+        .expect("the client did not finish in 90 s")
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
@@ -337,31 +451,11 @@ async fn call(url: &str, calls: &[(&str, &str)]) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mcp_upstreams_receive_the_per_call_identity() {
     require_python_mcp();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
     let script = servers_dir().join("whoami.py");
-    let mut http_server = tokio::process::Command::new("python3")
-        .arg(&script)
-        .args(["--http", &port.to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut ready = false;
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert!(ready, "the whoami server did not start");
+    let (mut http_server, port) = http_server(script.clone(), |c, port| {
+        c.args(["--http", &port.to_string()]);
+    })
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let url = format!("http://127.0.0.1:{port}/mcp");
@@ -396,7 +490,11 @@ spec:
     let task = Arc::new(Task::new(principal.clone(), policy));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mcp = format!("http://{}/mcp", listener.local_addr().unwrap());
-    tokio::spawn(McpGateway::new(audit, Arc::clone(&identity)).serve(listener, Arc::clone(&task)));
+    tokio::spawn(
+        McpGateway::new(audit, Arc::clone(&identity))
+            .unwrap()
+            .serve(listener, Arc::clone(&task)),
+    );
     // Both servers offer `whoami`: the first in the definition (stdio) serves it.
     let out = call(&mcp, &[("whoami", "{}")]).await;
     let stdio_token = out[0]["text"].as_str().unwrap().to_owned();
@@ -430,7 +528,11 @@ spec:
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mcp = format!("http://{}/mcp", listener.local_addr().unwrap());
     let audit = AuditLog::open(&state).unwrap();
-    tokio::spawn(McpGateway::new(audit, Arc::clone(&identity)).serve(listener, Arc::clone(&task)));
+    tokio::spawn(
+        McpGateway::new(audit, Arc::clone(&identity))
+            .unwrap()
+            .serve(listener, Arc::clone(&task)),
+    );
     let out = call(&mcp, &[("whoami", "{}")]).await;
     let http_token = out[0]["text"].as_str().unwrap().to_owned();
     let target = agentspace_identity::CallTarget::new("POST", &url).unwrap();
@@ -552,6 +654,7 @@ spec:
     let mcp = format!("http://{}/mcp", listener.local_addr().unwrap());
     tokio::spawn(
         McpGateway::new(audit.clone(), Arc::new(Identity::open(&state)))
+            .unwrap()
             .serve(listener, Arc::clone(&task)),
     );
     let out = call(&mcp, &[("crash", "{}"), ("whoami", "{}")]).await;
@@ -618,6 +721,7 @@ spec:
     let mcp = format!("http://{}/mcp", listener.local_addr().unwrap());
     tokio::spawn(
         McpGateway::new(audit.clone(), Arc::new(Identity::open(&state)))
+            .unwrap()
             .serve(listener, Arc::clone(&task)),
     );
     let rates = files.join("rates.txt").display().to_string();
@@ -647,5 +751,433 @@ spec:
             .unwrap()
             .contains("confidential")
     );
+    task.close();
+}
+
+/// Runs tests/servers/relay_client.py: like `call`, with the SDK client's sampling,
+/// elicitation, roots and logging callbacks answering what tool servers ask.
+async fn call_answering(url: &str, calls: &[(&str, &str)]) -> Vec<Value> {
+    run_client("relay_client.py", url, calls).await
+}
+
+/// A gateway for a definition of `tools` (the `spec.tools` YAML list) on loopback.
+async fn gateway_for(dir: &Path, tools: &str, task: &str) -> (AuditLog, Arc<Task>, String) {
+    let state = dir.join("state");
+    let text = format!(
+        "apiVersion: agentspace/v1\nkind: Agent\nmetadata: {{name: credit-officer, tenant: acme}}\nspec:\n  tools:\n{tools}"
+    );
+    let definition = Definition::parse(&dir.join("agent.yaml"), &text).unwrap();
+    let policy = Arc::new(PolicyEngine::load(&definition, &state).unwrap());
+    let audit = AuditLog::open(&state).unwrap();
+    let principal = Principal::new(
+        Name::new("acme").unwrap(),
+        UserId::new("alice@acme.example").unwrap(),
+        Actor::new(
+            Name::new("credit-officer").unwrap(),
+            TaskRef::new(task).unwrap(),
+        ),
+    );
+    let task = Arc::new(Task::new(principal, policy));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+    tokio::spawn(
+        McpGateway::new(audit.clone(), Arc::new(Identity::open(&state)))
+            .unwrap()
+            .serve(listener, Arc::clone(&task)),
+    );
+    (audit, task, url)
+}
+
+/// A tool server asks the agent's client in the middle of a call (sampling,
+/// elicitation, roots, progress, a log line): what the server's `relay` lets through is
+/// decided, audited and relayed to the SDK client's callbacks, and their answers go
+/// back; the rest is refused and audited; an answer carrying data the server is not
+/// cleared for is withheld.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_server_requests_are_relayed_when_allowed_and_refused_otherwise() {
+    require_python_mcp();
+    let dir = tempfile::tempdir().unwrap();
+    let tools = format!(
+        "    - server: asks\n      command: [python3, {}]\n      allow: [ask_model, ask_user, ask_roots, progress]\n      relay: [sampling, elicitation, progress]\n",
+        servers_dir().join("asks.py").display()
+    );
+    let (audit, task, url) = gateway_for(dir.path(), &tools, "t-relay").await;
+    let out = call_answering(
+        &url,
+        &[
+            ("ask_model", r#"{"question": "which band?"}"#),
+            ("ask_user", "{}"),
+            ("ask_roots", "{}"),
+            ("ask_model", r#"{"question": "a card number please"}"#),
+            ("progress", "{}"),
+        ],
+    )
+    .await;
+    // Sampling: the client's model was asked and its answer reached the server.
+    assert_eq!(out[0]["text"], "model said: band A", "{}", out[0]);
+    assert_eq!(out[0]["seen"][0]["sampling"], "which band?", "{}", out[0]);
+    // Elicitation: the user (the client's callback) accepted.
+    assert_eq!(out[1]["text"], "user: accept True", "{}", out[1]);
+    assert_eq!(out[1]["seen"][0]["elicitation"], "Approve the credit line?");
+    // Roots are not in `relay`: the client is never asked, the server is refused.
+    assert!(
+        out[2]["text"].as_str().unwrap().starts_with("refused"),
+        "{}",
+        out[2]
+    );
+    assert_eq!(out[2]["seen"], serde_json::json!([]), "{}", out[2]);
+    // The model answered with a card number: `asks` is not cleared for pii.
+    assert_eq!(out[3]["seen"][0]["sampling"], "a card number please");
+    let refused = out[3]["text"].as_str().unwrap();
+    assert!(refused.starts_with("refused"), "{}", out[3]);
+    assert!(!refused.contains("4111"), "{}", out[3]);
+    // Progress is relayed; the log line (with an injection) is not in `relay`.
+    assert_eq!(out[4]["text"], "done", "{}", out[4]);
+    assert_eq!(
+        out[4]["progress"],
+        serde_json::json!(["halfway", "done"]),
+        "{}",
+        out[4]
+    );
+    assert_eq!(out[4]["seen"], serde_json::json!([]), "{}", out[4]);
+
+    let events = events(&audit).await;
+    let of = |action: &str| -> Vec<&Value> {
+        events
+            .iter()
+            .filter(|e| e["action"] == action && e["resource"] == "mcp://asks")
+            .collect()
+    };
+    let requests = of("server-request");
+    let summary: Vec<(String, String, String)> = requests
+        .iter()
+        .map(|e| {
+            (
+                e["request"]["method"].as_str().unwrap().to_owned(),
+                e["decision"].as_str().unwrap().to_owned(),
+                e["details"]["code"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (
+                "sampling/createMessage".into(),
+                "allow".into(),
+                String::new()
+            ),
+            ("elicitation/create".into(), "allow".into(), String::new()),
+            ("roots/list".into(), "deny".into(), "not-permitted".into()),
+            (
+                "sampling/createMessage".into(),
+                "allow".into(),
+                String::new()
+            ),
+        ]
+    );
+    assert_eq!(requests[0]["policies"], serde_json::json!(["relay.asks"]));
+    let responses = of("server-response");
+    assert_eq!(responses.len(), 3);
+    assert_eq!(responses[0]["decision"], "allow");
+    assert_eq!(responses[2]["decision"], "deny");
+    assert_eq!(responses[2]["details"]["code"], "flow");
+    assert_eq!(
+        responses[2]["details"]["detected"],
+        serde_json::json!(["card-number"])
+    );
+    let notes = of("server-notification");
+    let progress: Vec<&&Value> = notes
+        .iter()
+        .filter(|e| e["request"]["method"] == "notifications/progress")
+        .collect();
+    assert_eq!(progress.len(), 2);
+    assert!(
+        progress
+            .iter()
+            .all(|e| e["decision"] == "allow" && e["details"]["relayed"] == 1)
+    );
+    let log = notes
+        .iter()
+        .find(|e| e["request"]["method"] == "notifications/message")
+        .unwrap();
+    assert_eq!(log["decision"], "deny");
+    assert_eq!(log["details"]["flags"], serde_json::json!(["instruction"]));
+    task.close();
+}
+
+/// A tool server's notification that its tools changed is relayed on the session's
+/// `GET` stream when `relay` has `listChanged`, and the gateway lists the tools again:
+/// a tool that appeared can be called (if allowed); without `listChanged` the client is
+/// not told, and the refusal is audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_a_changed_tool_list_is_relayed_and_listed_again() {
+    require_python_mcp();
+    for relayed in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let relay = if relayed { "[listChanged]" } else { "[]" };
+        let tools = format!(
+            "    - server: asks\n      command: [python3, {}]\n      allow: [add_tool, bonus]\n      relay: {relay}\n",
+            servers_dir().join("asks.py").display()
+        );
+        let (audit, task, url) = gateway_for(dir.path(), &tools, "t-changed").await;
+        let out = call_answering(&url, &[("add_tool", "{}"), ("bonus", "{}")]).await;
+        assert_eq!(out[0]["text"], "added", "{}", out[0]);
+        // Listed again either way: the new tool is allowed, so it can be called.
+        assert_eq!(out[1]["text"], "bonus", "{}", out[1]);
+        let told = out[0]["notified"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("notifications/tools/list_changed"));
+        assert_eq!(told, relayed, "{}", out[0]);
+        let events = events(&audit).await;
+        let note = events
+            .iter()
+            .find(|e| e["action"] == "server-notification")
+            .unwrap();
+        assert_eq!(
+            note["request"]["method"],
+            "notifications/tools/list_changed"
+        );
+        assert_eq!(note["decision"], if relayed { "allow" } else { "deny" });
+        task.close();
+    }
+}
+
+/// The same over a streamable-HTTP tool server: its requests arrive on the SSE stream of
+/// the gateway's call and their answers are POSTed back in its session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_server_requests_of_an_http_tool_server_are_relayed() {
+    require_python_mcp();
+    let (mut server, port) = http_server(servers_dir().join("asks.py"), |c, port| {
+        c.args(["--http", &port.to_string()]);
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let tools = format!(
+        "    - server: asks\n      url: http://127.0.0.1:{port}/mcp\n      allow: [ask_model, ask_user, ask_roots]\n      relay: [sampling, elicitation]\n"
+    );
+    let (audit, task, url) = gateway_for(dir.path(), &tools, "t-relay-http").await;
+    let out = call_answering(
+        &url,
+        &[
+            ("ask_model", r#"{"question": "which band?"}"#),
+            ("ask_user", "{}"),
+            ("ask_roots", "{}"),
+        ],
+    )
+    .await;
+    assert_eq!(out[0]["text"], "model said: band A", "{}", out[0]);
+    assert_eq!(out[1]["text"], "user: accept True", "{}", out[1]);
+    assert!(
+        out[2]["text"].as_str().unwrap().starts_with("refused"),
+        "{}",
+        out[2]
+    );
+    let events = events(&audit).await;
+    let denied = events
+        .iter()
+        .find(|e| e["action"] == "server-request" && e["request"]["method"] == "roots/list")
+        .unwrap();
+    assert_eq!(denied["decision"], "deny");
+    task.close();
+    let _ = server.kill().await;
+}
+
+/// Starts the Python MCP server `script` on a free loopback port (`args` adds its
+/// arguments and environment, given the port) and waits until it accepts connections
+/// (readiness, not timing).
+async fn http_server(
+    script: PathBuf,
+    args: impl FnOnce(&mut tokio::process::Command, u16),
+) -> (tokio::process::Child, u16) {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut command = tokio::process::Command::new("python3");
+    command.arg(&script);
+    args(&mut command, port);
+    let child = command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return (child, port);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("{} did not start", script.display());
+}
+
+/// A test CA and a certificate for `names` signed by it, as PEM files in `dir`:
+/// `(ca.pem, cert.pem, key.pem)`.
+fn tls_files(dir: &Path, names: &[&str]) -> (PathBuf, PathBuf, PathBuf) {
+    let (issuer, ca_pem) = super::helpers::test_ca();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert =
+        rcgen::CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+    let files = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&files.0, ca_pem).unwrap();
+    std::fs::write(&files.1, cert.pem()).unwrap();
+    std::fs::write(&files.2, key.serialize_pem()).unwrap();
+    files
+}
+
+/// An `https://` tool server, verified like an HTTP egress upstream (here against the
+/// test CA given as an upstream CA, reached by name through a resolve override), gets
+/// the credential the gateway brokers from the secret store; the agent never sees it,
+/// not even when the server echoes it, and neither does the audit log. Without the CA
+/// the server is not reached at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_https_tool_server_with_a_brokered_credential() {
+    require_python_mcp();
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = tls_files(dir.path(), &["mcp.internal.example"]);
+    const SECRET: &str = "tok-s3cret-4242";
+    let (mut server, port) = http_server(servers_dir().join("whoami.py"), |c, port| {
+        c.args(["--https", &port.to_string()]);
+        c.arg(&cert);
+        c.arg(&key);
+        c.env("EXPECTED_AUTHORIZATION", format!("Bearer {SECRET}"));
+    })
+    .await;
+
+    let state = dir.path().join("state");
+    let tenant = Name::new("acme").unwrap();
+    agentspace_secrets::SecretStore::open(&state)
+        .set(&tenant, "hr-token", SECRET.as_bytes())
+        .unwrap();
+    let url = format!("https://mcp.internal.example:{port}/mcp");
+    let text = format!(
+        "apiVersion: agentspace/v1
+kind: Agent
+metadata: {{name: credit-officer, tenant: acme}}
+spec:
+  tools:
+    - server: hr
+      url: {url}
+      allow: [authorized, authorization, whoami]
+      credential: {{secret: hr-token, header: Authorization, format: 'Bearer {{}}'}}
+"
+    );
+    let definition = Definition::parse(&dir.path().join("agent.yaml"), &text).unwrap();
+    let principal = Principal::new(
+        tenant.clone(),
+        UserId::new("alice@acme.example").unwrap(),
+        Actor::new(
+            Name::new("credit-officer").unwrap(),
+            TaskRef::new("t-https").unwrap(),
+        ),
+    );
+    let identity = Arc::new(Identity::open(&state));
+    let start = |trust_ca: bool| {
+        let definition = definition.clone();
+        let principal = principal.clone();
+        let identity = Arc::clone(&identity);
+        let state = state.clone();
+        let ca = ca.clone();
+        async move {
+            let mut config = agentspace_gateway::GatewayConfig::new(&state);
+            config.system_roots = false;
+            if trust_ca {
+                config.upstream_ca.push(ca);
+            }
+            config.resolve.push(
+                agentspace_gateway::ResolveOverride::parse(&format!(
+                    "mcp.internal.example:{port}:127.0.0.1"
+                ))
+                .unwrap(),
+            );
+            let policy = Arc::new(PolicyEngine::load(&definition, &state).unwrap());
+            let audit = AuditLog::open(&state).unwrap();
+            let task = Arc::new(Task::new(principal, policy));
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let mcp = format!("http://{}/mcp", listener.local_addr().unwrap());
+            let gateway = McpGateway::configured(audit.clone(), identity, &config, None).unwrap();
+            tokio::spawn(gateway.serve(listener, Arc::clone(&task)));
+            (audit, task, mcp)
+        }
+    };
+
+    let (audit, task, mcp) = start(true).await;
+    let out = call(
+        &mcp,
+        &[
+            ("authorized", "{}"),
+            ("authorization", "{}"),
+            ("whoami", "{}"),
+        ],
+    )
+    .await;
+    // The server got the brokered credential.
+    assert_eq!(out[0]["text"], "yes", "{}", out[0]);
+    // It echoed it: the agent sees it redacted.
+    assert_eq!(out[1]["text"], "Bearer [REDACTED]", "{}", out[1]);
+    // And the per-call identity, for exactly this server's origin.
+    let token = out[2]["text"].as_str().unwrap();
+    let target = agentspace_identity::CallTarget::new("POST", &url).unwrap();
+    identity
+        .verify(
+            token,
+            &agentspace_identity::Expected::call(&tenant, &target),
+            &agentspace_identity::NothingRevoked,
+        )
+        .unwrap_or_else(|e| panic!("{e}: {token}"));
+    let logged = events(&audit).await;
+    assert!(
+        !serde_json::to_string(&logged).unwrap().contains(SECRET),
+        "the secret is in the audit log"
+    );
+    task.close();
+
+    // Without the test CA, the server's certificate is not trusted: it is never called,
+    // and the refusal says why.
+    let (audit, task, mcp) = start(false).await;
+    let out = call(&mcp, &[("authorized", "{}")]).await;
+    assert_eq!(out[0]["ok"], false, "{}", out[0]);
+    let events = events(&audit).await;
+    let refused = events
+        .iter()
+        .rev()
+        .find(|e| e["action"] == "tools/call")
+        .unwrap();
+    assert_eq!(refused["decision"], "deny", "{refused}");
+    let why = refused["details"]["unavailable"]["hr"].as_str().unwrap();
+    assert!(why.contains("certificate"), "{why}");
+    task.close();
+    let _ = server.kill().await;
+}
+
+/// A stdio server with egress rules is never started without a sandbox that enforces
+/// them: as a plain child process it would have the host's network.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_a_stdio_server_with_egress_rules_needs_a_sandbox() {
+    require_python_mcp();
+    let dir = tempfile::tempdir().unwrap();
+    let tools = format!(
+        "    - server: local\n      command: [python3, {}]\n      allow: [whoami]\n      egress: [{{name: api, hosts: [api.example.test]}}]\n",
+        servers_dir().join("whoami.py").display()
+    );
+    let (audit, task, url) = gateway_for(dir.path(), &tools, "t-nosandbox").await;
+    let out = call(&url, &[("whoami", "{}")]).await;
+    assert_eq!(out[0]["error"], -32602, "{}", out[0]);
+    let events = events(&audit).await;
+    let refused = events.iter().find(|e| e["action"] == "tools/call").unwrap();
+    let why = refused["details"]["unavailable"]["local"].as_str().unwrap();
+    assert!(why.contains("sandbox"), "{why}");
     task.close();
 }

@@ -280,3 +280,288 @@ fn a_flow_rule_with_approval_holds_what_it_would_deny() {
     e.taint(&p, ["pii".to_owned()]).unwrap();
     assert!(e.decide_approved(&web).deny_reason() == Some(DenyReason::Flow));
 }
+
+fn read(p: &agentspace_core::Principal, server: &str, uri: &str) -> Request {
+    Request {
+        principal: p.clone(),
+        action: Action::McpResource,
+        resource: Resource {
+            server: Some(server.to_owned()),
+            uri: Some(uri.to_owned()),
+            ..Resource::default()
+        },
+        context: RequestContext {
+            time: Some(OFFICE_HOURS),
+            ..RequestContext::default()
+        },
+    }
+}
+
+fn prompt(
+    p: &agentspace_core::Principal,
+    server: &str,
+    name: &str,
+    args: serde_json::Value,
+) -> Request {
+    Request {
+        principal: p.clone(),
+        action: Action::McpPrompt,
+        resource: Resource {
+            server: Some(server.to_owned()),
+            prompt: Some(name.to_owned()),
+            ..Resource::default()
+        },
+        context: RequestContext {
+            arguments: Some(args),
+            time: Some(OFFICE_HOURS),
+            ..RequestContext::default()
+        },
+    }
+}
+
+/// The credit officer's definition with resources and prompts allowed on two servers.
+fn with_resources() -> String {
+    TOOLS
+        .replace(
+            "      labels: [pii]\n",
+            "      labels: [pii]\n      resources: [\"customer://*\", \"file:///srv/*/report.txt\"]\n      prompts: [credit_brief]\n",
+        )
+        .replace(
+            "      allow: [send_mail]\n",
+            "      allow: [send_mail]\n      resources: [\"mail://outbox\"]\n      prompts: [letter]\n",
+        )
+}
+
+#[test]
+fn resources_and_prompts_are_allowed_by_pattern_and_name_only() {
+    let f = Fixture::new(&with_resources(), &[]);
+    let e = PolicyEngine::load(&f.definition, &f.state()).unwrap();
+    let p = principal("credit-officer", "t1");
+    let d = e.decide(&read(&p, "customer-db", "customer://c-001"));
+    assert!(d.is_allow(), "{d}");
+    assert_eq!(d.policies(), ["resources.customer-db"]);
+    assert!(
+        e.decide(&read(&p, "customer-db", "file:///srv/2024/report.txt"))
+            .is_allow()
+    );
+    for (server, uri) in [
+        ("customer-db", "file:///etc/passwd"),
+        ("customer-db", "file:///srv/2024/report.txt.bak"),
+        ("customer-db", "customers://c-001"),
+        ("hr", "customer://c-001"),
+        ("templates", "customer://c-001"),
+    ] {
+        let d = e.decide(&read(&p, server, uri));
+        assert_eq!(
+            d.deny_reason(),
+            Some(DenyReason::NotPermitted),
+            "{uri}: {d}"
+        );
+    }
+    let d = e.decide(&prompt(
+        &p,
+        "customer-db",
+        "credit_brief",
+        serde_json::json!({"customer_id": "c-001"}),
+    ));
+    assert!(d.is_allow(), "{d}");
+    assert_eq!(d.policies(), ["prompts.customer-db.credit_brief"]);
+    for (server, name) in [("customer-db", "letter"), ("hr", "credit_brief")] {
+        let d = e.decide(&prompt(&p, server, name, serde_json::json!({})));
+        assert_eq!(d.deny_reason(), Some(DenyReason::NotPermitted), "{d}");
+    }
+    // The tool approval of `mail` is about its tools, not its resources.
+    assert!(e.decide(&read(&p, "mail", "mail://outbox")).is_allow());
+}
+
+#[test]
+fn resource_reads_and_prompts_obey_the_flow_rules_and_the_loop_breaker() {
+    let f = Fixture::new(&with_resources(), &[]);
+    let e = PolicyEngine::load(&f.definition, &f.state()).unwrap();
+    let p = principal("credit-officer", "t1");
+    e.taint(&p, ["pii".to_owned()]).unwrap();
+    // mail is not cleared for pii: neither its resources nor its prompts may be asked.
+    let d = e.decide(&read(&p, "mail", "mail://outbox"));
+    assert_eq!(d.deny_reason(), Some(DenyReason::Flow), "{d}");
+    let d = e.decide(&prompt(&p, "mail", "letter", serde_json::json!({})));
+    assert_eq!(d.deny_reason(), Some(DenyReason::Flow), "{d}");
+    // The source itself is.
+    let same = read(&p, "customer-db", "customer://c-002");
+    for _ in 0..3 {
+        assert!(e.decide(&same).is_allow());
+    }
+    assert_eq!(e.decide(&same).deny_reason(), Some(DenyReason::Loop));
+}
+
+#[test]
+fn extra_policies_read_the_uri_and_the_prompt_arguments() {
+    let f = Fixture::new(
+        &format!("{}  policies: [./narrow.cedar]\n", with_resources()),
+        &[(
+            "narrow.cedar",
+            r#"@id("no-c-002") forbid (principal, action == AgentSpace::Action::"mcp_resource", resource in AgentSpace::McpServer::"customer-db") when { context.uri == "customer://c-002" };
+@id("brief-c-001-only") forbid (principal, action == AgentSpace::Action::"mcp_prompt", resource == AgentSpace::Prompt::"customer-db/credit_brief") unless { context.arguments has customer_id && context.arguments.customer_id == "c-001" };"#,
+        )],
+    );
+    let e = PolicyEngine::load(&f.definition, &f.state()).unwrap();
+    let p = principal("credit-officer", "t1");
+    assert!(
+        e.decide(&read(&p, "customer-db", "customer://c-001"))
+            .is_allow()
+    );
+    let d = e.decide(&read(&p, "customer-db", "customer://c-002"));
+    assert_eq!(d.deny_reason(), Some(DenyReason::Forbidden), "{d}");
+    let ok = prompt(
+        &p,
+        "customer-db",
+        "credit_brief",
+        serde_json::json!({"customer_id": "c-001"}),
+    );
+    assert!(e.decide(&ok).is_allow());
+    let d = e.decide(&prompt(
+        &p,
+        "customer-db",
+        "credit_brief",
+        serde_json::json!({"customer_id": "c-002"}),
+    ));
+    assert_eq!(d.policies(), ["brief-c-001-only"], "{d}");
+}
+
+fn server_request(p: &agentspace_core::Principal, server: &str, method: &str) -> Request {
+    Request {
+        principal: p.clone(),
+        action: Action::McpServerRequest {
+            method: method.to_owned(),
+        },
+        resource: Resource {
+            server: Some(server.to_owned()),
+            ..Resource::default()
+        },
+        context: RequestContext {
+            arguments: Some(serde_json::json!({"maxTokens": 50})),
+            time: Some(OFFICE_HOURS),
+            ..RequestContext::default()
+        },
+    }
+}
+
+#[test]
+fn server_requests_are_permitted_per_server_by_relay() {
+    let text = TOOLS
+        .replace(
+            "      labels: [pii]\n",
+            "      labels: [pii]\n      relay: [sampling, progress]\n",
+        )
+        .replace(
+            "      allow: [send_mail]\n",
+            "      allow: [send_mail]\n      relay: [elicitation, roots]\n",
+        );
+    let f = Fixture::new(&text, &[]);
+    let e = PolicyEngine::load(&f.definition, &f.state()).unwrap();
+    let p = principal("credit-officer", "t1");
+    let d = e.decide(&server_request(&p, "customer-db", "sampling/createMessage"));
+    assert!(d.is_allow(), "{d}");
+    assert_eq!(d.policies(), ["relay.customer-db"]);
+    assert!(
+        e.decide(&server_request(&p, "mail", "roots/list"))
+            .is_allow()
+    );
+    for (server, method) in [
+        ("customer-db", "elicitation/create"),
+        ("customer-db", "roots/list"),
+        ("mail", "sampling/createMessage"),
+        ("templates", "sampling/createMessage"),
+    ] {
+        let d = e.decide(&server_request(&p, server, method));
+        assert_eq!(d.deny_reason(), Some(DenyReason::NotPermitted), "{d}");
+    }
+    // Not the agent's request: never a loop, however often a server asks.
+    for _ in 0..6 {
+        assert!(
+            e.decide(&server_request(&p, "customer-db", "sampling/createMessage"))
+                .is_allow()
+        );
+    }
+    // The client's answer goes to the server: a tainted session may not answer a server
+    // that is not cleared for the taint.
+    e.taint(&p, ["pii".to_owned()]).unwrap();
+    let d = e.decide(&server_request(&p, "mail", "roots/list"));
+    assert_eq!(d.deny_reason(), Some(DenyReason::Flow), "{d}");
+    assert!(
+        e.decide(&server_request(&p, "customer-db", "sampling/createMessage"))
+            .is_allow()
+    );
+}
+
+#[test]
+fn taint_survives_a_restart_and_is_shared_by_every_engine_of_the_task() {
+    let f = Fixture::new(TOOLS, &[]);
+    let p = principal("credit-officer", "t1");
+    let mail = mcp(
+        &p,
+        "mail",
+        "send_mail",
+        serde_json::json!({"to": "bob@acme.example"}),
+    );
+    {
+        let first = PolicyEngine::load(&f.definition, &f.state()).unwrap();
+        // A second gateway of the same task, running at the same time.
+        let second = PolicyEngine::load(&f.definition, &f.state()).unwrap();
+        assert!(second.decide(&mail).is_allow());
+        first.taint(&p, ["pii".to_owned()]).unwrap();
+        let d = second.decide(&mail);
+        assert_eq!(d.deny_reason(), Some(DenyReason::Flow), "{d}");
+        // Already known to the session, whichever engine is asked: nothing new.
+        assert!(second.taint(&p, ["pii".to_owned()]).unwrap().is_empty());
+    }
+    // The gateway restarts: the session still carries pii.
+    let restarted = PolicyEngine::load(&f.definition, &f.state()).unwrap();
+    assert_eq!(
+        restarted.session_labels(&p).unwrap(),
+        std::collections::BTreeSet::from(["pii".to_owned()])
+    );
+    let d = restarted.decide(&mcp(
+        &p,
+        "mail",
+        "send_mail",
+        serde_json::json!({"to": "c@acme.example"}),
+    ));
+    assert_eq!(d.deny_reason(), Some(DenyReason::Flow), "{d}");
+    // Another task of the same agent is not tainted.
+    let other = principal("credit-officer", "t2");
+    assert!(restarted.session_labels(&other).unwrap().is_empty());
+}
+
+#[test]
+fn a_task_started_by_a_tainted_task_is_tainted() {
+    let parent_def = Fixture::new(TOOLS, &[]);
+    let child_def = Fixture::new(&TOOLS.replace("name: credit-officer", "name: helper"), &[]);
+    // Both engines share the state directory, as the gateways of one machine do.
+    let state = parent_def.state();
+    let parent_engine = PolicyEngine::load(&parent_def.definition, &state).unwrap();
+    let child_engine = PolicyEngine::load(&child_def.definition, &state).unwrap();
+    let parent = principal("credit-officer", "t1");
+    let child = parent.delegate(actor("helper", "t1-child")).unwrap();
+    let mail = |p: &agentspace_core::Principal| {
+        mcp(
+            p,
+            "mail",
+            "send_mail",
+            serde_json::json!({"to": "bob@acme.example"}),
+        )
+    };
+    assert!(child_engine.decide(&mail(&child)).is_allow());
+    // What the parent reads, before or after it starts the child, the child may hold.
+    parent_engine.taint(&parent, ["pii".to_owned()]).unwrap();
+    let d = child_engine.decide(&mail(&child));
+    assert_eq!(d.deny_reason(), Some(DenyReason::Flow), "{d}");
+    assert!(child_engine.session_labels(&child).unwrap().contains("pii"));
+    // The parent does not inherit what the child reads.
+    child_engine.taint(&child, ["secret".to_owned()]).unwrap();
+    assert!(
+        !parent_engine
+            .session_labels(&parent)
+            .unwrap()
+            .contains("secret")
+    );
+}

@@ -62,6 +62,8 @@ const STARTED_MEMORY: usize = 65_536;
 pub(crate) struct BudgetStore {
     path: PathBuf,
     conn: Mutex<Connection>,
+    /// Charges from every process queue here before the write transaction.
+    writers: store::WriterQueue,
     /// Task start times already recorded. A start time never changes once written, so
     /// a task's later decisions need no write transaction for it.
     started: Mutex<HashMap<String, i64>>,
@@ -72,6 +74,7 @@ impl BudgetStore {
         let path = store::policy_dir(state_dir)?.join("budgets.db");
         let conn = store::open(&path, SCHEMA)?;
         Ok(Self {
+            writers: store::WriterQueue::for_db(&path),
             path,
             conn: Mutex::new(conn),
             started: Mutex::new(HashMap::new()),
@@ -133,6 +136,7 @@ impl BudgetStore {
     /// the database's write lock, across processes) each counter is read, compared with
     /// its limit and raised. Returns the first counter that would go over.
     pub(crate) fn charge(&self, charges: &[Charge]) -> Result<Option<Exhausted>, PolicyError> {
+        let _turn = self.writers.turn();
         self.with(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             {

@@ -41,6 +41,8 @@ CREATE TABLE IF NOT EXISTS taint (
 pub(crate) struct Taint {
     path: PathBuf,
     conn: Mutex<Connection>,
+    /// Writes from every process queue here before the write transaction.
+    writers: store::WriterQueue,
 }
 
 impl std::fmt::Debug for Taint {
@@ -58,6 +60,7 @@ impl Taint {
         let path = store::policy_dir(state_dir)?.join("taint.db");
         let conn = store::open(&path, SCHEMA)?;
         Ok(Self {
+            writers: store::WriterQueue::for_db(&path),
             path,
             conn: Mutex::new(conn),
         })
@@ -77,6 +80,7 @@ impl Taint {
             return Ok(new);
         }
         let fail = |e: rusqlite::Error| PolicyError::state(&self.path, e);
+        let _turn = self.writers.turn();
         let mut conn = self.conn.lock().map_err(|_| unavailable())?;
         let tx = conn.transaction().map_err(fail)?;
         {

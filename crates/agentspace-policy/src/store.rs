@@ -34,6 +34,46 @@ pub(crate) fn open(path: &Path, schema: &str) -> Result<Connection, PolicyError>
     Ok(conn)
 }
 
+/// A file lock (`<db>.lock`, flock) that the writers of one database take before
+/// SQLite's write lock. With many processes (a gateway per task) contending, the kernel
+/// hands a released file lock to the next waiter at once, where SQLite's busy handler
+/// sleeps and retries with back-off up to 100 ms, so that some writers waited seconds.
+#[derive(Debug)]
+pub(crate) struct WriterQueue(Option<std::fs::File>);
+
+/// A place at the head of the [`WriterQueue`]; released when dropped.
+pub(crate) struct Turn<'a>(Option<&'a std::fs::File>);
+
+impl WriterQueue {
+    /// The queue of the database at `path`. Without the lock file (a read-only place)
+    /// writers still serialise on SQLite's own lock, only less fairly.
+    pub(crate) fn for_db(path: &Path) -> Self {
+        let mut lock = path.as_os_str().to_owned();
+        lock.push(".lock");
+        Self(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(PathBuf::from(lock))
+                .ok(),
+        )
+    }
+
+    /// Waits for this process's turn to write.
+    pub(crate) fn turn(&self) -> Turn<'_> {
+        Turn(self.0.as_ref().filter(|f| f.lock().is_ok()))
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0 {
+            let _ = f.unlock();
+        }
+    }
+}
+
 /// Seconds since the Unix epoch.
 pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now()

@@ -39,6 +39,10 @@ pub(crate) struct Args {
     /// link-local addresses (refused by default: the server would POST there for them).
     #[arg(long)]
     allow_private_webhooks: bool,
+    /// Mark the console's cookies `Secure` (sent over HTTPS only): set this when
+    /// browsers reach the console through a TLS-terminating proxy.
+    #[arg(long)]
+    secure_cookies: bool,
     /// Create tenant `--tenant` with this user as its first admin, print the admin's API
     /// token once, and exit (without serving).
     #[arg(long, value_name = "USER", requires = "tenant")]
@@ -90,10 +94,11 @@ pub(crate) fn run(state: &StateDir, args: Args) -> Result<ExitCode> {
         gateway_config,
         approval_webhook: args.approval_webhook,
         allow_private_webhooks: args.allow_private_webhooks,
+        secure_cookies: args.secure_cookies,
     };
     if !args.listen.ip().is_loopback() {
         eprintln!(
-            "agentspace: warning: the control plane speaks plain HTTP and listens on `{}`, beyond loopback: bearer tokens and session cookies cross the network in clear unless a TLS-terminating proxy is in front",
+            "agentspace: warning: the control plane speaks plain HTTP and listens on `{}`, beyond loopback: bearer tokens and session cookies cross the network in clear unless a TLS-terminating proxy is in front (then add --secure-cookies)",
             args.listen
         );
     }

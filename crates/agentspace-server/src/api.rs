@@ -34,6 +34,8 @@ pub(crate) struct App {
     pub(crate) runner: crate::runner::Runner,
     /// The operator lets tenant webhooks reach private addresses.
     pub(crate) allow_private_webhooks: bool,
+    /// The console's cookies carry `Secure` (browsers reach it over HTTPS).
+    pub(crate) secure_cookies: bool,
     /// The event streams open now (limited per caller and in all).
     pub(crate) streams: Arc<crate::events::StreamSlots>,
 }
@@ -110,7 +112,7 @@ impl FromRequestParts<AppState> for Caller {
 
 const ANY: &[Role] = &[Role::Admin, Role::Approver, Role::Auditor, Role::Developer];
 const ADMIN: &[Role] = &[Role::Admin];
-const AUDIT_READERS: &[Role] = &[Role::Admin, Role::Auditor];
+pub(crate) const AUDIT_READERS: &[Role] = &[Role::Admin, Role::Auditor];
 const APPROVAL_READERS: &[Role] = &[Role::Admin, Role::Approver, Role::Auditor];
 const APPROVERS: &[Role] = &[Role::Admin, Role::Approver];
 const DEFINITION_WRITERS: &[Role] = &[Role::Admin, Role::Developer];
@@ -332,9 +334,12 @@ pub(crate) struct RegisterBody {
 
 /// Registers a definition (admin, developer): validated like `agentspace run` does; a
 /// refusal lists each problem with field, line and column. A changed text is a new
-/// version; audited as `definition_change`.
+/// version; audited as `definition_change`. A name whose current version the host's
+/// operator registered (`agentspace definition register`) is refused (409, audited):
+/// the API cannot take over a host-trusted agent's name.
 #[utoipa::path(post, path = "/v1/definitions", tag = "definitions", security(("bearer" = [])), request_body = RegisterBody,
     responses((status = 201, body = Registered), (status = 200, body = Registered, description = "unchanged"),
+        (status = 409, body = crate::error::ErrorBody, description = "the name is host-trusted"),
         (status = 422, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody)))]
 pub(crate) async fn register_definition(
     State(app): State<AppState>,

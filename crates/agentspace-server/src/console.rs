@@ -2,8 +2,9 @@
 //! a session cookie; the live canvas of running cells, the decision stream, the approval
 //! queue and starting tasks (in [`live`]); audit search and definitions.
 //!
-//! - The session cookie is `HttpOnly; SameSite=Strict; Path=/console`, 256 random bits,
-//!   stored as SHA-256 only, tied to the token it was made from (revoking the token ends
+//! - The session cookie is `HttpOnly; SameSite=Strict; Path=/console` (and `Secure` with
+//!   `agentspace serve --secure-cookies`, for a console behind a TLS-terminating proxy),
+//!   256 random bits, stored as SHA-256 only, tied to the token it was made from (revoking the token ends
 //!   the session) and valid for 12 hours.
 //! - Every state-changing form carries a CSRF token that must equal the session's
 //!   (compared in constant time); the login form uses a double-submit cookie.
@@ -31,7 +32,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::api::{AppState, blocking};
+use crate::api::{App, AppState, blocking};
 use crate::approvals::Outcome;
 use crate::auth::{Caller, Role};
 use crate::error::ServerError;
@@ -77,9 +78,11 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(|(_, v)| v.to_owned())
 }
 
-fn set_cookie(name: &str, value: &str, max_age_secs: i64) -> HeaderValue {
-    let text =
-        format!("{name}={value}; HttpOnly; SameSite=Strict; Path=/console; Max-Age={max_age_secs}");
+fn set_cookie(name: &str, value: &str, max_age_secs: i64, secure: bool) -> HeaderValue {
+    let secure = if secure { "; Secure" } else { "" };
+    let text = format!(
+        "{name}={value}; HttpOnly; SameSite=Strict; Path=/console; Max-Age={max_age_secs}{secure}"
+    );
     HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
@@ -144,7 +147,7 @@ fn render(
     response
 }
 
-fn login_page(status: StatusCode, error: Option<&str>) -> Result<Response, ServerError> {
+fn login_page(app: &App, status: StatusCode, error: Option<&str>) -> Result<Response, ServerError> {
     let csrf = random_hex::<32>()?;
     let error = error
         .map(|e| format!("<p class=\"err\">{}</p>", esc(e)))
@@ -161,13 +164,13 @@ fn login_page(status: StatusCode, error: Option<&str>) -> Result<Response, Serve
         status,
         "Sign in",
         &body,
-        vec![set_cookie(LOGIN_COOKIE, &csrf, 600)],
+        vec![set_cookie(LOGIN_COOKIE, &csrf, 600, app.secure_cookies)],
     ))
 }
 
 /// `GET /console/login`.
-pub(crate) async fn login_form() -> Result<Response, ServerError> {
-    login_page(StatusCode::OK, None)
+pub(crate) async fn login_form(State(app): State<AppState>) -> Result<Response, ServerError> {
+    login_page(&app, StatusCode::OK, None)
 }
 
 /// The login form's fields.
@@ -187,6 +190,7 @@ pub(crate) async fn login(
     let expected = cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
     if expected.len() != 64 || !same(&expected, &form.csrf) {
         return login_page(
+            &app,
             StatusCode::FORBIDDEN,
             Some("the sign-in form expired or did not come from this page; try again"),
         );
@@ -211,6 +215,7 @@ pub(crate) async fn login(
     .await?;
     let Some(id) = session else {
         return login_page(
+            &app,
             StatusCode::UNAUTHORIZED,
             Some("that token is not valid (unknown, revoked or mistyped)"),
         );
@@ -220,9 +225,12 @@ pub(crate) async fn login(
     let h = response.headers_mut();
     h.append(
         header::SET_COOKIE,
-        set_cookie(SESSION_COOKIE, &id, SESSION_MS / 1000),
+        set_cookie(SESSION_COOKIE, &id, SESSION_MS / 1000, app.secure_cookies),
     );
-    h.append(header::SET_COOKIE, set_cookie(LOGIN_COOKIE, "", 0));
+    h.append(
+        header::SET_COOKIE,
+        set_cookie(LOGIN_COOKIE, "", 0, app.secure_cookies),
+    );
     Ok(response)
 }
 
@@ -350,8 +358,10 @@ pub(crate) async fn logout(
     })
     .await?;
     let mut r = to_login();
-    r.headers_mut()
-        .append(header::SET_COOKIE, set_cookie(SESSION_COOKIE, "", 0));
+    r.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(SESSION_COOKIE, "", 0, app.secure_cookies),
+    );
     Ok(r)
 }
 

@@ -12,7 +12,7 @@ use agentspace_audit::AuditLog;
 use agentspace_core::{AuditKind, Definition, Name};
 use serde::Serialize;
 
-use crate::audit::{AdminEvent, details, record};
+use crate::audit::{AdminEvent, details, record, record_refusal};
 use crate::auth::Caller;
 use crate::error::{DefinitionProblem, ServerError};
 use crate::store::{Conn, Db, Row, format_ms, now_ms};
@@ -207,6 +207,14 @@ impl Registry<'_> {
                 ));
             }
             let current = current_version(tx, tenant, name)?;
+            if let (None, Some(row)) = (&host_source, &current)
+                && let Some(file) = row.opt_text(6)?
+            {
+                // The name is the host operator's: an API version would take it over,
+                // and approvers and `--agent NAME` would get the API's text under the
+                // name they trust.
+                return Err(self.refuse_shadowing(tenant, by, name, &file));
+            }
             let next = match current {
                 Some(row)
                     if row.text(2)? == definition.digest && row.opt_text(6)? == host_source =>
@@ -265,6 +273,35 @@ impl Registry<'_> {
                 created: true,
             })
         })
+    }
+
+    /// The refusal of an API registration of `name`, whose current version the host's
+    /// operator registered from `file`; audited as a denied `definition_change`.
+    fn refuse_shadowing(&self, tenant: &Name, by: &str, name: &str, file: &str) -> ServerError {
+        let problem = format!(
+            "definition `{name}` was registered on the server host by its operator (from `{file}`); a version registered through the API may not take over its name"
+        );
+        let refusal = record_refusal(
+            self.audit,
+            AdminEvent {
+                tenant,
+                kind: AuditKind::DefinitionChange,
+                action: "register",
+                resource: format!("definition/{name}"),
+                by,
+                details: details([("host_trusted_name", true.into())]),
+            },
+            &problem,
+        );
+        if let Err(e) = refusal {
+            return e;
+        }
+        ServerError::conflict(
+            problem,
+            format!(
+                "register under another `metadata.name`, or ask the host's operator to run `agentspace definition register -f {file} --tenant {tenant}` with your change"
+            ),
+        )
     }
 
     /// The current version of each of the tenant's definitions.

@@ -237,27 +237,24 @@ pub(crate) async fn events(
         .trim()
         .to_owned();
     let key = format!("token:{}", caller.token_id);
-    stream(
-        app,
-        caller.tenant,
-        &headers,
-        q,
-        true,
-        Follower::Token(token),
-        &key,
-    )
-    .await
+    stream(app, caller, &headers, q, true, Follower::Token(token), &key).await
 }
 
 /// The roles that may follow the event stream (API and console alike).
 pub(crate) const EVENT_READERS: &[Role] = &[Role::Admin, Role::Approver, Role::Auditor];
+
+/// How far back from the end of the chain a caller who may not read the audit log
+/// (an approver) may start a stream: enough to resume after a reconnect or a stream's
+/// ten-minute end, not a way to read the tenant's history, which takes admin or
+/// auditor (`GET /v1/audit/events`).
+pub(crate) const RESUME_WINDOW: u64 = 1_000;
 
 /// The stream of `tenant`'s events for a caller already authenticated and allowed;
 /// each SSE event is named by the audit event's kind when `named` (the API), else
 /// unnamed, so a browser's one `message` handler sees every kind (the console).
 pub(crate) async fn stream(
     app: AppState,
-    tenant: Name,
+    caller: Caller,
     headers: &HeaderMap,
     q: EventsQuery,
     named: bool,
@@ -271,12 +268,27 @@ pub(crate) async fn stream(
         .and_then(|v| v.trim().parse::<u64>().ok());
     // A reconnecting EventSource repeats its URL (with any `after=`) and adds the id it
     // saw last: that one is the newer position.
-    let next = match last_id.or(q.after) {
-        Some(seq) => seq.saturating_add(1),
-        None => {
+    let tenant = caller.tenant.clone();
+    let may_read_history = caller.require(crate::api::AUDIT_READERS).is_ok();
+    let requested = last_id.or(q.after).map(|seq| seq.saturating_add(1));
+    let end = match requested {
+        Some(_) if may_read_history => None,
+        _ => {
             let tenant = tenant.to_string();
-            blocking(&app, move |app| end_of_chain(app, &tenant)).await?
+            Some(blocking(&app, move |app| end_of_chain(app, &tenant)).await?)
         }
+    };
+    let next = match (requested, end) {
+        (Some(next), Some(end)) if end.saturating_sub(next) > RESUME_WINDOW => {
+            return Err(ServerError::forbidden(
+                format!(
+                    "a stream may start at most {RESUME_WINDOW} events before the end of the log (event {end}) for a caller without the admin or auditor role; event {next} is further back"
+                ),
+                "reconnect without `after` (or Last-Event-ID) to follow from now on; reading the log's history takes the admin or auditor role (GET /v1/audit/events)",
+            ));
+        }
+        (Some(next), _) => next,
+        (None, end) => end.unwrap_or_default(),
     };
     let cursor = Cursor {
         app,

@@ -47,6 +47,9 @@ pub struct ServerConfig {
     /// Let tenant webhooks reach loopback, private and link-local addresses (for an
     /// operator whose chat server is on the private network); refused by default.
     pub allow_private_webhooks: bool,
+    /// Mark the console's cookies `Secure`, so browsers send them over HTTPS only: set
+    /// it when browsers reach the console through a TLS-terminating proxy.
+    pub secure_cookies: bool,
 }
 
 /// The audit store the control plane uses: `audit_url` when given, else the PostgreSQL
@@ -248,6 +251,7 @@ impl Server {
             gateway_config,
             approval_webhook,
             allow_private_webhooks,
+            secure_cookies,
         } = config;
         let webhook = approval_webhook
             .map(|url| {
@@ -268,6 +272,7 @@ impl Server {
                 audit,
                 revocations,
                 allow_private_webhooks,
+                secure_cookies,
                 streams: Arc::default(),
             })
         })

@@ -1070,7 +1070,7 @@ pub(crate) async fn stream(
     s.caller.require(WATCHERS)?;
     let key = format!("session:{}", s.hash);
     let follower = crate::events::Follower::Session(headers.clone());
-    let mut r = crate::events::stream(app, s.caller.tenant, &headers, q, false, follower, &key)
+    let mut r = crate::events::stream(app, s.caller, &headers, q, false, follower, &key)
         .await?
         .into_response();
     harden(r.headers_mut(), super::CSP_STATIC);

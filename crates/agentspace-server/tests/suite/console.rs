@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::approvals::context;
 use super::events::open_stream_at;
-use super::harness::{Api, Backend, TestServer, write_task};
+use super::harness::{Api, Backend, Options, Place, TestServer, write_task};
 
 fn browser(server: &TestServer) -> Client {
     Client::new(&server.url, None).unwrap()
@@ -110,6 +110,8 @@ fn login_makes_a_strict_session_and_forms_need_its_csrf_token(backend: Backend) 
     for attr in ["HttpOnly", "SameSite=Strict", "Path=/console"] {
         assert!(session.contains(attr), "{session}");
     }
+    // Plain HTTP by default (loopback): `Secure` would make the browser drop it.
+    assert!(!session.contains("Secure"), "{session}");
     let session = cookie_pair(session);
     // The database keeps only a hash of the session id.
     let db = server.place().stored_bytes();
@@ -195,6 +197,53 @@ fn sign_in(server: &TestServer, token: &str) -> (String, String) {
     let session = cookie_pair(set_cookie(&r, "agentspace_session"));
     let home = get(&b, "/console/", &session);
     (session, csrf_in(&home.body))
+}
+
+/// Behind a TLS-terminating proxy the operator sets `--secure-cookies`: every cookie the
+/// console sets, the sign-in form's, the session's and the sign-out's, is `Secure`, so a
+/// browser never sends the session over plain HTTP.
+#[test]
+fn with_secure_cookies_every_console_cookie_is_https_only() {
+    let server = TestServer::start_in(
+        Place::new(Backend::Sqlite),
+        Options {
+            secure_cookies: true,
+            ..Options::default()
+        },
+    );
+    let admin = server.bootstrap("acme", "alice");
+    let token = admin.post("/v1/users/alice/tokens", json!({})).json()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let b = browser(&server);
+    let page = get(&b, "/console/login", "");
+    let login = set_cookie(&page, "agentspace_login");
+    assert!(login.ends_with("; Secure"), "{login}");
+    let r = post_form(
+        &b,
+        "/console/login",
+        &cookie_pair(login),
+        &format!("csrf={}&token={token}", csrf_in(&page.body)),
+    );
+    assert_eq!(r.status, 303);
+    for name in ["agentspace_session", "agentspace_login"] {
+        let c = set_cookie(&r, name);
+        assert!(c.contains("HttpOnly") && c.ends_with("; Secure"), "{c}");
+    }
+    let session = cookie_pair(set_cookie(&r, "agentspace_session"));
+    let home = get(&b, "/console/", &session);
+    let out = post_form(
+        &b,
+        "/console/logout",
+        &session,
+        &format!("csrf={}", csrf_in(&home.body)),
+    );
+    let cleared = set_cookie(&out, "agentspace_session");
+    assert!(
+        cleared.contains("Max-Age=0") && cleared.ends_with("; Secure"),
+        "{cleared}"
+    );
 }
 
 fn a_console_session_sees_and_decides_only_its_own_tenant(backend: Backend) {

@@ -172,18 +172,50 @@ fn the_hosts_operator_registers_host_trusted_versions_the_api_cannot_make(backen
     let again = register_on_host(&server, &acme, &file).unwrap();
     assert_eq!((again.version.version, again.created), (1, false));
 
-    // The same text through the API is a version of its own, not trusted; starting it
-    // is refused for each host-bound field, while the host's version passes that check
-    // (this server has no runner, so it gets as far as saying so).
+    // The API cannot take the host-trusted name over: the attempt is refused, names the
+    // fix, changes nothing and is audited.
     let r = dev.post("/v1/definitions", json!({"definition": HOST_BOUND}));
+    assert_eq!(r.status, 409, "{}", r.error_message());
+    assert!(
+        r.error_message()
+            .contains("registered on the server host by its operator"),
+        "{}",
+        r.error_message()
+    );
+    let current = dev.get("/v1/definitions/officer").json();
+    assert_eq!(
+        (current["version"].as_u64(), current["host"].as_bool()),
+        (Some(1), Some(true))
+    );
+    let refused = server.audit_events("acme").pop().unwrap();
+    assert_eq!(
+        (
+            refused.kind.as_str(),
+            refused.decision.map(|d| d.as_str()),
+            refused.resource.as_deref(),
+            refused.user.as_deref()
+        ),
+        (
+            "definition_change",
+            Some("deny"),
+            Some("definition/officer"),
+            Some("dave")
+        )
+    );
+
+    // The same text under a name of its own is a version of its own, not trusted;
+    // starting it is refused for each host-bound field, while the host's version passes
+    // that check (this server has no runner, so it gets as far as saying so).
+    let copy = HOST_BOUND.replace("name: officer", "name: officer-copy");
+    let r = dev.post("/v1/definitions", json!({"definition": copy}));
     assert_eq!(r.status, 201, "{}", r.error_message());
     assert_eq!(
         (r.json()["version"].as_u64(), r.json()["host"].as_bool()),
-        (Some(2), Some(false))
+        (Some(1), Some(false))
     );
     let r = dev.post(
         "/v1/tasks",
-        json!({"agent": "officer", "command": ["true"]}),
+        json!({"agent": "officer-copy", "command": ["true"]}),
     );
     assert_eq!(r.status, 422);
     let problems = r.json()["problems"].clone();
@@ -196,7 +228,7 @@ fn the_hosts_operator_registers_host_trusted_versions_the_api_cannot_make(backen
     assert_eq!(fields, ["spec.workspace", "spec.tools[0].command"]);
     let r = dev.post(
         "/v1/tasks",
-        json!({"agent": "officer", "version": 1, "command": ["true"]}),
+        json!({"agent": "officer", "command": ["true"]}),
     );
     assert_eq!(r.status, 409, "{}", r.error_message());
     assert!(
@@ -210,7 +242,7 @@ fn the_hosts_operator_registers_host_trusted_versions_the_api_cannot_make(backen
     let v1 = dev.get("/v1/definitions/officer/versions/1").json();
     assert_eq!(v1["text"], HOST_BOUND);
     let r = register_on_host(&server, &acme, &file).unwrap();
-    assert_eq!((r.version.version, r.version.host), (3, true));
+    assert_eq!((r.version.version, r.version.host), (2, true));
 
     // A tenant that does not exist, or a file of another tenant, is refused.
     let nope = agentspace_core::Name::new("nope").unwrap();

@@ -201,3 +201,84 @@ fn a_stream_ends_when_its_token_is_revoked_and_a_caller_holds_only_a_few(backend
 }
 
 on_both!(a_stream_ends_when_its_token_is_revoked_and_a_caller_holds_only_a_few,);
+
+/// The stream's status line and body for `path` with `headers` (an answer that is not
+/// a stream).
+fn refused_stream(server: &TestServer, path: &str, headers: &str) -> (String, String) {
+    let addr = server.url.trim_start_matches("http://");
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{headers}\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut s, &mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_owned(), body.to_owned())
+}
+
+/// An approver follows decisions live and may resume after a reconnect, but the stream
+/// is no way to read the tenant's history, which takes the admin or auditor role: a
+/// start further back than the resume window is refused with the fix, by `after` and by
+/// `Last-Event-ID` alike, while an auditor replays from the first event.
+#[test]
+fn an_approver_resumes_the_stream_but_cannot_replay_the_history() {
+    let server = TestServer::start(Backend::Sqlite);
+    let admin = server.bootstrap("acme", "alice");
+    let token_of = |name: &str, role: &str| {
+        let r = admin.post("/v1/users", json!({"name": name, "roles": [role]}));
+        assert_eq!(r.status, 201, "{}", r.error_message());
+        admin
+            .post(&format!("/v1/users/{name}/tokens"), json!({}))
+            .json()["token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let approver = token_of("bob", "approver");
+    let auditor = token_of("carol", "auditor");
+    // History: more events than the window.
+    let audit = server.place().audit();
+    let tenant = agentspace_core::Name::new("acme").unwrap();
+    let events = (0..1_100)
+        .map(|i| {
+            let mut e = agentspace_core::AuditEvent::new(
+                &tenant,
+                agentspace_core::AuditKind::HttpRequest,
+                "GET",
+            );
+            e.resource = Some(format!("https://api.example.com/{i}"));
+            e
+        })
+        .collect();
+    audit.append_batch(events).unwrap();
+    let end = audit.chain_len("acme").unwrap();
+
+    for headers in [
+        format!("Authorization: Bearer {approver}\r\n"),
+        format!("Authorization: Bearer {approver}\r\nLast-Event-ID: 0\r\n"),
+    ] {
+        let path = if headers.contains("Last-Event-ID") {
+            "/v1/events"
+        } else {
+            "/v1/events?after=0"
+        };
+        let (status, body) = refused_stream(&server, path, &headers);
+        assert!(status.contains(" 403 "), "{status} {body}");
+        assert!(body.contains("admin or auditor"), "{body}");
+    }
+    // Resuming a few events back is what reconnecting clients do: allowed.
+    let mut resumed = open_stream(&server, &approver, &format!("?after={}", end - 3));
+    let got = read_data(&mut resumed, 2, Duration::from_secs(10));
+    let seqs: Vec<u64> = got
+        .iter()
+        .map(|e| e["event"]["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [end - 2, end - 1]);
+    // An auditor reads the whole history.
+    let mut history = open_stream(&server, &auditor, "?after=0");
+    let got = read_data(&mut history, 1, Duration::from_secs(10));
+    assert_eq!(got[0]["event"]["seq"], 1);
+}

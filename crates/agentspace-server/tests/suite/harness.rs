@@ -172,6 +172,8 @@ pub struct Options {
     pub webhook: Option<String>,
     /// `--allow-private-webhooks`.
     pub allow_private_webhooks: bool,
+    /// `--secure-cookies`.
+    pub secure_cookies: bool,
 }
 
 pub struct TestServer {
@@ -201,6 +203,7 @@ impl TestServer {
             gateway_config: None,
             approval_webhook: options.webhook,
             allow_private_webhooks: options.allow_private_webhooks,
+            secure_cookies: options.secure_cookies,
         };
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()

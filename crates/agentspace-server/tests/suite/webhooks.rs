@@ -148,6 +148,7 @@ fn a_tenant_webhook_hears_only_its_tenants_approvals(backend: Backend) {
         Options {
             webhook: Some(operator.url("/operator")),
             allow_private_webhooks: true,
+            ..Options::default()
         },
     );
     let acme = server.bootstrap("acme", "alice");
@@ -317,6 +318,7 @@ fn a_stored_tenant_webhook_is_checked_again_at_delivery(backend: Backend) {
         Options {
             webhook: Some(operator.url("/operator")),
             allow_private_webhooks: false,
+            ..Options::default()
         },
     );
     let first = server

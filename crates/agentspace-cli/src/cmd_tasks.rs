@@ -1,5 +1,6 @@
-//! `agentspace tasks list|show`: from the state directory, or (`--server`) the tasks of
-//! the token's tenant on a control plane, printed the same way.
+//! `agentspace tasks list|show|budget`: from the state directory, or (`--server`) the
+//! tasks of the token's tenant on a control plane, printed the same way. `budget` needs a
+//! control plane (it reads the task's registered definition there).
 
 use std::fs;
 use std::process::ExitCode;
@@ -23,6 +24,12 @@ pub(crate) enum Command {
     },
     /// Show one task's manifest.
     Show {
+        /// The task id.
+        id: String,
+    },
+    /// What a task has used of its budgets, beside its definition's budgets (JSON;
+    /// needs --server: the budgets are the registered definition's).
+    Budget {
         /// The task id.
         id: String,
     },
@@ -88,6 +95,17 @@ pub(crate) fn run(state: &StateDir, args: Args) -> Result<ExitCode> {
             let m = read_manifest(&path)
                 .with_context(|| format!("no task `{id}` in {}", state.path().display()))?;
             println!("{}", serde_json::to_string_pretty(&m)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Budget { id } => {
+            let id = TaskId::parse(&id)?;
+            let Some(remote) = &remote else {
+                anyhow::bail!(
+                    "a task's budget use is read through the control plane that knows its registered definition: give --server URL (or AGENTSPACE_SERVER)"
+                );
+            };
+            let budget = remote.get(&format!("/v1/tasks/{id}/budget"))?;
+            println!("{}", serde_json::to_string_pretty(&budget)?);
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -182,6 +182,88 @@ fn run_with_a_server_runs_a_real_cell_there_and_exits_with_its_code() {
     assert_eq!(tasks(&server, &token).len(), 3);
 }
 
+/// The registry and a task's budget use through the CLI: `definition list|versions|show|
+/// diff` and `tasks budget` read the control plane, and say so when no server is given.
+#[test]
+fn definitions_and_a_tasks_budget_are_read_through_the_server() {
+    let Some((s, token, server, def)) = setup() else {
+        return;
+    };
+    let r = ran(
+        client(&s, &server, Some(&token)),
+        &["run", "-f", &def, "--", "true"],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    let task = tasks(&server, &token)[0]["task"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let v2 = HELLO.replace("memory: 256Mi", "memory: 128Mi");
+    let r = Client::new(&server.url, Some(&token))
+        .unwrap()
+        .post("/v1/definitions", &json!({"definition": v2}))
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.error_message());
+
+    let cli = |args: &[&str]| ran(client(&s, &server, Some(&token)), args);
+    let r = cli(&["definition", "list"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let rows: Vec<Vec<&str>> = r
+        .stdout
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 1, "{}", r.stdout);
+    assert_eq!(rows[0][..4], ["hello", "2", "api", "alice"], "{}", r.stdout);
+    let r = cli(&["definition", "versions", "hello", "--json"]);
+    let versions: Value = serde_json::from_str(&r.stdout).unwrap();
+    let numbers: Vec<u64> = versions
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, [1, 2]);
+    let r = cli(&["definition", "show", "hello@1"]);
+    assert_eq!((r.code, r.stdout.as_str()), (0, HELLO), "{r:?}");
+    let r = cli(&["definition", "show", "hello"]);
+    assert_eq!(r.stdout, v2);
+    let r = cli(&["definition", "diff", "hello", "1", "2"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains("-  resources: {memory: 256Mi")
+            && r.stdout.contains("+  resources: {memory: 128Mi"),
+        "{}",
+        r.stdout
+    );
+    let r = cli(&["definition", "show", "hello@3"]);
+    assert!(r.code == 125 && r.stderr.contains("(404)"), "{r:?}");
+    let r = cli(&["definition", "show", "hello@latest"]);
+    assert!(
+        r.code != 0 && r.stderr.contains("must be a number"),
+        "{r:?}"
+    );
+
+    let r = cli(&["tasks", "budget", &task]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let budget: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(
+        (&budget["task"], &budget["agent"]),
+        (&json!(task), &json!("hello"))
+    );
+    assert!(budget["usage"].is_object(), "{budget}");
+
+    // Without a server there is no registry to read: the error says what to give.
+    let mut standalone = client(&s, &server, Some(&token));
+    standalone.env_remove("AGENTSPACE_SERVER");
+    let r = ran(standalone, &["definition", "list"]);
+    assert!(
+        r.code != 0 && r.stderr.contains("give --server URL"),
+        "{r:?}"
+    );
+}
+
 #[test]
 fn ctrl_c_stops_the_task_on_the_server() {
     let Some((s, token, server, def)) = setup() else {

@@ -202,8 +202,13 @@ impl ApprovalStore {
         &self.inner.db
     }
 
-    /// Persists a held action and records `approval_requested` in the audit log (first:
-    /// if the log refuses it, nothing is held and the caller must deny). Returns the id.
+    /// Persists a held action and records `approval_requested` in the audit log;
+    /// returns the id. The record is stored first in state `opening`, which nothing
+    /// lists, decides, announces or expires; it turns `pending` only once the event is
+    /// durable. So whoever reads the event (an approver following the stream) finds the
+    /// approval ready to decide, and no decision is made or announced before the
+    /// request is on record. If the log refuses the event, the record is removed and
+    /// the caller must deny.
     pub fn request(&self, context: ApprovalContext) -> Result<String, ServerError> {
         let id = random_hex::<16>()?;
         let now = now_ms();
@@ -225,7 +230,6 @@ impl ApprovalStore {
         if let Some(budget) = &context.budget {
             event.details.insert("budget".into(), budget.clone());
         }
-        self.inner.audit.append(event)?;
         let text = serde_json::to_string(&context)
             .map_err(|e| ServerError::Io(format!("cannot encode the approval context: {e}")))?;
         let digest = context
@@ -236,7 +240,7 @@ impl ApprovalStore {
         self.inner.db.run(|c| {
             c.execute(
                 "INSERT INTO approval (id, tenant, requester, task, agent, context, four_eyes, state, requested_at, expires_at, digest)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $9, $10)",
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'opening', $8, $9, $10)",
                 &[
                     &id,
                     &context.tenant.as_str(),
@@ -251,6 +255,31 @@ impl ApprovalStore {
                 ],
             )
         })?;
+        if let Err(e) = self.inner.audit.append(event) {
+            // Not on record, so not held: the caller denies. A failure to remove the
+            // row leaves it `opening`, invisible, and removed once overdue.
+            let _ = self.inner.db.run(|c| {
+                c.execute(
+                    "DELETE FROM approval WHERE id = $1 AND state = 'opening'",
+                    &[&id],
+                )
+            });
+            return Err(e.into());
+        }
+        let opened = self.inner.db.run(|c| {
+            c.execute(
+                "UPDATE approval SET state = 'pending' WHERE id = $1 AND state = 'opening'",
+                &[&id],
+            )
+        })?;
+        if opened == 0 {
+            // Its deadline passed while the event was being written, and the row was
+            // cleared: nobody can decide it now.
+            return Err(ServerError::conflict(
+                format!("approval `{id}` expired before its request was on record"),
+                "retry the request; if this recurs, the audit log is slower than the rule's approval timeout",
+            ));
+        }
         Ok(id)
     }
 
@@ -271,7 +300,7 @@ impl ApprovalStore {
         let rows = self.inner.db.run(|c| {
             c.query(
                 &format!(
-                    "SELECT {COLUMNS} FROM approval WHERE tenant = $1 AND (CAST($2 AS TEXT) IS NULL OR state = $2)
+                    "SELECT {COLUMNS} FROM approval WHERE tenant = $1 AND state <> 'opening' AND (CAST($2 AS TEXT) IS NULL OR state = $2)
                      ORDER BY requested_at, id LIMIT $3"
                 ),
                 &[
@@ -379,6 +408,14 @@ impl ApprovalStore {
     /// `approval_denied` with reason `timeout`); returns how many.
     pub fn expire_overdue(&self) -> Result<usize, ServerError> {
         let now = now_ms();
+        // Requests whose event never became durable (their process died in between):
+        // never held, never shown; only their rows remain.
+        self.inner.db.run(|c| {
+            c.execute(
+                "DELETE FROM approval WHERE state = 'opening' AND expires_at <= $1",
+                &[&now],
+            )
+        })?;
         let overdue = self.inner.db.run(|c| {
             c.query(
                 &format!(
@@ -473,7 +510,9 @@ impl ApprovalStore {
 /// Approval `id` of `tenant`, as stored.
 fn select(c: &mut dyn Conn, tenant: &Name, id: &str) -> Result<Option<Row>, ServerError> {
     c.query_opt(
-        &format!("SELECT {COLUMNS} FROM approval WHERE tenant = $1 AND id = $2"),
+        &format!(
+            "SELECT {COLUMNS} FROM approval WHERE tenant = $1 AND id = $2 AND state <> 'opening'"
+        ),
         &[&tenant.as_str(), &id],
     )
 }

@@ -393,6 +393,46 @@ fn racing_retries_of_a_granted_request_go_through_exactly_once(backend: Backend)
     );
 }
 
+/// Whoever reads an `approval_requested` event can decide it: the approval is stored
+/// (hidden) before its event is written and shown only once the event is durable. With
+/// the control database's write lock held by someone else, a request neither shows its
+/// event (whose id would be a 404) nor an approval; once the lock is free both appear
+/// together, and the approval is pending.
+#[test]
+fn an_approval_is_decidable_as_soon_as_its_event_can_be_read() {
+    let server = TestServer::start(Backend::Sqlite);
+    let admin = server.bootstrap("acme", "alice");
+    let approver = admin.user(&server, "apu", &["approver"]);
+    let requested = |server: &TestServer| {
+        server
+            .audit_events("acme")
+            .into_iter()
+            .filter(|e| e.kind == AuditKind::ApprovalRequested)
+            .count()
+    };
+    let blocker = rusqlite::Connection::open(server.state().join("server/control.db")).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let store = server.approvals.clone();
+    let request = std::thread::spawn(move || store.request(context("acme", "bob", false, 60)));
+    // Long enough for the request to have written its event, had it gone first.
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(
+        requested(&server),
+        0,
+        "the event is readable before its approval"
+    );
+    blocker.execute_batch("ROLLBACK").unwrap();
+    let id = request.join().unwrap().unwrap();
+    assert_eq!(requested(&server), 1);
+    let r = approver.get(&format!("/v1/approvals/{id}"));
+    assert_eq!(
+        (r.status, r.json()["state"].clone()),
+        (200, json!("pending"))
+    );
+    let r = approver.post(&format!("/v1/approvals/{id}/approve"), json!({}));
+    assert_eq!(r.status, 200, "{}", r.error_message());
+}
+
 on_both!(
     a_decision_made_elsewhere_reaches_the_held_request,
     racing_retries_of_a_granted_request_go_through_exactly_once,

@@ -56,18 +56,40 @@
 
   if (stream) {
     for (const row of stream.tBodies[0].rows) seen.add(Number(row.dataset.seq));
-    const query = new URLSearchParams();
-    if (stream.dataset.after) query.set('after', stream.dataset.after);
-    if (stream.dataset.task) query.set('task', stream.dataset.task);
-    const source = new EventSource('/console/events?' + query.toString());
-    source.onopen = function () { if (live) live.textContent = 'connected'; };
-    source.onerror = function () { if (live) live.textContent = 'reconnecting…'; };
-    source.onmessage = function (message) {
-      let data;
-      try { data = JSON.parse(message.data); } catch (_) { return; }
-      addEvent(data);
-      refreshSoon();
+    // The browser reconnects by itself, resuming after the last event. The server may
+    // refuse a resume from too far back (an approver may not replay the log's history);
+    // then the stream follows from now on, and the gap is in audit search.
+    const open = function (after) {
+      const query = new URLSearchParams();
+      if (after) query.set('after', after);
+      if (stream.dataset.task) query.set('task', stream.dataset.task);
+      const source = new EventSource('/console/events?' + query.toString());
+      let opened = false;
+      source.onopen = function () {
+        opened = true;
+        if (live) live.textContent = 'connected';
+      };
+      source.onerror = function () {
+        if (source.readyState !== EventSource.CLOSED) {
+          if (live) live.textContent = 'reconnecting…';
+          return;
+        }
+        source.close();
+        if (opened || after) {
+          if (live) live.textContent = 'reconnecting from now (earlier decisions: audit search)';
+          setTimeout(function () { open(null); }, 3000);
+        } else if (live) {
+          live.textContent = 'disconnected: reload the page (signed out?)';
+        }
+      };
+      source.onmessage = function (message) {
+        let data;
+        try { data = JSON.parse(message.data); } catch (_) { return; }
+        addEvent(data);
+        refreshSoon();
+      };
     };
+    open(stream.dataset.after);
   }
 
   // ---------------------------------------------------------------- canvas

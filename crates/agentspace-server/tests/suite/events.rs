@@ -242,7 +242,7 @@ fn an_approver_resumes_the_stream_but_cannot_replay_the_history() {
     // History: more events than the window.
     let audit = server.place().audit();
     let tenant = agentspace_core::Name::new("acme").unwrap();
-    let events = (0..1_100)
+    let events = (0..10_100)
         .map(|i| {
             let mut e = agentspace_core::AuditEvent::new(
                 &tenant,

@@ -269,26 +269,27 @@ pub(crate) async fn stream(
     // A reconnecting EventSource repeats its URL (with any `after=`) and adds the id it
     // saw last: that one is the newer position.
     let tenant = caller.tenant.clone();
-    let may_read_history = caller.require(crate::api::AUDIT_READERS).is_ok();
-    let requested = last_id.or(q.after).map(|seq| seq.saturating_add(1));
-    let end = match requested {
-        Some(_) if may_read_history => None,
-        _ => {
-            let tenant = tenant.to_string();
-            Some(blocking(&app, move |app| end_of_chain(app, &tenant)).await?)
-        }
+    let end = || {
+        let tenant = tenant.to_string();
+        blocking(&app, move |app| end_of_chain(app, &tenant))
     };
-    let next = match (requested, end) {
-        (Some(next), Some(end)) if end.saturating_sub(next) > RESUME_WINDOW => {
-            return Err(ServerError::forbidden(
-                format!(
-                    "a stream may start at most {RESUME_WINDOW} events before the end of the log (event {end}) for a caller without the admin or auditor role; event {next} is further back"
-                ),
-                "reconnect without `after` (or Last-Event-ID) to follow from now on; reading the log's history takes the admin or auditor role (GET /v1/audit/events)",
-            ));
+    let next = match last_id.or(q.after) {
+        None => end().await?,
+        Some(seq) => {
+            let next = seq.saturating_add(1);
+            if caller.require(crate::api::AUDIT_READERS).is_err() {
+                let end = end().await?;
+                if end.saturating_sub(next) > RESUME_WINDOW {
+                    return Err(ServerError::forbidden(
+                        format!(
+                            "a stream may start at most {RESUME_WINDOW} events before the end of the log (event {end}) for a caller without the admin or auditor role; event {next} is further back"
+                        ),
+                        "reconnect without `after` (or Last-Event-ID) to follow from now on; reading the log's history takes the admin or auditor role (GET /v1/audit/events)",
+                    ));
+                }
+            }
+            next
         }
-        (Some(next), _) => next,
-        (None, end) => end.unwrap_or_default(),
     };
     let cursor = Cursor {
         app,

@@ -202,23 +202,6 @@ fn a_stream_ends_when_its_token_is_revoked_and_a_caller_holds_only_a_few(backend
 
 on_both!(a_stream_ends_when_its_token_is_revoked_and_a_caller_holds_only_a_few,);
 
-/// The stream's status line and body for `path` with `headers` (an answer that is not
-/// a stream).
-fn refused_stream(server: &TestServer, path: &str, headers: &str) -> (String, String) {
-    let addr = server.url.trim_start_matches("http://");
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{headers}\r\n"
-    )
-    .unwrap();
-    let mut answer = String::new();
-    std::io::Read::read_to_string(&mut s, &mut answer).unwrap();
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
-    (head.lines().next().unwrap().to_owned(), body.to_owned())
-}
-
 /// An approver follows decisions live and may resume after a reconnect, but the stream
 /// is no way to read the tenant's history, which takes the admin or auditor role: a
 /// start further back than the resume window is refused with the fix, by `after` and by
@@ -256,18 +239,18 @@ fn an_approver_resumes_the_stream_but_cannot_replay_the_history() {
     audit.append_batch(events).unwrap();
     let end = audit.chain_len("acme").unwrap();
 
-    for headers in [
-        format!("Authorization: Bearer {approver}\r\n"),
-        format!("Authorization: Bearer {approver}\r\nLast-Event-ID: 0\r\n"),
+    let client = agentspace_server::client::Client::new(&server.url, Some(&approver)).unwrap();
+    for (path, headers) in [
+        ("/v1/events?after=0", &[][..]),
+        ("/v1/events", &[("Last-Event-ID", "0")][..]),
     ] {
-        let path = if headers.contains("Last-Event-ID") {
-            "/v1/events"
-        } else {
-            "/v1/events?after=0"
-        };
-        let (status, body) = refused_stream(&server, path, &headers);
-        assert!(status.contains(" 403 "), "{status} {body}");
-        assert!(body.contains("admin or auditor"), "{body}");
+        let r = client.send("GET", path, headers, b"").unwrap();
+        assert_eq!(r.status, 403, "{path} {headers:?}: {}", r.error_message());
+        assert!(
+            r.error_message().contains("admin or auditor"),
+            "{}",
+            r.error_message()
+        );
     }
     // Resuming a few events back is what reconnecting clients do: allowed.
     let mut resumed = open_stream(&server, &approver, &format!("?after={}", end - 3));

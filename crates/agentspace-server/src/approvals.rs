@@ -409,13 +409,23 @@ impl ApprovalStore {
     pub fn expire_overdue(&self) -> Result<usize, ServerError> {
         let now = now_ms();
         // Requests whose event never became durable (their process died in between):
-        // never held, never shown; only their rows remain.
-        self.inner.db.run(|c| {
-            c.execute(
-                "DELETE FROM approval WHERE state = 'opening' AND expires_at <= $1",
+        // never held, never shown; only their rows remain. Looked for with a read, so
+        // the sweep takes no write lock while there are none (almost always).
+        let stale = self.inner.db.run(|c| {
+            c.query(
+                "SELECT id FROM approval WHERE state = 'opening' AND expires_at <= $1",
                 &[&now],
             )
         })?;
+        for row in stale {
+            let id = row.text(0)?;
+            self.inner.db.run(|c| {
+                c.execute(
+                    "DELETE FROM approval WHERE id = $1 AND state = 'opening'",
+                    &[&id],
+                )
+            })?;
+        }
         let overdue = self.inner.db.run(|c| {
             c.query(
                 &format!(

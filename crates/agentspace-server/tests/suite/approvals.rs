@@ -433,6 +433,43 @@ fn an_approval_is_decidable_as_soon_as_its_event_can_be_read() {
     assert_eq!(r.status, 200, "{}", r.error_message());
 }
 
+/// A request whose process died between storing its record and writing its event left
+/// a hidden `opening` row: nobody sees or decides it, and the sweep removes it once
+/// overdue, writing nothing to the audit log.
+#[test]
+fn a_request_never_put_on_record_is_invisible_and_swept() {
+    let server = TestServer::start(Backend::Sqlite);
+    let admin = server.bootstrap("acme", "alice");
+    let approver = admin.user(&server, "apu", &["approver"]);
+    let db = rusqlite::Connection::open(server.state().join("server/control.db")).unwrap();
+    db.execute(
+        "INSERT INTO approval (id, tenant, requester, task, agent, context, four_eyes, state, requested_at, expires_at)
+         VALUES ('orphan', 'acme', 'bob', NULL, NULL, '{}', 0, 'opening', 0, 1)",
+        [],
+    )
+    .unwrap();
+    let before = server.audit_events("acme").len();
+    assert_eq!(approver.get("/v1/approvals/orphan").status, 404);
+    let all = approver.get("/v1/approvals?state=all").json();
+    assert_eq!(all.as_array().unwrap().len(), 0, "{all}");
+    assert_eq!(
+        approver
+            .post("/v1/approvals/orphan/approve", json!({}))
+            .status,
+        404
+    );
+    server.approvals.expire_overdue().unwrap();
+    let left: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM approval WHERE id = 'orphan'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(left, 0);
+    assert_eq!(server.audit_events("acme").len(), before);
+}
+
 on_both!(
     a_decision_made_elsewhere_reaches_the_held_request,
     racing_retries_of_a_granted_request_go_through_exactly_once,
